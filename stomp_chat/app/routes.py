@@ -1,0 +1,115 @@
+"""Application destinations: a route table for ``/app/...``.
+
+In the spirit of Spring's ``@MessageMapping``: a handler is registered for a
+path with ``{variables}``, receives the SEND frame and a context, and may
+publish to the broker. Frames sent to ``/app/...`` never reach subscribers
+directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from stomp_chat.broker import APP_PREFIX, Broker, Message
+from stomp_chat.stomp.frame import Frame
+
+
+class ApplicationError(Exception):
+    """A request the application refuses (bad JSON, unknown room, ...).
+
+    The client is told on ``/user/queue/errors`` and keeps its connection.
+    """
+
+    def __init__(self, message: str, *, code: str = "bad-request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class NoHandler(Exception):
+    """No application handler is registered for a destination."""
+
+
+@dataclass(slots=True)
+class AppContext:
+    """What a handler may know and do on behalf of the sending session."""
+
+    session_id: str
+    #: The authenticated user name, or ``None`` when authentication is off.
+    principal: str | None
+    broker: Broker
+
+    @property
+    def user_key(self) -> str:
+        """The name ``/user/`` destinations of this session route by."""
+        return self.principal if self.principal is not None else self.session_id
+
+    def publish(
+        self, destination: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> Message:
+        return self.broker.publish(destination, body, headers)
+
+    def reply_to_user(
+        self, destination: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> Message:
+        """Send to ``/user/queue/...`` of the sending user (``@SendToUser``)."""
+        return self.broker.send_to_user(self.user_key, destination, body, headers)
+
+
+#: A handler returns ``None`` when done, or a Deferred that fires once the
+#: message is durable (the session sends the RECEIPT then).
+Handler = Callable[[Frame, AppContext, dict[str, str]], "Deferred[Any] | None"]
+
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class AppRouter:
+    """Maps ``/app/...`` destinations to handlers."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, Handler] = {}
+        self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+
+    def add(self, path: str, handler: Handler) -> None:
+        """Register ``handler`` for ``/app`` + ``path``, e.g. ``/rooms/{roomId}/send``."""
+        if not path.startswith("/"):
+            raise ValueError(f"application paths start with '/': {path!r}")
+        destination = APP_PREFIX.rstrip("/") + path
+        if "{" not in path:
+            self._exact[destination] = handler
+            return
+        parts = _VARIABLE.split(destination)  # literal, name, literal, ...
+        regex = "".join(
+            re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)"
+            for i, part in enumerate(parts)
+        )
+        self._patterns.append((re.compile(regex + r"\Z"), handler))
+
+    def route(self, path: str) -> Callable[[Handler], Handler]:
+        """Decorator form of ``add``."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(path, handler)
+            return handler
+
+        return register
+
+    def resolve(self, destination: str) -> tuple[Handler, dict[str, str]]:
+        handler = self._exact.get(destination)
+        if handler is not None:
+            return handler, {}
+        for regex, candidate in self._patterns:
+            match = regex.match(destination)
+            if match:
+                return candidate, match.groupdict()
+        raise NoHandler(f"no application handler for {destination}")
+
+    def dispatch(self, frame: Frame, context: AppContext) -> Deferred[Any] | None:
+        """Run the handler of the frame's destination."""
+        handler, variables = self.resolve(frame.headers["destination"])
+        return handler(frame, context, variables)

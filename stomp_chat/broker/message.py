@@ -1,0 +1,52 @@
+"""A published message, encoded once and shared by every delivery."""
+
+from __future__ import annotations
+
+from stomp_chat.stomp.frame import V1_0, V1_1, V1_2, escape_header
+
+_VERSION_INDEX = {V1_0: 0, V1_1: 1, V1_2: 2}
+
+
+class Message:
+    """One message on its way to subscribers.
+
+    The MESSAGE frame differs between deliveries only by ``subscription`` and
+    ``ack``, so the rest is encoded once per protocol version and reused:
+    fan-out to N subscribers costs one join per subscriber, not N encodings.
+    """
+
+    __slots__ = ("_heads", "body", "destination", "headers", "message_id", "tail")
+
+    def __init__(
+        self,
+        destination: str,
+        message_id: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.destination = destination
+        self.message_id = message_id
+        self.body = body
+        self.headers = headers or {}
+        self.tail = b"\n" + body + b"\x00"
+        self._heads: list[bytes | None] = [None, None, None]
+
+    def head(self, version: str) -> bytes:
+        """``MESSAGE``, its shared headers, each line ending in LF (no blank line)."""
+        index = _VERSION_INDEX[version]
+        cached = self._heads[index]
+        if cached is None:
+            cached = self._heads[index] = self._encode_head(version)
+        return cached
+
+    def _encode_head(self, version: str) -> bytes:
+        lines = [
+            "MESSAGE",
+            f"destination:{escape_header(self.destination, version)}",
+            f"message-id:{escape_header(self.message_id, version)}",
+            f"content-length:{len(self.body)}",
+        ]
+        for name, value in self.headers.items():
+            lines.append(f"{escape_header(name, version)}:{escape_header(value, version)}")
+        lines.append("")
+        return "\n".join(lines).encode("utf-8")

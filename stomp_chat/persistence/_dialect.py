@@ -1,0 +1,50 @@
+"""What differs between SQLite and PostgreSQL once the SQL text is shared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from stomp_chat.persistence.url import DialectName
+
+_SQLITE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """SQL is written once with ``?`` placeholders; this adapts it and the values it binds."""
+
+    name: DialectName
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.name == "postgresql"
+
+    def sql(self, query: str) -> str:
+        """Translate ``?`` placeholders to the driver's paramstyle."""
+        if not self.is_postgres:
+            return query
+        if "%" in query:
+            # psycopg2 would read a literal percent sign as the start of a placeholder.
+            raise ValueError(f"shared SQL must not contain '%': {query!r}")
+        return query.replace("?", "%s")
+
+    def time_to_db(self, moment: datetime) -> Any:
+        """SQLite has no time type: store fixed-width UTC text, which also sorts correctly."""
+        if moment.tzinfo is None:
+            raise ValueError(f"refusing to store a naive datetime: {moment!r}")
+        if self.is_postgres:
+            return moment
+        return moment.astimezone(UTC).strftime(_SQLITE_TIME_FORMAT)
+
+    def time_from_db(self, value: Any) -> datetime:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC)
+        return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def dialect_named(name: str) -> Dialect:
+    if name not in ("sqlite", "postgresql"):
+        raise ValueError(f"unknown database dialect {name!r}; expected 'sqlite' or 'postgresql'")
+    return Dialect(name)  # type: ignore[arg-type]

@@ -1,0 +1,219 @@
+"""Database URLs (spelled as SQLAlchemy spells them) and the adbapi pool they describe."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from twisted.enterprise import adbapi
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+DialectName = Literal["sqlite", "postgresql"]
+
+SQLITE_MEMORY = ":memory:"
+
+_SQLITE_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite"})
+_POSTGRES_SCHEMES = frozenset({"postgresql", "postgresql+psycopg2", "postgres"})
+
+#: Connect timeout used unless the URL says otherwise: a blackholed database host must not
+#: pin a pool thread for the kernel's multi-minute TCP timeout.
+DEFAULT_POSTGRES_CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """Everything needed to open a connection pool; built by `parse_database_url`."""
+
+    dialect: DialectName
+    #: SQLite: the file path (or ":memory:"); PostgreSQL: the database name.
+    database: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: Extra keyword arguments for the driver's connect() (libpq keywords from the query string).
+    options: Mapping[str, str] = field(default_factory=dict)
+    #: Upper bound on PostgreSQL connections (SQLite always uses exactly one).
+    pool_max: int = 4
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the DB-API module's connect()."""
+        if self.dialect == "sqlite":
+            # One connection shared by the pool's single thread; adbapi may create it on a
+            # thread other than the one that later closes it.
+            return {"database": self.database, "check_same_thread": False, **self.options}
+        kwargs: dict[str, Any] = {"dbname": self.database}
+        for key, value in (
+            ("host", self.host),
+            ("port", self.port),
+            ("user", self.user),
+            ("password", self.password),
+        ):
+            if value is not None:
+                kwargs[key] = value
+        kwargs.setdefault("connect_timeout", DEFAULT_POSTGRES_CONNECT_TIMEOUT)
+        kwargs.update(self.options)
+        return kwargs
+
+    def with_options(self, **options: str) -> DatabaseConfig:
+        """A copy with extra driver options (e.g. ``options="-csearch_path=x"``)."""
+        return replace(self, options={**self.options, **options})
+
+    def redacted(self) -> str:
+        """The URL without its password, fit for logs."""
+        if self.dialect == "sqlite":
+            return f"sqlite:///{self.database}"
+        user = f"{self.user}@" if self.user else ""
+        host = self.host or ""
+        if host and ":" in host:
+            host = f"[{host}]"
+        port = f":{self.port}" if self.port is not None else ""
+        return f"postgresql://{user}{host}{port}/{self.database}"
+
+
+def parse_database_url(url: str) -> DatabaseConfig:
+    """Parse ``sqlite:///path`` or ``postgresql://user:pass@host:port/db``.
+
+    Raises ValueError naming what is wrong, so a command line can report it as a usage error.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("database URL is empty")
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        raise ValueError(
+            f"database URL {url!r} has no scheme; expected sqlite:///path.db "
+            "or postgresql://user@host/db"
+        )
+    scheme = scheme.lower()
+    if scheme in _SQLITE_SCHEMES:
+        return _parse_sqlite(url)
+    if scheme in _POSTGRES_SCHEMES:
+        return _parse_postgres(url)
+    dialect, plus, driver = scheme.partition("+")
+    if plus and dialect in ("sqlite", "postgresql", "postgres"):
+        raise ValueError(
+            f"database driver {driver!r} is not supported; use {dialect}:// "
+            "(sqlite3 or psycopg2)"
+        )
+    raise ValueError(
+        f"unsupported database URL scheme {scheme!r}; expected sqlite:// or postgresql://"
+    )
+
+
+def _parse_sqlite(url: str) -> DatabaseConfig:
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ValueError(
+            f"SQLite URL {url!r} names a host ({parts.netloc!r}); write sqlite:///relative.db "
+            "or sqlite:////absolute/path.db"
+        )
+    if parts.fragment:
+        raise ValueError(f"SQLite URL {url!r} has a fragment; remove the '#...' part")
+    if parts.query:
+        raise ValueError(f"SQLite URL {url!r} has a query string; no options are supported")
+    # "sqlite:///a.db" splits into path "/a.db": the first slash only ends the empty host.
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    return DatabaseConfig(dialect="sqlite", database=path or SQLITE_MEMORY)
+
+
+def _parse_postgres(url: str) -> DatabaseConfig:
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise ValueError(f"PostgreSQL URL has a fragment; remove the '#...' part of {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(
+            f"PostgreSQL URL has an invalid port {parts.netloc.rpartition(':')[2]!r}; "
+            "expected a number between 0 and 65535"
+        ) from None
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise ValueError(
+            "PostgreSQL URL names no database; expected postgresql://user@host:port/dbname"
+        )
+    if "/" in database:
+        raise ValueError(f"PostgreSQL URL path {parts.path!r} must be just the database name")
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+        if key in options:
+            raise ValueError(f"PostgreSQL URL repeats the query option {key!r}")
+        if key in ("dbname", "user", "password"):
+            raise ValueError(
+                f"PostgreSQL URL query option {key!r} duplicates a part of the URL; "
+                "write it in the URL itself"
+            )
+        options[key] = value
+    return DatabaseConfig(
+        dialect="postgresql",
+        database=database,
+        host=parts.hostname or None,
+        port=port,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        options=options,
+    )
+
+
+class _ReconnectingConnection(adbapi.Connection):
+    """A pooled connection that drops itself quietly when it is found dead.
+
+    adbapi's own version logs "Rollback failed" twice per attempt during a database outage;
+    the write-behind writer already reports the outage once, so the pool stays quiet and
+    re-raises the original error for the caller to retry.
+    """
+
+    _log = Logger()
+
+    def rollback(self) -> None:
+        pool = self._pool
+        try:
+            self._connection.rollback()
+            if pool.reconnect:
+                cursor = self._connection.cursor()
+                cursor.execute(pool.good_sql)
+                cursor.close()
+                self._connection.commit()
+            return
+        except Exception as error:
+            if not pool.reconnect:
+                raise
+            self._log.debug("Dropping dead database connection: {error!r}", error=error)
+        pool.disconnect(self._connection)
+
+
+class ChatConnectionPool(adbapi.ConnectionPool):
+    """An adbapi pool that remembers its dialect and reconnects quietly."""
+
+    connectionFactory = _ReconnectingConnection
+
+    def __init__(self, config: DatabaseConfig, reactor: IReactorCore | None = None) -> None:
+        self.config = config
+        self.dialect: DialectName = config.dialect
+        pool_kwargs: dict[str, Any] = {"cp_reactor": reactor, "cp_noisy": False}
+        if config.dialect == "sqlite":
+            # SQLite allows one writer; a single connection on a single thread also keeps a
+            # ":memory:" database alive for the pool's lifetime.
+            pool_kwargs.update(cp_min=1, cp_max=1, cp_openfun=_configure_sqlite_connection)
+            super().__init__("sqlite3", **config.connect_kwargs(), **pool_kwargs)
+        else:
+            pool_kwargs.update(cp_min=1, cp_max=config.pool_max, cp_reconnect=True)
+            super().__init__("psycopg2", **config.connect_kwargs(), **pool_kwargs)
+
+
+def _configure_sqlite_connection(connection: sqlite3.Connection) -> None:
+    # WAL lets readers proceed during a write; NORMAL is durable across application crashes
+    # in WAL mode (only an OS crash can lose the last commits); foreign keys are off by default.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute("PRAGMA busy_timeout=5000")
+
+
+def make_pool(config: DatabaseConfig, reactor: IReactorCore | None = None) -> ChatConnectionPool:
+    """Build the connection pool for `config`; `reactor` defaults to the global one, lazily."""
+    return ChatConnectionPool(config, reactor)

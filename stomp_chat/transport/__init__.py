@@ -1,0 +1,1 @@
+"""Transports: the STOMP protocol on raw TCP, and wrapped in a WebSocket."""

@@ -1,0 +1,118 @@
+"""The STOMP protocol on a byte stream (raw TCP, or a WebSocket's messages).
+
+A thin Twisted protocol: bytes go to the session, whose frames come back
+through ``write``. It owns the one thing the session must not know about,
+the socket's back-pressure: it registers itself as the transport's push
+producer, so Twisted says when the peer stops reading, and it closes a peer
+that falls further behind than ``slow_consumer_bytes``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from stomp_chat.session import ServerContext, StompSession
+
+DEFAULT_SLOW_CONSUMER_BYTES = 4 * 1024 * 1024
+#: How long a closing connection may take to flush before it is cut.
+DEFAULT_CLOSE_LINGER = 5.0
+
+
+@implementer(IPushProducer)
+class StompProtocol(Protocol):
+    """One STOMP connection: a session plus its socket's flow control."""
+
+    session: StompSession
+
+    def __init__(
+        self,
+        context: ServerContext,
+        slow_consumer_bytes: int = DEFAULT_SLOW_CONSUMER_BYTES,
+        close_linger: float = DEFAULT_CLOSE_LINGER,
+    ) -> None:
+        self.context = context
+        self.slow_consumer_bytes = slow_consumer_bytes
+        self.close_linger = close_linger
+        self._paused = False
+        #: Bytes written since the transport said its buffer was full.
+        self._backlog = 0
+        self._overflowed = False
+        self._abort_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        label = f"{host}:{getattr(peer, 'port', '')}" if host is not None else str(peer)
+        self.session = StompSession(self.context, self, label)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.session.data_received(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        self.session.connection_lost()
+
+    # -- what the session writes to -----------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._paused:
+            self._backlog += len(data)
+            if self._backlog > self.slow_consumer_bytes and not self._overflowed:
+                self._overflowed = True
+                self.session.fail(
+                    "slow consumer",
+                    f"the client fell more than {self.slow_consumer_bytes} bytes behind",
+                )
+                return
+        self.transport.write(data)
+
+    def close(self) -> None:
+        """Flush and close; cut the connection if the peer will not read."""
+        self.transport.loseConnection()
+        if self._abort_call is None:
+            clock: Any = self.context.clock
+            self._abort_call = clock.callLater(self.close_linger, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    # -- IPushProducer: the transport's verdict on our output ----------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+class StompFactory(Factory):
+    """Builds STOMP connections that share one server context."""
+
+    def __init__(
+        self,
+        context: ServerContext,
+        slow_consumer_bytes: int = DEFAULT_SLOW_CONSUMER_BYTES,
+        close_linger: float = DEFAULT_CLOSE_LINGER,
+    ) -> None:
+        self.context = context
+        self.slow_consumer_bytes = slow_consumer_bytes
+        self.close_linger = close_linger
+
+    def buildProtocol(self, addr: Any) -> StompProtocol:
+        return StompProtocol(self.context, self.slow_consumer_bytes, self.close_linger)

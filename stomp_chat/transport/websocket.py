@@ -1,0 +1,170 @@
+"""STOMP over WebSocket: an Autobahn protocol wrapping the STOMP protocol.
+
+Incoming messages are one byte stream for the STOMP parser (a message may
+hold several frames, a frame may span messages); every frame the STOMP
+protocol writes leaves as one WebSocket message, text when it is valid UTF-8
+and binary otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from stomp_chat.transport.stomp import StompFactory, StompProtocol
+
+log = Logger()
+
+#: Offered STOMP subprotocols, best first.
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+
+class WebSocketFrameTransport:
+    """What the STOMP protocol sees as its transport on a WebSocket."""
+
+    def __init__(self, ws: WebSocketServerProtocol) -> None:
+        self._ws = ws
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._ws.sendMessage(data, isBinary=True)
+        else:
+            self._ws.sendMessage(data, isBinary=False)
+
+    def writeSequence(self, seq: Sequence[bytes]) -> None:
+        for data in seq:
+            self.write(data)
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = True
+            self._ws.sendClose(1000)
+
+    def abortConnection(self) -> None:
+        transport = self._ws.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        transport = self._ws.transport
+        try:
+            transport.registerProducer(producer, streaming)
+        except RuntimeError:
+            # twisted.web's HTTP channel registered itself before Autobahn took
+            # the connection over; it no longer has a say in it.
+            transport.unregisterProducer()
+            transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._ws.transport.unregisterProducer()
+
+    def getPeer(self) -> Any:
+        return self._ws.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self._ws.transport.getHost()
+
+
+class StompWebSocketProtocol(WebSocketServerProtocol):
+    """Negotiates STOMP on the handshake, then carries its bytes."""
+
+    factory: StompWebSocketFactory
+    stomp: StompProtocol | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        if not self.factory.origin_allowed(request):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        for subprotocol in STOMP_SUBPROTOCOLS:
+            if subprotocol in request.protocols:
+                return subprotocol
+        return None
+
+    def onOpen(self) -> None:
+        stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
+        self.stomp = stomp
+        stomp.makeConnection(WebSocketFrameTransport(self))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.stomp is not None:
+            self.stomp.dataReceived(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        stomp, self.stomp = self.stomp, None
+        if stomp is not None:
+            stomp.connectionLost(Failure(ConnectionError(f"websocket closed ({code})")))
+
+
+class StompWebSocketFactory(WebSocketServerFactory):
+    """Accepts STOMP WebSocket connections from allowed origins."""
+
+    protocol = StompWebSocketProtocol
+
+    def __init__(
+        self,
+        stomp_factory: StompFactory,
+        *,
+        allowed_origins: Sequence[str] = (),
+        max_message_size: int = 16 * 1024 * 1024 + 64 * 1024,
+        url: str | None = None,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(url, protocols=list(STOMP_SUBPROTOCOLS), reactor=reactor)
+        self.stomp_factory = stomp_factory
+        self.allowed_origins = [pattern.strip() for pattern in allowed_origins if pattern.strip()]
+        self.setProtocolOptions(
+            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=max_message_size,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )
+
+    def origin_allowed(self, request: ConnectionRequest) -> bool:
+        """Allow clients without an Origin, the server's own origin, or a pattern."""
+        origin = request.headers.get("origin")
+        if not origin:
+            return True  # not a browser: stomp.py, Node
+        # Autobahn's ``request.host`` has lost the port; the header has it.
+        host = request.headers.get("host", request.host)
+        return origin_matches(origin, host, self.allowed_origins)
+
+
+def origin_matches(origin: str, host: str, patterns: Sequence[str]) -> bool:
+    """Whether a browser ``origin`` may connect to a server reached as ``host``.
+
+    With no patterns only the server's own origin may; ``*`` allows all, and
+    other patterns match the whole origin (``https://*.example.com``) or its
+    host and port alone (``chat.example.com:8443``).
+    """
+    parts = urlsplit(origin)
+    netloc = (parts.netloc or origin).lower()
+    if not patterns:
+        return _same_host(netloc, parts.scheme, (host or "").lower())
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern == "*" or fnmatch.fnmatchcase(origin.lower(), pattern):
+            return True
+        if "://" not in pattern and fnmatch.fnmatchcase(netloc, pattern):
+            return True
+    return False
+
+
+def _same_host(netloc: str, scheme: str, host: str) -> bool:
+    default_port = {"http": "80", "https": "443"}.get(scheme, "")
+
+    def normalise(value: str) -> str:
+        if default_port and value.endswith(":" + default_port):
+            return value[: -len(default_port) - 1]
+        return value
+
+    return normalise(netloc) == normalise(host)

@@ -1,0 +1,1 @@
+"""HTTP resources: the WebSocket endpoint, health, the REST API."""
