@@ -44,6 +44,14 @@ class Dialect:
         return datetime.fromisoformat(value).astimezone(UTC)
 
 
+def dialect_of(pool: object, dialect: str | None) -> Dialect:
+    """The explicit dialect, else the one a `ChatConnectionPool` remembers."""
+    name = dialect if dialect is not None else getattr(pool, "dialect", None)
+    if name is None:
+        raise ValueError("pass the dialect: this connection pool does not say which it is")
+    return dialect_named(name)
+
+
 def dialect_named(name: str) -> Dialect:
     if name not in ("sqlite", "postgresql"):
         raise ValueError(f"unknown database dialect {name!r}; expected 'sqlite' or 'postgresql'")

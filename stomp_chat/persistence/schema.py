@@ -14,7 +14,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from stomp_chat.persistence._dialect import Dialect, dialect_named
+from stomp_chat.persistence._dialect import Dialect, dialect_named, dialect_of
 from stomp_chat.persistence.url import DialectName
 
 _log = Logger()
@@ -148,7 +148,7 @@ def migrate(pool: adbapi.ConnectionPool, dialect: str | None = None) -> Deferred
     Idempotent, and safe when several processes start at once (SQLite: BEGIN IMMEDIATE;
     PostgreSQL: a transaction-scoped advisory lock).
     """
-    resolved = dialect_named(dialect if dialect is not None else pool.dialect)
+    resolved = dialect_of(pool, dialect)
     migrations = MIGRATIONS[resolved.name]
     _check_versions(migrations)
     applied: Deferred[tuple[int, int]] = pool.runInteraction(
@@ -171,7 +171,7 @@ def _report_migration(versions: tuple[int, int], migrations: Sequence[Migration]
 
 def current_version(pool: adbapi.ConnectionPool, dialect: str | None = None) -> Deferred[int]:
     """The schema version recorded in the database (0 if never migrated)."""
-    resolved = dialect_named(dialect if dialect is not None else pool.dialect)
+    resolved = dialect_of(pool, dialect)
     version: Deferred[int] = pool.runInteraction(_read_version, resolved)
     return version
 

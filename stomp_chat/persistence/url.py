@@ -96,8 +96,7 @@ def parse_database_url(url: str) -> DatabaseConfig:
     dialect, plus, driver = scheme.partition("+")
     if plus and dialect in ("sqlite", "postgresql", "postgres"):
         raise ValueError(
-            f"database driver {driver!r} is not supported; use {dialect}:// "
-            "(sqlite3 or psycopg2)"
+            f"database driver {driver!r} is not supported; use {dialect}:// (sqlite3 or psycopg2)"
         )
     raise ValueError(
         f"unsupported database URL scheme {scheme!r}; expected sqlite:// or postgresql://"
@@ -171,19 +170,20 @@ class _ReconnectingConnection(adbapi.Connection):
 
     def rollback(self) -> None:
         pool = self._pool
+        connection: Any = self._connection
         try:
-            self._connection.rollback()
+            connection.rollback()
             if pool.reconnect:
-                cursor = self._connection.cursor()
+                cursor = connection.cursor()
                 cursor.execute(pool.good_sql)
                 cursor.close()
-                self._connection.commit()
+                connection.commit()
             return
         except Exception as error:
             if not pool.reconnect:
                 raise
             self._log.debug("Dropping dead database connection: {error!r}", error=error)
-        pool.disconnect(self._connection)
+        pool.disconnect(connection)
 
 
 class ChatConnectionPool(adbapi.ConnectionPool):

@@ -1,0 +1,64 @@
+"""The chat's storage: adbapi on SQLite or PostgreSQL, migrations, write-behind batching."""
+
+from stomp_chat.persistence.model import ChatMessage, Member, Room, utc_isoformat
+from stomp_chat.persistence.schema import (
+    MIGRATIONS,
+    Migration,
+    SchemaTooNew,
+    current_version,
+    latest_version,
+    migrate,
+)
+from stomp_chat.persistence.store import (
+    AdbapiChatStore,
+    ChatStore,
+    MemberNameTaken,
+    MemberNotFound,
+    MemoryChatStore,
+    MessagesRejected,
+    RoomAlreadyExists,
+    RoomNotFound,
+)
+from stomp_chat.persistence.url import (
+    ChatConnectionPool,
+    DatabaseConfig,
+    DialectName,
+    make_pool,
+    parse_database_url,
+)
+from stomp_chat.persistence.writebehind import (
+    BufferFull,
+    PausableProducer,
+    WriteBehindWriter,
+    WriterStopped,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "AdbapiChatStore",
+    "BufferFull",
+    "ChatConnectionPool",
+    "ChatMessage",
+    "ChatStore",
+    "DatabaseConfig",
+    "DialectName",
+    "Member",
+    "MemberNameTaken",
+    "MemberNotFound",
+    "MemoryChatStore",
+    "MessagesRejected",
+    "Migration",
+    "PausableProducer",
+    "Room",
+    "RoomAlreadyExists",
+    "RoomNotFound",
+    "SchemaTooNew",
+    "WriteBehindWriter",
+    "WriterStopped",
+    "current_version",
+    "latest_version",
+    "make_pool",
+    "migrate",
+    "parse_database_url",
+    "utc_isoformat",
+]

@@ -1,0 +1,672 @@
+"""The chat's storage interface, its adbapi implementation and an in-memory twin for tests."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from stomp_chat.persistence._dialect import Dialect, dialect_of
+from stomp_chat.persistence.model import ChatMessage, Member, Room
+
+
+class RoomNotFound(LookupError):
+    def __init__(self, room_id: int) -> None:
+        super().__init__(f"no room with id {room_id}")
+        self.room_id = room_id
+
+
+class MemberNotFound(LookupError):
+    def __init__(self, member_id: int) -> None:
+        super().__init__(f"no member with id {member_id}")
+        self.member_id = member_id
+
+
+class RoomAlreadyExists(ValueError):
+    def __init__(self, room_id: int) -> None:
+        super().__init__(f"a room with id {room_id} already exists")
+        self.room_id = room_id
+
+
+class MemberNameTaken(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the member name {name!r} is taken")
+        self.name = name
+
+
+class MessagesRejected(Exception):
+    """The database refused the batch's content itself (not its availability).
+
+    Retrying the same batch can never succeed, so the write-behind writer splits it to find
+    and drop the offending message instead of retrying forever.
+    """
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _default_room_name(room_id: int) -> str:
+    return f"room {room_id}"
+
+
+def _member_name_candidates(member_id: int) -> Iterator[str]:
+    """Names for a member created from a bare id; later ones only if a person took the first."""
+    yield str(member_id)
+    yield f"member-{member_id}"
+    attempt = 2
+    while True:
+        yield f"member-{member_id}-{attempt}"
+        attempt += 1
+
+
+def _check_history_arguments(limit: int) -> None:
+    if limit < 0:
+        raise ValueError(f"history limit must not be negative, got {limit}")
+
+
+class ChatStore(Protocol):
+    """Storage used by the chat; every method returns a Deferred."""
+
+    def create_room(self, name: str, room_id: int | None = None) -> Deferred[Room]:
+        """Create a room; with an explicit id, fail with RoomAlreadyExists if it is taken."""
+        ...
+
+    def get_room(self, room_id: int) -> Deferred[Room | None]: ...
+
+    def list_rooms(self) -> Deferred[list[Room]]:
+        """All rooms, by id."""
+        ...
+
+    def ensure_room(self, room_id: int) -> Deferred[Room]:
+        """The room with this id, created if missing (concurrent callers get the same room)."""
+        ...
+
+    def create_member(self, name: str, password_hash: str | None = None) -> Deferred[Member]:
+        """Create a member; fails with MemberNameTaken if the name is in use."""
+        ...
+
+    def get_member(self, member_id: int) -> Deferred[Member | None]: ...
+
+    def get_member_by_name(self, name: str) -> Deferred[Member | None]: ...
+
+    def get_member_credentials(self, name: str) -> Deferred[tuple[Member, str | None] | None]:
+        """The member and its password hash, for authenticating a CONNECT."""
+        ...
+
+    def ensure_member(self, member_id: int) -> Deferred[Member]:
+        """The member with this id, created (named after the id) if missing."""
+        ...
+
+    def join_room(self, room_id: int, member_id: int) -> Deferred[bool]:
+        """Add a member to a room; True if newly joined, False if already a member."""
+        ...
+
+    def leave_room(self, room_id: int, member_id: int) -> Deferred[bool]:
+        """Remove a member from a room; True if it was a member."""
+        ...
+
+    def list_members(self, room_id: int) -> Deferred[list[Member]]:
+        """A room's members in the order they joined."""
+        ...
+
+    def last_seq(self, room_id: int) -> Deferred[int]:
+        """The highest stored seq of a room, 0 if it has no messages."""
+        ...
+
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
+        """Store a batch atomically; messages already stored are skipped, so retries are safe.
+
+        Rooms the messages name are created if missing.
+        """
+        ...
+
+    def load_messages(
+        self,
+        room_id: int,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> Deferred[list[ChatMessage]]:
+        """Up to `limit` messages, ascending by seq.
+
+        Only `before_seq`: the newest below it (scrolling back). Only `after_seq`: the oldest
+        above it (catching up). Both: the oldest strictly between them. Neither: the newest.
+        """
+        ...
+
+    def close(self) -> Deferred[None]: ...
+
+
+_ROOM_COLUMNS = "id, name, created_at"
+_MEMBER_COLUMNS = "id, name, created_at"
+_MESSAGE_COLUMNS = "room_id, seq, message_id, type, sender_id, text, created_at"
+
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+class AdbapiChatStore:
+    """`ChatStore` on an adbapi pool; the same SQL runs on SQLite and PostgreSQL.
+
+    Transaction functions run in the pool's threads: they only use their arguments and the
+    immutable dialect, never the reactor.
+    """
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        dialect: str | None = None,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._pool = pool
+        self._dialect: Dialect = dialect_of(pool, dialect)
+        self._now = now
+        # Errors that mean "this data can never be stored", as opposed to "not right now".
+        self._rejection_errors: tuple[type[BaseException], ...] = (
+            pool.dbapi.DataError,
+            pool.dbapi.IntegrityError,
+            ValueError,  # psycopg2 refuses NUL characters in text client-side
+            OverflowError,  # sqlite3 refuses integers beyond 64 bits client-side
+        )
+
+    @property
+    def pool(self) -> adbapi.ConnectionPool:
+        return self._pool
+
+    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        result: Deferred[Any] = self._pool.runInteraction(interaction, *args)
+        return result
+
+    # -- rows to records (called in pool threads) ------------------------------------------
+
+    def _room(self, row: Sequence[Any]) -> Room:
+        return Room(int(row[0]), row[1], self._dialect.time_from_db(row[2]))
+
+    def _member(self, row: Sequence[Any]) -> Member:
+        return Member(int(row[0]), row[1], self._dialect.time_from_db(row[2]))
+
+    def _message(self, row: Sequence[Any]) -> ChatMessage:
+        return ChatMessage(
+            room_id=int(row[0]),
+            seq=int(row[1]),
+            message_id=row[2],
+            type=row[3],
+            sender_id=int(row[4]),
+            text=row[5],
+            created_at=self._dialect.time_from_db(row[6]),
+        )
+
+    def _execute(self, transaction: Any, query: str, params: Sequence[Any] = ()) -> None:
+        transaction.execute(self._dialect.sql(query), tuple(params))
+
+    def _fetch_one(self, transaction: Any, query: str, params: Sequence[Any]) -> Any:
+        self._execute(transaction, query, params)
+        rows = transaction.fetchall()
+        return rows[0] if rows else None
+
+    def _insert_with_new_id(
+        self,
+        transaction: Any,
+        query: str,
+        params: Sequence[Any],
+        explain_conflict: Callable[[], None] | None = None,
+    ) -> int:
+        """Insert a row whose id the database picks; `query` must end in RETURNING id.
+
+        On PostgreSQL the sequence may hand out an id that was inserted explicitly (a room
+        created from a client's roomId): ON CONFLICT DO NOTHING returns no row and the next
+        attempt draws the next id, so ids never collide. `explain_conflict` raises when the
+        conflict is on another unique column (a member's name), which retrying cannot fix.
+        """
+        while True:
+            self._execute(transaction, query, params)
+            rows = transaction.fetchall()
+            if rows:
+                return int(rows[0][0])
+            if explain_conflict is not None:
+                explain_conflict()
+
+    def _advance_id_sequence(self, transaction: Any, table: str) -> None:
+        """Move PostgreSQL's id sequence past explicitly inserted ids (a hint for speed only:
+        `_insert_with_new_id` stays correct if a concurrent transaction moves it back)."""
+        if self._dialect.is_postgres:
+            transaction.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT MAX(id) FROM {table}))"
+            )
+
+    # -- rooms ---------------------------------------------------------------------------
+
+    def create_room(self, name: str, room_id: int | None = None) -> Deferred[Room]:
+        return self._run(self._create_room, name, room_id, self._now())
+
+    def _create_room(
+        self, transaction: Any, name: str, room_id: int | None, created_at: datetime
+    ) -> Room:
+        stored_time = self._dialect.time_to_db(created_at)
+        if room_id is None:
+            new_id = self._insert_with_new_id(
+                transaction,
+                "INSERT INTO rooms (name, created_at) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (name, stored_time),
+            )
+            return Room(new_id, name, created_at.astimezone(UTC))
+        self._execute(
+            transaction,
+            "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            (room_id, name, stored_time),
+        )
+        if not transaction.fetchall():
+            raise RoomAlreadyExists(room_id)
+        self._advance_id_sequence(transaction, "rooms")
+        return Room(room_id, name, created_at.astimezone(UTC))
+
+    def get_room(self, room_id: int) -> Deferred[Room | None]:
+        return self._run(self._get_room, room_id)
+
+    def _get_room(self, transaction: Any, room_id: int) -> Room | None:
+        row = self._fetch_one(
+            transaction, f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ?", (room_id,)
+        )
+        return None if row is None else self._room(row)
+
+    def list_rooms(self) -> Deferred[list[Room]]:
+        return self._run(self._list_rooms)
+
+    def _list_rooms(self, transaction: Any) -> list[Room]:
+        self._execute(transaction, f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY id")
+        return [self._room(row) for row in transaction.fetchall()]
+
+    def ensure_room(self, room_id: int) -> Deferred[Room]:
+        return self._run(self._ensure_room, room_id, self._now())
+
+    def _ensure_room(self, transaction: Any, room_id: int, created_at: datetime) -> Room:
+        existing = self._get_room(transaction, room_id)
+        if existing is not None:
+            return existing
+        # A concurrent creator makes this insert wait for its commit, then do nothing.
+        self._execute(
+            transaction,
+            "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            (room_id, _default_room_name(room_id), self._dialect.time_to_db(created_at)),
+        )
+        if transaction.fetchall():
+            self._advance_id_sequence(transaction, "rooms")
+        room = self._get_room(transaction, room_id)
+        assert room is not None, "the room was just inserted or already committed"
+        return room
+
+    # -- members -------------------------------------------------------------------------
+
+    def create_member(self, name: str, password_hash: str | None = None) -> Deferred[Member]:
+        if not name:
+            raise ValueError("a member name must not be empty")
+        return self._run(self._create_member, name, password_hash, self._now())
+
+    def _create_member(
+        self, transaction: Any, name: str, password_hash: str | None, created_at: datetime
+    ) -> Member:
+        def explain_conflict() -> None:
+            if self._get_member_by_name(transaction, name) is not None:
+                raise MemberNameTaken(name)
+
+        new_id = self._insert_with_new_id(
+            transaction,
+            "INSERT INTO members (name, password_hash, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            (name, password_hash, self._dialect.time_to_db(created_at)),
+            explain_conflict,
+        )
+        return Member(new_id, name, created_at.astimezone(UTC))
+
+    def get_member(self, member_id: int) -> Deferred[Member | None]:
+        return self._run(self._get_member, member_id)
+
+    def _get_member(self, transaction: Any, member_id: int) -> Member | None:
+        row = self._fetch_one(
+            transaction, f"SELECT {_MEMBER_COLUMNS} FROM members WHERE id = ?", (member_id,)
+        )
+        return None if row is None else self._member(row)
+
+    def get_member_by_name(self, name: str) -> Deferred[Member | None]:
+        return self._run(self._get_member_by_name, name)
+
+    def _get_member_by_name(self, transaction: Any, name: str) -> Member | None:
+        row = self._fetch_one(
+            transaction, f"SELECT {_MEMBER_COLUMNS} FROM members WHERE name = ?", (name,)
+        )
+        return None if row is None else self._member(row)
+
+    def get_member_credentials(self, name: str) -> Deferred[tuple[Member, str | None] | None]:
+        return self._run(self._get_member_credentials, name)
+
+    def _get_member_credentials(
+        self, transaction: Any, name: str
+    ) -> tuple[Member, str | None] | None:
+        row = self._fetch_one(
+            transaction,
+            f"SELECT {_MEMBER_COLUMNS}, password_hash FROM members WHERE name = ?",
+            (name,),
+        )
+        return None if row is None else (self._member(row), row[3])
+
+    def ensure_member(self, member_id: int) -> Deferred[Member]:
+        return self._run(self._ensure_member, member_id, self._now())
+
+    def _ensure_member(self, transaction: Any, member_id: int, created_at: datetime) -> Member:
+        stored_time = self._dialect.time_to_db(created_at)
+        for name in _member_name_candidates(member_id):
+            member = self._get_member(transaction, member_id)
+            if member is not None:
+                return member
+            self._execute(
+                transaction,
+                "INSERT INTO members (id, name, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
+                (member_id, name, stored_time),
+            )
+            if transaction.fetchall():
+                self._advance_id_sequence(transaction, "members")
+                return Member(member_id, name, created_at.astimezone(UTC))
+        raise AssertionError("unreachable: the name candidates never run out")
+
+    # -- membership ----------------------------------------------------------------------
+
+    def join_room(self, room_id: int, member_id: int) -> Deferred[bool]:
+        return self._run(self._join_room, room_id, member_id, self._now())
+
+    def _join_room(
+        self, transaction: Any, room_id: int, member_id: int, joined_at: datetime
+    ) -> bool:
+        if self._get_room(transaction, room_id) is None:
+            raise RoomNotFound(room_id)
+        if self._get_member(transaction, member_id) is None:
+            raise MemberNotFound(member_id)
+        self._execute(
+            transaction,
+            "INSERT INTO room_members (room_id, member_id, joined_at) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING RETURNING room_id",
+            (room_id, member_id, self._dialect.time_to_db(joined_at)),
+        )
+        return bool(transaction.fetchall())
+
+    def leave_room(self, room_id: int, member_id: int) -> Deferred[bool]:
+        return self._run(self._leave_room, room_id, member_id)
+
+    def _leave_room(self, transaction: Any, room_id: int, member_id: int) -> bool:
+        self._execute(
+            transaction,
+            "DELETE FROM room_members WHERE room_id = ? AND member_id = ?",
+            (room_id, member_id),
+        )
+        return bool(transaction.rowcount > 0)
+
+    def list_members(self, room_id: int) -> Deferred[list[Member]]:
+        return self._run(self._list_members, room_id)
+
+    def _list_members(self, transaction: Any, room_id: int) -> list[Member]:
+        self._execute(
+            transaction,
+            "SELECT m.id, m.name, m.created_at FROM room_members AS rm "
+            "JOIN members AS m ON m.id = rm.member_id "
+            "WHERE rm.room_id = ? ORDER BY rm.joined_at, m.id",
+            (room_id,),
+        )
+        return [self._member(row) for row in transaction.fetchall()]
+
+    # -- messages ------------------------------------------------------------------------
+
+    def last_seq(self, room_id: int) -> Deferred[int]:
+        return self._run(self._last_seq, room_id)
+
+    def _last_seq(self, transaction: Any, room_id: int) -> int:
+        row = self._fetch_one(
+            transaction, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?", (room_id,)
+        )
+        return int(row[0])
+
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
+        if not messages:
+            return succeed(None)
+        to_db = self._dialect.time_to_db
+        try:
+            rows = [
+                (m.room_id, m.seq, m.message_id, m.type, m.sender_id, m.text, to_db(m.created_at))
+                for m in messages
+            ]
+        except ValueError as error:
+            return fail(MessagesRejected(str(error)))
+        room_ids = list(dict.fromkeys(m.room_id for m in messages))
+        saved = self._run(self._save_messages, rows, room_ids, to_db(self._now()))
+        return saved.addErrback(self._classify_save_failure)
+
+    def _save_messages(
+        self,
+        transaction: Any,
+        rows: list[tuple[Any, ...]],
+        room_ids: list[int],
+        created_at: Any,
+    ) -> None:
+        # Create missing rooms in the same transaction, so a batch never fails on the foreign
+        # key (one multi-row statement: a single round trip however many rooms).
+        placeholders = ", ".join(["(?, ?, ?)"] * len(room_ids))
+        room_params: list[Any] = []
+        for room_id in room_ids:
+            room_params.extend((room_id, _default_room_name(room_id), created_at))
+        self._execute(
+            transaction,
+            f"INSERT INTO rooms (id, name, created_at) VALUES {placeholders} "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            room_params,
+        )
+        if transaction.fetchall():
+            self._advance_id_sequence(transaction, "rooms")
+        transaction.executemany(self._dialect.sql(_INSERT_MESSAGE), rows)
+
+    def _classify_save_failure(self, failure: Failure) -> Failure:
+        if failure.check(*self._rejection_errors):
+            rejected = MessagesRejected(f"{type(failure.value).__name__}: {failure.value}")
+            rejected.__cause__ = failure.value
+            return Failure(rejected)
+        return failure
+
+    def load_messages(
+        self,
+        room_id: int,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> Deferred[list[ChatMessage]]:
+        _check_history_arguments(limit)
+        if limit == 0:
+            return succeed([])
+        return self._run(self._load_messages, room_id, limit, before_seq, after_seq)
+
+    def _load_messages(
+        self,
+        transaction: Any,
+        room_id: int,
+        limit: int,
+        before_seq: int | None,
+        after_seq: int | None,
+    ) -> list[ChatMessage]:
+        conditions = ["room_id = ?"]
+        params: list[Any] = [room_id]
+        if after_seq is not None:
+            conditions.append("seq > ?")
+            params.append(after_seq)
+        if before_seq is not None:
+            conditions.append("seq < ?")
+            params.append(before_seq)
+        # Paging forward reads the oldest rows; otherwise the newest, read backwards along
+        # the (room_id, seq) primary key and flipped to ascending here.
+        newest_first = after_seq is None
+        order = "DESC" if newest_first else "ASC"
+        params.append(limit)
+        self._execute(
+            transaction,
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
+            f"ORDER BY seq {order} LIMIT ?",
+            params,
+        )
+        messages = [self._message(row) for row in transaction.fetchall()]
+        if newest_first:
+            messages.reverse()
+        return messages
+
+    def close(self) -> Deferred[None]:
+        """Close the pool (after the write-behind writer has flushed)."""
+        self._pool.close()
+        return succeed(None)
+
+
+class MemoryChatStore:
+    """`ChatStore` in dictionaries, answering with already-fired Deferreds.
+
+    For tests of the layers above (and a database-less demo mode); it follows the same
+    contract as `AdbapiChatStore`, which the shared store tests check.
+    """
+
+    def __init__(self, now: Callable[[], datetime] = _utc_now) -> None:
+        self._now = now
+        self._rooms: dict[int, Room] = {}
+        self._members: dict[int, Member] = {}
+        self._members_by_name: dict[str, Member] = {}
+        self._password_hashes: dict[int, str | None] = {}
+        self._memberships: dict[int, dict[int, datetime]] = {}
+        self._messages: dict[int, dict[int, ChatMessage]] = {}
+        self._sorted_seqs: dict[int, list[int]] = {}
+        self._message_ids: set[str] = set()
+        #: How many times save_messages was called (tests of batching read it).
+        self.save_calls = 0
+
+    def _next_id(self, table: dict[int, Any]) -> int:
+        return max(table, default=0) + 1
+
+    def create_room(self, name: str, room_id: int | None = None) -> Deferred[Room]:
+        if room_id is None:
+            room_id = self._next_id(self._rooms)
+        elif room_id in self._rooms:
+            return fail(RoomAlreadyExists(room_id))
+        room = Room(room_id, name, self._now().astimezone(UTC))
+        self._rooms[room_id] = room
+        return succeed(room)
+
+    def get_room(self, room_id: int) -> Deferred[Room | None]:
+        return succeed(self._rooms.get(room_id))
+
+    def list_rooms(self) -> Deferred[list[Room]]:
+        return succeed([self._rooms[room_id] for room_id in sorted(self._rooms)])
+
+    def ensure_room(self, room_id: int) -> Deferred[Room]:
+        return succeed(self._ensure_room(room_id))
+
+    def _ensure_room(self, room_id: int) -> Room:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = Room(room_id, _default_room_name(room_id), self._now().astimezone(UTC))
+            self._rooms[room_id] = room
+        return room
+
+    def _add_member(self, member: Member, password_hash: str | None) -> Member:
+        self._members[member.id] = member
+        self._members_by_name[member.name] = member
+        self._password_hashes[member.id] = password_hash
+        return member
+
+    def create_member(self, name: str, password_hash: str | None = None) -> Deferred[Member]:
+        if not name:
+            raise ValueError("a member name must not be empty")
+        if name in self._members_by_name:
+            return fail(MemberNameTaken(name))
+        member = Member(self._next_id(self._members), name, self._now().astimezone(UTC))
+        return succeed(self._add_member(member, password_hash))
+
+    def get_member(self, member_id: int) -> Deferred[Member | None]:
+        return succeed(self._members.get(member_id))
+
+    def get_member_by_name(self, name: str) -> Deferred[Member | None]:
+        return succeed(self._members_by_name.get(name))
+
+    def get_member_credentials(self, name: str) -> Deferred[tuple[Member, str | None] | None]:
+        member = self._members_by_name.get(name)
+        if member is None:
+            return succeed(None)
+        return succeed((member, self._password_hashes[member.id]))
+
+    def ensure_member(self, member_id: int) -> Deferred[Member]:
+        member = self._members.get(member_id)
+        if member is not None:
+            return succeed(member)
+        name = next(n for n in _member_name_candidates(member_id) if n not in self._members_by_name)
+        member = Member(member_id, name, self._now().astimezone(UTC))
+        return succeed(self._add_member(member, None))
+
+    def join_room(self, room_id: int, member_id: int) -> Deferred[bool]:
+        if room_id not in self._rooms:
+            return fail(RoomNotFound(room_id))
+        if member_id not in self._members:
+            return fail(MemberNotFound(member_id))
+        members = self._memberships.setdefault(room_id, {})
+        if member_id in members:
+            return succeed(False)
+        members[member_id] = self._now()
+        return succeed(True)
+
+    def leave_room(self, room_id: int, member_id: int) -> Deferred[bool]:
+        members = self._memberships.get(room_id, {})
+        return succeed(members.pop(member_id, None) is not None)
+
+    def list_members(self, room_id: int) -> Deferred[list[Member]]:
+        joined = self._memberships.get(room_id, {})
+        order = sorted(joined, key=lambda member_id: (joined[member_id], member_id))
+        return succeed([self._members[member_id] for member_id in order])
+
+    def last_seq(self, room_id: int) -> Deferred[int]:
+        seqs = self._sorted_seqs.get(room_id)
+        return succeed(seqs[-1] if seqs else 0)
+
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
+        self.save_calls += 1
+        for message in messages:
+            room_messages = self._messages.setdefault(message.room_id, {})
+            if message.seq in room_messages or message.message_id in self._message_ids:
+                continue
+            self._ensure_room(message.room_id)
+            room_messages[message.seq] = message
+            self._message_ids.add(message.message_id)
+            bisect.insort(self._sorted_seqs.setdefault(message.room_id, []), message.seq)
+        return succeed(None)
+
+    def load_messages(
+        self,
+        room_id: int,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> Deferred[list[ChatMessage]]:
+        _check_history_arguments(limit)
+        seqs = self._sorted_seqs.get(room_id, [])
+        low = 0 if after_seq is None else bisect.bisect_right(seqs, after_seq)
+        high = len(seqs) if before_seq is None else bisect.bisect_left(seqs, before_seq)
+        if high <= low or limit == 0:
+            return succeed([])
+        if after_seq is not None:
+            window = seqs[low : min(high, low + limit)]
+        else:
+            window = seqs[max(low, high - limit) : high]
+        room_messages = self._messages[room_id]
+        return succeed([room_messages[seq] for seq in window])
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
