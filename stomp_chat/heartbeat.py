@@ -18,6 +18,8 @@ from twisted.internet.task import LoopingCall
 class Monitored(Protocol):
     def check_liveness(self, now: float, tick: float) -> None: ...
 
+    def fail(self, message: str, detail: str = "") -> None: ...
+
 
 class HeartbeatMonitor(Service):
     """Sweeps every registered session once per ``tick`` seconds."""
@@ -46,6 +48,11 @@ class HeartbeatMonitor(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+
+    def close_all(self, reason: str) -> None:
+        """Tell every client why it is being disconnected, and disconnect it."""
+        for session in list(self._sessions):
+            session.fail(reason)
 
     def sweep(self) -> None:
         """Let every session send its heart-beat or notice a silent peer."""

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Generator
+
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from stomp_chat import __version__
+from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
@@ -20,7 +26,18 @@ from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSet
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
+from stomp_chat.persistence import (
+    AdbapiChatStore,
+    ChatConnectionPool,
+    WriteBehindWriter,
+    make_pool,
+    migrate,
+    parse_database_url,
+)
+from stomp_chat.web.api import ChatApi
 from stomp_chat.web.site import build_site
+
+log = Logger()
 
 
 def _positive_int(name: str) -> Any:
@@ -99,6 +116,62 @@ class Options(usage.Options):
             "slow consumer.",
             _positive_int("--slow-consumer-bytes"),
         ],
+        [
+            "database",
+            None,
+            "sqlite:///stomp_chat.db",
+            "Database URL: sqlite:///relative.db, sqlite:////absolute/path.db or "
+            "postgresql://user:password@host:port/dbname.",
+        ],
+        [
+            "write-interval",
+            None,
+            50,
+            "Write-behind: the longest a chat message waits before its batch is written, in ms.",
+            _positive_int("--write-interval"),
+        ],
+        [
+            "write-batch",
+            None,
+            1000,
+            "Write-behind: the most messages written in one transaction.",
+            _positive_int("--write-batch"),
+        ],
+        [
+            "write-buffer",
+            None,
+            100_000,
+            "Write-behind: how many unsaved messages may wait (e.g. while the database is "
+            "down) before new chat messages are refused.",
+            _positive_int("--write-buffer"),
+        ],
+        [
+            "history-size",
+            None,
+            DEFAULT_HISTORY_SIZE,
+            "How many recent messages of each active room are kept in memory.",
+            _positive_int("--history-size"),
+        ],
+        [
+            "max-history-page",
+            None,
+            100,
+            "The most messages one history request returns.",
+            _positive_int("--max-history-page"),
+        ],
+        [
+            "enter-template",
+            None,
+            DEFAULT_ENTER_TEMPLATE,
+            "The text of an ENTER message; {senderId} and {roomId} are replaced.",
+        ],
+        [
+            "config",
+            "c",
+            None,
+            "A TOML file of options (option names as keys, e.g. http = \"tcp:8080\"); "
+            "options given on the command line win.",
+        ],
     ]
 
     def opt_version(self) -> None:
@@ -106,7 +179,27 @@ class Options(usage.Options):
         print(f"stomp-chat {__version__}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: Any = None) -> None:
+        """Read ``--config FILE`` first; the command line then overrides it."""
+        import sys
+
+        argv = list(sys.argv[1:] if options is None else options)
+        path = _config_path(argv)
+        if path is not None:
+            argv = config_arguments(path, self) + argv
+        super().parseOptions(argv)
+
     def postOptions(self) -> None:
+        try:
+            self["database"] = parse_database_url(self["database"])
+        except ValueError as error:
+            raise usage.UsageError(f"--database: {error}") from None
+        try:
+            self["enter-template"].format(senderId=1, roomId=1)
+        except (KeyError, IndexError, ValueError) as error:
+            raise usage.UsageError(
+                f"--enter-template: only {{senderId}} and {{roomId}} may be used ({error})"
+            ) from None
         if isinstance(self["heartbeat"], str):  # the default is not coerced
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         for name in ("stomp", "http"):
@@ -114,6 +207,42 @@ class Options(usage.Options):
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg in ("--config", "-c") and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def config_arguments(path: str, options: usage.Options) -> list[str]:
+    """Turn a TOML config file into ``--name=value`` arguments."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise usage.UsageError(f"--config: cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise usage.UsageError(f"--config: {path} is not valid TOML: {error}") from None
+    known = {name for name, *_ in options.optParameters} - {"config"}
+    arguments = []
+    for key, value in data.items():
+        name = key.replace("_", "-")
+        if name not in known:
+            raise usage.UsageError(
+                f"--config: unknown option {key!r} in {path}; known: {', '.join(sorted(known))}"
+            )
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, bool) or not isinstance(value, str | int):
+            raise usage.UsageError(f"--config: {key} in {path} must be a string or a number")
+        arguments.append(f"--{name}={value}")
+    return arguments
 
 
 def _check_endpoint(name: str, description: str) -> str | None:
@@ -133,19 +262,37 @@ def makeService(options: Options) -> IService:
     """Build the whole server from parsed options."""
     from twisted.internet import reactor
 
-    top = MultiService()
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
-    monitor.setServiceParent(top)
-
-    settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
+    pool = make_pool(options["database"], reactor)
+    store = AdbapiChatStore(pool)
+    writer = WriteBehindWriter(
+        store,
+        reactor,
+        flush_interval=options["write-interval"] / 1000.0,
+        max_batch=options["write-batch"],
+        max_pending=options["write-buffer"],
+    )
     broker = Broker()
     router = AppRouter()
+    chat = ChatService(
+        store,
+        writer,
+        broker,
+        reactor,
+        auto_create_rooms=True,
+        enter_template=options["enter-template"],
+        history_size=options["history-size"],
+    )
+    chat.register(router)
+
+    settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
     context = ServerContext(broker, router, settings, monitor, AnonymousAuthenticator())
     stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
 
+    listeners = MultiService()
     if options["stomp"]:
-        strports.service(options["stomp"], stomp_factory).setServiceParent(top)
+        strports.service(options["stomp"], stomp_factory).setServiceParent(listeners)
     if options["http"]:
         ws_factory = StompWebSocketFactory(
             stomp_factory,
@@ -153,6 +300,67 @@ def makeService(options: Options) -> IService:
             max_message_size=options["max-frame-size"],
             reactor=reactor,
         )
-        site = build_site(ws_factory, health=lambda: {"connections": len(monitor)})
-        strports.service(options["http"], site).setServiceParent(top)
-    return top
+        api = ChatApi(chat, store, max_page=options["max-history-page"])
+        site = build_site(
+            ws_factory,
+            health=lambda: {"connections": len(monitor), "unsaved": writer.pending_count},
+            api=api,
+        )
+        strports.service(options["http"], site).setServiceParent(listeners)
+    return ChatServer(reactor, pool, writer, monitor, listeners)
+
+
+class ChatServer(MultiService):
+    """Starts and stops the server's parts in the order data safety needs.
+
+    Start: migrate the schema, then the writer and heart-beats, then listen.
+    Stop: stop listening, close client sessions, flush the write-behind
+    buffer, and only then close the database pool. ``MultiService`` would
+    stop them all at once.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: ChatConnectionPool,
+        writer: WriteBehindWriter,
+        monitor: HeartbeatMonitor,
+        listeners: MultiService,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.pool = pool
+        self.writer = writer
+        self.monitor = monitor
+        self.listeners = listeners
+        self._ready: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._ready = migrate(self.pool).addCallbacks(self._migrated, self._cannot_start)
+
+    def _migrated(self, version: int) -> None:
+        log.info("database schema at version {version}", version=version)
+        self.writer.startService()
+        self.monitor.startService()
+        self.listeners.startService()
+
+    def _cannot_start(self, failure: Failure) -> None:
+        log.critical(
+            "cannot start: the database is not usable: {error}", error=failure.getErrorMessage()
+        )
+        self.reactor.stop()
+
+    @inlineCallbacks
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
+        Service.stopService(self)
+        if self._ready is not None:
+            yield self._ready
+        if self.listeners.running:
+            yield self.listeners.stopService()
+        self.monitor.close_all("server shutting down")
+        if self.monitor.running:
+            self.monitor.stopService()
+        if self.writer.running:
+            yield self.writer.stopService()
+        self.pool.close()

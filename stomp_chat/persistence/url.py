@@ -130,13 +130,14 @@ def _parse_postgres(url: str) -> DatabaseConfig:
             f"PostgreSQL URL has an invalid port {parts.netloc.rpartition(':')[2]!r}; "
             "expected a number between 0 and 65535"
         ) from None
-    database = unquote(parts.path.lstrip("/"))
-    if not database:
+    raw_database = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if not raw_database:
         raise ValueError(
             "PostgreSQL URL names no database; expected postgresql://user@host:port/dbname"
         )
-    if "/" in database:
+    if "/" in raw_database:
         raise ValueError(f"PostgreSQL URL path {parts.path!r} must be just the database name")
+    database = unquote(raw_database)
     options: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
         if key in options:

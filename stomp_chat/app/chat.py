@@ -1,0 +1,304 @@
+"""The chat controller: ``SEND /app/message``, rooms, sequence numbers, history.
+
+The seed's ``MessageController`` + ``MessageService``, done so that no
+accepted message is lost: every message gets its room's next ``seq`` (no
+gaps), is broadcast at once on ``/topic/chat/room/{roomId}``, and is written
+behind in batches; a client that asked for a receipt gets it only once its
+message is stored. The last messages of every active room stay in memory, so
+opening a room costs no database round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
+from stomp_chat.broker import Broker
+from stomp_chat.persistence import BufferFull, ChatMessage, ChatStore, WriteBehindWriter
+from stomp_chat.stomp.frame import Frame
+
+DEFAULT_ENTER_TEMPLATE = "{senderId}님이 입장하였습니다."
+DEFAULT_HISTORY_SIZE = 30
+MAX_TEXT_LENGTH = 10_000
+ROOM_TOPIC = "/topic/chat/room/{room_id}"
+_JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated ``/app/message`` body."""
+
+    type: str
+    room_id: int
+    sender_id: int
+    text: str
+
+
+#: How a message type turns a request into the stored text. Adding a type
+#: (LEAVE, an edit) is one entry here.
+TextRule = Callable[[ChatRequest, "ChatService"], str]
+
+
+def _enter_text(request: ChatRequest, service: ChatService) -> str:
+    return service.enter_template.format(senderId=request.sender_id, roomId=request.room_id)
+
+
+def _talk_text(request: ChatRequest, service: ChatService) -> str:
+    if not request.text:
+        raise ApplicationError("detailMessage must not be empty", code="invalid-message")
+    return request.text
+
+
+MESSAGE_TYPES: dict[str, TextRule] = {"ENTER": _enter_text, "TALK": _talk_text}
+
+
+def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) -> ChatRequest:
+    """Validate a chat message body; every problem is an ApplicationError."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApplicationError("the body is not valid JSON", code="invalid-json") from None
+    if not isinstance(data, dict):
+        raise ApplicationError("the body must be a JSON object", code="invalid-message")
+    kind = data.get("type")
+    if kind not in types:
+        raise ApplicationError(
+            f"type must be one of {', '.join(sorted(types))}", code="invalid-message"
+        )
+    room_id = _integer(data, "roomId")
+    sender_id = _integer(data, "senderId")
+    text = data.get("detailMessage", "")
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise ApplicationError("detailMessage must be a string", code="invalid-message")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ApplicationError(
+            f"detailMessage is longer than {MAX_TEXT_LENGTH} characters", code="invalid-message"
+        )
+    return ChatRequest(kind, room_id, sender_id, text)
+
+
+def _integer(data: dict[str, Any], name: str) -> int:
+    """Ids arrive as JSON numbers or, from some clients, as digit strings."""
+    value = data.get(name)
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        value = int(value)
+    if not isinstance(value, int) or value <= 0 or value > 2**63 - 1:
+        raise ApplicationError(f"{name} must be a positive integer", code="invalid-message")
+    return value
+
+
+class RoomState:
+    """An active room: its last sequence number and its recent messages."""
+
+    __slots__ = ("last_seq", "recent", "room_id", "topic")
+
+    def __init__(self, room_id: int, last_seq: int, recent: list[ChatMessage], size: int) -> None:
+        self.room_id = room_id
+        self.last_seq = last_seq
+        self.recent: deque[ChatMessage] = deque(recent, maxlen=size)
+        self.topic = ROOM_TOPIC.format(room_id=room_id)
+
+    def page(self, limit: int, before: int | None, after: int | None) -> list[ChatMessage] | None:
+        """The requested history page if the cache holds all of it, else None.
+
+        Sequence numbers have no gaps, so the cache covers a range of seqs
+        exactly when its oldest message is at or below the range's start.
+        """
+        recent = self.recent
+        oldest = recent[0].seq if recent else self.last_seq + 1
+        complete = oldest <= 1
+        if after is not None:
+            wanted_from = after + 1
+            upto = min(self.last_seq, after + limit)
+        else:
+            upto = self.last_seq if before is None else min(self.last_seq, before - 1)
+            wanted_from = max(1, upto - limit + 1)
+        if upto < wanted_from:
+            return []
+        if not complete and wanted_from < oldest:
+            return None
+        return [m for m in recent if wanted_from <= m.seq <= upto]
+
+
+class ChatService:
+    """Accepts, numbers, broadcasts and stores chat messages."""
+
+    def __init__(
+        self,
+        store: ChatStore,
+        writer: WriteBehindWriter,
+        broker: Broker,
+        clock: IReactorTime,
+        *,
+        auto_create_rooms: bool = True,
+        enter_template: str = DEFAULT_ENTER_TEMPLATE,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        types: dict[str, TextRule] | None = None,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.broker = broker
+        self.clock = clock
+        self.auto_create_rooms = auto_create_rooms
+        self.enter_template = enter_template
+        self.history_size = history_size
+        self.types = dict(MESSAGE_TYPES if types is None else types)
+        self._rooms: dict[int, RoomState] = {}
+        #: Requests for rooms being loaded, kept in arrival order.
+        self._waiting: dict[int, list[tuple[ChatRequest, bool, Deferred[Any]]]] = {}
+
+    def register(self, router: AppRouter) -> None:
+        """Mount the seed-compatible ``/app/message`` handler."""
+        router.add("/message", self.handle_message)
+
+    # -- the STOMP side ------------------------------------------------
+
+    def handle_message(
+        self, frame: Frame, context: AppContext, variables: dict[str, str]
+    ) -> Deferred[Any] | None:
+        """``SEND /app/message``: None when done, a Deferred when a receipt must wait."""
+        request = parse_chat_request(frame.body, self.types)
+        durable = "receipt" in frame.headers
+        state = self._rooms.get(request.room_id)
+        if state is not None:
+            message, stored = self._accept(state, request, durable)
+            return stored
+        return self._when_loaded(request, durable)
+
+    def post(self, request: ChatRequest) -> Deferred[ChatMessage]:
+        """Accept a message from any caller (REST, tests); fires once it is broadcast."""
+        state = self._rooms.get(request.room_id)
+        if state is not None:
+            try:
+                message, _ = self._accept(state, request, durable=False)
+            except ApplicationError:
+                return fail()
+            return succeed(message)
+        return self._when_loaded(request, durable=False)
+
+    def _accept(
+        self, state: RoomState, request: ChatRequest, durable: bool
+    ) -> tuple[ChatMessage, Deferred[None] | None]:
+        """Number, buffer for storage, cache and broadcast one message."""
+        text = self.types[request.type](request, self)
+        seq = state.last_seq + 1
+        message = ChatMessage(
+            room_id=state.room_id,
+            seq=seq,
+            message_id=f"{state.room_id}-{seq}",
+            type=request.type,
+            sender_id=request.sender_id,
+            text=text,
+            created_at=datetime.fromtimestamp(self.clock.seconds(), UTC),
+        )
+        try:
+            stored = self.writer.append_durable(message) if durable else None
+            if not durable:
+                self.writer.append(message)
+        except BufferFull as error:
+            raise ApplicationError(str(error), code="busy") from None
+        state.last_seq = seq
+        state.recent.append(message)
+        body = json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
+        self.broker.publish(state.topic, body, dict(_JSON_HEADERS))
+        return message, stored
+
+    # -- rooms ---------------------------------------------------------
+
+    def _when_loaded(self, request: ChatRequest, durable: bool) -> Deferred[Any]:
+        """Queue a request behind its room's loading, keeping arrival order."""
+        room_id = request.room_id
+        result: Deferred[Any] = Deferred()
+        waiting = self._waiting.get(room_id)
+        if waiting is None:
+            waiting = self._waiting[room_id] = []
+            self._load(room_id).addBoth(self._loaded, room_id)
+        waiting.append((request, durable, result))
+        return result
+
+    def _load(self, room_id: int) -> Deferred[RoomState | None]:
+        store = self.store
+        d = store.ensure_room(room_id) if self.auto_create_rooms else store.get_room(room_id)
+
+        def found(room: Any) -> Any:
+            if room is None:
+                return None
+            return store.last_seq(room_id).addCallback(recent_of)
+
+        def recent_of(last_seq: int) -> Deferred[RoomState]:
+            return store.load_messages(room_id, self.history_size).addCallback(
+                lambda recent: RoomState(room_id, last_seq, list(recent), self.history_size)
+            )
+
+        return d.addCallback(found)
+
+    def _loaded(self, outcome: RoomState | None | Failure, room_id: int) -> None:
+        waiting = self._waiting.pop(room_id, [])
+        if isinstance(outcome, RoomState):
+            self._rooms[room_id] = outcome
+        for request, durable, result in waiting:
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            elif outcome is None:
+                result.errback(
+                    ApplicationError(f"room {room_id} does not exist", code="unknown-room")
+                )
+            else:
+                try:
+                    message, stored = self._accept(outcome, request, durable)
+                except ApplicationError as error:
+                    result.errback(error)
+                    continue
+                if stored is None:
+                    result.callback(message)
+                else:
+                    stored.addCallback(lambda _, m=message: m).chainDeferred(result)
+
+    def active_room(self, room_id: int) -> RoomState | None:
+        return self._rooms.get(room_id)
+
+    def forget_room(self, room_id: int) -> None:
+        """Drop a room's cache (e.g. after it was deleted)."""
+        self._rooms.pop(room_id, None)
+
+    # -- history -------------------------------------------------------
+
+    def history(
+        self, room_id: int, limit: int, before: int | None = None, after: int | None = None
+    ) -> Deferred[list[ChatMessage]]:
+        """A page of a room's messages, ascending by seq; from the cache when it can.
+
+        Messages still waiting for the write-behind are only in the cache, so
+        a page read from the database is completed from it.
+        """
+        state = self._rooms.get(room_id)
+        if state is not None:
+            cached = state.page(limit, before, after)
+            if cached is not None:
+                return succeed(cached)
+        d = self.store.load_messages(room_id, limit, before_seq=before, after_seq=after)
+
+        def merge(stored: list[ChatMessage]) -> list[ChatMessage]:
+            if state is None:
+                return list(stored)
+            by_seq = {m.seq: m for m in stored}
+            for m in state.recent:
+                if (before is None or m.seq < before) and (after is None or m.seq > after):
+                    by_seq.setdefault(m.seq, m)
+            ordered = sorted(by_seq.values(), key=lambda m: m.seq)
+            return ordered[:limit] if after is not None else ordered[-limit:]
+
+        return d.addCallback(merge)
