@@ -229,7 +229,9 @@ class StompSession:
             self._outgoing = outgoing / 1000.0
         self.state = State.AUTHENTICATING
         d = maybeDeferred(self.context.authenticator.authenticate, frame)
-        d.addCallbacks(self._connected, self._refused, callbackArgs=(version,), errbackArgs=(frame,))
+        d.addCallbacks(
+            self._connected, self._refused, callbackArgs=(version,), errbackArgs=(frame,)
+        )
 
     def _connected(self, principal: str | None, version: str) -> None:
         if self.state is State.CLOSED:
@@ -254,12 +256,14 @@ class StompSession:
         if self.state is State.CLOSED:
             return
         self.state = State.AWAITING_CONNECT
-        if failure.check(AuthError):
-            error = failure.value
+        error = failure.value
+        if isinstance(error, AuthError):
             self.fail(error.message, error.detail, frame)
         else:
             log.failure("authentication failed unexpectedly", failure)
-            self.fail("authentication unavailable", "the server could not check credentials", frame)
+            self.fail(
+                "authentication unavailable", "the server could not check credentials", frame
+            )
 
     # -- SEND ------------------------------------------------------------
 
@@ -292,7 +296,7 @@ class StompSession:
         return result.addErrback(self._app_failed, frame)
 
     def _app_failed(self, failure: Failure, frame: Frame) -> object:
-        if failure.check(ApplicationError):
+        if isinstance(failure.value, ApplicationError):
             self._report_app_error(frame, failure.value)
         else:
             log.failure("application handler failed for {destination}", failure,
@@ -391,7 +395,9 @@ class StompSession:
             message_id, _, serial = ack_id.rpartition("@")
             sub = self._subscriptions_by_serial.get(int(serial)) if serial.isdigit() else None
             if sub is None or message_id not in sub.pending:
-                raise ProtocolError("unknown ack id", f"no unacknowledged message with id {ack_id!r}")
+                raise ProtocolError(
+                    "unknown ack id", f"no unacknowledged message with id {ack_id!r}"
+                )
             return sub, message_id
         message_id = _required(frame, "message-id")
         if self.version == V1_0:
@@ -619,12 +625,18 @@ def _swallow(failure: Failure) -> None:
 def _required(frame: Frame, name: str) -> str:
     value = frame.headers.get(name)
     if value is None:
-        raise ProtocolError(f"missing header '{name}'", f"{frame.command} requires a '{name}' header")
+        raise ProtocolError(
+            f"missing header '{name}'", f"{frame.command} requires a '{name}' header"
+        )
     return value
 
 
 def _error_json(error: ApplicationError, destination: str, receipt: str | None) -> bytes:
-    payload: dict[str, Any] = {"error": error.code, "message": error.message, "destination": destination}
+    payload: dict[str, Any] = {
+        "error": error.code,
+        "message": error.message,
+        "destination": destination,
+    }
     if receipt is not None:
         payload["receipt"] = receipt
     return json.dumps(payload, ensure_ascii=False).encode("utf-8")

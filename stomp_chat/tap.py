@@ -6,9 +6,8 @@ the listening ports, and the order in which they stop.
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Generator
+from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
@@ -22,10 +21,6 @@ from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, Ch
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
-from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
-from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
-from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
-from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.persistence import (
     AdbapiChatStore,
     ChatConnectionPool,
@@ -34,6 +29,10 @@ from stomp_chat.persistence import (
     migrate,
     parse_database_url,
 )
+from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
+from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
+from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.site import build_site
 
@@ -186,7 +185,8 @@ class Options(usage.Options):
         argv = list(sys.argv[1:] if options is None else options)
         path = _config_path(argv)
         if path is not None:
-            argv = config_arguments(path, self) + argv
+            known = {name for name, *_ in self.optParameters} - {"config"}
+            argv = config_arguments(path, known) + argv
         super().parseOptions(argv)
 
     def postOptions(self) -> None:
@@ -218,7 +218,7 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def config_arguments(path: str, options: usage.Options) -> list[str]:
+def config_arguments(path: str, known: set[str]) -> list[str]:
     """Turn a TOML config file into ``--name=value`` arguments."""
     import tomllib
 
@@ -229,7 +229,6 @@ def config_arguments(path: str, options: usage.Options) -> list[str]:
         raise usage.UsageError(f"--config: cannot read {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise usage.UsageError(f"--config: {path} is not valid TOML: {error}") from None
-    known = {name for name, *_ in options.optParameters} - {"config"}
     arguments = []
     for key, value in data.items():
         name = key.replace("_", "-")

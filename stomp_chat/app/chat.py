@@ -265,7 +265,7 @@ class ChatService:
                 if stored is None:
                     result.callback(message)
                 else:
-                    stored.addCallback(lambda _, m=message: m).chainDeferred(result)
+                    stored.addCallback(_replace_result, message).chainDeferred(result)
 
     def active_room(self, room_id: int) -> RoomState | None:
         return self._rooms.get(room_id)
@@ -302,3 +302,7 @@ class ChatService:
             return ordered[:limit] if after is not None else ordered[-limit:]
 
         return d.addCallback(merge)
+
+
+def _replace_result(_: object, value: Any) -> Any:
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -206,13 +207,31 @@ class ChatConnectionPool(adbapi.ConnectionPool):
             super().__init__("psycopg2", **config.connect_kwargs(), **pool_kwargs)
 
 
+_SQLITE_BUSY_TIMEOUT_SECONDS = 5.0
+
+
 def _configure_sqlite_connection(connection: sqlite3.Connection) -> None:
+    """Runs in the pool thread right after connecting (so it may block briefly)."""
+    connection.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
     # WAL lets readers proceed during a write; NORMAL is durable across application crashes
     # in WAL mode (only an OS crash can lose the last commits); foreign keys are off by default.
-    connection.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(connection)
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("PRAGMA foreign_keys=ON")
-    connection.execute("PRAGMA busy_timeout=5000")
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    # Switching a new file to WAL while another connection is using it reports "database is
+    # locked" at once, without consulting the busy timeout: wait for the other one ourselves.
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def make_pool(config: DatabaseConfig, reactor: IReactorCore | None = None) -> ChatConnectionPool:

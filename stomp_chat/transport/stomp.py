@@ -28,6 +28,7 @@ class StompProtocol(Protocol):
     """One STOMP connection: a session plus its socket's flow control."""
 
     session: StompSession
+    transport: Any  # a TCP transport, or the WebSocket adapter
 
     def __init__(
         self,

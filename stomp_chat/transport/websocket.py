@@ -34,6 +34,11 @@ class WebSocketFrameTransport:
         self._ws = ws
         self.disconnecting = False
 
+    @property
+    def _socket(self) -> Any:
+        """The connection under the WebSocket (TCP, or TLS over TCP)."""
+        return self._ws.transport
+
     def write(self, data: bytes) -> None:
         try:
             data.decode("utf-8")
@@ -52,12 +57,12 @@ class WebSocketFrameTransport:
             self._ws.sendClose(1000)
 
     def abortConnection(self) -> None:
-        transport = self._ws.transport
+        transport = self._socket
         if transport is not None:
             transport.abortConnection()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        transport = self._ws.transport
+        transport = self._socket
         try:
             transport.registerProducer(producer, streaming)
         except RuntimeError:
@@ -67,13 +72,13 @@ class WebSocketFrameTransport:
             transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self._ws.transport.unregisterProducer()
+        self._socket.unregisterProducer()
 
     def getPeer(self) -> Any:
-        return self._ws.transport.getPeer()
+        return self._socket.getPeer()
 
     def getHost(self) -> Any:
-        return self._ws.transport.getHost()
+        return self._socket.getHost()
 
 
 class StompWebSocketProtocol(WebSocketServerProtocol):
@@ -91,7 +96,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         return None
 
     def onOpen(self) -> None:
-        stomp = self.factory.stomp_factory.buildProtocol(self.transport.getPeer())
+        stomp = self.factory.stomp_factory.buildProtocol(self.peer)
         self.stomp = stomp
         stomp.makeConnection(WebSocketFrameTransport(self))
 
@@ -108,7 +113,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
 class StompWebSocketFactory(WebSocketServerFactory):
     """Accepts STOMP WebSocket connections from allowed origins."""
 
-    protocol = StompWebSocketProtocol
+    protocol = StompWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

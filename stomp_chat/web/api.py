@@ -82,7 +82,8 @@ class ChatApi(Resource):
     # -- dispatch --------------------------------------------------------
 
     def render(self, request: Request) -> bytes | int:
-        path = "/" + "/".join(segment.decode("utf-8", "replace") for segment in request.postpath)
+        postpath = request.postpath or []
+        path = "/" + "/".join(segment.decode("utf-8", "replace") for segment in postpath)
         for pattern, methods in self._routes:
             match = pattern.match(path)
             if match is None:
