@@ -36,12 +36,16 @@ class ChatMessage:
     type: str
     sender_id: int
     text: str
-    #: Always timezone-aware; a naive time would be stored ambiguously.
+    #: Always in UTC (converted on construction); a naive time would be ambiguous.
     created_at: datetime
 
     def __post_init__(self) -> None:
-        if self.created_at.tzinfo is None:
-            raise ValueError(f"ChatMessage.created_at must be timezone-aware: {self.created_at!r}")
+        created_at = self.created_at
+        if created_at.tzinfo is UTC:
+            return
+        if created_at.tzinfo is None:
+            raise ValueError(f"ChatMessage.created_at must be timezone-aware: {created_at!r}")
+        object.__setattr__(self, "created_at", created_at.astimezone(UTC))
 
     def to_json_dict(self) -> dict[str, Any]:
         """The wire shape the chat clients know (the seed's field names plus ordering data)."""

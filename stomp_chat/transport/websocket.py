@@ -9,11 +9,13 @@ and binary otherwise.
 from __future__ import annotations
 
 import fnmatch
+import struct
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -25,6 +27,12 @@ log = Logger()
 
 #: Offered STOMP subprotocols, best first.
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+_OPCODE_TEXT = 0x1
+_OPCODE_BINARY = 0x2
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
 
 
 class WebSocketFrameTransport:
@@ -40,12 +48,31 @@ class WebSocketFrameTransport:
         return self._ws.transport
 
     def write(self, data: bytes) -> None:
+        """Send one STOMP frame as one WebSocket message.
+
+        Server frames are unmasked, so framing is a 2-10 byte header; writing
+        it here skips Autobahn's ``sendMessage``, whose per-call logging costs
+        more than everything else a delivery does. Autobahn still owns the
+        handshake, incoming frames, pings and the closing handshake.
+        """
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
-            self._ws.sendMessage(data, isBinary=True)
+            opcode = _OPCODE_BINARY
         else:
-            self._ws.sendMessage(data, isBinary=False)
+            opcode = _OPCODE_TEXT
+        ws = self._ws
+        if ws.state != _STATE_OPEN or ws.send_queue or ws._perMessageCompress is not None:
+            ws.sendMessage(data, isBinary=opcode == _OPCODE_BINARY)
+            return
+        size = len(data)
+        if size < 126:
+            header = bytes((0x80 | opcode, size))
+        elif size < 65536:
+            header = _HEADER_16.pack(0x80 | opcode, 126, size)
+        else:
+            header = _HEADER_64.pack(0x80 | opcode, 127, size)
+        ws.transport.write(header + data)
 
     def writeSequence(self, seq: Sequence[bytes]) -> None:
         for data in seq:
