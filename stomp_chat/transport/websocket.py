@@ -72,7 +72,7 @@ class WebSocketFrameTransport:
             header = _HEADER_16.pack(0x80 | opcode, 126, size)
         else:
             header = _HEADER_64.pack(0x80 | opcode, 127, size)
-        ws.transport.write(header + data)
+        self._socket.write(header + data)
 
     def writeSequence(self, seq: Sequence[bytes]) -> None:
         for data in seq:
