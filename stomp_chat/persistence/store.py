@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -147,9 +148,23 @@ _ROOM_COLUMNS = "id, name, created_at"
 _MEMBER_COLUMNS = "id, name, created_at"
 _MESSAGE_COLUMNS = "room_id, seq, message_id, type, sender_id, text, created_at"
 
-_INSERT_MESSAGE = (
-    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-)
+#: Rows per INSERT statement when saving a batch. psycopg2's executemany costs one round
+#: trip per parameter set, so each set is a 200-row statement: a 1000-message batch takes
+#: five round trips instead of 1000 (several times faster on PostgreSQL). 200 rows x 7
+#: values stays far below SQLite's 32766-variable limit.
+_MESSAGES_PER_STATEMENT = 200
+
+
+@functools.cache
+def _insert_messages_sql(dialect: Dialect, row_count: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * row_count)
+    return dialect.sql(
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING"
+    )
+
+
+def _flatten(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
 
 
 class AdbapiChatStore:
@@ -471,7 +486,20 @@ class AdbapiChatStore:
         )
         if transaction.fetchall():
             self._advance_id_sequence(transaction, "rooms")
-        transaction.executemany(self._dialect.sql(_INSERT_MESSAGE), rows)
+        size = _MESSAGES_PER_STATEMENT
+        full_chunks, remainder = divmod(len(rows), size)
+        if full_chunks:
+            transaction.executemany(
+                _insert_messages_sql(self._dialect, size),
+                [
+                    _flatten(rows[start : start + size])
+                    for start in range(0, full_chunks * size, size)
+                ],
+            )
+        if remainder:
+            transaction.execute(
+                _insert_messages_sql(self._dialect, remainder), _flatten(rows[full_chunks * size :])
+            )
 
     def _classify_save_failure(self, failure: Failure) -> Failure:
         if failure.check(*self._rejection_errors):
@@ -525,8 +553,9 @@ class AdbapiChatStore:
         return messages
 
     def close(self) -> Deferred[None]:
-        """Close the pool (after the write-behind writer has flushed)."""
-        self._pool.close()
+        """Close the pool (after the write-behind writer has flushed); safe to call twice."""
+        if self._pool.running:
+            self._pool.close()
         return succeed(None)
 
 

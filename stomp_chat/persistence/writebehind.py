@@ -319,8 +319,8 @@ class WriteBehindWriter(Service):
         if self._outage_started is None:
             self._outage_started = self._clock.seconds()
             self.log.failure(
-                "Saving {count} chat messages failed; keeping them buffered and retrying "
-                "until the database accepts them",
+                "Saving a batch of {count} chat message(s) failed; keeping it buffered and "
+                "retrying until the database accepts it",
                 failure,
                 count=len(self._batch),
             )

@@ -1,0 +1,365 @@
+"""The ChatStore contract, checked on SQLite, PostgreSQL and the in-memory twin."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import gatherResults
+
+from stomp_chat.persistence import (
+    AdbapiChatStore,
+    ChatMessage,
+    ChatStore,
+    MemberNameTaken,
+    MemberNotFound,
+    MessagesRejected,
+    RoomAlreadyExists,
+    RoomNotFound,
+    make_pool,
+    migrate,
+    parse_database_url,
+)
+
+if TYPE_CHECKING:
+    from tests.conftest_db import TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def chat_message(
+    room_id: int, seq: int, text: str | None = None, sender_id: int = 1
+) -> ChatMessage:
+    return ChatMessage(
+        room_id=room_id,
+        seq=seq,
+        message_id=f"r{room_id}-m{seq}",
+        type="TALK",
+        sender_id=sender_id,
+        text=text if text is not None else f"message {seq}",
+        created_at=T0 + timedelta(milliseconds=seq),
+    )
+
+
+def seqs(messages: list[ChatMessage]) -> list[int]:
+    return [message.seq for message in messages]
+
+
+# -- rooms -------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_created_rooms_get_increasing_ids(store: ChatStore) -> None:
+    """Rooms created without an id get distinct increasing ids and can be read back."""
+    lobby = await store.create_room("lobby")
+    games = await store.create_room("games")
+    assert games.id > lobby.id
+    assert await store.get_room(lobby.id) == lobby
+    assert await store.list_rooms() == [lobby, games]
+    assert lobby.created_at.tzinfo is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_room_is_none(store: ChatStore) -> None:
+    """Looking up a room that does not exist gives None, not an error."""
+    assert await store.get_room(404) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_explicit_room_id_is_not_reused_by_generated_ids(store: ChatStore) -> None:
+    """After a room is created with an explicit id, generated ids never collide with it."""
+    explicit = await store.create_room("seeded", room_id=5)
+    assert explicit.id == 5
+    generated = [await store.create_room(f"auto {n}") for n in range(3)]
+    ids = [room.id for room in generated]
+    assert 5 not in ids and len(set(ids)) == 3
+    assert [room.id for room in await store.list_rooms()] == sorted([5, *ids])
+
+
+@pytest_twisted.ensureDeferred
+async def test_explicit_room_id_taken(store: ChatStore) -> None:
+    """Creating a room with an id already in use fails with RoomAlreadyExists."""
+    await store.create_room("first", room_id=3)
+    with pytest.raises(RoomAlreadyExists):
+        await store.create_room("second", room_id=3)
+    room = await store.get_room(3)
+    assert room is not None and room.name == "first"
+
+
+@pytest_twisted.ensureDeferred
+async def test_ensure_room_creates_once(store: ChatStore) -> None:
+    """ensure_room creates a missing room and afterwards returns that same room."""
+    created = await store.ensure_room(42)
+    again = await store.ensure_room(42)
+    assert created.id == 42
+    assert again == created
+    assert await store.list_rooms() == [created]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_ensure_room_agrees(store: ChatStore) -> None:
+    """Many concurrent ensure_room calls for one id all get the same single room."""
+    rooms = await gatherResults([store.ensure_room(9) for _ in range(12)])
+    assert len(set(rooms)) == 1
+    assert len(await store.list_rooms()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_generated_and_explicit_ids_never_collide(store: ChatStore) -> None:
+    """Creating rooms with generated ids while others are created with explicit ids (the
+    ids the generator would pick next) succeeds for all, each with a distinct id."""
+    creations = []
+    for n in range(1, 16):
+        creations.append(store.create_room(f"auto {n}"))
+        creations.append(store.ensure_room(n + 1))
+    rooms = await gatherResults(creations)
+    listed = await store.list_rooms()
+    assert len({room.id for room in listed}) == len(listed)
+    auto_ids = [room.id for room in rooms[0::2]]
+    assert len(set(auto_ids)) == 15
+    assert {room.id for room in listed} >= set(auto_ids) | set(range(2, 17))
+
+
+# -- members -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_member_round_trip(store: ChatStore) -> None:
+    """A created member is found by id and by name, with its password hash kept apart."""
+    alice = await store.create_member("alice", password_hash="$argon2id$abc")
+    assert alice.name == "alice"
+    assert await store.get_member(alice.id) == alice
+    assert await store.get_member_by_name("alice") == alice
+    assert await store.get_member_credentials("alice") == (alice, "$argon2id$abc")
+    assert await store.get_member_credentials("nobody") is None
+    assert await store.get_member(alice.id + 100) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_member_names_are_unique(store: ChatStore) -> None:
+    """A second member with a taken name is refused with MemberNameTaken."""
+    await store.create_member("bob")
+    with pytest.raises(MemberNameTaken):
+        await store.create_member("bob")
+
+
+@pytest_twisted.ensureDeferred
+async def test_ensure_member_names_the_member_after_its_id(store: ChatStore) -> None:
+    """A member known only by id is created once, named after the id."""
+    created = await store.ensure_member(17)
+    assert (created.id, created.name) == (17, "17")
+    assert await store.ensure_member(17) == created
+    assert await store.get_member_credentials("17") == (created, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ensure_member_avoids_a_taken_name(store: ChatStore) -> None:
+    """If someone registered the name "8", ensuring member 8 still works under another name."""
+    squatter = await store.create_member("8")
+    assert squatter.id != 8
+    member = await store.ensure_member(8)
+    assert member.id == 8 and member.name != "8"
+    following = await store.create_member("carol")
+    assert following.id not in (8, squatter.id)
+
+
+# -- membership --------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_list_and_leave(store: ChatStore) -> None:
+    """Joining is idempotent, members are listed in joining order, and leaving removes."""
+    room = await store.create_room("lobby")
+    alice = await store.create_member("alice")
+    bob = await store.create_member("bob")
+    assert await store.join_room(room.id, bob.id) is True
+    assert await store.join_room(room.id, alice.id) is True
+    assert await store.join_room(room.id, bob.id) is False
+    assert await store.list_members(room.id) == [bob, alice]
+    assert await store.leave_room(room.id, bob.id) is True
+    assert await store.leave_room(room.id, bob.id) is False
+    assert await store.list_members(room.id) == [alice]
+
+
+@pytest_twisted.ensureDeferred
+async def test_joining_needs_a_real_room_and_member(store: ChatStore) -> None:
+    """Joining an unknown room or as an unknown member fails with a typed error."""
+    room = await store.create_room("lobby")
+    alice = await store.create_member("alice")
+    with pytest.raises(RoomNotFound):
+        await store.join_room(room.id + 50, alice.id)
+    with pytest.raises(MemberNotFound):
+        await store.join_room(room.id, alice.id + 50)
+    assert await store.list_members(room.id) == []
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_saved_messages_come_back_unchanged(store: ChatStore) -> None:
+    """Every field survives a save and load, the time as an aware UTC datetime."""
+    await store.ensure_room(1)
+    sent = ChatMessage(
+        room_id=1,
+        seq=1,
+        message_id="0b9e-uuid",
+        type="ENTER",
+        sender_id=77,
+        text="77님이 입장하였습니다. \U0001f600 'quotes' \"and\" ?%s",
+        created_at=datetime(2024, 5, 1, 21, 0, 0, 654321, tzinfo=timezone(timedelta(hours=9))),
+    )
+    await store.save_messages([sent])
+    [loaded] = await store.load_messages(1, limit=10)
+    assert loaded == sent
+    assert loaded.created_at.utcoffset() == timedelta(0)
+    assert loaded.to_json_dict()["createdAt"] == "2024-05-01T12:00:00.654Z"
+
+
+@pytest_twisted.ensureDeferred
+async def test_saving_creates_missing_rooms(store: ChatStore) -> None:
+    """A message to a room nobody created yet creates that room (the seed's behaviour)."""
+    await store.save_messages([chat_message(31, 1), chat_message(32, 1)])
+    assert [room.id for room in await store.list_rooms()] == [31, 32]
+    follow_up = await store.create_room("after")
+    assert follow_up.id not in (31, 32)
+
+
+@pytest_twisted.ensureDeferred
+async def test_saving_again_is_harmless(store: ChatStore) -> None:
+    """Re-saving a batch (a retry after an unknown outcome) stores nothing twice and fails
+    nothing, while the new messages of an overlapping batch are stored."""
+    first = [chat_message(1, seq) for seq in range(1, 6)]
+    await store.save_messages(first)
+    await store.save_messages(first)
+    overlapping = [chat_message(1, seq) for seq in range(4, 9)]
+    await store.save_messages(overlapping)
+    assert seqs(await store.load_messages(1, limit=100)) == list(range(1, 9))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_batch_is_stored_whole(store: ChatStore) -> None:
+    """A batch larger than one INSERT statement holds is stored completely and in order,
+    and re-saving an overlapping large batch adds only the new messages."""
+    await store.save_messages([chat_message(1, seq) for seq in range(1, 451)])
+    await store.save_messages([chat_message(1, seq) for seq in range(201, 1002)])
+    loaded = await store.load_messages(1, limit=2000)
+    assert seqs(loaded) == list(range(1, 1002))
+    assert loaded[-1] == chat_message(1, 1001)
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_seq(store: ChatStore) -> None:
+    """last_seq is 0 for a silent room and the highest seq otherwise, per room."""
+    assert await store.last_seq(1) == 0
+    await store.save_messages([chat_message(1, 3), chat_message(1, 1), chat_message(2, 9)])
+    assert await store.last_seq(1) == 3
+    assert await store.last_seq(2) == 9
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_pages(store: ChatStore) -> None:
+    """History pages are ascending: newest by default, older before a seq, newer after one."""
+    await store.save_messages([chat_message(1, seq) for seq in range(1, 21)])
+    await store.save_messages([chat_message(2, seq) for seq in range(1, 4)])
+    assert seqs(await store.load_messages(1, limit=5)) == [16, 17, 18, 19, 20]
+    assert seqs(await store.load_messages(1, limit=5, before_seq=16)) == [11, 12, 13, 14, 15]
+    assert seqs(await store.load_messages(1, limit=5, before_seq=3)) == [1, 2]
+    assert seqs(await store.load_messages(1, limit=5, after_seq=17)) == [18, 19, 20]
+    assert seqs(await store.load_messages(1, limit=3, after_seq=4)) == [5, 6, 7]
+    assert seqs(await store.load_messages(1, limit=3, after_seq=4, before_seq=6)) == [5]
+    assert seqs(await store.load_messages(1, limit=100)) == list(range(1, 21))
+    assert await store.load_messages(1, limit=0) == []
+    assert await store.load_messages(3, limit=5) == []
+
+
+def test_negative_history_limit_is_refused(store: ChatStore) -> None:
+    """A negative limit is a caller bug, reported at once."""
+    with pytest.raises(ValueError, match="negative"):
+        store.load_messages(1, limit=-1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejected_batch_stores_nothing(database: TestDatabase) -> None:
+    """A batch holding one value the database cannot store fails as MessagesRejected and
+    stores none of its messages (one transaction)."""
+    store = AdbapiChatStore(database.open_pool())
+    await migrate(store.pool)
+    good = chat_message(1, 1)
+    unstorable = [replace(chat_message(1, 2), seq=2**70)]
+    if database.dialect == "postgresql":
+        unstorable.append(chat_message(1, 3, text="nul \x00 inside"))
+    for bad in unstorable:
+        with pytest.raises(MessagesRejected):
+            await store.save_messages([good, bad])
+    assert await store.load_messages(1, limit=10) == []
+    await store.save_messages([good])
+    assert await store.load_messages(1, limit=10) == [good]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_survives_a_restart(tmp_path: Path) -> None:
+    """Messages written through one pool are all there after closing it and reopening the
+    SQLite file (migrations run again without harm)."""
+    config = parse_database_url(f"sqlite:///{tmp_path / 'chat.db'}")
+    first_pool = make_pool(config)
+    version = await migrate(first_pool)
+    first = AdbapiChatStore(first_pool)
+    member = await first.create_member("alice")
+    written = [chat_message(1, seq) for seq in range(1, 51)]
+    await first.save_messages(written)
+    await first.close()
+
+    second_pool = make_pool(config)
+    try:
+        assert await migrate(second_pool) == version
+        second = AdbapiChatStore(second_pool)
+        assert await second.load_messages(1, limit=100) == written
+        assert await second.get_member_by_name("alice") == member
+        assert await second.last_seq(1) == 50
+    finally:
+        second_pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgres_stores_real_timestamps(postgresql_database: TestDatabase) -> None:
+    """On PostgreSQL, times are TIMESTAMPTZ values, usable in SQL by other tools."""
+    store = AdbapiChatStore(postgresql_database.open_pool())
+    await migrate(store.pool)
+    await store.save_messages([chat_message(1, 1)])
+    [(type_name, utc_text)] = postgresql_database.query(
+        "SELECT pg_typeof(created_at)::text, "
+        "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM messages"
+    )
+    assert type_name == "timestamp with time zone"
+    assert utc_text == "2024-05-01 12:00:00.124456"
+
+
+@pytest_twisted.ensureDeferred
+async def test_generated_ids_skip_rows_inserted_behind_the_sequence(
+    database: TestDatabase,
+) -> None:
+    """Rows inserted with explicit ids by someone else (another tool, a restore) do not make
+    generated ids collide: the store skips ids already taken."""
+    store = AdbapiChatStore(database.open_pool())
+    await migrate(store.pool)
+    for room_id in (1, 2, 3):
+        await store.pool.runOperation(
+            "INSERT INTO rooms (id, name, created_at) "
+            f"VALUES ({room_id}, 'restored', '2024-01-01T00:00:00Z')"
+        )
+    await store.pool.runOperation(
+        "INSERT INTO members (id, name, created_at) VALUES (1, 'restored', '2024-01-01T00:00:00Z')"
+    )
+    room = await store.create_room("new")
+    member = await store.create_member("new")
+    assert room.id == 4
+    assert member.id == 2
+    with pytest.raises(MemberNameTaken):
+        await store.create_member("restored")

@@ -1,0 +1,203 @@
+"""Database URL parsing and the connection pools built from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from stomp_chat.persistence import DatabaseConfig, make_pool, parse_database_url
+from stomp_chat.persistence.url import DEFAULT_POSTGRES_CONNECT_TIMEOUT
+
+if TYPE_CHECKING:
+    from tests.conftest_db import TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
+
+
+def test_sqlite_relative_path() -> None:
+    """Three slashes give a path relative to the working directory."""
+    config = parse_database_url("sqlite:///data/chat.db")
+    assert config == DatabaseConfig(dialect="sqlite", database="data/chat.db")
+
+
+def test_sqlite_absolute_path() -> None:
+    """Four slashes give an absolute path."""
+    assert parse_database_url("sqlite:////var/lib/chat.db").database == "/var/lib/chat.db"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://", "sqlite+pysqlite:///:memory:"])
+def test_sqlite_memory(url: str) -> None:
+    """The in-memory spellings SQLAlchemy accepts all name SQLite's :memory: database."""
+    config = parse_database_url(url)
+    assert (config.dialect, config.database) == ("sqlite", ":memory:")
+
+
+def test_sqlite_connect_kwargs_allow_other_threads() -> None:
+    """SQLite connections may be used from the pool thread that did not create them."""
+    kwargs = parse_database_url("sqlite:///chat.db").connect_kwargs()
+    assert kwargs == {"database": "chat.db", "check_same_thread": False}
+
+
+def test_postgres_url_parts() -> None:
+    """User, percent-encoded password, host, port and database are all taken from the URL."""
+    config = parse_database_url("postgresql://chat:s%40cret%2F1@db.example:6543/chatdb")
+    assert config.dialect == "postgresql"
+    assert (config.user, config.password) == ("chat", "s@cret/1")
+    assert (config.host, config.port, config.database) == ("db.example", 6543, "chatdb")
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg2", "postgres", "PostgreSQL"])
+def test_postgres_scheme_aliases(scheme: str) -> None:
+    """Every spelling of the psycopg2 dialect parses to the same config."""
+    config = parse_database_url(f"{scheme}://u@h/db")
+    assert config == DatabaseConfig(dialect="postgresql", database="db", host="h", user="u")
+
+
+def test_postgres_ipv6_host_and_query_options() -> None:
+    """Bracketed IPv6 hosts work and query options reach the driver unchanged."""
+    config = parse_database_url("postgresql://[::1]:5432/db?sslmode=require&application_name=c")
+    assert config.host == "::1"
+    kwargs = config.connect_kwargs()
+    assert kwargs["sslmode"] == "require"
+    assert kwargs["application_name"] == "c"
+    assert kwargs["host"] == "::1" and kwargs["port"] == 5432
+
+
+def test_postgres_connect_timeout_default_and_override() -> None:
+    """A connect timeout is always set, and the URL can change it."""
+    default = parse_database_url("postgresql://h/db").connect_kwargs()
+    assert default["connect_timeout"] == DEFAULT_POSTGRES_CONNECT_TIMEOUT
+    custom = parse_database_url("postgresql://h/db?connect_timeout=2").connect_kwargs()
+    assert custom["connect_timeout"] == "2"
+
+
+def test_postgres_without_host_uses_the_local_socket() -> None:
+    """No host leaves libpq's default (the Unix socket) in charge."""
+    kwargs = parse_database_url("postgresql:///chat").connect_kwargs()
+    assert "host" not in kwargs and kwargs["dbname"] == "chat"
+
+
+def test_redacted_url_hides_the_password() -> None:
+    """The loggable form keeps where the database is but never the password."""
+    config = parse_database_url("postgresql://chat:hunter2@[::1]:5432/db")
+    assert config.redacted() == "postgresql://chat@[::1]:5432/db"
+    assert "hunter2" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("", "empty"),
+        ("chat.db", "no scheme"),
+        ("mysql://u@h/db", "unsupported database URL scheme 'mysql'"),
+        ("postgresql+asyncpg://u@h/db", "driver 'asyncpg' is not supported"),
+        ("sqlite://localhost/chat.db", "names a host"),
+        ("sqlite:///chat.db?mode=ro", "query string"),
+        ("postgresql://u@h:port/db", "invalid port"),
+        ("postgresql://u@h:99999/db", "invalid port"),
+        ("postgresql://u@h", "names no database"),
+        ("postgresql://u@h/a/b", "must be just the database name"),
+        ("postgresql://u@h/db?sslmode=a&sslmode=b", "repeats the query option 'sslmode'"),
+        ("postgresql://u@h/db?password=x", "duplicates a part of the URL"),
+    ],
+)
+def test_bad_urls_explain_themselves(url: str, complaint: str) -> None:
+    """Each malformed URL raises ValueError naming what is wrong."""
+    with pytest.raises(ValueError, match=complaint.replace("+", r"\+")):
+        parse_database_url(url)
+
+
+_url_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1)
+
+
+@given(
+    user=_url_text,
+    password=_url_text,
+    host=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True),
+    port=st.integers(min_value=1, max_value=65535),
+    database=_url_text,
+)
+@example(user="@", password=":/", host="h", port=5432, database="a/b?c#d")
+def test_postgres_round_trip_of_quoted_parts(
+    user: str, password: str, host: str, port: int, database: str
+) -> None:
+    """Any percent-encoded user, password and database name come back exactly."""
+    url = (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}"
+        f"@{host}:{port}/{quote(database, safe='')}"
+    )
+    config = parse_database_url(url)
+    assert (config.user, config.password, config.host, config.port, config.database) == (
+        user,
+        password,
+        host,
+        port,
+        database,
+    )
+
+
+def test_importing_persistence_leaves_the_reactor_alone() -> None:
+    """Importing the package must not install the global reactor (twistd picks it later)."""
+    probe = (
+        "import sys, stomp_chat.persistence; sys.exit('twisted.internet.reactor' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0
+
+
+def test_sqlite_pool_has_exactly_one_connection() -> None:
+    """SQLite allows one writer, so its pool has one thread and one connection."""
+    pool = make_pool(parse_database_url("sqlite:///:memory:"), reactor=_NeverRunningReactor())
+    assert (pool.min, pool.max, pool.reconnect) == (1, 1, False)
+    assert pool.dialect == "sqlite"
+
+
+def test_postgres_pool_reconnects_with_a_modest_size() -> None:
+    """PostgreSQL pools reconnect after an outage and stay small by default."""
+    config = parse_database_url("postgresql://u@127.0.0.1:1/db")
+    pool = make_pool(config, reactor=_NeverRunningReactor())
+    assert pool.reconnect is True
+    assert (pool.min, pool.max) == (1, 4)
+    assert pool.dbapiName == "psycopg2"
+
+
+class _NeverRunningReactor:
+    """Enough of a reactor to build a pool without starting its threads."""
+
+    def callWhenRunning(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_connections_are_tuned(sqlite_database: TestDatabase) -> None:
+    """Every SQLite connection runs in WAL mode, synchronous=NORMAL, with foreign keys on."""
+    pool = sqlite_database.open_pool()
+
+    def read_pragmas(transaction: Any) -> tuple[Any, ...]:
+        values = []
+        for pragma in ("journal_mode", "synchronous", "foreign_keys"):
+            transaction.execute(f"PRAGMA {pragma}")
+            values.append(transaction.fetchone()[0])
+        return tuple(values)
+
+    assert await pool.runInteraction(read_pragmas) == ("wal", 1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sqlite_memory_database_lives_as_long_as_the_pool() -> None:
+    """A :memory: database keeps its tables between interactions (one shared connection)."""
+    pool = make_pool(parse_database_url("sqlite:///:memory:"))
+    try:
+        await pool.runOperation("CREATE TABLE t (x INTEGER)")
+        await pool.runOperation("INSERT INTO t VALUES (1)")
+        assert await pool.runQuery("SELECT x FROM t") == [(1,)]
+    finally:
+        pool.close()
