@@ -179,7 +179,7 @@ class StompSession:
         try:
             self.parser.feed(data)
         except FrameError as error:
-            self.fail(str(error))
+            self.fail(str(error), frame=error.frame)
 
     def frame_received(self, frame: Frame) -> None:
         """Dispatch one frame; the one place errors become ERROR frames."""

@@ -296,7 +296,6 @@ def makeService(options: Options) -> IService:
         ws_factory = StompWebSocketFactory(
             stomp_factory,
             allowed_origins=options["allowed-origins"],
-            max_message_size=options["max-frame-size"],
             reactor=reactor,
         )
         api = ChatApi(chat, store, max_page=options["max-history-page"])

@@ -14,6 +14,7 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 from datetime import UTC, datetime
 from typing import Any
 
@@ -223,10 +224,12 @@ class ChatService:
         room_id = request.room_id
         result: Deferred[Any] = Deferred()
         waiting = self._waiting.get(room_id)
-        if waiting is None:
-            waiting = self._waiting[room_id] = []
-            self._load(room_id).addBoth(self._loaded, room_id)
-        waiting.append((request, durable, result))
+        if waiting is not None:
+            waiting.append((request, durable, result))
+            return result
+        self._waiting[room_id] = [(request, durable, result)]
+        # Queued first: a store that answers at once calls _loaded right here.
+        self._load(room_id).addBoth(self._loaded, room_id)
         return result
 
     def _load(self, room_id: int) -> Deferred[RoomState | None]:
@@ -292,10 +295,9 @@ class ChatService:
         d = self.store.load_messages(room_id, limit, before_seq=before, after_seq=after)
 
         def merge(stored: list[ChatMessage]) -> list[ChatMessage]:
-            if state is None:
-                return list(stored)
             by_seq = {m.seq: m for m in stored}
-            for m in state.recent:
+            unsaved = self.writer.unsaved_messages(room_id)
+            for m in chain(state.recent if state is not None else (), unsaved):
                 if (before is None or m.seq < before) and (after is None or m.seq > after):
                     by_seq.setdefault(m.seq, m)
             ordered = sorted(by_seq.values(), key=lambda m: m.seq)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal, Protocol
 
 from twisted.application.service import Service
@@ -176,6 +177,14 @@ class WriteBehindWriter(Service):
         committed: Deferred[None] = Deferred()
         self._waiters.append(_Waiter(index, committed, durable=True))
         return committed
+
+    def unsaved_messages(self, room_id: int) -> list[ChatMessage]:
+        """A room's messages accepted but not committed yet, oldest first.
+
+        History reads merge these in, so a message is visible from the moment
+        it is broadcast, even while the database is down.
+        """
+        return [m for m in chain(self._batch, self._buffer) if m.room_id == room_id]
 
     def flush(self) -> Deferred[None]:
         """Write everything buffered now; fires when all messages accepted so far are saved.

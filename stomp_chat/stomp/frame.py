@@ -36,7 +36,15 @@ CLIENT_COMMANDS = frozenset(
 
 
 class FrameError(Exception):
-    """Bytes that are not a valid STOMP frame: the connection cannot go on."""
+    """Bytes that are not a valid STOMP frame: the connection cannot go on.
+
+    ``frame`` is the frame whose body broke a rule, when its headers were
+    already read, so the ERROR can still name its ``receipt``.
+    """
+
+    def __init__(self, message: str, frame: Frame | None = None) -> None:
+        super().__init__(message)
+        self.frame = frame
 
 
 @dataclass(slots=True)

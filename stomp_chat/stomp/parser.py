@@ -145,8 +145,9 @@ class FrameParser:
             block = buf[pos:block_end].decode("utf-8")
         except UnicodeDecodeError:
             raise FrameError("frame headers are not valid UTF-8") from None
-        self._frame = self._parse_block(block)
-        self._content_length = self._body_length(self._frame)
+        frame = self._parse_block(block)
+        self._content_length = self._body_length(frame)
+        self._frame = frame
         self._mode = _BODY_MODE
         return block_end + skip
 
@@ -196,10 +197,12 @@ class FrameParser:
         if raw is None:
             return None
         if not raw.isdigit() or not raw.isascii():
-            raise FrameError(f"invalid content-length {raw!r}")
+            raise FrameError(f"invalid content-length {raw!r}", frame)
         length = int(raw)
         if length > self.max_frame_size:
-            raise FrameError(f"frame exceeds the maximum size of {self.max_frame_size} bytes")
+            raise FrameError(
+                f"frame exceeds the maximum size of {self.max_frame_size} bytes", frame
+            )
         return length
 
     def _read_body(self, buf: bytearray, pos: int) -> int:
@@ -211,7 +214,9 @@ class FrameParser:
                 self._check_body_size(len(buf))
                 return -1
             if buf[nul] != 0:
-                raise FrameError("frame body is not terminated by NUL after content-length bytes")
+                raise FrameError(
+                    "frame body is not terminated by NUL after content-length bytes", self._frame
+                )
         else:
             nul = buf.find(b"\x00", pos)
             if nul < 0:
@@ -228,7 +233,9 @@ class FrameParser:
 
     def _check_body_size(self, upto: int) -> None:
         if upto - self._frame_start > self.max_frame_size:
-            raise FrameError(f"frame exceeds the maximum size of {self.max_frame_size} bytes")
+            raise FrameError(
+                f"frame exceeds the maximum size of {self.max_frame_size} bytes", self._frame
+            )
 
 
 def _strip_cr(line: str) -> str:

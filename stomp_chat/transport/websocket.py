@@ -127,9 +127,26 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         self.stomp = stomp
         stomp.makeConnection(WebSocketFrameTransport(self))
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    # Autobahn's streaming API: payload goes to the STOMP parser as it
+    # arrives, so Autobahn never buffers a whole message; the parser's own
+    # limits then answer an oversized frame with a STOMP ERROR rather than a
+    # dropped connection, and a message may hold any number of frames.
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        pass
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        pass
+
+    def onMessageFrameData(self, payload: bytes) -> None:
         if self.stomp is not None:
             self.stomp.dataReceived(payload)
+
+    def onMessageFrameEnd(self) -> None:
+        pass
+
+    def onMessageEnd(self) -> None:
+        pass
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         stomp, self.stomp = self.stomp, None
@@ -147,7 +164,6 @@ class StompWebSocketFactory(WebSocketServerFactory):
         stomp_factory: StompFactory,
         *,
         allowed_origins: Sequence[str] = (),
-        max_message_size: int = 16 * 1024 * 1024 + 64 * 1024,
         url: str | None = None,
         reactor: Any = None,
     ) -> None:
@@ -155,8 +171,10 @@ class StompWebSocketFactory(WebSocketServerFactory):
         self.stomp_factory = stomp_factory
         self.allowed_origins = [pattern.strip() for pattern in allowed_origins if pattern.strip()]
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
+            # Messages are streamed into the STOMP parser, which enforces the
+            # frame limits itself (see StompWebSocketProtocol).
+            maxMessagePayloadSize=0,
+            maxFramePayloadSize=0,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
         )
