@@ -14,8 +14,8 @@ import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
