@@ -135,6 +135,34 @@ class ServerContext:
 class StompSession:
     """The protocol state of one connection."""
 
+    # Thousands of these live at once, mostly idle: no per-instance dict.
+    __slots__ = (
+        "__weakref__",
+        "_close_after_receipts",
+        "_held",
+        "_incoming",
+        "_last_read",
+        "_last_write",
+        "_next_serial",
+        "_opened_at",
+        "_outgoing",
+        "_receipts",
+        "_received",
+        "_sent",
+        "_subscriptions_by_serial",
+        "_transactions",
+        "broker",
+        "context",
+        "parser",
+        "peer",
+        "principal",
+        "session_id",
+        "state",
+        "subscriptions",
+        "transport",
+        "version",
+    )
+
     def __init__(self, context: ServerContext, transport: FrameTransport, peer: str = "") -> None:
         settings = context.settings
         self.context = context
