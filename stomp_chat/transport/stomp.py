@@ -19,6 +19,8 @@ from zope.interface import implementer
 from stomp_chat.session import ServerContext, StompSession
 
 DEFAULT_SLOW_CONSUMER_BYTES = 4 * 1024 * 1024
+#: The most input handled in one go before the reactor gets a turn.
+DEFAULT_INPUT_SLICE = 8 * 1024
 #: How long a closing connection may take to flush before it is cut.
 DEFAULT_CLOSE_LINGER = 5.0
 
@@ -44,6 +46,9 @@ class StompProtocol(Protocol):
         self._backlog = 0
         self._overflowed = False
         self._abort_call: IDelayedCall | None = None
+        self.input_slice = DEFAULT_INPUT_SLICE
+        #: Input received but not handled yet, while the reactor takes a turn.
+        self._unread: list[bytes] = []
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
@@ -53,9 +58,40 @@ class StompProtocol(Protocol):
         self.session = StompSession(self.context, self, label)
 
     def dataReceived(self, data: bytes) -> None:
-        self.session.data_received(data)
+        """Handle input in slices, letting the reactor flush writes in between.
+
+        One read can hold hundreds of SENDs, each fanning out to many
+        subscribers; handled in one go, the first deliveries would wait in
+        the write buffers until the last SEND was routed. Past a slice, the
+        rest waits for the next reactor turn and the socket stops reading.
+        """
+        if self._unread:
+            self._unread.append(data)
+            return
+        if len(data) <= self.input_slice:
+            self.session.data_received(data)
+            return
+        self._unread.append(data)
+        self.transport.pauseProducing()
+        self._read_slice()
+
+    def _read_slice(self) -> None:
+        data = b"".join(self._unread)
+        self._unread.clear()
+        if not self.connected:
+            return
+        limit = self.input_slice
+        self.session.data_received(data[:limit])
+        if len(data) > limit and self.connected:
+            self._unread.append(data[limit:])
+            clock: Any = self.context.clock
+            clock.callLater(0, self._read_slice)
+        elif self.connected:
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        self._unread.clear()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None

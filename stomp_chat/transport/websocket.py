@@ -88,6 +88,12 @@ class WebSocketFrameTransport:
         if transport is not None:
             transport.abortConnection()
 
+    def pauseProducing(self) -> None:
+        self._socket.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._socket.resumeProducing()
+
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         transport = self._socket
         try:
