@@ -27,6 +27,7 @@ from stomp_chat.persistence import (
     WriteBehindWriter,
     make_pool,
     migrate,
+    migrate_blocking,
     parse_database_url,
 )
 from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
@@ -261,9 +262,19 @@ def makeService(options: Options) -> IService:
     """Build the whole server from parsed options."""
     from twisted.internet import reactor
 
+    database = options["database"]
+    if database.database != ":memory:":  # a memory database lives in the pool's connection
+        try:
+            version = migrate_blocking(database)
+        except Exception as error:  # any driver error: the message is what matters here
+            raise SystemExit(
+                f"stomp-chat: cannot start: the database {database.redacted()} is not usable: "
+                f"{error}".strip()
+            ) from None
+        log.info("database schema at version {version}", version=version)
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
-    pool = make_pool(options["database"], reactor)
+    pool = make_pool(database, reactor)
     store = AdbapiChatStore(pool)
     writer = WriteBehindWriter(
         store,
@@ -338,7 +349,6 @@ class ChatServer(MultiService):
         self._ready = migrate(self.pool).addCallbacks(self._migrated, self._cannot_start)
 
     def _migrated(self, version: int) -> None:
-        log.info("database schema at version {version}", version=version)
         self.writer.startService()
         self.monitor.startService()
         self.listeners.startService()

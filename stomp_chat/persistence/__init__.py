@@ -8,6 +8,7 @@ from stomp_chat.persistence.schema import (
     current_version,
     latest_version,
     migrate,
+    migrate_blocking,
 )
 from stomp_chat.persistence.store import (
     AdbapiChatStore,
@@ -59,6 +60,7 @@ __all__ = [
     "latest_version",
     "make_pool",
     "migrate",
+    "migrate_blocking",
     "parse_database_url",
     "utc_isoformat",
 ]

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from stomp_chat.persistence._dialect import Dialect, dialect_named, dialect_of
-from stomp_chat.persistence.url import DialectName
+from stomp_chat.persistence.url import DatabaseConfig, DialectName, open_connection
 
 _log = Logger()
 
@@ -155,6 +155,25 @@ def migrate(pool: adbapi.ConnectionPool, dialect: str | None = None) -> Deferred
         _migrate_in_transaction, resolved, migrations
     )
     return applied.addCallback(_report_migration, migrations)
+
+
+def migrate_blocking(config: DatabaseConfig) -> int:
+    """Migrate over a plain connection, before the reactor runs.
+
+    The composition root calls this so that an unusable database stops the
+    server at start-up with a non-zero exit, as a daemon manager expects.
+    """
+    resolved = dialect_named(config.dialect)
+    migrations = MIGRATIONS[resolved.name]
+    _check_versions(migrations)
+    connection = open_connection(config)
+    try:
+        cursor = connection.cursor()
+        previous, reached = _migrate_in_transaction(cursor, resolved, migrations)
+        connection.commit()
+    finally:
+        connection.close()
+    return _report_migration((previous, reached), migrations)
 
 
 def _report_migration(versions: tuple[int, int], migrations: Sequence[Migration]) -> int:

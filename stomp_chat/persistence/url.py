@@ -210,6 +210,17 @@ class ChatConnectionPool(adbapi.ConnectionPool):
 _SQLITE_BUSY_TIMEOUT_SECONDS = 5.0
 
 
+def open_connection(config: DatabaseConfig) -> Any:
+    """One plain DB-API connection, configured as the pool's are."""
+    if config.dialect == "sqlite":
+        connection = sqlite3.connect(**config.connect_kwargs())
+        _configure_sqlite_connection(connection)
+        return connection
+    import psycopg2
+
+    return psycopg2.connect(**config.connect_kwargs())
+
+
 def _configure_sqlite_connection(connection: sqlite3.Connection) -> None:
     """Runs in the pool thread right after connecting (so it may block briefly)."""
     connection.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")

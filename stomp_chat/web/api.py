@@ -205,7 +205,7 @@ class ChatApi(Resource):
         if limit > self.max_page:
             raise ApiError(400, "invalid-limit", f"limit must be at most {self.max_page}")
         before = _query_int(request, "before", None)
-        after = _query_int(request, "after", None)
+        after = _query_int(request, "after", None, minimum=0)  # after=0: from the start
         if before is not None and after is not None:
             raise ApiError(400, "invalid-query", "use either before or after, not both")
 
@@ -251,12 +251,14 @@ def _positive(value: Any, name: str) -> int:
     return value
 
 
-def _query_int(request: Request, name: str, default: int | None) -> Any:
+def _query_int(
+    request: Request, name: str, default: int | None, *, minimum: int = 1
+) -> Any:
     values = request.args.get(name.encode("ascii"))
     if not values:
         return default
     raw = values[0].decode("ascii", "replace")
-    if not raw.isdigit() or not 0 < int(raw) < 2**63:
-        raise ApiError(400, f"invalid-{name}", f"{name} must be a positive integer")
+    if not raw.isdigit() or not raw.isascii() or not minimum <= int(raw) < 2**63:
+        raise ApiError(400, f"invalid-{name}", f"{name} must be an integer of at least {minimum}")
     return int(raw)
 

@@ -1,0 +1,455 @@
+"""End to end: real `twistd -n stomp-chat` processes, stomp.py over WebSocket, HTTP over
+urllib, and the database read directly — on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import pytest
+import stomp
+
+from tests.serverproc import RunningServer, _import_root
+
+if TYPE_CHECKING:
+    from tests.conftest_db import TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
+
+TIMEOUT = 15.0
+#: twistd stops cleanly on SIGTERM, then re-raises the signal so its exit status shows it.
+STOPPED_BY_SIGTERM = -signal.SIGTERM
+ROOM_TOPIC = "/topic/chat/room/{}"
+ERRORS = "/user/queue/errors"
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+class ChatClient(stomp.ConnectionListener):
+    """A stomp.py WebSocket client that records what the server sends it."""
+
+    def __init__(self, port: int) -> None:
+        self._lock = threading.Condition()
+        self.messages: list[stomp.utils.Frame] = []
+        self.receipts: list[str] = []
+        self.errors: list[stomp.utils.Frame] = []
+        self.disconnected = False
+        self.conn = stomp.WSStompConnection(
+            [("127.0.0.1", port)], ws_path="/ws/chat", heartbeats=(0, 0)
+        )
+        self.conn.set_listener("recorder", self)
+        self.conn.connect(wait=True)
+        self._subscriptions = 0
+
+    # listener callbacks run on stomp.py's receiver thread
+    def on_message(self, frame: Any) -> None:
+        with self._lock:
+            self.messages.append(frame)
+            self._lock.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self._lock:
+            self.receipts.append(frame.headers["receipt-id"])
+            self._lock.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        with self._lock:
+            self.errors.append(frame)
+            self._lock.notify_all()
+
+    def on_disconnected(self) -> None:
+        with self._lock:
+            self.disconnected = True
+            self._lock.notify_all()
+
+    def wait_for(self, condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                result = condition()
+                if result:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"timed out waiting for {what}; messages={len(self.messages)} "
+                        f"receipts={self.receipts} errors={[e.headers for e in self.errors]}"
+                    )
+                self._lock.wait(remaining)
+
+    def subscribe(self, destination: str) -> None:
+        """Subscribe, and wait for the receipt so the subscription surely exists."""
+        self._subscriptions += 1
+        receipt = f"sub-{self._subscriptions}"
+        self.conn.subscribe(
+            destination, id=str(self._subscriptions), ack="auto", headers={"receipt": receipt}
+        )
+        self.wait_for(lambda: receipt in self.receipts, f"receipt {receipt}")
+
+    def send_chat(self, body: dict[str, Any] | str, receipt: str | None = None) -> None:
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        headers = {"receipt": receipt} if receipt is not None else {}
+        self.conn.send("/app/message", text, content_type="application/json", headers=headers)
+
+    def at(self, destination: str) -> list[Any]:
+        with self._lock:
+            return [m for m in self.messages if m.headers.get("destination") == destination]
+
+    def chat(self, room_id: int) -> list[dict[str, Any]]:
+        """Bodies broadcast to a room so far."""
+        return [json.loads(m.body) for m in self.at(ROOM_TOPIC.format(room_id))]
+
+    def wait_chat(self, room_id: int, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        topic = ROOM_TOPIC.format(room_id)
+        self.wait_for(lambda: len(self.at(topic)) >= count, f"{count} messages on {topic}", timeout)
+        return self.chat(room_id)
+
+    def close(self) -> None:
+        if self.conn.is_connected():
+            self.conn.disconnect()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[int], ChatClient]]:
+    opened: list[ChatClient] = []
+
+    def connect(port: int) -> ChatClient:
+        client = ChatClient(port)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        try:
+            client.close()
+        except Exception:  # the server may have gone already
+            pass
+
+
+def http_get(base: str, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read().decode("utf-8"))
+
+
+def assert_clean_stop(server: RunningServer) -> None:
+    """SIGTERM the server; it must shut down in order, without errors."""
+    code = server.stop()
+    log = server.log()
+    assert code == STOPPED_BY_SIGTERM, log
+    assert "Server Shut Down." in log
+    for problem in ("Traceback", "Unhandled", "#critical", "#error"):
+        assert problem not in log, log
+
+
+def history(server: RunningServer, room_id: int, query: str = "") -> list[dict[str, Any]]:
+    status, body = http_get(server.http_url, f"/api/rooms/{room_id}/messages{query}")
+    assert status == 200, body
+    return list(body["messages"])
+
+
+# -- databases -------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatDatabase:
+    """A database for a server process: its URL and a way to read it directly."""
+
+    url: str
+    database: TestDatabase
+    start_server: Callable[..., RunningServer]
+
+    def rows(self, room_id: int) -> list[tuple[int, str, str, int]]:
+        return [
+            (int(seq), kind, text, int(sender))
+            for seq, kind, text, sender in self.database.query(
+                "SELECT seq, type, text, sender_id FROM messages "
+                f"WHERE room_id = {int(room_id)} ORDER BY seq"
+            )
+        ]
+
+    def start(self, *options: str) -> RunningServer:
+        return self.start_server("--database", self.url, *options)
+
+
+def _postgres_server_url(database: TestDatabase) -> str:
+    """The test server's URL with the fixture's search_path, as the server parses URLs."""
+    from tests.conftest_db import POSTGRES_URL  # imported late: pytest loads it as a plugin
+
+    query = urlencode({"options": database.config.options["options"]})
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    return f"{POSTGRES_URL}{separator}{query}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def chat_db(request: pytest.FixtureRequest) -> ChatDatabase:
+    """A fresh database (a SQLite file, or a PostgreSQL schema) and a server starter.
+
+    The database fixture is set up first, so servers are stopped before it is dropped.
+    """
+    database: TestDatabase = request.getfixturevalue(f"{request.param}_database")
+    if request.param == "sqlite":
+        url = f"sqlite:///{database.config.database}"
+        assert url.startswith("sqlite:////"), "the path must be absolute"
+    else:
+        url = _postgres_server_url(database)
+    return ChatDatabase(url, database, request.getfixturevalue("start_server"))
+
+
+# -- the whole flow --------------------------------------------------------------------------
+
+
+def test_chat_flow_over_websocket_survives_a_restart(chat_db: ChatDatabase, clients) -> None:
+    """ENTER, TALK, errors, receipts and REST history work end to end and survive a restart."""
+    server = chat_db.start()
+    alice = clients(server.http_port)
+    alice.subscribe(ROOM_TOPIC.format(7))
+    alice.subscribe(ERRORS)
+    carol = clients(server.http_port)  # a second subscriber of the room
+    carol.subscribe(ROOM_TOPIC.format(7))
+    carol.subscribe(ERRORS)
+
+    alice.send_chat({"type": "ENTER", "roomId": 7, "senderId": 42})
+    [enter] = alice.wait_chat(7, 1)
+    assert enter["type"] == "ENTER"
+    assert enter["detailMessage"] == "42님이 입장하였습니다."
+    assert (enter["roomId"], enter["senderId"], enter["seq"]) == (7, 42, 1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", enter["createdAt"])
+
+    text = "안녕하세요! 반가워요 😀🎉 — ünïcødé"
+    alice.send_chat({"type": "TALK", "roomId": 7, "senderId": 42, "detailMessage": text})
+    talk = alice.wait_chat(7, 2)[1]
+    assert (talk["type"], talk["detailMessage"], talk["seq"]) == ("TALK", text, 2)
+
+    # A bad message is reported on /user/queue/errors; the connection stays usable.
+    alice.send_chat("{this is not json", receipt="bad-1")
+    [error] = alice.wait_for(lambda: alice.at(ERRORS), "an error on /user/queue/errors")
+    assert json.loads(error.body)["error"] == "invalid-json"
+    assert error.headers.get("receipt-id") == "bad-1"
+    assert error.headers.get("code") == "invalid-json"
+    alice.send_chat({"type": "TALK", "roomId": 7, "senderId": 42, "detailMessage": ""})
+    alice.wait_for(lambda: len(alice.at(ERRORS)) == 2, "a second error")
+    assert json.loads(alice.at(ERRORS)[1].body)["error"] == "invalid-message"
+
+    # A SEND with a receipt gets its RECEIPT, and only once the message is stored.
+    alice.send_chat(
+        {"type": "TALK", "roomId": 7, "senderId": 43, "detailMessage": "durable"}, receipt="r-1"
+    )
+    alice.wait_for(lambda: "r-1" in alice.receipts, "RECEIPT r-1")
+    assert (3, "TALK", "durable", 43) in chat_db.rows(7)
+    assert "bad-1" not in alice.receipts, "a refused SEND gets no RECEIPT"
+    assert alice.errors == [], "no ERROR frame: the connection was not closed"
+    broadcast = alice.wait_chat(7, 3)
+    assert [m["seq"] for m in broadcast] == [1, 2, 3]
+
+    # REST history matches what was broadcast.
+    assert history(server, 7) == broadcast
+    assert history(server, 7, "?limit=2") == broadcast[1:]
+    status, room = http_get(server.http_url, "/api/rooms/7")
+    assert status == 200 and room["id"] == 7
+
+    # Every subscriber got the same broadcast; errors went only to their sender.
+    assert carol.wait_chat(7, 3) == broadcast
+    carol.subscribe("/topic/after-the-errors")  # a round trip: anything routed has arrived
+    assert carol.at(ERRORS) == []
+
+    alice.close()
+    carol.close()
+    assert_clean_stop(server)
+    assert chat_db.rows(7) == [
+        (1, "ENTER", "42님이 입장하였습니다.", 42),
+        (2, "TALK", text, 42),
+        (3, "TALK", "durable", 43),
+    ]
+
+    # A new server on the same database: history intact, seq continues.
+    restarted = chat_db.start()
+    assert history(restarted, 7) == broadcast
+    bob = clients(restarted.http_port)
+    bob.subscribe(ROOM_TOPIC.format(7))
+    bob.send_chat(
+        {"type": "TALK", "roomId": 7, "senderId": 44, "detailMessage": "다시 왔어요"}, receipt="r-2"
+    )
+    [again] = bob.wait_chat(7, 1)
+    assert (again["seq"], again["messageId"], again["detailMessage"]) == (4, "7-4", "다시 왔어요")
+    bob.wait_for(lambda: "r-2" in bob.receipts, "RECEIPT r-2")
+    assert history(restarted, 7) == [*broadcast, again]
+    assert [row[0] for row in chat_db.rows(7)] == [1, 2, 3, 4]
+
+
+def test_shutdown_flushes_every_buffered_message(chat_db: ChatDatabase, clients) -> None:
+    """SIGTERM saves every accepted, still-buffered message, in seq order."""
+    count = 500
+    server = chat_db.start("--write-interval", "20000")
+    client = clients(server.http_port)
+    client.subscribe(ROOM_TOPIC.format(3))
+    for i in range(count):
+        client.send_chat(
+            {
+                "type": "TALK",
+                "roomId": 3,
+                "senderId": 1 + i % 5,
+                "detailMessage": f"burst {i:03d} 🚀",
+            }
+        )
+    # Accepted means broadcast: wait for the last one, not for any storage.
+    received = client.wait_chat(3, count, timeout=30)
+    assert [m["seq"] for m in received] == list(range(1, count + 1))
+    status, health = http_get(server.http_url, "/healthz")
+    assert status == 200 and health["unsaved"] == count, health
+    assert chat_db.rows(3) == [], "the messages must still be buffered at SIGTERM"
+
+    assert_clean_stop(server)
+    rows = chat_db.rows(3)
+    assert len(rows) == count
+    assert rows == [(i + 1, "TALK", f"burst {i:03d} 🚀", 1 + i % 5) for i in range(count)]
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def _twistd(workdir: Path, *args: str, log_name: str = "server.log") -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_import_root(), *filter(None, [env.get("PYTHONPATH")])])
+    command = [
+        str(Path(sys.executable).parent / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={workdir / log_name}",
+        "stomp-chat",
+        *args,
+    ]
+    return subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def _run_to_exit(workdir: Path, *args: str) -> tuple[int, str]:
+    process = _twistd(workdir, *args)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"twistd stomp-chat {' '.join(args)} did not exit") from None
+    log_path = workdir / "server.log"
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return process.returncode, output.decode(errors="replace") + log
+
+
+def test_a_config_file_sets_options_and_the_command_line_wins(tmp_path: Path, clients) -> None:
+    """--config TOML sets endpoints, database and limits; command-line options override it."""
+    database = tmp_path / "from-config.db"
+    config = tmp_path / "chat.toml"
+    config.write_text(
+        'http = "tcp:0:interface=127.0.0.1"\n'
+        'stomp = "none"\n'
+        f'database = "sqlite:///{database}"\n'
+        "history_size = 3\n"
+        "max-history-page = 5\n"
+        "heartbeat = [0, 0]\n"
+        'enter_template = "from the config file"\n',
+        encoding="utf-8",
+    )
+    process = _twistd(
+        tmp_path, "--config", str(config), "--enter-template", "{senderId} joined room {roomId}"
+    )
+    log_path = tmp_path / "server.log"
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        port = None
+        while port is None:
+            log = log_path.read_text(errors="replace") if log_path.exists() else ""
+            found = re.search(r"\bSite starting on (\d+)", log)
+            if found:
+                port = int(found.group(1))
+            elif process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start:\n{log}")
+            else:
+                time.sleep(0.05)
+        assert "StompFactory starting" not in log_path.read_text(), "stomp = none"
+
+        client = clients(port)
+        client.subscribe(ROOM_TOPIC.format(9))
+        client.send_chat({"type": "ENTER", "roomId": 9, "senderId": 42}, receipt="r")
+        [enter] = client.wait_chat(9, 1)
+        assert enter["detailMessage"] == "42 joined room 9"
+        client.wait_for(lambda: "r" in client.receipts, "RECEIPT r")
+        base = f"http://127.0.0.1:{port}"
+        assert http_get(base, "/api/rooms/9/messages?limit=5")[0] == 200
+        status, body = http_get(base, "/api/rooms/9/messages?limit=6")
+        assert (status, body["error"]) == (400, "invalid-limit")
+        assert database.exists()
+        client.close()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+    assert process.returncode == STOPPED_BY_SIGTERM
+    assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+BAD_OPTIONS = [
+    (["--database", "mysql://x"], "--database"),
+    (["--database", "sqlite://host/x.db"], "--database"),
+    (["--heartbeat", "abc"], "--heartbeat"),
+    (["--heartbeat", "10,-5"], "--heartbeat"),
+    (["--write-interval", "0"], "--write-interval"),
+    (["--history-size", "many"], "--history-size"),
+    (["--http", "bogus:endpoint"], "--http"),
+    (["--enter-template", "{nobody} entered"], "--enter-template"),
+    (["--config", "missing.toml"], "--config"),
+    (["--config", "unknown-key.toml"], "unknown option"),
+    (["--config", "not-toml.toml"], "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"), BAD_OPTIONS, ids=[" ".join(args) for args, _ in BAD_OPTIONS]
+)
+def test_bad_options_are_usage_errors(tmp_path: Path, args: list[str], mentions: str) -> None:
+    """An invalid option stops the server at once with a message and no traceback."""
+    (tmp_path / "unknown-key.toml").write_text('http = "tcp:0"\nbogus = 1\n')
+    (tmp_path / "not-toml.toml").write_text("http = \n")
+    code, output = _run_to_exit(
+        tmp_path, "--stomp=tcp:0:interface=127.0.0.1", "--http=tcp:0:interface=127.0.0.1", *args
+    )
+    assert code != 0
+    assert mentions in output
+    assert "Traceback" not in output
+    assert "starting on" not in output, "nothing may listen"
+
+
+def test_an_unusable_database_makes_the_server_exit_with_an_error(tmp_path: Path) -> None:
+    """If the database cannot be opened at start-up, the process exits with a non-zero code."""
+    code, output = _run_to_exit(
+        tmp_path,
+        "--stomp=tcp:0:interface=127.0.0.1",
+        "--http=tcp:0:interface=127.0.0.1",
+        f"--database=sqlite:///{tmp_path}/no/such/dir/chat.db",
+    )
+    assert "cannot start" in output
+    assert "starting on" not in output, "nothing may listen"
+    assert code != 0, "a supervisor must see that the server failed to start"
