@@ -237,6 +237,10 @@ class StompSession:
             self.fail(error.message, error.detail, frame, error.headers)
         except (BrokerError, FrameError) as error:
             self.fail(str(error), str(error), frame)
+        except Exception:
+            log.failure("error handling {command} from {peer}", command=frame.command,
+                        peer=self.peer)
+            self.fail("internal server error", "the server failed to handle this frame", frame)
 
     # -- CONNECT -----------------------------------------------------------
 
@@ -256,6 +260,9 @@ class StompSession:
             self._incoming = incoming / 1000.0
             self._outgoing = outgoing / 1000.0
         self.state = State.AUTHENTICATING
+        # Frames pipelined behind CONNECT are parsed while authentication
+        # runs: they must already be unescaped as the negotiated version says.
+        self.parser.version = version
         d = maybeDeferred(self.context.authenticator.authenticate, frame)
         d.addCallbacks(
             self._connected, self._refused, callbackArgs=(version,), errbackArgs=(frame,)
@@ -297,10 +304,21 @@ class StompSession:
 
     def _on_send(self, frame: Frame) -> None:
         destination = _required(frame, "destination")
+        self._check_destination(destination)
         if self._buffered_in_transaction(frame):
             self._receipt(frame)
             return
         self._receipt(frame, self._apply_send(frame, destination))
+
+    def _check_destination(self, destination: str) -> None:
+        """Refuse a SEND at once, even inside a transaction that commits later."""
+        if destination.startswith(APP_PREFIX):
+            try:
+                self.context.router.resolve(destination)
+            except NoHandler as error:
+                raise ProtocolError("no such destination", str(error)) from None
+        else:
+            self.broker.check_destination(destination)
 
     def _apply_send(self, frame: Frame, destination: str) -> Deferred[Any] | object | None:
         """Route a SEND now; a Deferred means its receipt must wait."""
@@ -319,6 +337,10 @@ class StompSession:
         except ApplicationError as error:
             self._report_app_error(frame, error)
             return _NOT_RECEIPTED
+        except (ProtocolError, BrokerError):
+            raise
+        except Exception:
+            return self._app_failed(Failure(), frame)
         if result is None:
             return None
         return result.addErrback(self._app_failed, frame)
@@ -387,6 +409,9 @@ class StompSession:
     def deliver(self, subscription: Subscription, message: Message) -> None:
         """Write a MESSAGE for ``subscription`` (called by the broker)."""
         if self.state is State.CLOSED:
+            # Only a fan-out already under way can still reach a closed
+            # session; a queue message must then go to someone else.
+            self.broker.requeue(subscription.key, (message,))
             return
         if subscription.ack_mode == ACK_AUTO:
             data = message.head(self.version) + subscription.wire + message.tail
@@ -421,7 +446,8 @@ class StompSession:
         if self.version == V1_2:
             ack_id = _required(frame, "id")
             message_id, _, serial = ack_id.rpartition("@")
-            sub = self._subscriptions_by_serial.get(int(serial)) if serial.isdigit() else None
+            valid = serial.isascii() and serial.isdigit()
+            sub = self._subscriptions_by_serial.get(int(serial)) if valid else None
             if sub is None or message_id not in sub.pending:
                 raise ProtocolError(
                     "unknown ack id", f"no unacknowledged message with id {ack_id!r}"
@@ -519,9 +545,8 @@ class StompSession:
         """
         receipt_id = frame.headers.get("receipt")
         if isinstance(waiting, Deferred):
-            if receipt_id is None:
-                waiting.addErrback(_swallow)
-                return
+            # Even without a receipt of its own, a slow frame holds back
+            # the receipts of later frames (entry with no id: nothing sent).
             entry: list[Any] = [receipt_id, _RECEIPT_PENDING]
             self._receipts.append(entry)
             waiting.addBoth(self._receipt_ready, entry)
@@ -539,6 +564,8 @@ class StompSession:
         receipts = self._receipts
         while receipts and receipts[0][1] is not _RECEIPT_PENDING:
             receipt_id, status = receipts.pop(0)
+            if receipt_id is None:
+                continue
             if status is _RECEIPT_READY and self.state is State.CONNECTED:
                 self._write_receipt(receipt_id)
         if not receipts and self._close_after_receipts:
@@ -594,8 +621,14 @@ class StompSession:
         self.context.heartbeats.discard(self)
         subscriptions, self.subscriptions = self.subscriptions, {}
         self._subscriptions_by_serial.clear()
+        # Unsubscribe everything first: a message given back must not land
+        # on another subscription of this same closing session.
+        unacked = [(sub.key, list(sub.pending.values())) for sub in subscriptions.values()]
         for sub in subscriptions.values():
+            sub.pending.clear()
             self.broker.unsubscribe(sub)
+        for key, messages in unacked:
+            self.broker.requeue(key, messages)
         self._transactions.clear()
         self._held.clear()
 
@@ -643,11 +676,6 @@ _NOT_RECEIPTED = object()
 _RECEIPT_PENDING = "pending"
 _RECEIPT_READY = "ready"
 _RECEIPT_SKIPPED = "skipped"
-
-
-def _swallow(failure: Failure) -> None:
-    """Errors of unreceipted frames were already reported to the client."""
-    return None
 
 
 def _required(frame: Frame, name: str) -> str:

@@ -253,7 +253,7 @@ def _check_endpoint(name: str, description: str) -> str | None:
 
     try:
         endpoints.serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # parsing may fail anywhere: a TLS key file, a plugin
         raise usage.UsageError(f"--{name}: invalid endpoint {description!r}: {error}") from None
     return description
 

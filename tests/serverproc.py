@@ -78,7 +78,8 @@ class RunningServer:
                 self.http_port = int(ports["Site"])
                 return self
             if self.process.poll() is not None:
-                output = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
+                stdout = self.process.stdout
+                output = stdout.read().decode(errors="replace") if stdout else ""
                 raise RuntimeError(f"server exited early:\n{output}\n{self.log()}")
             time.sleep(0.05)
         self.stop()

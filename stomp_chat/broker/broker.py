@@ -156,6 +156,30 @@ class Broker:
     def new_message_id(self) -> str:
         return f"{self.node_id}-{next(self._ids)}"
 
+    def check_destination(self, destination: str) -> None:
+        """Raise BrokerError unless messages can be sent to ``destination``."""
+        if destination.startswith(TOPIC_PREFIX):
+            return
+        if destination.startswith(QUEUE_PREFIX):
+            queue = self._queues.get(destination)
+            if queue is not None and len(queue.backlog) >= self.max_queue_backlog:
+                raise BrokerError(
+                    f"queue {destination} is full ({self.max_queue_backlog} messages waiting)"
+                )
+            return
+        if destination.startswith(USER_PREFIX):
+            name, _, rest = destination[len(USER_PREFIX) :].partition("/")
+            if name and rest.startswith(("queue/", "topic/")):
+                return
+            raise BrokerError(
+                f"cannot send to {destination!r}: user destinations look like "
+                "/user/{name}/queue/..."
+            )
+        raise BrokerError(
+            f"cannot send to {destination!r}: destinations start with "
+            "/topic/, /queue/, /user/ or /app/"
+        )
+
     def publish(
         self,
         destination: str,
@@ -163,19 +187,7 @@ class Broker:
         headers: dict[str, str] | None = None,
     ) -> Message:
         """Route a message to its destination's subscribers now."""
-        if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            if queue is None:
-                queue = self._queues[destination] = _Queue()
-            if len(queue.backlog) >= self.max_queue_backlog:
-                raise BrokerError(
-                    f"queue {destination} is full ({self.max_queue_backlog} messages waiting)"
-                )
-        elif not destination.startswith((TOPIC_PREFIX, USER_PREFIX)):
-            raise BrokerError(
-                f"cannot send to {destination!r}: destinations start with "
-                "/topic/, /queue/, /user/ or /app/"
-            )
+        self.check_destination(destination)
         shown = destination
         if destination.startswith(USER_PREFIX):
             # A message for /user/{name}/queue/x shows as /user/queue/x.

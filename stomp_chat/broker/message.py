@@ -7,6 +7,10 @@ from stomp_chat.stomp.frame import V1_0, V1_1, V1_2, escape_header
 _VERSION_INDEX = {V1_0: 0, V1_1: 1, V1_2: 2}
 
 
+def _representable_in_1_0(name: str, value: str) -> bool:
+    return not any(c in name for c in "\r\n:") and "\n" not in value and "\r" not in value
+
+
 class Message:
     """One message on its way to subscribers.
 
@@ -47,6 +51,8 @@ class Message:
             f"content-length:{len(self.body)}",
         ]
         for name, value in self.headers.items():
+            if version == V1_0 and not _representable_in_1_0(name, value):
+                continue  # 1.0 cannot escape: such a header would break its framing
             lines.append(f"{escape_header(name, version)}:{escape_header(value, version)}")
         lines.append("")
         return "\n".join(lines).encode("utf-8")

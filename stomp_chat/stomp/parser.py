@@ -157,7 +157,10 @@ class FrameParser:
         if pending > self.max_frame_size:
             raise FrameError(f"frame exceeds the maximum size of {self.max_frame_size} bytes")
         last_line_start = buf.rfind(b"\n", pos) + 1 or pos
-        if len(buf) - last_line_start > self.max_header_length:
+        line_length = len(buf) - last_line_start
+        if buf[-1] == 13:  # the CR of a CRLF whose LF has not arrived yet
+            line_length -= 1
+        if line_length > self.max_header_length:
             raise FrameError(
                 f"header line exceeds the maximum length of {self.max_header_length} bytes"
             )
@@ -176,7 +179,10 @@ class FrameParser:
         max_length = self.max_header_length
         for raw in lines[1:]:
             line = _strip_cr(raw)
-            if len(line) > max_length:
+            # The limit is in bytes; a character is 1 to 4 of them.
+            if len(line) > max_length or (
+                len(line) * 4 > max_length and len(line.encode("utf-8")) > max_length
+            ):
                 raise FrameError(
                     f"header line exceeds the maximum length of {max_length} bytes"
                 )

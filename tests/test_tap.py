@@ -1,0 +1,266 @@
+"""Unit tests for stomp_chat.tap: twistd options and the service tree makeService builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, IServiceCollection, MultiService
+from twisted.python import usage
+from twisted.web.server import Site
+
+from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
+from stomp_chat.tap import Options, makeService
+from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+# -- parsing -------------------------------------------------------------
+
+
+def test_defaults():
+    """With no arguments the documented defaults apply, coerced to their types."""
+    options = parse()
+    assert options["stomp"] == "tcp:61613"
+    assert options["http"] == "tcp:8080"
+    assert options["allowed-origins"] == []
+    assert options["max-frame-size"] == DEFAULT_MAX_FRAME_SIZE
+    assert options["heartbeat"] == (10_000, 10_000)
+    assert options["slow-consumer-bytes"] == DEFAULT_SLOW_CONSUMER_BYTES
+
+
+def test_every_option_is_parsed():
+    """Each option given on the command line lands in the options, coerced."""
+    options = parse(
+        "--stomp", "tcp:12345:interface=127.0.0.1",
+        "--http", "tcp:0",
+        "--allowed-origins", " https://*.example.com, chat.example.org:8443 ,,",
+        "--max-frame-size", "65536",
+        "--heartbeat", "500,0",
+        "--slow-consumer-bytes", "1024",
+    )
+    assert options["stomp"] == "tcp:12345:interface=127.0.0.1"
+    assert options["http"] == "tcp:0"
+    assert options["allowed-origins"] == ["https://*.example.com", "chat.example.org:8443"]
+    assert options["max-frame-size"] == 65536
+    assert options["heartbeat"] == (500, 0)
+    assert options["slow-consumer-bytes"] == 1024
+
+
+def test_equals_form_is_accepted():
+    """--name=value works like --name value."""
+    options = parse("--heartbeat=0,0", "--max-frame-size=100")
+    assert options["heartbeat"] == (0, 0)
+    assert options["max-frame-size"] == 100
+
+
+@pytest.mark.parametrize("name", ["stomp", "http"])
+@pytest.mark.parametrize("value", ["none", "NONE", " None "])
+def test_endpoint_none_disables_a_listener(name, value):
+    """'none' turns a listener off."""
+    assert parse(f"--{name}", value)[name] is None
+
+
+def test_unix_endpoint_is_accepted():
+    """Any endpoint string Twisted understands is accepted, not just tcp."""
+    assert parse("--stomp", "unix:/tmp/stomp-chat-test.sock")["stomp"] == (
+        "unix:/tmp/stomp-chat-test.sock"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--heartbeat", "abc"],
+        ["--heartbeat", "1000"],
+        ["--heartbeat", "1,2,3"],
+        ["--heartbeat", "-1,0"],
+        ["--heartbeat", "0,-1000"],
+        ["--heartbeat", "1.5,2"],
+        ["--max-frame-size", "0"],
+        ["--max-frame-size", "-5"],
+        ["--max-frame-size", "big"],
+        ["--slow-consumer-bytes", "0"],
+        ["--slow-consumer-bytes", "-1"],
+        ["--stomp", "bogus:1234"],
+        ["--stomp", "tcp:notaport"],
+        ["--stomp", ""],
+        ["--http", "tcp:"],
+        ["--http", "tcp:80:nosuchparam=1"],
+        ["--no-such-option"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_bad_values_are_usage_errors(args):
+    """Invalid option values raise usage.UsageError rather than failing later."""
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_tls_endpoint_with_missing_certificate_is_a_usage_error(tmp_path: Path):
+    """An ssl endpoint naming a key file that does not exist is a usage error, not a traceback."""
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(usage.UsageError):
+        parse("--stomp", f"ssl:8443:privateKey={missing}:certKey={missing}")
+
+
+def _positive_int_options() -> list[str]:
+    return [
+        entry[0]
+        for entry in Options.optParameters
+        if len(entry) > 4 and getattr(entry[4], "coerceDoc", "") == "A positive whole number."
+    ]
+
+
+@pytest.mark.parametrize("name", _positive_int_options())
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_every_positive_int_option_rejects_bad_numbers(name, value):
+    """Every option documented as a positive whole number refuses zero, negatives and words."""
+    with pytest.raises(usage.UsageError):
+        parse(f"--{name}", value)
+
+
+# -- help and version ------------------------------------------------------
+
+
+def _all_option_names() -> list[str]:
+    names = [entry[0] for entry in getattr(Options, "optParameters", [])]
+    names += [entry[0] for entry in getattr(Options, "optFlags", [])]
+    return names
+
+
+def test_help_mentions_every_option(capsys):
+    """--help lists every option with its description and exits."""
+    with pytest.raises(SystemExit) as excinfo:
+        parse("--help")
+    assert excinfo.value.code in (0, None)
+    text = capsys.readouterr().out
+    for name in _all_option_names() + ["version", "help"]:
+        assert f"--{name}" in text, name
+    for name in ("stomp", "http", "allowed-origins", "max-frame-size", "heartbeat",
+                 "slow-consumer-bytes"):
+        assert f"--{name}" in text, name
+
+
+def test_version_prints_and_exits(capsys):
+    """--version prints the stomp-chat version and exits successfully."""
+    from stomp_chat import __version__
+
+    with pytest.raises(SystemExit) as excinfo:
+        parse("--version")
+    assert excinfo.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+# -- makeService -----------------------------------------------------------
+
+
+def _reachable(service: IService) -> list[IService]:
+    """Every service in the tree: children, and services the root keeps as attributes."""
+    found: list[IService] = []
+    pending = [service]
+    while pending:
+        current = pending.pop()
+        if any(current is s for s in found):
+            continue
+        found.append(current)
+        if IServiceCollection.providedBy(current):
+            pending.extend(current)
+        for value in vars(current).values():
+            if IService.providedBy(value) and value is not current.parent:
+                pending.append(value)
+    return found
+
+
+def _listeners(service: IService) -> list[StreamServerEndpointService]:
+    return [s for s in _reachable(service) if isinstance(s, StreamServerEndpointService)]
+
+
+@pytest.fixture
+def build(tmp_path: Path):
+    """makeService on parsed options, never started; its database pool is closed afterwards."""
+    built: list[IService] = []
+
+    def make(*args: str) -> IService:
+        db = ["--database", f"sqlite:///{tmp_path / 'chat.db'}"] if _has_option("database") else []
+        service = makeService(parse(*db, *args))
+        built.append(service)
+        return service
+
+    yield make
+    for service in built:
+        assert not service.running
+        pool = getattr(service, "pool", None)
+        if pool is not None:
+            pool.close()
+
+
+def _has_option(name: str) -> bool:
+    return name in _all_option_names()
+
+
+def test_make_service_builds_a_multiservice_with_both_listeners(build):
+    """The root is a MultiService holding the heart-beat monitor and TCP and HTTP listeners."""
+    root = build("--stomp", "tcp:0", "--http", "tcp:0")
+    assert isinstance(root, MultiService)
+    listeners = _listeners(root)
+    assert len(listeners) == 2
+    factories = [listener.factory for listener in listeners]
+    assert any(isinstance(f, StompFactory) for f in factories)
+    assert any(isinstance(f, Site) for f in factories)
+    assert [s for s in _reachable(root) if isinstance(s, HeartbeatMonitor)]
+    assert not root.running
+
+
+def test_make_service_wires_options_into_the_stomp_factory(build):
+    """Heart-beat, frame size and slow-consumer options reach the sessions' settings."""
+    root = build("--stomp", "tcp:0", "--http", "none", "--heartbeat", "2000,0",
+                 "--max-frame-size", "4096", "--slow-consumer-bytes", "777")
+    (listener,) = _listeners(root)
+    factory = listener.factory
+    assert isinstance(factory, StompFactory)
+    assert factory.slow_consumer_bytes == 777
+    settings = factory.context.settings
+    assert settings.heartbeat == (2000, 0)
+    assert settings.max_frame_size == 4096
+    monitor = factory.context.heartbeats
+    assert monitor.tick == tick_for((2000, 0))
+    assert any(s is monitor for s in _reachable(root))
+
+
+def test_make_service_without_stomp_listener(build):
+    """--stomp none leaves only the HTTP listener."""
+    root = build("--stomp", "none", "--http", "tcp:0")
+    (listener,) = _listeners(root)
+    assert isinstance(listener.factory, Site)
+
+
+def test_make_service_without_http_listener(build):
+    """--http none leaves only the raw STOMP listener."""
+    root = build("--stomp", "tcp:0", "--http", "none")
+    (listener,) = _listeners(root)
+    assert isinstance(listener.factory, StompFactory)
+
+
+def test_make_service_with_no_listeners(build):
+    """Both listeners can be disabled; the tree still builds."""
+    root = build("--stomp", "none", "--http", "none")
+    assert _listeners(root) == []
+
+
+def test_plugin_points_at_this_module():
+    """The twistd plugin names stomp-chat and this tap module, importing nothing heavy."""
+    import importlib
+    import sys
+
+    sys.modules.pop("twisted.plugins.stomp_chat_plugin", None)
+    plugin = importlib.import_module("twisted.plugins.stomp_chat_plugin")
+    assert plugin.stompChat.tapname == "stomp-chat"
+    assert plugin.stompChat.module == "stomp_chat.tap"
