@@ -728,3 +728,18 @@ def test_a_restarted_service_continues_each_room_from_its_stored_last_seq() -> N
     assert [(m.seq, m.text) for m in page] == [(1, "a"), (2, "b"), (3, "d"), (4, "e")]
     second.flush()
     assert [m.text for m in second.stored(1)] == ["a", "b", "d", "e"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["안녕하세요 😀", 'quote " backslash \\ newline \n tab \t control \x01 separator \u2028', ""],
+)
+def test_broadcast_encoding_is_the_json_of_the_message(text: str) -> None:
+    """The hand-written broadcast JSON equals json.dumps of the message's JSON dict."""
+    from stomp_chat.app.chat import encode_message
+    from stomp_chat.persistence import utc_isoformat
+
+    message = ChatMessage(3, 9, "3-9", "TALK", 7, text, datetime.fromtimestamp(1764000000.123, UTC))
+    encoded = encode_message(message, utc_isoformat(message.created_at))
+    assert encoded == json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    assert json.loads(encoded)["detailMessage"] == text

@@ -24,7 +24,13 @@ from twisted.python.failure import Failure
 
 from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
 from stomp_chat.broker import Broker
-from stomp_chat.persistence import BufferFull, ChatMessage, ChatStore, WriteBehindWriter
+from stomp_chat.persistence import (
+    BufferFull,
+    ChatMessage,
+    ChatStore,
+    WriteBehindWriter,
+    utc_isoformat,
+)
 from stomp_chat.stomp.frame import Frame
 
 DEFAULT_ENTER_TEMPLATE = "{senderId}님이 입장하였습니다."
@@ -32,6 +38,22 @@ DEFAULT_HISTORY_SIZE = 30
 MAX_TEXT_LENGTH = 10_000
 ROOM_TOPIC = "/topic/chat/room/{room_id}"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def encode_message(message: ChatMessage, created_iso: str) -> bytes:
+    """The broadcast JSON, the same as ``json.dumps(message.to_json_dict())``.
+
+    Written out by hand because it runs once per chat message on the hot
+    path, where building and encoding a dict costs several times more.
+    """
+    return (
+        f'{{"type": {_json_string(message.type)}, "roomId": {message.room_id}, '
+        f'"detailMessage": {_json_string(message.text)}, "senderId": {message.sender_id}, '
+        f'"messageId": {_json_string(message.message_id)}, "seq": {message.seq}, '
+        f'"createdAt": "{created_iso}"}}'
+    ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +87,7 @@ MESSAGE_TYPES: dict[str, TextRule] = {"ENTER": _enter_text, "TALK": _talk_text}
 def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) -> ChatRequest:
     """Validate a chat message body; every problem is an ApplicationError."""
     try:
-        data = json.loads(body)
+        data = json.loads(body.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise ApplicationError("the body is not valid JSON", code="invalid-json") from None
     if not isinstance(data, dict):
@@ -158,6 +180,7 @@ class ChatService:
         self.history_size = history_size
         self.types = dict(MESSAGE_TYPES if types is None else types)
         self._rooms: dict[int, RoomState] = {}
+        self._last_timestamp: tuple[int, datetime, str] = (-1, _EPOCH, "")
         #: Requests for rooms being loaded, kept in arrival order.
         self._waiting: dict[int, list[tuple[ChatRequest, bool, Deferred[Any]]]] = {}
 
@@ -196,14 +219,10 @@ class ChatService:
         """Number, buffer for storage, cache and broadcast one message."""
         text = self.types[request.type](request, self)
         seq = state.last_seq + 1
+        created_at, created_iso = self._timestamp()
         message = ChatMessage(
-            room_id=state.room_id,
-            seq=seq,
-            message_id=f"{state.room_id}-{seq}",
-            type=request.type,
-            sender_id=request.sender_id,
-            text=text,
-            created_at=datetime.fromtimestamp(self.clock.seconds(), UTC),
+            state.room_id, seq, f"{state.room_id}-{seq}", request.type, request.sender_id,
+            text, created_at,
         )
         try:
             stored = self.writer.append_durable(message) if durable else None
@@ -213,8 +232,7 @@ class ChatService:
             raise ApplicationError(str(error), code="busy") from None
         state.last_seq = seq
         state.recent.append(message)
-        body = json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
-        self.broker.publish(state.topic, body, dict(_JSON_HEADERS))
+        self.broker.publish(state.topic, encode_message(message, created_iso), _JSON_HEADERS)
         return message, stored
 
     # -- rooms ---------------------------------------------------------
@@ -269,6 +287,15 @@ class ChatService:
                     result.callback(message)
                 else:
                     stored.addCallback(_replace_result, message).chainDeferred(result)
+
+    def _timestamp(self) -> tuple[datetime, str]:
+        """Now, as a datetime and as ``createdAt``; formatted once per millisecond."""
+        millis = int(self.clock.seconds() * 1000)
+        cached = self._last_timestamp
+        if cached[0] != millis:
+            moment = datetime.fromtimestamp(millis / 1000, UTC)
+            cached = self._last_timestamp = (millis, moment, utc_isoformat(moment))
+        return cached[1], cached[2]
 
     def active_room(self, room_id: int) -> RoomState | None:
         return self._rooms.get(room_id)

@@ -274,6 +274,13 @@ class WriteBehindWriter(Service):
         """Arm the timer for the next batch, if one is due and none is being written."""
         if self._phase == "new" or self._writing or self._batch or not self._buffer:
             return
+        if (
+            self._timer is not None  # the common case on the chat path: already armed
+            and self._phase == "running"
+            and len(self._buffer) < self._max_batch
+            and self._urgent_through < self._settled
+        ):
+            return
         now = self._clock.seconds()
         write_now = (
             self._phase == "stopping"
