@@ -20,6 +20,7 @@ from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
+from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.persistence import (
     AdbapiChatStore,
@@ -166,6 +167,13 @@ class Options(usage.Options):
             "The text of an ENTER message; {senderId} and {roomId} are replaced.",
         ],
         [
+            "redis",
+            None,
+            None,
+            "Cluster mode: share rooms with the other stomp-chat processes using this Redis, "
+            "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
+        ],
+        [
             "config",
             "c",
             None,
@@ -195,6 +203,11 @@ class Options(usage.Options):
             self["database"] = parse_database_url(self["database"])
         except ValueError as error:
             raise usage.UsageError(f"--database: {error}") from None
+        if self["redis"]:
+            try:
+                self["redis"] = parse_redis_url(self["redis"])
+            except ValueError as error:
+                raise usage.UsageError(f"--redis: {error}") from None
         try:
             self["enter-template"].format(senderId=1, roomId=1)
         except (KeyError, IndexError, ValueError) as error:
@@ -285,6 +298,7 @@ def makeService(options: Options) -> IService:
     )
     broker = Broker()
     router = AppRouter()
+    relay = RedisRelay(broker, options["redis"]) if options["redis"] else None
     chat = ChatService(
         store,
         writer,
@@ -293,8 +307,11 @@ def makeService(options: Options) -> IService:
         auto_create_rooms=True,
         enter_template=options["enter-template"],
         history_size=options["history-size"],
+        sequencer=relay,
     )
     chat.register(router)
+    if relay is not None:
+        relay.listeners.append(chat.relayed)
 
     settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
     context = ServerContext(broker, router, settings, monitor, AnonymousAuthenticator())
@@ -316,7 +333,7 @@ def makeService(options: Options) -> IService:
             api=api,
         )
         strports.service(options["http"], site).setServiceParent(listeners)
-    return ChatServer(reactor, pool, writer, monitor, listeners)
+    return ChatServer(reactor, pool, writer, monitor, listeners, relay)
 
 
 class ChatServer(MultiService):
@@ -335,8 +352,10 @@ class ChatServer(MultiService):
         writer: WriteBehindWriter,
         monitor: HeartbeatMonitor,
         listeners: MultiService,
+        relay: RedisRelay | None = None,
     ) -> None:
         super().__init__()
+        self.relay = relay
         self.reactor = reactor
         self.pool = pool
         self.writer = writer
@@ -350,6 +369,8 @@ class ChatServer(MultiService):
 
     def _migrated(self, version: int) -> None:
         self.writer.startService()
+        if self.relay is not None:
+            self.relay.startService()
         self.monitor.startService()
         self.listeners.startService()
 
@@ -369,6 +390,8 @@ class ChatServer(MultiService):
         self.monitor.close_all("server shutting down")
         if self.monitor.running:
             self.monitor.stopService()
+        if self.relay is not None and self.relay.running:
+            yield self.relay.stopService()
         if self.writer.running:
             yield self.writer.stopService()
         self.pool.close()

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
@@ -33,27 +34,59 @@ from stomp_chat.persistence import (
 )
 from stomp_chat.stomp.frame import Frame
 
+log = Logger()
+
 DEFAULT_ENTER_TEMPLATE = "{senderId}님이 입장하였습니다."
 DEFAULT_HISTORY_SIZE = 30
 MAX_TEXT_LENGTH = 10_000
 ROOM_TOPIC = "/topic/chat/room/{room_id}"
+ROOM_TOPIC_PREFIX = "/topic/chat/room/"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
-def encode_message(message: ChatMessage, created_iso: str) -> bytes:
-    """The broadcast JSON, the same as ``json.dumps(message.to_json_dict())``.
+#: Stands for ``seq`` in a message template; JSON escapes every control
+#: character, so a NUL cannot occur in the encoded text itself.
+SEQ_PLACEHOLDER = b"\x00"
 
-    Written out by hand because it runs once per chat message on the hot
-    path, where building and encoding a dict costs several times more.
+
+def encode_template(
+    room_id: int, kind: str, sender_id: int, text: str, created_iso: str
+) -> bytes:
+    """The broadcast JSON of a message, with ``seq`` still to be filled in.
+
+    The same bytes as ``json.dumps(message.to_json_dict())``, written out by
+    hand because it runs once per chat message on the hot path. In cluster
+    mode Redis fills in the seq (see stomp_chat.cluster).
     """
     return (
-        f'{{"type": {_json_string(message.type)}, "roomId": {message.room_id}, '
-        f'"detailMessage": {_json_string(message.text)}, "senderId": {message.sender_id}, '
-        f'"messageId": {_json_string(message.message_id)}, "seq": {message.seq}, '
-        f'"createdAt": "{created_iso}"}}'
+        f'{{"type": {_json_string(kind)}, "roomId": {room_id}, '
+        f'"detailMessage": {_json_string(text)}, "senderId": {sender_id}, '
+        f'"messageId": "{room_id}-\x00", "seq": \x00, "createdAt": "{created_iso}"}}'
     ).encode()
+
+
+def fill_seq(template: bytes, seq: int) -> bytes:
+    return template.replace(SEQ_PLACEHOLDER, str(seq).encode())
+
+
+def encode_message(message: ChatMessage, created_iso: str) -> bytes:
+    """The broadcast JSON, the same as ``json.dumps(message.to_json_dict())``."""
+    template = encode_template(
+        message.room_id, message.type, message.sender_id, message.text, created_iso
+    )
+    return fill_seq(template, message.seq)
+
+
+class RoomSequencer(Protocol):
+    """Numbers and broadcasts chat messages for several server processes."""
+
+    node_id: str
+
+    def sequence_and_publish(
+        self, room_id: int, key: str, headers: dict[str, str], template: bytes, floor: int
+    ) -> Deferred[int]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +174,10 @@ class RoomState:
         exactly when its oldest message is at or below the range's start.
         """
         recent = self.recent
+        if recent and (
+            recent[-1].seq != self.last_seq or recent[-1].seq - recent[0].seq + 1 != len(recent)
+        ):
+            return None  # a hole (cluster mode can miss a relayed message): ask the database
         oldest = recent[0].seq if recent else self.last_seq + 1
         complete = oldest <= 1
         if after is not None:
@@ -170,6 +207,7 @@ class ChatService:
         enter_template: str = DEFAULT_ENTER_TEMPLATE,
         history_size: int = DEFAULT_HISTORY_SIZE,
         types: dict[str, TextRule] | None = None,
+        sequencer: RoomSequencer | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -179,6 +217,9 @@ class ChatService:
         self.enter_template = enter_template
         self.history_size = history_size
         self.types = dict(MESSAGE_TYPES if types is None else types)
+        self.sequencer = sequencer
+        #: Cluster mode: messages sent to Redis for a seq, not yet buffered.
+        self._sequencing = 0
         self._rooms: dict[int, RoomState] = {}
         self._last_timestamp: tuple[int, datetime, str] = (-1, _EPOCH, "")
         #: Requests for rooms being loaded, kept in arrival order.
@@ -198,42 +239,129 @@ class ChatService:
         durable = "receipt" in frame.headers
         state = self._rooms.get(request.room_id)
         if state is not None:
-            message, stored = self._accept(state, request, durable)
-            return stored
+            return self._accept(state, request, durable)[1]
         return self._when_loaded(request, durable)
 
     def post(self, request: ChatRequest) -> Deferred[ChatMessage]:
         """Accept a message from any caller (REST, tests); fires once it is broadcast."""
         state = self._rooms.get(request.room_id)
-        if state is not None:
-            try:
-                message, _ = self._accept(state, request, durable=False)
-            except ApplicationError:
-                return fail()
-            return succeed(message)
-        return self._when_loaded(request, durable=False)
+        if state is None:
+            return self._when_loaded(request, durable=False)
+        try:
+            message, sequenced = self._accept(state, request, durable=False)
+        except ApplicationError:
+            return fail()
+        return succeed(message) if message is not None else sequenced  # type: ignore[return-value]
 
     def _accept(
         self, state: RoomState, request: ChatRequest, durable: bool
-    ) -> tuple[ChatMessage, Deferred[None] | None]:
-        """Number, buffer for storage, cache and broadcast one message."""
+    ) -> tuple[ChatMessage | None, Deferred[Any] | None]:
+        """Number, buffer for storage, cache and broadcast one message.
+
+        Returns the message, when it is already numbered, and a Deferred
+        when the caller must wait: for the commit of a durable message, or
+        in cluster mode for Redis to number it.
+        """
         text = self.types[request.type](request, self)
-        seq = state.last_seq + 1
         created_at, created_iso = self._timestamp()
+        template = encode_template(
+            state.room_id, request.type, request.sender_id, text, created_iso
+        )
+        if self.sequencer is not None:
+            return None, self._accept_clustered(state, request, text, created_at, template,
+                                                durable)
+        seq = state.last_seq + 1
         message = ChatMessage(
             state.room_id, seq, f"{state.room_id}-{seq}", request.type, request.sender_id,
             text, created_at,
         )
+        stored = self._store(message, durable)
+        self._remember(state, message)
+        self.broker.publish(state.topic, fill_seq(template, seq), _JSON_HEADERS)
+        return message, stored
+
+    def _store(self, message: ChatMessage, durable: bool) -> Deferred[None] | None:
         try:
-            stored = self.writer.append_durable(message) if durable else None
-            if not durable:
-                self.writer.append(message)
+            if durable:
+                return self.writer.append_durable(message)
+            self.writer.append(message)
+            return None
         except BufferFull as error:
             raise ApplicationError(str(error), code="busy") from None
-        state.last_seq = seq
-        state.recent.append(message)
-        self.broker.publish(state.topic, encode_message(message, created_iso), _JSON_HEADERS)
-        return message, stored
+
+    def _accept_clustered(
+        self,
+        state: RoomState,
+        request: ChatRequest,
+        text: str,
+        created_at: datetime,
+        template: bytes,
+        durable: bool,
+    ) -> Deferred[Any]:
+        """Have Redis number and broadcast the message, then store it here."""
+        assert self.sequencer is not None
+        if not self.writer.has_room_for(self._sequencing + 1):
+            raise ApplicationError(
+                "too many chat messages are waiting to be saved; try again later", code="busy"
+            )
+        self._sequencing += 1
+        room_id = state.room_id
+
+        def sequenced(seq: int) -> Any:
+            self._sequencing -= 1
+            message = ChatMessage(room_id, seq, f"{room_id}-{seq}", request.type,
+                                  request.sender_id, text, created_at)
+            stored = self._store(message, durable)  # room was reserved: cannot be full
+            self._remember(state, message)
+            if stored is None:
+                return message
+            return stored.addCallback(_replace_result, message)
+
+        def unavailable(failure: Failure) -> Failure:
+            self._sequencing -= 1
+            log.warn("chat message for room {room} not sent: {error}", room=room_id,
+                     error=failure.getErrorMessage())
+            return Failure(ApplicationError(
+                "the message could not be sent: the cluster is unavailable", code="unavailable"
+            ))
+
+        d = self.sequencer.sequence_and_publish(
+            room_id, state.topic, _JSON_HEADERS, template, state.last_seq
+        )
+        return d.addCallbacks(sequenced, unavailable)
+
+    def _remember(self, state: RoomState, message: ChatMessage) -> None:
+        """Keep a message in its room's cache, in seq order."""
+        recent = state.recent
+        if not recent or message.seq > recent[-1].seq:
+            recent.append(message)
+        elif all(m.seq != message.seq for m in recent):
+            ordered = sorted([*recent, message], key=lambda m: m.seq)
+            recent.clear()
+            recent.extend(ordered[-(recent.maxlen or len(ordered)) :])
+        if message.seq > state.last_seq:
+            state.last_seq = message.seq
+
+    def relayed(self, key: str, origin: str, body: bytes) -> None:
+        """A chat message another server numbered: keep it in this server's cache."""
+        if self.sequencer is None or origin == self.sequencer.node_id:
+            return
+        if not key.startswith(ROOM_TOPIC_PREFIX):
+            return
+        suffix = key[len(ROOM_TOPIC_PREFIX) :]
+        state = self._rooms.get(int(suffix)) if suffix.isdigit() else None
+        if state is None:
+            return
+        try:
+            data = json.loads(body)
+            message = ChatMessage(
+                data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
+                data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
+            return
+        self._remember(state, message)
 
     # -- rooms ---------------------------------------------------------
 
@@ -285,8 +413,10 @@ class ChatService:
                     continue
                 if stored is None:
                     result.callback(message)
-                else:
+                elif message is not None:
                     stored.addCallback(_replace_result, message).chainDeferred(result)
+                else:
+                    stored.chainDeferred(result)
 
     def _timestamp(self) -> tuple[datetime, str]:
         """Now, as a datetime and as ``createdAt``; formatted once per millisecond."""

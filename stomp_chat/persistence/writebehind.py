@@ -178,6 +178,10 @@ class WriteBehindWriter(Service):
         self._waiters.append(_Waiter(index, committed, durable=True))
         return committed
 
+    def has_room_for(self, count: int) -> bool:
+        """Whether ``count`` more messages would be accepted now."""
+        return self.pending_count + count <= self._max_pending
+
     def unsaved_messages(self, room_id: int) -> list[ChatMessage]:
         """A room's messages accepted but not committed yet, oldest first.
 
