@@ -525,8 +525,12 @@ def test_frames_after_disconnect_are_ignored(tcp):
     """Frames written after DISCONNECT are not processed: a SEND that follows it is never routed."""
     destination = unique("/queue/stomppy.afterdisc")
     client = tcp("1.2")
-    client.raw("DISCONNECT", {"receipt": "bye"})
-    client.raw("SEND", {"destination": destination}, "written after DISCONNECT")
+    # One write holding both frames: the server may close the socket as soon
+    # as it has read the DISCONNECT, so a second write could find it closed.
+    client.conn.transport.send(
+        b"DISCONNECT\nreceipt:bye\n\n\x00"
+        + f"SEND\ndestination:{destination}\n\nwritten after DISCONNECT\x00".encode()
+    )
     client.rec.wait_receipt("bye")
     client.rec.wait_disconnected()
 
