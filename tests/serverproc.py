@@ -17,7 +17,7 @@ from pathlib import Path
 
 import stomp_chat
 
-_PORT_LINE = re.compile(r"\b(StompFactory|Site) starting on (\d+)")
+_PORT_LINE = re.compile(r"\b(StompFactory|Site)(?: \(TLS\))? starting on (\d+)")
 
 
 def _import_root() -> str:
