@@ -304,8 +304,9 @@ class StompSession:
 
     def _on_send(self, frame: Frame) -> None:
         destination = _required(frame, "destination")
-        self._check_destination(destination)
-        if self._buffered_in_transaction(frame):
+        if "transaction" in frame.headers:
+            self._check_destination(destination)  # now, not at COMMIT: all or nothing
+            self._buffered_in_transaction(frame)
             self._receipt(frame)
             return
         self._receipt(frame, self._apply_send(frame, destination))
