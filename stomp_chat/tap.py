@@ -298,7 +298,7 @@ def makeService(options: Options) -> IService:
     )
     broker = Broker()
     router = AppRouter()
-    relay = RedisRelay(broker, options["redis"]) if options["redis"] else None
+    relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
     chat = ChatService(
         store,
         writer,
@@ -336,6 +336,10 @@ def makeService(options: Options) -> IService:
     return ChatServer(reactor, pool, writer, monitor, listeners, relay)
 
 
+#: How long start-up waits for the Redis relay before listening anyway.
+RELAY_READY_TIMEOUT = 5.0
+
+
 class ChatServer(MultiService):
     """Starts and stops the server's parts in the order data safety needs.
 
@@ -367,10 +371,20 @@ class ChatServer(MultiService):
         Service.startService(self)
         self._ready = migrate(self.pool).addCallbacks(self._migrated, self._cannot_start)
 
-    def _migrated(self, version: int) -> None:
+    @inlineCallbacks
+    def _migrated(self, version: int) -> Generator[Deferred[Any], Any, None]:
         self.writer.startService()
         if self.relay is not None:
             self.relay.startService()
+            # Listen once relayed messages arrive, so that the first chat
+            # messages reach this server's own subscribers; a Redis that is
+            # down must not keep the server from serving its own clients.
+            ready = self.relay.ready()
+            ready.addTimeout(RELAY_READY_TIMEOUT, self.reactor)
+            try:
+                yield ready
+            except Exception:
+                log.warn("starting without the cluster relay: Redis is not answering yet")
         self.monitor.startService()
         self.listeners.startService()
 

@@ -24,7 +24,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    fail,
+    gatherResults,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.logger import Logger
 
 from stomp_chat.broker import QUEUE_PREFIX, USER_PREFIX, Broker, Message
@@ -77,9 +84,13 @@ def parse_redis_url(url: str) -> RedisAddress:
     if parts.scheme != "redis":
         raise ValueError(f"Redis URLs look like redis://host:port/db, not {url!r}")
     try:
-        port = parts.port or 6379
+        port = parts.port
     except ValueError:
         raise ValueError(f"invalid port in Redis URL {url!r}") from None
+    if port is None:
+        port = 6379
+    elif port == 0:
+        raise ValueError(f"invalid port 0 in Redis URL {url!r}")
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise ValueError(f"the database in a Redis URL is a number, not {path!r}")
@@ -101,9 +112,26 @@ def encode_envelope(origin: str, local: bool, headers: dict[str, str], body: byt
 
 
 def decode_envelope(payload: bytes) -> tuple[str, bool, dict[str, str], bytes]:
-    end = payload.index(b"\n")
-    origin, local, headers = json.loads(payload[:end])
+    """Split a relayed payload; ValueError unless it is exactly what we send."""
+    end = payload.find(b"\n")
+    if end < 0:
+        raise ValueError("no metadata line")
+    meta = json.loads(payload[:end])
+    if not (isinstance(meta, list) and len(meta) == 3):
+        raise ValueError("metadata is not [origin, local, headers]")
+    origin, local, headers = meta
+    if not (
+        isinstance(origin, str)
+        and isinstance(local, bool)
+        and isinstance(headers, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        raise ValueError("metadata has the wrong types")
     return origin, local, headers, payload[end + 1 :]
+
+
+class RedisUnavailable(Exception):
+    """Redis cannot be reached: cluster-wide work cannot be done now."""
 
 
 #: Told of every relayed chat message: (routing key, origin node, body).
@@ -113,48 +141,78 @@ RelayListener = Callable[[str, str, bytes], object]
 class RedisRelay(Service):
     """Relays a broker's messages to and from the other processes."""
 
-    def __init__(self, broker: Broker, address: RedisAddress) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        address: RedisAddress,
+        reactor: Any,
+        reply_timeout: float = 5.0,
+    ) -> None:
         self.broker = broker
         self.address = address
+        self.reactor = reactor
+        self.reply_timeout = reply_timeout
         self.node_id = broker.node_id
         self.channel_prefix = f"{address.namespace}:"
         self.sequence_key = f"{address.namespace}:seq:{{room_id}}"
         self.listeners: list[RelayListener] = []
         self._commands: Any = None
+        self._command_factory: Any = None
         self._subscriber: Any = None
         #: Chat messages sent to Redis whose seq has not come back yet.
         self._sequencing: set[Deferred[Any]] = set()
+        self._is_ready = False
+        self._ready_waiters: list[Deferred[None]] = []
+        self._outage_reported = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether commands can be sent to Redis right now."""
+        return self._command_factory is not None and self._command_factory.size > 0
+
+    def ready(self) -> Deferred[None]:
+        """Fires when this server receives relayed messages."""
+        if self._is_ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._ready_waiters.append(d)
+        return d
 
     # -- lifecycle -----------------------------------------------------
 
     def startService(self) -> None:
         import txredisapi
+        from twisted.internet.endpoints import HostnameEndpoint
 
         super().startService()
         address = self.address
-        self._commands = txredisapi.lazyConnection(
-            address.host, address.port, dbid=address.db, password=address.password,
-            charset=None, convertNumbers=True,
+        endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=5)
+        commands = txredisapi.RedisFactory(
+            address.redacted(), address.db, 1, isLazy=True, charset=None,
+            password=address.password, replyTimeout=self.reply_timeout,
         )
+        commands.startConnecting(endpoint)
+        self._command_factory = commands
+        self._commands = commands.handler
         relay = self
 
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
-                self.psubscribe(relay.channel_prefix + "*")
+                subscribed = self.psubscribe(relay.channel_prefix + "*")
+                subscribed.addCallbacks(relay._subscribed, relay._subscribe_failed)
                 return d
 
             def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
                 relay.received(channel, message)
 
-        factory = txredisapi.SubscriberFactory(isLazy=True)
-        factory.protocol = Subscriber
-        factory.charset = None  # bodies are bytes, not always UTF-8
-        factory.convertNumbers = False
-        factory.startConnecting(
-            txredisapi._makeEndpoint(address.host, address.port, None, None)
-        )
-        self._subscriber = factory
+        subscriber = txredisapi.SubscriberFactory(isLazy=True)
+        subscriber.protocol = Subscriber
+        subscriber.charset = None  # bodies are bytes, not always UTF-8
+        subscriber.convertNumbers = False
+        subscriber.password = address.password
+        subscriber.startConnecting(endpoint)
+        self._subscriber = subscriber
         self.broker.published_listeners.append(self.published)
 
     @inlineCallbacks
@@ -174,11 +232,33 @@ class RedisRelay(Service):
         if waits:
             yield gatherResults(waits, consumeErrors=True)
 
+    def _subscribed(self, _: object) -> None:
+        if self._outage_reported:
+            log.info("relaying through {redis} again", redis=self.address.redacted())
+            self._outage_reported = False
+        self._is_ready = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)  # a waiter that timed out ignores this
+
+    def _subscribe_failed(self, failure: Any) -> None:
+        log.error("cannot subscribe to relayed messages at {redis}: {error}",
+                  redis=self.address.redacted(), error=failure.getErrorMessage())
+
+    def _report_outage(self, error: str) -> None:
+        if not self._outage_reported:
+            self._outage_reported = True
+            log.error("Redis at {redis} is unavailable: {error}; chat messages are refused "
+                      "until it is back", redis=self.address.redacted(), error=error)
+
     # -- out -----------------------------------------------------------
 
     def published(self, key: str, message: Message) -> None:
         """A local publish (already delivered locally): tell the others."""
         if key.startswith(QUEUE_PREFIX) or self._commands is None:
+            return
+        if not self.connected:
+            self._report_outage("not connected")
             return
         payload = encode_envelope(self.node_id, False, message.headers, message.body)
         d = self._commands.publish(self.channel_prefix + key, payload)
@@ -196,7 +276,14 @@ class RedisRelay(Service):
         template: bytes,
         floor: int,
     ) -> Deferred[int]:
-        """Number a chat message and publish it to every server, this one included."""
+        """Number a chat message and publish it to every server, this one included.
+
+        Fails at once while Redis is unreachable: the message is refused
+        rather than queued for a publication the sender was not told about.
+        """
+        if not self.connected:
+            self._report_outage("not connected")
+            return fail(RedisUnavailable(f"Redis at {self.address.redacted()} is unreachable"))
         envelope = encode_envelope(self.node_id, True, headers, b"")
         d: Deferred[int] = self._commands.eval(
             _SEQUENCE_AND_PUBLISH,

@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )"""
 
+#: Migration 2 on both dialects. The chat numbers each room's messages and names each
+#: message f"{room_id}-{seq}", so the (room_id, seq) primary key already makes message_id
+#: unique and is what makes a re-sent batch a no-op (ON CONFLICT DO NOTHING). The second
+#: unique index only cost every insert an extra index entry (about a quarter of
+#: PostgreSQL's time per stored message, a fifth of SQLite's), and no query looks a message
+#: up by its message_id, so no plain index replaces it.
+_DROP_MESSAGE_ID_UNIQUE = "messages: no unique index on message_id ((room_id, seq) implies it)"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -85,6 +93,29 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
                 created_at TEXT NOT NULL,
                 PRIMARY KEY (room_id, seq)
             ) WITHOUT ROWID""",
+        ),
+    ),
+    Migration(
+        2,
+        _DROP_MESSAGE_ID_UNIQUE,
+        (
+            # SQLite cannot drop a UNIQUE written into CREATE TABLE: rebuild the table without
+            # it (nothing references messages, so dropping the old one is safe; the copy
+            # reads and writes in primary key order).
+            """CREATE TABLE messages_v2 (
+                room_id INTEGER NOT NULL REFERENCES rooms (id),
+                seq INTEGER NOT NULL,
+                message_id TEXT NOT NULL,
+                type TEXT NOT NULL,
+                sender_id INTEGER NOT NULL,
+                text TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (room_id, seq)
+            ) WITHOUT ROWID""",
+            "INSERT INTO messages_v2 (room_id, seq, message_id, type, sender_id, text, created_at)"
+            " SELECT room_id, seq, message_id, type, sender_id, text, created_at FROM messages",
+            "DROP TABLE messages",
+            "ALTER TABLE messages_v2 RENAME TO messages",
         ),
     ),
 )
@@ -127,6 +158,12 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (room_id, seq)
             )""",
         ),
+    ),
+    Migration(
+        2,
+        _DROP_MESSAGE_ID_UNIQUE,
+        # The name PostgreSQL gave the UNIQUE of migration 1; dropping it is instant.
+        ("ALTER TABLE messages DROP CONSTRAINT messages_message_id_key",),
     ),
 )
 

@@ -1,0 +1,373 @@
+"""End to end in cluster mode: two real `twistd -n stomp-chat --redis ...` processes sharing
+rooms through a real Redis, stomp.py clients over WebSocket, REST over urllib, and the
+databases read directly.
+
+Every test uses a Redis namespace of its own. When Redis is unreachable the tests are
+skipped, except under CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import stomp
+
+from tests.serverproc import RunningServer, _import_root
+
+pytest_plugins = ["tests.conftest_db"]
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+TIMEOUT = 10.0
+STOPPED_BY_SIGTERM = -signal.SIGTERM
+ROOM_TOPIC = "/topic/chat/room/{}"
+ERRORS = "/user/queue/errors"
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+
+def redis_command(*args: str) -> Any:
+    """Run one Redis command over a plain socket; returns the decoded reply."""
+    request = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        data = arg.encode()
+        request += b"$%d\r\n%s\r\n" % (len(data), data)
+    with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=3) as connection:
+        connection.sendall(request)
+        reader = connection.makefile("rb")
+        return _read_reply(reader)
+
+
+def _read_reply(reader: Any) -> Any:
+    line = reader.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else reader.read(size + 2)[:-2]
+    if kind == b"*":
+        return [_read_reply(reader) for _ in range(int(rest))]
+    raise RuntimeError(f"unexpected Redis reply {line!r}")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis URL with a namespace of its own; the namespace's keys are deleted afterwards."""
+    try:
+        pong = redis_command("PING")
+    except OSError as error:
+        reason = f"Redis at {REDIS_HOST}:{REDIS_PORT} is unreachable: {error}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so the cluster tests must not be skipped)")
+        pytest.skip(f"{reason}; start Redis there to run the cluster tests")
+    assert pong == "PONG"
+    namespace = f"test-{uuid.uuid4().hex}"
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?namespace={namespace}"
+    keys = redis_command("KEYS", f"{namespace}:*")
+    if keys:
+        redis_command("DEL", *(key.decode() for key in keys))
+
+
+# -- servers and clients ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """``start_node(name, *options)``: a server process with a working directory (and log) of
+    its own; every one still running is stopped when the test ends."""
+    servers: list[RunningServer] = []
+
+    def start(name: str, *options: str) -> RunningServer:
+        workdir = tmp_path / name
+        workdir.mkdir()
+        server = RunningServer(workdir, list(options))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def stop_cleanly(server: RunningServer) -> None:
+    """SIGTERM a server; it must stop in order, without errors."""
+    code = server.stop()
+    log = server.log()
+    assert code == STOPPED_BY_SIGTERM, log
+    assert "Server Shut Down." in log
+    for problem in ("Traceback", "Unhandled", "#critical", "#error"):
+        assert problem not in log, log
+
+
+class Client(stomp.ConnectionListener):
+    """A stomp.py WebSocket client that records what the server sends it."""
+
+    def __init__(self, port: int) -> None:
+        self._lock = threading.Condition()
+        self.messages: list[Any] = []
+        self.receipts: list[str] = []
+        self.errors: list[Any] = []
+        self._ids = 0
+        self.conn = stomp.WSStompConnection(
+            [("127.0.0.1", port)], ws_path="/ws/chat", heartbeats=(0, 0)
+        )
+        self.conn.set_listener("recorder", self)
+        self.conn.connect(wait=True)
+
+    def on_message(self, frame: Any) -> None:
+        with self._lock:
+            self.messages.append(frame)
+            self._lock.notify_all()
+
+    def on_receipt(self, frame: Any) -> None:
+        with self._lock:
+            self.receipts.append(frame.headers["receipt-id"])
+            self._lock.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        with self._lock:
+            self.errors.append(frame)
+            self._lock.notify_all()
+
+    def wait_for(self, condition: Callable[[], Any], what: str) -> Any:
+        deadline = time.monotonic() + TIMEOUT
+        with self._lock:
+            while not (result := condition()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"timed out waiting for {what}; messages={len(self.messages)} "
+                        f"receipts={self.receipts} errors={[e.headers for e in self.errors]}"
+                    )
+                self._lock.wait(remaining)
+            return result
+
+    def subscribe(self, destination: str) -> None:
+        """Subscribe and wait for the receipt, so the subscription surely exists."""
+        self._ids += 1
+        receipt = f"sub-{self._ids}"
+        self.conn.subscribe(destination, id=str(self._ids), headers={"receipt": receipt})
+        self.wait_for(lambda: receipt in self.receipts, f"receipt {receipt}")
+
+    def at(self, destination: str) -> list[Any]:
+        with self._lock:
+            return [m for m in self.messages if m.headers.get("destination") == destination]
+
+    def wait_at(self, destination: str, count: int) -> list[Any]:
+        self.wait_for(lambda: len(self.at(destination)) >= count, f"{count} on {destination}")
+        return self.at(destination)
+
+    def chat(self, room_id: int, count: int) -> list[dict[str, Any]]:
+        return [json.loads(m.body) for m in self.wait_at(ROOM_TOPIC.format(room_id), count)]
+
+    def send_chat(self, body: dict[str, Any], receipt: str) -> None:
+        self.conn.send(
+            "/app/message",
+            json.dumps(body, ensure_ascii=False),
+            content_type="application/json",
+            headers={"receipt": receipt},
+        )
+
+    def close(self) -> None:
+        if self.conn.is_connected():
+            self.conn.disconnect()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[[RunningServer], Client]]:
+    opened: list[Client] = []
+
+    def connect(server: RunningServer) -> Client:
+        client = Client(server.http_port)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        try:
+            client.close()
+        except Exception:  # the server may have gone already
+            pass
+
+
+def history(server: RunningServer, room_id: int) -> list[dict[str, Any]]:
+    url = f"{server.http_url}/api/rooms/{room_id}/messages?limit=100"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            status, body = response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    assert status == 200, body
+    return list(body["messages"])
+
+
+# -- databases -------------------------------------------------------------------------------
+
+
+Row = tuple[int, str, str, int]
+
+
+@dataclass
+class Databases:
+    """The database URL of each of the two servers and a way to read each one directly."""
+
+    shared: bool
+    urls: tuple[str, str]
+    readers: tuple[Callable[[str], list[tuple[Any, ...]]], ...]
+
+    def rows(self, index: int, room_id: int) -> list[Row]:
+        query = (
+            "SELECT seq, type, text, sender_id FROM messages "
+            f"WHERE room_id = {int(room_id)} ORDER BY seq"
+        )
+        return [(int(s), t, x, int(u)) for s, t, x, u in self.readers[index](query)]
+
+
+def _sqlite_reader(path: Path) -> Callable[[str], list[tuple[Any, ...]]]:
+    def read(query: str) -> list[tuple[Any, ...]]:
+        connection = sqlite3.connect(path)
+        try:
+            return list(connection.execute(query).fetchall())
+        finally:
+            connection.close()
+
+    return read
+
+
+@pytest.fixture(params=["separate-sqlite", "shared-postgresql"])
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Databases:
+    """Two SQLite files (one per server), or one PostgreSQL schema both servers share.
+
+    Set up before the servers, so the servers are stopped before the schema is dropped.
+    """
+    if request.param == "separate-sqlite":
+        paths = (tmp_path / "a.db", tmp_path / "b.db")
+        return Databases(
+            False,
+            (f"sqlite:///{paths[0]}", f"sqlite:///{paths[1]}"),
+            (_sqlite_reader(paths[0]), _sqlite_reader(paths[1])),
+        )
+    from tests.conftest_db import POSTGRES_URL  # loaded by pytest as a plugin
+
+    database = request.getfixturevalue("postgresql_database")
+    query = urlencode({"options": database.config.options["options"]})
+    url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}{query}"
+    return Databases(True, (url, url), (database.query, database.query))
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_two_servers_share_rooms_and_topics_through_redis(
+    databases: Databases, redis_url: str, start_node, clients
+) -> None:
+    """Clients of two servers see each other's /topic messages and one chat order with seq
+    1..N; REST history on each server shows all of it; each server stores the messages of
+    its own clients."""
+    room, count = 11, 8
+    server_a = start_node("a", "--redis", redis_url, "--database", databases.urls[0])
+    server_b = start_node("b", "--redis", redis_url, "--database", databases.urls[1])
+    on_a, on_b = clients(server_a), clients(server_b)
+    for client, name in ((on_a, "a"), (on_b, "b")):
+        client.subscribe(ROOM_TOPIC.format(room))
+        client.subscribe(f"/topic/raw/{name}")
+        client.subscribe(ERRORS)
+
+    # Plain /topic messages cross both ways, headers and all.
+    on_b.conn.send("/topic/raw/a", "from B ü", headers={"x-note": "B 😀"})
+    on_a.conn.send("/topic/raw/b", "from A 한글", headers={"x-note": "A ✓"})
+    [to_a] = on_a.wait_at("/topic/raw/a", 1)
+    [to_b] = on_b.wait_at("/topic/raw/b", 1)
+    assert (to_a.body, to_a.headers["x-note"]) == ("from B ü", "B 😀")
+    assert (to_b.body, to_b.headers["x-note"]) == ("from A 한글", "A ✓")
+
+    # Chat messages from both servers, interleaved without waiting; A's client is sender 1,
+    # B's client sender 2.
+    for i in range(count):
+        sender = (on_a, on_b)[i % 2]
+        body = {"type": "TALK", "roomId": room, "senderId": 1 + i % 2, "detailMessage": f"#{i}"}
+        sender.send_chat(body, receipt=f"r-{i}")
+    for client, first in ((on_a, 0), (on_b, 1)):
+        mine = [f"r-{i}" for i in range(first, count, 2)]
+        client.wait_for(lambda c=client, m=mine: set(m) <= set(c.receipts), f"receipts {mine}")
+
+    seen_on_b = on_b.chat(room, count)
+    seen_on_a = on_a.chat(room, count)
+    assert [m["seq"] for m in seen_on_b] == list(range(1, count + 1))
+    assert seen_on_a == seen_on_b, "both servers' subscribers see one order"
+    assert {m["senderId"] for m in seen_on_a} == {1, 2}
+    assert sorted(m["detailMessage"] for m in seen_on_a) == sorted(f"#{i}" for i in range(count))
+    for client in (on_a, on_b):
+        assert client.errors == [] and client.at(ERRORS) == []
+
+    # REST history on each server shows every message, in seq order.
+    assert history(server_a, room) == seen_on_a
+    assert history(server_b, room) == seen_on_a
+
+    on_a.close()
+    on_b.close()
+    stop_cleanly(server_a)
+    stop_cleanly(server_b)
+    every = [(m["seq"], "TALK", m["detailMessage"], m["senderId"]) for m in seen_on_a]
+    if databases.shared:
+        assert databases.rows(0, room) == every, "each message stored exactly once"
+    else:
+        assert databases.rows(0, room) == [row for row in every if row[3] == 1]
+        assert databases.rows(1, room) == [row for row in every if row[3] == 2]
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://127.0.0.1:6379/0", "Redis URLs look like redis://host:port/db"),
+        ("redis://127.0.0.1:6379/0?namespace=a:b", "namespace"),
+        ("redis://127.0.0.1:6379/0?timeout=1", "unknown Redis URL option"),
+    ],
+)
+def test_a_bad_redis_url_is_a_usage_error(tmp_path: Path, url: str, complaint: str) -> None:
+    """--redis with a bad URL makes twistd exit non-zero with a message, not a traceback."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_import_root(), *filter(None, [env.get("PYTHONPATH")])])
+    command = [
+        str(Path(sys.executable).parent / "twistd"),
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={tmp_path / 'server.log'}",
+        "stomp-chat",
+        "--stomp=tcp:0:interface=127.0.0.1",
+        "--http=tcp:0:interface=127.0.0.1",
+        f"--database=sqlite:///{tmp_path / 'chat.db'}",
+        "--redis",
+        url,
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "--redis: " in output and complaint in output, output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "chat.db").exists(), "nothing may start on a usage error"
