@@ -128,7 +128,9 @@ class ChatStore(Protocol):
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
         """Store a batch atomically; messages already stored are skipped, so retries are safe.
 
-        Rooms the messages name are created if missing.
+        A message is identified by (room_id, seq): its message_id is not checked for
+        uniqueness (the chat derives it from those two). Rooms the messages name are created
+        if missing.
         """
         ...
 
@@ -198,9 +200,21 @@ _POSTGRES_INSERT_MESSAGES = dialect_named("postgresql").sql(
     "timestamptz 'epoch' + (us / 1000000) * interval '1 second' "
     "+ (us - us / 1000000 * 1000000) * interval '1 microsecond' "
     "FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::text[], ?::bigint[], ?::text[], "
-    "?::bigint[]) AS batch (room_id, seq, message_id, type, sender_id, text, us) "
-    "ON CONFLICT DO NOTHING"
+    "?::bigint[]) AS batch (room_id, seq, message_id, type, sender_id, text, us)"
 )
+
+#: Idempotent: messages already stored (by room_id and seq) are skipped.
+_POSTGRES_INSERT_MESSAGES_SKIPPING_STORED = _POSTGRES_INSERT_MESSAGES + " ON CONFLICT DO NOTHING"
+
+#: The common case, a batch none of which is stored yet, as a plain INSERT: ON CONFLICT's
+#: speculative insertion costs PostgreSQL a lock and an extra WAL record per row, about a
+#: fifth of its time per message. The savepoint (sent in the same round trip) lets a batch
+#: that does meet a stored row fall back to the skipping INSERT in the same transaction.
+_POSTGRES_INSERT_NEW_MESSAGES = (
+    f"SAVEPOINT new_messages; {_POSTGRES_INSERT_MESSAGES}; RELEASE SAVEPOINT new_messages"
+)
+
+_POSTGRES_UNIQUE_VIOLATION = "23505"
 
 
 def _int_array(values: Iterable[Any]) -> str:
@@ -226,6 +240,16 @@ def _text_array(values: Sequence[str]) -> str:
     return '{"' + '","'.join(values) + '"}'
 
 
+def _converted_times(
+    messages: Sequence[ChatMessage], convert: Callable[[datetime], Any]
+) -> list[Any]:
+    """Every message's created_at through `convert`, converting each distinct time once (the
+    chat stamps all the messages of one millisecond with one time)."""
+    times = [m.created_at for m in messages]
+    converted = {moment: convert(moment) for moment in set(times)}
+    return [converted[moment] for moment in times]
+
+
 def _postgres_message_arrays(messages: Sequence[ChatMessage]) -> tuple[str, ...]:
     """The parameters of `_POSTGRES_INSERT_MESSAGES`, one array literal per column."""
     return (
@@ -235,12 +259,22 @@ def _postgres_message_arrays(messages: Sequence[ChatMessage]) -> tuple[str, ...]
         _text_array([m.type for m in messages]),
         _int_array([m.sender_id for m in messages]),
         _text_array([m.text for m in messages]),
-        _int_array([epoch_microseconds(m.created_at) for m in messages]),
+        _int_array(_converted_times(messages, epoch_microseconds)),
     )
 
 
-def _insert_postgres(arrays: tuple[str, ...], transaction: Any) -> None:
-    transaction.execute(_POSTGRES_INSERT_MESSAGES, arrays)
+def _insert_postgres(arrays: tuple[str, ...], maybe_stored: bool, transaction: Any) -> None:
+    """Insert a batch, skipping messages already stored. `maybe_stored` (after a failed
+    attempt, which may have committed) goes straight to the skipping INSERT."""
+    if not maybe_stored:
+        try:
+            transaction.execute(_POSTGRES_INSERT_NEW_MESSAGES, arrays)
+            return
+        except Exception as error:
+            if getattr(error, "pgcode", None) != _POSTGRES_UNIQUE_VIOLATION:
+                raise
+        transaction.execute("ROLLBACK TO SAVEPOINT new_messages")
+    transaction.execute(_POSTGRES_INSERT_MESSAGES_SKIPPING_STORED, arrays)
 
 
 class AdbapiChatStore:
@@ -266,6 +300,9 @@ class AdbapiChatStore:
             ValueError,  # psycopg2 refuses NUL characters in text client-side
             OverflowError,  # sqlite3 refuses integers beyond 64 bits client-side
         )
+        #: Whether the next batch may meet messages already stored: after a failed save,
+        #: whose commit may have happened; cleared by the next successful one.
+        self._maybe_stored = False
 
     @property
     def pool(self) -> adbapi.ConnectionPool:
@@ -532,31 +569,27 @@ class AdbapiChatStore:
         insert: Callable[[Any], None]
         try:
             if self._dialect.is_postgres:
-                insert = functools.partial(_insert_postgres, _postgres_message_arrays(messages))
+                arrays = _postgres_message_arrays(messages)
+                insert = functools.partial(_insert_postgres, arrays, self._maybe_stored)
             else:
-                to_db = self._dialect.time_to_db
+                times = _converted_times(messages, self._dialect.time_to_db)
                 rows = [
-                    (
-                        m.room_id,
-                        m.seq,
-                        m.message_id,
-                        m.type,
-                        m.sender_id,
-                        m.text,
-                        to_db(m.created_at),
-                    )
-                    for m in messages
+                    (m.room_id, m.seq, m.message_id, m.type, m.sender_id, m.text, time)
+                    for m, time in zip(messages, times, strict=True)
                 ]
                 insert = functools.partial(_insert_sqlite, self._dialect, rows)
         except (ValueError, TypeError) as error:
-            # Data no database could store (a NUL on PostgreSQL, a naive time, a non-string
-            # text): refused before it is sent, like the database's own refusals.
+            # What no database could store (a NUL on PostgreSQL, a naive time, text that is
+            # not a string) is refused before it is sent, like the database's own refusals.
             return fail(MessagesRejected(f"{type(error).__name__}: {error}"))
         room_ids = list(dict.fromkeys(m.room_id for m in messages))
-        saved = self._run(
-            self._save_messages, insert, room_ids, self._dialect.time_to_db(self._now())
-        )
-        return saved.addErrback(self._classify_save_failure)
+        created_at = self._dialect.time_to_db(self._now())
+        saved = self._run(self._save_messages, insert, room_ids, created_at)
+        return saved.addCallbacks(self._batch_saved, self._classify_save_failure)
+
+    def _batch_saved(self, result: None) -> None:
+        self._maybe_stored = False
+        return result
 
     def _save_messages(
         self,
@@ -586,6 +619,9 @@ class AdbapiChatStore:
             rejected = MessagesRejected(f"{type(failure.value).__name__}: {failure.value}")
             rejected.__cause__ = failure.value
             return Failure(rejected)
+        # The outcome is unknown (the commit may have reached the database before the
+        # connection broke): the retry of this batch may find its messages stored.
+        self._maybe_stored = True
         return failure
 
     def load_messages(
