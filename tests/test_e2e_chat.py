@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import pytest
-import stomp
 
+from tests.chatclient import ROOM_TOPIC, ChatClient
 from tests.serverproc import RunningServer, _import_root
 
 if TYPE_CHECKING:
@@ -32,95 +31,11 @@ pytest_plugins = ["tests.conftest_db"]
 TIMEOUT = 15.0
 #: twistd stops cleanly on SIGTERM, then re-raises the signal so its exit status shows it.
 STOPPED_BY_SIGTERM = -signal.SIGTERM
-ROOM_TOPIC = "/topic/chat/room/{}"
+
 ERRORS = "/user/queue/errors"
 
 
 # -- clients ---------------------------------------------------------------------------------
-
-
-class ChatClient(stomp.ConnectionListener):
-    """A stomp.py WebSocket client that records what the server sends it."""
-
-    def __init__(self, port: int) -> None:
-        self._lock = threading.Condition()
-        self.messages: list[stomp.utils.Frame] = []
-        self.receipts: list[str] = []
-        self.errors: list[stomp.utils.Frame] = []
-        self.disconnected = False
-        self.conn = stomp.WSStompConnection(
-            [("127.0.0.1", port)], ws_path="/ws/chat", heartbeats=(0, 0)
-        )
-        self.conn.set_listener("recorder", self)
-        self.conn.connect(wait=True)
-        self._subscriptions = 0
-
-    # listener callbacks run on stomp.py's receiver thread
-    def on_message(self, frame: Any) -> None:
-        with self._lock:
-            self.messages.append(frame)
-            self._lock.notify_all()
-
-    def on_receipt(self, frame: Any) -> None:
-        with self._lock:
-            self.receipts.append(frame.headers["receipt-id"])
-            self._lock.notify_all()
-
-    def on_error(self, frame: Any) -> None:
-        with self._lock:
-            self.errors.append(frame)
-            self._lock.notify_all()
-
-    def on_disconnected(self) -> None:
-        with self._lock:
-            self.disconnected = True
-            self._lock.notify_all()
-
-    def wait_for(self, condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                result = condition()
-                if result:
-                    return result
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"timed out waiting for {what}; messages={len(self.messages)} "
-                        f"receipts={self.receipts} errors={[e.headers for e in self.errors]}"
-                    )
-                self._lock.wait(remaining)
-
-    def subscribe(self, destination: str) -> None:
-        """Subscribe, and wait for the receipt so the subscription surely exists."""
-        self._subscriptions += 1
-        receipt = f"sub-{self._subscriptions}"
-        self.conn.subscribe(
-            destination, id=str(self._subscriptions), ack="auto", headers={"receipt": receipt}
-        )
-        self.wait_for(lambda: receipt in self.receipts, f"receipt {receipt}")
-
-    def send_chat(self, body: dict[str, Any] | str, receipt: str | None = None) -> None:
-        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
-        headers = {"receipt": receipt} if receipt is not None else {}
-        self.conn.send("/app/message", text, content_type="application/json", headers=headers)
-
-    def at(self, destination: str) -> list[Any]:
-        with self._lock:
-            return [m for m in self.messages if m.headers.get("destination") == destination]
-
-    def chat(self, room_id: int) -> list[dict[str, Any]]:
-        """Bodies broadcast to a room so far."""
-        return [json.loads(m.body) for m in self.at(ROOM_TOPIC.format(room_id))]
-
-    def wait_chat(self, room_id: int, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
-        topic = ROOM_TOPIC.format(room_id)
-        self.wait_for(lambda: len(self.at(topic)) >= count, f"{count} messages on {topic}", timeout)
-        return self.chat(room_id)
-
-    def close(self) -> None:
-        if self.conn.is_connected():
-            self.conn.disconnect()
 
 
 @pytest.fixture

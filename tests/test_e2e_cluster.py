@@ -15,8 +15,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -27,8 +25,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import stomp
 
+from tests.chatclient import ROOM_TOPIC, ChatClient
 from tests.serverproc import RunningServer, _import_root
 
 pytest_plugins = ["tests.conftest_db"]
@@ -37,7 +35,7 @@ REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 TIMEOUT = 10.0
 STOPPED_BY_SIGTERM = -signal.SIGTERM
-ROOM_TOPIC = "/topic/chat/room/{}"
+
 ERRORS = "/user/queue/errors"
 
 
@@ -122,86 +120,12 @@ def stop_cleanly(server: RunningServer) -> None:
         assert problem not in log, log
 
 
-class Client(stomp.ConnectionListener):
-    """A stomp.py WebSocket client that records what the server sends it."""
-
-    def __init__(self, port: int) -> None:
-        self._lock = threading.Condition()
-        self.messages: list[Any] = []
-        self.receipts: list[str] = []
-        self.errors: list[Any] = []
-        self._ids = 0
-        self.conn = stomp.WSStompConnection(
-            [("127.0.0.1", port)], ws_path="/ws/chat", heartbeats=(0, 0)
-        )
-        self.conn.set_listener("recorder", self)
-        self.conn.connect(wait=True)
-
-    def on_message(self, frame: Any) -> None:
-        with self._lock:
-            self.messages.append(frame)
-            self._lock.notify_all()
-
-    def on_receipt(self, frame: Any) -> None:
-        with self._lock:
-            self.receipts.append(frame.headers["receipt-id"])
-            self._lock.notify_all()
-
-    def on_error(self, frame: Any) -> None:
-        with self._lock:
-            self.errors.append(frame)
-            self._lock.notify_all()
-
-    def wait_for(self, condition: Callable[[], Any], what: str) -> Any:
-        deadline = time.monotonic() + TIMEOUT
-        with self._lock:
-            while not (result := condition()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"timed out waiting for {what}; messages={len(self.messages)} "
-                        f"receipts={self.receipts} errors={[e.headers for e in self.errors]}"
-                    )
-                self._lock.wait(remaining)
-            return result
-
-    def subscribe(self, destination: str) -> None:
-        """Subscribe and wait for the receipt, so the subscription surely exists."""
-        self._ids += 1
-        receipt = f"sub-{self._ids}"
-        self.conn.subscribe(destination, id=str(self._ids), headers={"receipt": receipt})
-        self.wait_for(lambda: receipt in self.receipts, f"receipt {receipt}")
-
-    def at(self, destination: str) -> list[Any]:
-        with self._lock:
-            return [m for m in self.messages if m.headers.get("destination") == destination]
-
-    def wait_at(self, destination: str, count: int) -> list[Any]:
-        self.wait_for(lambda: len(self.at(destination)) >= count, f"{count} on {destination}")
-        return self.at(destination)
-
-    def chat(self, room_id: int, count: int) -> list[dict[str, Any]]:
-        return [json.loads(m.body) for m in self.wait_at(ROOM_TOPIC.format(room_id), count)]
-
-    def send_chat(self, body: dict[str, Any], receipt: str) -> None:
-        self.conn.send(
-            "/app/message",
-            json.dumps(body, ensure_ascii=False),
-            content_type="application/json",
-            headers={"receipt": receipt},
-        )
-
-    def close(self) -> None:
-        if self.conn.is_connected():
-            self.conn.disconnect()
-
-
 @pytest.fixture
-def clients() -> Iterator[Callable[[RunningServer], Client]]:
-    opened: list[Client] = []
+def clients() -> Iterator[Callable[[RunningServer], ChatClient]]:
+    opened: list[ChatClient] = []
 
-    def connect(server: RunningServer) -> Client:
-        client = Client(server.http_port)
+    def connect(server: RunningServer) -> ChatClient:
+        client = ChatClient(server.http_port)
         opened.append(client)
         return client
 
@@ -314,8 +238,8 @@ def test_two_servers_share_rooms_and_topics_through_redis(
         mine = [f"r-{i}" for i in range(first, count, 2)]
         client.wait_for(lambda c=client, m=mine: set(m) <= set(c.receipts), f"receipts {mine}")
 
-    seen_on_b = on_b.chat(room, count)
-    seen_on_a = on_a.chat(room, count)
+    seen_on_b = on_b.wait_chat(room, count)
+    seen_on_a = on_a.wait_chat(room, count)
     assert [m["seq"] for m in seen_on_b] == list(range(1, count + 1))
     assert seen_on_a == seen_on_b, "both servers' subscribers see one order"
     assert {m["senderId"] for m in seen_on_a} == {1, 2}
