@@ -12,7 +12,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -369,7 +369,8 @@ class ChatServer(MultiService):
 
     def startService(self) -> None:
         Service.startService(self)
-        self._ready = migrate(self.pool).addCallbacks(self._migrated, self._cannot_start)
+        self._ready = migrate(self.pool).addCallback(self._migrated)
+        self._ready.addErrback(self._cannot_start)
 
     @inlineCallbacks
     def _migrated(self, version: int) -> Generator[Deferred[Any], Any, None]:
@@ -389,9 +390,7 @@ class ChatServer(MultiService):
         self.listeners.startService()
 
     def _cannot_start(self, failure: Failure) -> None:
-        log.critical(
-            "cannot start: the database is not usable: {error}", error=failure.getErrorMessage()
-        )
+        log.failure("cannot start", failure, log_level=LogLevel.critical)
         self.reactor.stop()
 
     @inlineCallbacks
