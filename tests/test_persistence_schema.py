@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -10,6 +11,8 @@ from twisted.internet.defer import gatherResults
 
 from stomp_chat.persistence import (
     MIGRATIONS,
+    AdbapiChatStore,
+    ChatMessage,
     Migration,
     SchemaTooNew,
     current_version,
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from tests.conftest_db import TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 TABLE_COLUMNS = {
     "members": ["id", "name", "password_hash", "created_at"],
@@ -149,6 +154,85 @@ async def test_messages_need_an_existing_room(database: TestDatabase) -> None:
             "INSERT INTO messages (room_id, seq, message_id, type, sender_id, text, created_at)"
             " VALUES (404, 1, 'm-1', 'TALK', 1, 'hi', '2024-01-01T00:00:00Z')"
         )
+
+
+def _message_indexes(transaction: Any, dialect: str) -> list[tuple[str, bool]]:
+    """The messages table's indexes as (name, unique), including the primary key's."""
+    if dialect == "postgresql":
+        transaction.execute(
+            "SELECT c.relname, i.indisunique FROM pg_index AS i "
+            "JOIN pg_class AS c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = 'messages'::regclass ORDER BY c.relname"
+        )
+        return [(name, bool(unique)) for name, unique in transaction.fetchall()]
+    transaction.execute("PRAGMA index_list(messages)")
+    # (seq, name, unique, origin, partial); origin "pk" is the WITHOUT ROWID table itself.
+    return sorted((row[1], bool(row[2])) for row in transaction.fetchall() if row[3] != "pk")
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_are_unique_only_by_room_and_seq(database: TestDatabase) -> None:
+    """The primary key (room_id, seq) is the messages table's only unique index: message_id
+    (always derived from the two) has no index of its own, which no query needs."""
+    pool = database.open_pool()
+    await migrate(pool)
+    indexes = await pool.runInteraction(_message_indexes, database.dialect)
+    assert indexes == ([("messages_pkey", True)] if database.dialect == "postgresql" else [])
+    insert = (
+        "INSERT INTO messages (room_id, seq, message_id, type, sender_id, text, created_at) "
+        "VALUES (1, {seq}, 'same-id', 'TALK', 1, 'hi', '2024-01-01T00:00:00Z')"
+    )
+    await pool.runOperation(
+        "INSERT INTO rooms (id, name, created_at) VALUES (1, 'lobby', '2024-01-01T00:00:00Z')"
+    )
+    await pool.runOperation(insert.format(seq=1))
+    await pool.runOperation(insert.format(seq=2))
+    with pytest.raises(pool.dbapi.IntegrityError):
+        await pool.runOperation(insert.format(seq=2))
+
+
+@pytest_twisted.ensureDeferred
+async def test_dropping_the_message_id_index_upgrades_a_version_1_database(
+    database: TestDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database left at version 1 (message_id UNIQUE) is brought to the latest version with
+    every message kept unchanged, the history query still on the primary key, the foreign
+    key still enforced, and the store working on it."""
+    pool = database.open_pool()
+    version_1 = {dialect: tuple(migrations[:1]) for dialect, migrations in MIGRATIONS.items()}
+    monkeypatch.setattr(schema, "MIGRATIONS", version_1)
+    assert await migrate(pool) == 1
+    assert len(await pool.runInteraction(_message_indexes, database.dialect)) == (
+        2 if database.dialect == "postgresql" else 1
+    )
+    store = AdbapiChatStore(pool)
+    old = [
+        ChatMessage(room, seq, f"{room}-{seq}", "TALK", 7, f"old {room}/{seq} \u00e9\"'\\", T0)
+        for room in (1, 2)
+        for seq in range(1, 51)
+    ]
+    await store.save_messages(old)
+    monkeypatch.undo()
+
+    assert await migrate(pool) == latest_version(database.dialect) == 2
+    assert await current_version(pool) == 2
+    indexes = await pool.runInteraction(_message_indexes, database.dialect)
+    assert indexes == ([("messages_pkey", True)] if database.dialect == "postgresql" else [])
+    assert await pool.runInteraction(_column_names, "messages") == TABLE_COLUMNS["messages"]
+    assert await store.load_messages(1, limit=100) == old[:50]
+    assert await store.load_messages(2, limit=100) == old[50:]
+    assert await store.last_seq(2) == 50
+
+    new = [ChatMessage(1, seq, f"1-{seq}", "TALK", 7, "new", T0) for seq in range(45, 61)]
+    await store.save_messages(new)
+    await store.save_messages(new)
+    assert [m.seq for m in await store.load_messages(1, limit=100)] == list(range(1, 61))
+    with pytest.raises(pool.dbapi.IntegrityError):
+        await pool.runOperation(
+            "INSERT INTO messages (room_id, seq, message_id, type, sender_id, text, created_at)"
+            " VALUES (404, 1, 'm-1', 'TALK', 1, 'hi', '2024-01-01T00:00:00Z')"
+        )
+    assert await migrate(pool) == 2
 
 
 @pytest_twisted.ensureDeferred

@@ -301,7 +301,9 @@ class AdbapiChatStore:
             OverflowError,  # sqlite3 refuses integers beyond 64 bits client-side
         )
         #: Whether the next batch may meet messages already stored: after a failed save,
-        #: whose commit may have happened; cleared by the next successful one.
+        #: whose commit may have happened, it is most likely that batch again. Only a hint
+        #: for PostgreSQL to skip the plain INSERT that would collide (and have the server
+        #: log the error): the fallback keeps saving idempotent without it.
         self._maybe_stored = False
 
     @property
