@@ -743,3 +743,45 @@ def test_broadcast_encoding_is_the_json_of_the_message(text: str) -> None:
     encoded = encode_message(message, utc_isoformat(message.created_at))
     assert encoded == json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
     assert json.loads(encoded)["detailMessage"] == text
+
+
+class _OtherNodeSequencer:
+    """Stands for the cluster relay; only its node id matters to ``relayed``."""
+
+    node_id = "this-node"
+
+    def sequence_and_publish(self, *args: Any) -> Deferred[int]:
+        raise AssertionError("not used in these tests")
+
+
+def _relayed_body(room_id: int, seq: int, text: str) -> bytes:
+    message = ChatMessage(
+        room_id, seq, f"{room_id}-{seq}", "TALK", 9, text, datetime.fromtimestamp(1764000000, UTC)
+    )
+    return json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_relayed_message_activates_its_room_and_lands_in_the_cache() -> None:
+    """Another server's message for a room not active here loads the room and is cached."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock)
+    writer.startService()
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
+    chat.relayed("/topic/chat/room/5", "other-node", _relayed_body(5, 1, "첫 메시지"))
+    chat.relayed("/topic/chat/room/5", "other-node", _relayed_body(5, 2, "second"))
+    state = chat.active_room(5)
+    assert state is not None and state.last_seq == 2
+    page = chat.history(5, 10)
+    assert [(m.seq, m.text) for m in page.result] == [(1, "첫 메시지"), (2, "second")]
+
+
+def test_own_relayed_messages_are_not_cached_twice() -> None:
+    """A message this server numbered itself is ignored when Redis relays it back."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock)
+    writer.startService()
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
+    chat.relayed("/topic/chat/room/5", "this-node", _relayed_body(5, 1, "mine"))
+    assert chat.active_room(5) is None

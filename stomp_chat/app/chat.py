@@ -224,6 +224,8 @@ class ChatService:
         self._last_timestamp: tuple[int, datetime, str] = (-1, _EPOCH, "")
         #: Requests for rooms being loaded, kept in arrival order.
         self._waiting: dict[int, list[tuple[ChatRequest, bool, Deferred[Any]]]] = {}
+        #: Cluster mode: other servers' messages for rooms being loaded.
+        self._relayed_early: dict[int, list[ChatMessage]] = {}
 
     def register(self, router: AppRouter) -> None:
         """Mount the seed-compatible ``/app/message`` handler."""
@@ -349,9 +351,9 @@ class ChatService:
         if not key.startswith(ROOM_TOPIC_PREFIX):
             return
         suffix = key[len(ROOM_TOPIC_PREFIX) :]
-        state = self._rooms.get(int(suffix)) if suffix.isdigit() else None
-        if state is None:
+        if not suffix.isdigit():
             return
+        room_id = int(suffix)
         try:
             data = json.loads(body)
             message = ChatMessage(
@@ -361,22 +363,44 @@ class ChatService:
         except (ValueError, KeyError, TypeError):
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
             return
-        self._remember(state, message)
+        state = self._rooms.get(room_id)
+        if state is not None:
+            self._remember(state, message)
+            return
+        # A room active elsewhere becomes active here too, so that this
+        # server's cache and history see every message from now on.
+        self._load_with(room_id, relayed=message)
 
     # -- rooms ---------------------------------------------------------
 
     def _when_loaded(self, request: ChatRequest, durable: bool) -> Deferred[Any]:
         """Queue a request behind its room's loading, keeping arrival order."""
-        room_id = request.room_id
         result: Deferred[Any] = Deferred()
-        waiting = self._waiting.get(room_id)
-        if waiting is not None:
-            waiting.append((request, durable, result))
-            return result
-        self._waiting[room_id] = [(request, durable, result)]
-        # Queued first: a store that answers at once calls _loaded right here.
-        self._load(room_id).addBoth(self._loaded, room_id)
+        self._load_with(request.room_id, request=(request, durable, result))
         return result
+
+    def _load_with(
+        self,
+        room_id: int,
+        request: tuple[ChatRequest, bool, Deferred[Any]] | None = None,
+        relayed: ChatMessage | None = None,
+    ) -> None:
+        """Queue a request or a relayed message behind a room's loading.
+
+        Queued before loading starts: a store that answers at once finishes
+        loading right here.
+        """
+        waiting = self._waiting.get(room_id)
+        fresh = waiting is None
+        if waiting is None:
+            waiting = self._waiting[room_id] = []
+            self._relayed_early[room_id] = []
+        if request is not None:
+            waiting.append(request)
+        if relayed is not None:
+            self._relayed_early[room_id].append(relayed)
+        if fresh:
+            self._load(room_id).addBoth(self._loaded, room_id)
 
     def _load(self, room_id: int) -> Deferred[RoomState | None]:
         store = self.store
@@ -396,8 +420,11 @@ class ChatService:
 
     def _loaded(self, outcome: RoomState | None | Failure, room_id: int) -> None:
         waiting = self._waiting.pop(room_id, [])
+        relayed = self._relayed_early.pop(room_id, [])
         if isinstance(outcome, RoomState):
             self._rooms[room_id] = outcome
+            for early in relayed:
+                self._remember(outcome, early)
         for request, durable, result in waiting:
             if isinstance(outcome, Failure):
                 result.errback(outcome)
