@@ -73,6 +73,21 @@ def parse_heartbeat_option(value: str) -> tuple[int, int]:
 parse_heartbeat_option.coerceDoc = "Two whole numbers of milliseconds, cx,cy."  # type: ignore[attr-defined]
 
 
+#: Twisted listens with a backlog of 50: after a restart, when every client
+#: reconnects at once, the kernel's accept queue overflows and handshakes
+#: wait for SYN retries (seconds). Applied unless the endpoint sets its own.
+DEFAULT_BACKLOG = 1024
+
+
+def with_default_backlog(description: str) -> str:
+    """Add ``backlog=`` to a TCP or TLS endpoint string that has none."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
+
 class Options(usage.Options):
     """Command-line options of ``twistd stomp-chat``."""
 
@@ -84,7 +99,13 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["stomp", None, "tcp:61613", "Endpoint for raw STOMP over TCP ('none' to disable)."],
+        [
+            "stomp",
+            None,
+            "tcp:61613",
+            "Endpoint for raw STOMP over TCP ('none' to disable). TCP and TLS endpoints "
+            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise.",
+        ],
         ["http", None, "tcp:8080", "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api."],
         [
             "allowed-origins",
@@ -263,6 +284,8 @@ def _check_endpoint(name: str, description: str) -> str | None:
     if description.strip().lower() == "none":
         return None
     from twisted.internet import endpoints, reactor
+
+    description = with_default_backlog(description)
 
     try:
         endpoints.serverFromString(reactor, description)

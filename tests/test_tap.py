@@ -28,8 +28,8 @@ def parse(*args: str) -> Options:
 def test_defaults():
     """With no arguments the documented defaults apply, coerced to their types."""
     options = parse()
-    assert options["stomp"] == "tcp:61613"
-    assert options["http"] == "tcp:8080"
+    assert options["stomp"] == "tcp:61613:backlog=1024"
+    assert options["http"] == "tcp:8080:backlog=1024"
     assert options["allowed-origins"] == []
     assert options["max-frame-size"] == DEFAULT_MAX_FRAME_SIZE
     assert options["heartbeat"] == (10_000, 10_000)
@@ -46,8 +46,8 @@ def test_every_option_is_parsed():
         "--heartbeat", "500,0",
         "--slow-consumer-bytes", "1024",
     )
-    assert options["stomp"] == "tcp:12345:interface=127.0.0.1"
-    assert options["http"] == "tcp:0"
+    assert options["stomp"] == "tcp:12345:interface=127.0.0.1:backlog=1024"
+    assert options["http"] == "tcp:0:backlog=1024"
     assert options["allowed-origins"] == ["https://*.example.com", "chat.example.org:8443"]
     assert options["max-frame-size"] == 65536
     assert options["heartbeat"] == (500, 0)
@@ -264,3 +264,11 @@ def test_plugin_points_at_this_module():
     plugin = importlib.import_module("twisted.plugins.stomp_chat_plugin")
     assert plugin.stompChat.tapname == "stomp-chat"
     assert plugin.stompChat.module == "stomp_chat.tap"
+
+
+def test_an_endpoint_keeps_its_own_backlog() -> None:
+    """An endpoint string that sets backlog= keeps it; others get the larger default."""
+    options = Options()
+    options.parseOptions(["--stomp", "tcp:0:backlog=7", "--http", "unix:/tmp/stomp-chat.sock"])
+    assert options["stomp"] == "tcp:0:backlog=7"
+    assert options["http"] == "unix:/tmp/stomp-chat.sock"
