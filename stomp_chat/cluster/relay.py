@@ -18,7 +18,7 @@ This is the only module that imports txredisapi (which needs the reactor).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -40,20 +40,42 @@ log = Logger()
 
 DEFAULT_NAMESPACE = "stomp-chat"
 
-#: Number a room's message and publish it, in one atomic step. ``floor`` is
-#: the highest seq the caller has seen: Redis keeps nothing on disk, and a
-#: counter lost in a restart must not hand out a seq twice.
+#: Number chat messages and publish them, in one atomic step. Per message,
+#: ARGV holds: the room's counter key, ``floor`` (the highest seq the caller
+#: has seen: Redis keeps nothing on disk, and a counter lost in a restart
+#: must not hand out a seq twice), the channel, the record's metadata up to
+#: the body length, and the body template. Each channel gets one PUBLISH
+#: with all its records, in order.
 _SEQUENCE_AND_PUBLISH = """
-local seq = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[3])
-if seq <= floor then
-  seq = floor + 1
-  redis.call('SET', KEYS[1], seq)
+local n = tonumber(ARGV[1])
+local seqs = {}
+local records = {}
+local channels = {}
+for i = 0, n - 1 do
+  local b = 2 + i * 5
+  local seq = redis.call('INCR', ARGV[b])
+  local floor = tonumber(ARGV[b + 1])
+  if seq <= floor then
+    seq = floor + 1
+    redis.call('SET', ARGV[b], seq)
+  end
+  local body = string.gsub(ARGV[b + 4], '%z', tostring(seq))
+  local channel = ARGV[b + 2]
+  if records[channel] == nil then
+    records[channel] = {}
+    channels[#channels + 1] = channel
+  end
+  table.insert(records[channel], ARGV[b + 3] .. #body .. ']\\n' .. body)
+  seqs[#seqs + 1] = seq
 end
-local body = string.gsub(ARGV[2], '%z', tostring(seq))
-redis.call('PUBLISH', KEYS[2], ARGV[1] .. body)
-return seq
+for _, channel in ipairs(channels) do
+  redis.call('PUBLISH', channel, table.concat(records[channel]))
+end
+return seqs
 """
+
+#: The most chat messages numbered by one script call.
+MAX_SCRIPT_BATCH = 500
 
 #: Marks the places of ``seq`` in a chat message template (JSON escapes
 #: every control character, so a NUL can only be a placeholder).
@@ -105,29 +127,59 @@ def parse_redis_url(url: str) -> RedisAddress:
                         parts.password, namespace)
 
 
-def encode_envelope(origin: str, local: bool, headers: dict[str, str], body: bytes) -> bytes:
-    """What crosses Redis: a JSON line of metadata, then the body bytes."""
+def _meta_prefix(origin: str, local: bool, headers: dict[str, str]) -> bytes:
+    """A record's metadata up to its body length: ``[origin,local,headers,``."""
     meta = json.dumps([origin, local, headers], separators=(",", ":"), ensure_ascii=False)
-    return meta.encode("utf-8") + b"\n" + body
+    return meta[:-1].encode("utf-8") + b","
+
+
+def encode_envelope(origin: str, local: bool, headers: dict[str, str], body: bytes) -> bytes:
+    """One relayed message: ``[origin,local,headers,length]``, LF, then the body.
+
+    A payload on a channel is one or more of these back to back: messages
+    published in one reactor turn cross Redis together.
+    """
+    return _meta_prefix(origin, local, headers) + b"%d]\n" % len(body) + body
+
+
+def decode_envelopes(payload: bytes) -> Iterator[tuple[str, bool, dict[str, str], bytes]]:
+    """The records of a payload; ValueError at the first that is not what we send."""
+    pos, end = 0, len(payload)
+    while pos < end:
+        newline = payload.find(b"\n", pos)
+        if newline < 0:
+            raise ValueError("no metadata line")
+        meta = json.loads(payload[pos:newline])
+        if not (isinstance(meta, list) and len(meta) == 4):
+            raise ValueError("metadata is not [origin, local, headers, length]")
+        origin, local, headers, length = meta
+        if not (
+            isinstance(origin, str)
+            and isinstance(local, bool)
+            and isinstance(headers, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+            and isinstance(length, int)
+            and not isinstance(length, bool)
+            and 0 <= length <= end - newline - 1
+        ):
+            raise ValueError("metadata has the wrong types")
+        pos = newline + 1 + length
+        yield origin, local, headers, payload[newline + 1 : pos]
 
 
 def decode_envelope(payload: bytes) -> tuple[str, bool, dict[str, str], bytes]:
-    """Split a relayed payload; ValueError unless it is exactly what we send."""
-    end = payload.find(b"\n")
-    if end < 0:
-        raise ValueError("no metadata line")
-    meta = json.loads(payload[:end])
-    if not (isinstance(meta, list) and len(meta) == 3):
-        raise ValueError("metadata is not [origin, local, headers]")
-    origin, local, headers = meta
-    if not (
-        isinstance(origin, str)
-        and isinstance(local, bool)
-        and isinstance(headers, dict)
-        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-    ):
-        raise ValueError("metadata has the wrong types")
-    return origin, local, headers, payload[end + 1 :]
+    """The single record of a payload."""
+    records = list(decode_envelopes(payload))
+    if len(records) != 1:
+        raise ValueError(f"expected one record, found {len(records)}")
+    return records[0]
+
+
+def _no_delay(transport: Any) -> None:
+    """Small commands and messages must not wait for Nagle's algorithm."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
 
 
 class RedisUnavailable(Exception):
@@ -161,14 +213,22 @@ class RedisRelay(Service):
         self._subscriber: Any = None
         #: Chat messages sent to Redis whose seq has not come back yet.
         self._sequencing: set[Deferred[Any]] = set()
+        #: What this reactor turn relays, sent together at its end: chat
+        #: messages to number, and other records by channel.
+        self._chat_batch: list[tuple[str, int, str, bytes, bytes, Deferred[int]]] = []
+        self._raw_batch: dict[str, list[bytes]] = {}
+        self._flush_call: Any = None
         self._is_ready = False
         self._ready_waiters: list[Deferred[None]] = []
+        #: Which of the two Redis connections have come up at least once.
+        self._links: set[str] = set()
+        self._commands_up = False
         self._outage_reported = False
 
     @property
     def connected(self) -> bool:
         """Whether commands can be sent to Redis right now."""
-        return self._command_factory is not None and self._command_factory.size > 0
+        return self._commands_up
 
     def ready(self) -> Deferred[None]:
         """Fires when this server receives relayed messages."""
@@ -187,17 +247,34 @@ class RedisRelay(Service):
         super().startService()
         address = self.address
         endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=5)
+        relay = self
+
+        class Commands(txredisapi.RedisProtocol):  # type: ignore[misc]
+            def connectionMade(self) -> Any:
+                _no_delay(self.transport)
+                d = super().connectionMade()
+                if isinstance(d, Deferred):
+                    d.addCallback(relay._commands_connected)
+                else:
+                    relay._commands_connected(None)
+                return d
+
+            def connectionLost(self, reason: Any) -> Any:
+                relay._commands_up = False
+                return super().connectionLost(reason)
+
         commands = txredisapi.RedisFactory(
             address.redacted(), address.db, 1, isLazy=True, charset=None,
             password=address.password, replyTimeout=self.reply_timeout,
         )
+        commands.protocol = Commands
         commands.startConnecting(endpoint)
         self._command_factory = commands
         self._commands = commands.handler
-        relay = self
 
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
             def connectionMade(self) -> Any:
+                _no_delay(self.transport)
                 d = super().connectionMade()
                 subscribed = self.psubscribe(relay.channel_prefix + "*")
                 subscribed.addCallbacks(relay._subscribed, relay._subscribe_failed)
@@ -220,6 +297,9 @@ class RedisRelay(Service):
         super().stopService()
         if self.published in self.broker.published_listeners:
             self.broker.published_listeners.remove(self.published)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self.flush()
         # Messages Redis is numbering may already be broadcast: let their
         # seq come back so that this server stores them before it stops.
         if self._sequencing:
@@ -232,14 +312,27 @@ class RedisRelay(Service):
         if waits:
             yield gatherResults(waits, consumeErrors=True)
 
+    def _commands_connected(self, result: object) -> object:
+        self._commands_up = True
+        self._links.add("commands")
+        self._link_up()
+        return result
+
     def _subscribed(self, _: object) -> None:
+        self._links.add("subscriber")
+        self._link_up()
+
+    def _link_up(self) -> None:
+        if self._links != {"commands", "subscriber"}:
+            return
         if self._outage_reported:
             log.info("relaying through {redis} again", redis=self.address.redacted())
             self._outage_reported = False
-        self._is_ready = True
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)  # a waiter that timed out ignores this
+        if not self._is_ready:
+            self._is_ready = True
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)  # a waiter that timed out ignores this
 
     def _subscribe_failed(self, failure: Any) -> None:
         log.error("cannot subscribe to relayed messages at {redis}: {error}",
@@ -260,13 +353,44 @@ class RedisRelay(Service):
         if not self.connected:
             self._report_outage("not connected")
             return
-        payload = encode_envelope(self.node_id, False, message.headers, message.body)
-        d = self._commands.publish(self.channel_prefix + key, payload)
-        d.addErrback(self._publish_failed, key)
+        record = encode_envelope(self.node_id, False, message.headers, message.body)
+        self._raw_batch.setdefault(self.channel_prefix + key, []).append(record)
+        self._schedule_flush()
 
-    def _publish_failed(self, failure: Any, key: str) -> None:
-        log.warn("could not relay a message for {key} to other servers: {error}",
-                 key=key, error=failure.getErrorMessage())
+    def _publish_failed(self, failure: Any, channel: str) -> None:
+        log.warn("could not relay messages on {channel} to other servers: {error}",
+                 channel=channel, error=failure.getErrorMessage())
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what this turn relays: one PUBLISH per channel, one script call
+        per few hundred chat messages (Redis round trips, not messages, cost)."""
+        self._flush_call = None
+        raw, self._raw_batch = self._raw_batch, {}
+        for channel, records in raw.items():
+            d = self._commands.publish(channel, b"".join(records))
+            d.addErrback(self._publish_failed, channel)
+        chat, self._chat_batch = self._chat_batch, []
+        for start in range(0, len(chat), MAX_SCRIPT_BATCH):
+            chunk = chat[start : start + MAX_SCRIPT_BATCH]
+            args: list[Any] = [len(chunk)]
+            for seq_key, floor, channel, meta, template, _ in chunk:
+                args += [seq_key, floor, channel, meta, template]
+            numbered = self._commands.eval(_SEQUENCE_AND_PUBLISH, [], args)
+            numbered.addCallbacks(
+                self._numbered, self._not_numbered, callbackArgs=(chunk,), errbackArgs=(chunk,)
+            )
+
+    def _numbered(self, seqs: list[Any], chunk: list[Any]) -> None:
+        for entry, seq in zip(chunk, seqs, strict=True):
+            entry[-1].callback(int(seq))
+
+    def _not_numbered(self, failure: Any, chunk: list[Any]) -> None:
+        for entry in chunk:
+            entry[-1].errback(failure)
 
     def sequence_and_publish(
         self,
@@ -284,15 +408,19 @@ class RedisRelay(Service):
         if not self.connected:
             self._report_outage("not connected")
             return fail(RedisUnavailable(f"Redis at {self.address.redacted()} is unreachable"))
-        envelope = encode_envelope(self.node_id, True, headers, b"")
-        d: Deferred[int] = self._commands.eval(
-            _SEQUENCE_AND_PUBLISH,
-            [self.sequence_key.format(room_id=room_id), self.channel_prefix + key],
-            [envelope, template, floor],
-        )
+        d: Deferred[int] = Deferred()
+        self._chat_batch.append((
+            self.sequence_key.format(room_id=room_id),
+            floor,
+            self.channel_prefix + key,
+            _meta_prefix(self.node_id, True, headers),
+            template,
+            d,
+        ))
         self._sequencing.add(d)
         d.addBoth(self._sequenced, d)
-        return d.addCallback(int)
+        self._schedule_flush()
+        return d
 
     def _sequenced(self, result: Any, d: Deferred[Any]) -> Any:
         self._sequencing.discard(d)
@@ -306,17 +434,17 @@ class RedisRelay(Service):
             channel = channel.decode("utf-8")
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
-        try:
-            origin, local, headers, body = decode_envelope(payload)
-        except ValueError:
-            log.warn("ignoring a malformed relayed message on {channel}", channel=channel)
-            return
-        if origin == self.node_id and not local:
-            return  # published here, and already delivered here
         key = channel[len(self.channel_prefix) :]
         shown = key
         if key.startswith(USER_PREFIX):
             shown = USER_PREFIX + key[len(USER_PREFIX) :].partition("/")[2]
-        self.broker.route(key, Message(shown, self.broker.new_message_id(), body, headers))
-        for listener in self.listeners:
-            listener(key, origin, body)
+        try:
+            for origin, local, headers, body in decode_envelopes(payload):
+                if origin == self.node_id and not local:
+                    continue  # published here, and already delivered here
+                message = Message(shown, self.broker.new_message_id(), body, headers)
+                self.broker.route(key, message)
+                for listener in self.listeners:
+                    listener(key, origin, body)
+        except ValueError:
+            log.warn("ignoring a malformed relayed payload on {channel}", channel=channel)
