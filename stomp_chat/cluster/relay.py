@@ -59,6 +59,7 @@ for i = 0, n - 1 do
     seq = floor + 1
     redis.call('SET', ARGV[b], seq)
   end
+  -- the NULs of the template (see stomp_chat.app.chat.SEQ_PLACEHOLDER) become seq
   local body = string.gsub(ARGV[b + 4], '%z', tostring(seq))
   local channel = ARGV[b + 2]
   if records[channel] == nil then
@@ -77,9 +78,6 @@ return seqs
 #: The most chat messages numbered by one script call.
 MAX_SCRIPT_BATCH = 500
 
-#: Marks the places of ``seq`` in a chat message template (JSON escapes
-#: every control character, so a NUL can only be a placeholder).
-SEQ_PLACEHOLDER = b"\x00"
 
 
 @dataclass(frozen=True, slots=True)
