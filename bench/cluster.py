@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4)
     args = parser.parse_args()
     if not GENERATOR.exists():
-        sys.exit(f"build the generator first: cargo build --release --offline in {GENERATOR.parents[2]}")
+        gen_dir = GENERATOR.parents[2]
+        sys.exit(f"build the generator first: cargo build --release --offline in {gen_dir}")
     runs: dict[str, list[dict[str, float]]] = {"one process": [], "two processes (Redis)": []}
     for repeat in range(args.repeats):
         for label, cluster in (("one process", False), ("two processes (Redis)", True)):
