@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chatclient import ChatClient
 from tests.serverproc import RunningServer
 
 
@@ -29,3 +30,23 @@ def start_server(tmp_path: Path) -> Iterator:
 def server(start_server) -> RunningServer:
     """One server on its embedded defaults, on free loopback ports."""
     return start_server()
+
+
+@pytest.fixture
+def clients() -> Iterator:
+    """A factory: ``clients(server_or_http_port)`` opens a recording stomp.py WebSocket client,
+    closed when the test ends."""
+    opened: list[ChatClient] = []
+
+    def connect(target: int | RunningServer) -> ChatClient:
+        port = target if isinstance(target, int) else target.http_port
+        client = ChatClient(port)
+        opened.append(client)
+        return client
+
+    yield connect
+    for client in opened:
+        try:
+            client.close()
+        except Exception:  # the server may have gone already
+            pass

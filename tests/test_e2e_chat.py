@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.chatclient import ROOM_TOPIC, ChatClient
+from tests.chatclient import ROOM_TOPIC
 from tests.serverproc import RunningServer, _import_root
 
 if TYPE_CHECKING:
@@ -36,23 +36,6 @@ ERRORS = "/user/queue/errors"
 
 
 # -- clients ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[[int], ChatClient]]:
-    opened: list[ChatClient] = []
-
-    def connect(port: int) -> ChatClient:
-        client = ChatClient(port)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        try:
-            client.close()
-        except Exception:  # the server may have gone already
-            pass
 
 
 def http_get(base: str, path: str) -> tuple[int, Any]:

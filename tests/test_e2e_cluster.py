@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.chatclient import ROOM_TOPIC, ChatClient
+from tests.chatclient import ROOM_TOPIC
 from tests.serverproc import RunningServer, _import_root
 
 pytest_plugins = ["tests.conftest_db"]
@@ -118,23 +118,6 @@ def stop_cleanly(server: RunningServer) -> None:
     assert "Server Shut Down." in log
     for problem in ("Traceback", "Unhandled", "#critical", "#error"):
         assert problem not in log, log
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[[RunningServer], ChatClient]]:
-    opened: list[ChatClient] = []
-
-    def connect(server: RunningServer) -> ChatClient:
-        client = ChatClient(server.http_port)
-        opened.append(client)
-        return client
-
-    yield connect
-    for client in opened:
-        try:
-            client.close()
-        except Exception:  # the server may have gone already
-            pass
 
 
 def history(server: RunningServer, room_id: int) -> list[dict[str, Any]]:
