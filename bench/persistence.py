@@ -106,8 +106,8 @@ def insert_each(db: Database, batch: list[ChatMessage]) -> Any:
 
 
 @defer.inlineCallbacks
-def write_behind(db: Database, batch: list[ChatMessage], durable: bool) -> Any:
-    writer = WriteBehindWriter(db.store, reactor, flush_interval=0.05, max_batch=1000,
+def write_behind(db: Database, batch: list[ChatMessage], durable: bool, max_batch: int) -> Any:
+    writer = WriteBehindWriter(db.store, reactor, flush_interval=0.05, max_batch=max_batch,
                                max_pending=len(batch) + 1)
     writer.startService()
     start = time.perf_counter()
@@ -124,9 +124,9 @@ def write_behind(db: Database, batch: list[ChatMessage], durable: bool) -> Any:
 
 
 @defer.inlineCallbacks
-def chat_path(db: Database, count: int, receipts: bool) -> Any:
+def chat_path(db: Database, count: int, receipts: bool, max_batch: int) -> Any:
     """Messages through the chat controller (parse, number, broadcast, store)."""
-    writer = WriteBehindWriter(db.store, reactor, flush_interval=0.05, max_batch=1000,
+    writer = WriteBehindWriter(db.store, reactor, flush_interval=0.05, max_batch=max_batch,
                                max_pending=count + 100)
     writer.startService()
     broker = Broker()
@@ -159,7 +159,7 @@ def chat_path(db: Database, count: int, receipts: bool) -> Any:
 
 
 @defer.inlineCallbacks
-def measure(url: str, what: str, count: int) -> Any:
+def measure(url: str, what: str, count: int, max_batch: int) -> Any:
     db = Database(url)
     try:
         yield db.open()
@@ -167,13 +167,13 @@ def measure(url: str, what: str, count: int) -> Any:
         if what == "insert-each":
             elapsed = yield insert_each(db, batch)
         elif what == "write-behind":
-            elapsed = yield write_behind(db, batch, durable=False)
+            elapsed = yield write_behind(db, batch, durable=False, max_batch=max_batch)
         elif what == "durable":
-            elapsed = yield write_behind(db, batch, durable=True)
+            elapsed = yield write_behind(db, batch, durable=True, max_batch=max_batch)
         elif what == "chat":
-            elapsed = yield chat_path(db, count, receipts=False)
+            elapsed = yield chat_path(db, count, receipts=False, max_batch=max_batch)
         else:
-            elapsed = yield chat_path(db, count, receipts=True)
+            elapsed = yield chat_path(db, count, receipts=True, max_batch=max_batch)
         return count / elapsed
     finally:
         db.close()
@@ -186,6 +186,8 @@ def main(argv: list[str]) -> Any:
     parser.add_argument("--insert-each-messages", type=int, default=2_000,
                         help="fewer for the slow one-INSERT-per-message mode")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batch", type=int, default=1000,
+                        help="the writer's largest batch (the server's --write-batch)")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -201,7 +203,7 @@ def main(argv: list[str]) -> Any:
                 else:
                     url_here = url
                 count = args.insert_each_messages if mode == "insert-each" else args.messages
-                rate = yield measure(url_here, mode, count)
+                rate = yield measure(url_here, mode, count, args.max_batch)
                 results[target][mode].append(rate)
                 print(f"repeat {repeat + 1} {target:10} {mode:14} {rate:12,.0f} msg/s",
                       flush=True)
