@@ -22,6 +22,7 @@ from stomp_chat.broker import Broker
 from stomp_chat.persistence import (
     AdbapiChatStore,
     ChatMessage,
+    MemoryChatStore,
     WriteBehindWriter,
     migrate,
 )
@@ -435,3 +436,33 @@ async def test_a_failing_store_is_a_json_503(api: ApiClient, monkeypatch: Any) -
     monkeypatch.setattr(api.store, "list_rooms", lambda: fail(RuntimeError("disk on fire")))
     body = assert_error(await api.get("/api/rooms"), 503, "unavailable")
     assert "disk on fire" not in body["message"]
+
+
+class _SlowRoomsStore(MemoryChatStore):
+    """A store whose room list is answered only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: Deferred[Any] = Deferred()
+
+    def list_rooms(self) -> Deferred[Any]:
+        return self.pending
+
+
+def test_an_answer_for_a_client_that_went_away_is_dropped_quietly() -> None:
+    """A request whose client disconnected before the answer was ready gets no write."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.internet.task import Clock
+    from twisted.web.server import NOT_DONE_YET
+    from twisted.web.test.requesthelper import DummyRequest
+
+    store = _SlowRoomsStore()
+    clock = Clock()
+    api = ChatApi(ChatService(store, WriteBehindWriter(store, clock), Broker(), clock), store)
+    request = DummyRequest([b"rooms"])
+    request.method = b"GET"
+    assert api.render(request) == NOT_DONE_YET
+    request.processingFailed(Failure(ConnectionLost()))
+    store.pending.callback([])
+    assert request.written == []
+    assert request.finished == 0

@@ -94,17 +94,19 @@ class ChatApi(Resource):
                 request.setHeader(b"allow", allowed)
                 return error_body(request, 405, "method-not-allowed",
                                   f"use {allowed.decode()} on this resource")
+            gone: list[bool] = []
+            request.notifyFinish().addErrback(_client_gone, gone)
             d = maybeDeferred(handler, request, **match.groupdict())
-            d.addCallbacks(self._respond, self._fail, callbackArgs=(request,),
-                           errbackArgs=(request,))
+            d.addCallbacks(self._respond, self._fail, callbackArgs=(request, gone),
+                           errbackArgs=(request, gone))
             return NOT_DONE_YET
         return error_body(request, 404, "not-found", f"no such resource: {path}")
 
-    def _respond(self, result: tuple[int, Any], request: Request) -> None:
+    def _respond(self, result: tuple[int, Any], request: Request, gone: list[bool]) -> None:
         status, payload = result
-        self._finish(request, write_json(request, status, payload))
+        self._finish(request, write_json(request, status, payload), gone)
 
-    def _fail(self, failure: Failure, request: Request) -> None:
+    def _fail(self, failure: Failure, request: Request, gone: list[bool]) -> None:
         error = failure.value
         if isinstance(error, ApiError):
             body = error_body(request, error.status, error.code, error.message)
@@ -119,11 +121,11 @@ class ChatApi(Resource):
                         method=request.method, uri=request.uri)
             body = error_body(request, 503, "unavailable",
                               "the server could not complete the request; try again")
-        self._finish(request, body)
+        self._finish(request, body, gone)
 
     @staticmethod
-    def _finish(request: Request, body: bytes) -> None:
-        if request._disconnected:  # type: ignore[attr-defined]
+    def _finish(request: Request, body: bytes, gone: list[bool]) -> None:
+        if gone:  # the client went away while the answer was being prepared
             return
         request.write(body)
         request.finish()
@@ -218,6 +220,10 @@ class ChatApi(Resource):
         if self.chat.active_room(active) is not None:
             return page(active)  # an active room exists: no need to ask the database
         return self._room(room_id).addCallback(lambda room: page(room.id))
+
+
+def _client_gone(failure: Failure, gone: list[bool]) -> None:
+    gone.append(True)
 
 
 def _page_json(room_id: int, messages: list[ChatMessage]) -> dict[str, Any]:
