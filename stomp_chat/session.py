@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -184,7 +185,7 @@ class StompSession:
         self._next_serial = 0
         self._transactions: dict[str, list[Frame]] = {}
         #: Receipts waiting for an earlier, slower one: [receipt-id, ready].
-        self._receipts: list[list[Any]] = []
+        self._receipts: deque[list[Any]] = deque()
         self._close_after_receipts = False
         #: Frames that arrived while CONNECT was being authenticated.
         self._held: list[Frame] = []
@@ -564,7 +565,7 @@ class StompSession:
         entry[1] = _RECEIPT_SKIPPED if result is _NOT_RECEIPTED else _RECEIPT_READY
         receipts = self._receipts
         while receipts and receipts[0][1] is not _RECEIPT_PENDING:
-            receipt_id, status = receipts.pop(0)
+            receipt_id, status = receipts.popleft()
             if receipt_id is None:
                 continue
             if status is _RECEIPT_READY and self.state is State.CONNECTED:
