@@ -17,6 +17,9 @@ from pathlib import Path
 
 import stomp_chat
 
+#: twistd stops cleanly on SIGTERM, then re-raises the signal so its exit status shows it.
+STOPPED_BY_SIGTERM = -signal.SIGTERM
+
 _PORT_LINE = re.compile(r"\b(StompFactory|Site)(?: \(TLS\))? starting on (\d+)")
 
 
@@ -101,3 +104,13 @@ class RunningServer:
         if process.stdout:
             process.stdout.close()
         return process.returncode
+
+
+def assert_clean_stop(server: RunningServer) -> None:
+    """SIGTERM the server; it must shut down in order, without errors."""
+    code = server.stop()
+    log = server.log()
+    assert code == STOPPED_BY_SIGTERM, log
+    assert "Server Shut Down." in log
+    for problem in ("Traceback", "Unhandled", "#critical", "#error"):
+        assert problem not in log, log

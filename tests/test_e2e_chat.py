@@ -21,7 +21,12 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.chatclient import ROOM_TOPIC
-from tests.serverproc import RunningServer, _import_root
+from tests.serverproc import (
+    STOPPED_BY_SIGTERM,
+    RunningServer,
+    _import_root,
+    assert_clean_stop,
+)
 
 if TYPE_CHECKING:
     from tests.conftest_db import TestDatabase
@@ -29,8 +34,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.conftest_db"]
 
 TIMEOUT = 15.0
-#: twistd stops cleanly on SIGTERM, then re-raises the signal so its exit status shows it.
-STOPPED_BY_SIGTERM = -signal.SIGTERM
 
 ERRORS = "/user/queue/errors"
 
@@ -44,16 +47,6 @@ def http_get(base: str, path: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read().decode("utf-8"))
-
-
-def assert_clean_stop(server: RunningServer) -> None:
-    """SIGTERM the server; it must shut down in order, without errors."""
-    code = server.stop()
-    log = server.log()
-    assert code == STOPPED_BY_SIGTERM, log
-    assert "Server Shut Down." in log
-    for problem in ("Traceback", "Unhandled", "#critical", "#error"):
-        assert problem not in log, log
 
 
 def history(server: RunningServer, room_id: int, query: str = "") -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -27,14 +26,17 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.chatclient import ROOM_TOPIC
-from tests.serverproc import RunningServer, _import_root
+from tests.serverproc import (
+    RunningServer,
+    _import_root,
+    assert_clean_stop,
+)
 
 pytest_plugins = ["tests.conftest_db"]
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 TIMEOUT = 10.0
-STOPPED_BY_SIGTERM = -signal.SIGTERM
 
 ERRORS = "/user/queue/errors"
 
@@ -108,16 +110,6 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for server in servers:
         server.stop()
-
-
-def stop_cleanly(server: RunningServer) -> None:
-    """SIGTERM a server; it must stop in order, without errors."""
-    code = server.stop()
-    log = server.log()
-    assert code == STOPPED_BY_SIGTERM, log
-    assert "Server Shut Down." in log
-    for problem in ("Traceback", "Unhandled", "#critical", "#error"):
-        assert problem not in log, log
 
 
 def history(server: RunningServer, room_id: int) -> list[dict[str, Any]]:
@@ -236,8 +228,8 @@ def test_two_servers_share_rooms_and_topics_through_redis(
 
     on_a.close()
     on_b.close()
-    stop_cleanly(server_a)
-    stop_cleanly(server_b)
+    assert_clean_stop(server_a)
+    assert_clean_stop(server_b)
     every = [(m["seq"], "TALK", m["detailMessage"], m["senderId"]) for m in seen_on_a]
     if databases.shared:
         assert databases.rows(0, room) == every, "each message stored exactly once"
