@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stomp_chat import __version__
-from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter, NoHandler
+from stomp_chat.app.routes import AppContext, AppRouter, NoHandler
 from stomp_chat.broker import (
     ACK_AUTO,
     ACK_CLIENT,
@@ -33,6 +33,7 @@ from stomp_chat.broker import (
     Message,
     Subscription,
 )
+from stomp_chat.errors import ApplicationError, AuthError, ProtocolError
 from stomp_chat.heartbeat import HeartbeatMonitor
 from stomp_chat.stomp.frame import (
     SUPPORTED_VERSIONS,
@@ -58,20 +59,6 @@ log = Logger()
 HEARTBEAT_EOL = b"\n"
 #: How far past the negotiated interval a silent client is still tolerated.
 HEARTBEAT_GRACE = 1.5
-
-
-class ProtocolError(Exception):
-    """A frame the session cannot accept; ERROR then close."""
-
-    def __init__(self, message: str, detail: str = "", headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.detail = detail or message
-        self.headers = headers or {}
-
-
-class AuthError(ProtocolError):
-    """CONNECT with credentials the server refuses."""
 
 
 class FrameTransport(Protocol):

@@ -16,19 +16,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from stomp_chat.broker import APP_PREFIX, Broker, Message
+from stomp_chat.errors import ApplicationError
 from stomp_chat.stomp.frame import Frame
 
-
-class ApplicationError(Exception):
-    """A request the application refuses (bad JSON, unknown room, ...).
-
-    The client is told on ``/user/queue/errors`` and keeps its connection.
-    """
-
-    def __init__(self, message: str, *, code: str = "bad-request") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+__all__ = ["AppContext", "AppRouter", "ApplicationError", "Handler", "NoHandler"]
 
 
 class NoHandler(Exception):
