@@ -31,7 +31,12 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
-from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
+from stomp_chat.session import (
+    AnonymousAuthenticator,
+    AuthenticationInterceptor,
+    ServerContext,
+    SessionSettings,
+)
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
@@ -337,7 +342,14 @@ def makeService(options: Options) -> IService:
         relay.listeners.append(chat.relayed)
 
     settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
-    context = ServerContext(broker, router, settings, monitor, AnonymousAuthenticator())
+    context = ServerContext(
+        broker,
+        router,
+        settings,
+        monitor,
+        reactor,
+        interceptors=[AuthenticationInterceptor(AnonymousAuthenticator())],
+    )
     stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
 
     listeners = MultiService()
