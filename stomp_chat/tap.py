@@ -31,12 +31,7 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
-from stomp_chat.session import (
-    AnonymousAuthenticator,
-    AuthenticationInterceptor,
-    ServerContext,
-    SessionSettings,
-)
+from stomp_chat.session import ServerContext, SessionSettings
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
@@ -342,14 +337,10 @@ def makeService(options: Options) -> IService:
         relay.listeners.append(chat.relayed)
 
     settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
-    context = ServerContext(
-        broker,
-        router,
-        settings,
-        monitor,
-        reactor,
-        interceptors=[AuthenticationInterceptor(AnonymousAuthenticator())],
-    )
+    # Anonymous access needs no link in the chain (an empty chain connects
+    # everyone anonymously), so the default hot path runs no interceptor.
+    # Authentication, when configured, is the chain's first link.
+    context = ServerContext(broker, router, settings, monitor, reactor, interceptors=[])
     stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
 
     listeners = MultiService()
