@@ -8,6 +8,7 @@ from stomp_chat.session.authentication import (
 )
 from stomp_chat.session.context import FrameTransport, ServerContext, SessionSettings
 from stomp_chat.session.core import State, StompSession
+from stomp_chat.session.ratelimit import SendRateInterceptor
 
 __all__ = [
     "AnonymousAuthenticator",
@@ -16,6 +17,7 @@ __all__ = [
     "Authenticator",
     "FrameTransport",
     "ProtocolError",
+    "SendRateInterceptor",
     "ServerContext",
     "SessionSettings",
     "State",

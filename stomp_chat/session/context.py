@@ -45,6 +45,12 @@ class SessionSettings:
     max_headers: int = DEFAULT_MAX_HEADERS
     max_header_length: int = DEFAULT_MAX_HEADER_LENGTH
     max_subscriptions: int = 1_000
+    #: Transactions one connection may have open at once.
+    max_transactions: int = 16
+    #: Bytes one connection may hold in its open transactions, all together.
+    max_transaction_bytes: int = 16 * 1024 * 1024
+    #: Seconds a frame may take from its first byte to its last.
+    frame_timeout: float = 60.0
 
 
 @dataclass(slots=True)

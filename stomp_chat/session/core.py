@@ -54,6 +54,9 @@ log = Logger()
 HEARTBEAT_EOL = b"\n"
 #: How far past the negotiated interval a silent client is still tolerated.
 HEARTBEAT_GRACE = 1.5
+#: What each frame held in a transaction counts for beyond its own bytes (the
+#: objects that hold it), so that many tiny frames cannot hide under the bound.
+TRANSACTION_FRAME_OVERHEAD = 256
 
 
 class State(enum.Enum):
@@ -78,9 +81,11 @@ class StompSession:
         "_negotiated",
         "_opened_at",
         "_outgoing",
+        "_partial_since",
         "_receipts",
         "_received",
         "_sent",
+        "_transaction_bytes",
         "_transactions",
         "_waiting",
         "broker",
@@ -119,6 +124,8 @@ class StompSession:
         )
         self._acks = AckTracker(context.broker)
         self._transactions: dict[str, list[Frame]] = {}
+        #: What the open transactions hold, counted as ``_transaction_size`` says.
+        self._transaction_bytes = 0
         self._receipts = OrderedReceipts(self._write_receipt, self._receipts_drained)
         self._close_after_receipts = False
         #: An interceptor's Deferred is pending: input is paused.
@@ -134,6 +141,8 @@ class StompSession:
         self._sent = False
         self._incoming = 0.0
         self._outgoing = 0.0
+        #: When the unfinished frame in the parser began to arrive.
+        self._partial_since: float | None = None
         context.heartbeats.add(self)
 
     @property
@@ -162,13 +171,18 @@ class StompSession:
     def data_received(self, data: bytes) -> None:
         """Feed bytes from the client; any byte proves it is alive."""
         self._received = True
+        parser = self.parser
         try:
-            self.parser.feed(data)
+            parser.feed(data)
         except FrameError as error:
             self.fail(str(error), frame=error.frame)
+            return
+        if self._partial_since is None and parser.partial:
+            self._partial_since = self.context.clock.seconds()
 
     def frame_received(self, frame: Frame) -> None:
         """Pass one frame through the interceptors, then to its handler."""
+        self._partial_since = None  # whatever follows is a new frame
         state = self.state
         if state is State.CLOSED:
             return
@@ -222,8 +236,12 @@ class StompSession:
     def _release_held(self) -> None:
         """Handle frames parsed while the chain waited, then read again."""
         held = self._held
+        # These frames were parsed long ago: they say nothing of the one that
+        # may be arriving now, whose deadline stands.
+        partial_since = self._partial_since
         while held and not self._waiting and self.state is not State.CLOSED:
             self.frame_received(held.popleft())
+        self._partial_since = partial_since
         if not self._waiting and self.state is not State.CLOSED:
             self.transport.resume_reading()
 
@@ -445,6 +463,14 @@ class StompSession:
         frames = self._transactions.get(name)
         if frames is None:
             raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
+        size = _transaction_size(frame)
+        limit = self.context.settings.max_transaction_bytes
+        if self._transaction_bytes + size > limit:
+            raise ProtocolError(
+                "transaction too large",
+                f"open transactions may hold at most {limit} bytes on one connection",
+            )
+        self._transaction_bytes += size
         frames.append(frame)
         return True
 
@@ -452,6 +478,12 @@ class StompSession:
         name = _required(frame, "transaction")
         if name in self._transactions:
             raise ProtocolError("transaction already begun", f"transaction {name!r} is active")
+        limit = self.context.settings.max_transactions
+        if len(self._transactions) >= limit:
+            raise ProtocolError(
+                "too many transactions",
+                f"at most {limit} transactions may be open at once on one connection",
+            )
         self._transactions[name] = []
         self._receipts.add(frame.headers.get("receipt"))
 
@@ -478,6 +510,7 @@ class StompSession:
         frames = self._transactions.pop(name, None)
         if frames is None:
             raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
+        self._transaction_bytes -= sum(_transaction_size(queued) for queued in frames)
         return frames
 
     # -- DISCONNECT and receipts -----------------------------------------
@@ -522,7 +555,11 @@ class StompSession:
             peer=self.peer,
             message=message,
         )
-        self._write(encode_frame(Frame("ERROR", headers, body), self.version))
+        try:
+            self._write(encode_frame(Frame("ERROR", headers, body), self.version))
+        except Exception:
+            # A transport that refuses writes must not keep the session open.
+            log.failure("could not send ERROR to {peer}", peer=self.peer)
         self.close()
 
     def close(self) -> None:
@@ -544,7 +581,9 @@ class StompSession:
         self.context.heartbeats.discard(self)
         self._acks.release()
         self._transactions.clear()
+        self._transaction_bytes = 0
         self._held.clear()
+        self._partial_since = None
 
     # -- heart-beats -------------------------------------------------------
 
@@ -553,10 +592,23 @@ class StompSession:
         self.transport.write(data)
 
     def check_liveness(self, now: float, tick: float) -> None:
-        """Called every ``tick`` s: send a heart-beat, or drop a silent peer."""
+        """Called every ``tick`` s: send a heart-beat, or drop a silent or stale peer."""
+        settings = self.context.settings
         if self.state is State.AWAITING_CONNECT:
-            if now - self._opened_at >= self.context.settings.connect_timeout:
+            if now - self._opened_at >= settings.connect_timeout:
                 self.fail("connect timeout", "no CONNECT frame was received in time")
+                return
+        partial_since = self._partial_since
+        if partial_since is not None and now - partial_since >= settings.frame_timeout:
+            self.fail(
+                "frame timeout",
+                f"a frame was not complete {settings.frame_timeout:g} s after its first byte",
+            )
+            return
+        principal = self.principal
+        if principal is not None and principal.expires_at is not None:
+            if now >= principal.expires_at:
+                self.fail("token expired", "the credentials of this session have expired")
                 return
         if self._received:
             self._received = False
@@ -582,6 +634,14 @@ class StompSession:
         "ABORT": _on_abort,
         "DISCONNECT": _on_disconnect,
     }
+
+
+def _transaction_size(frame: Frame) -> int:
+    """What a frame held in a transaction counts against the connection's bound."""
+    size = TRANSACTION_FRAME_OVERHEAD + len(frame.command) + len(frame.body)
+    for name, value in frame.headers.items():
+        size += len(name) + len(value)
+    return size
 
 
 def _required(frame: Frame, name: str) -> str:
