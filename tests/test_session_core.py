@@ -13,7 +13,7 @@ from stomp_chat.app.routes import ApplicationError, AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.errors import ProtocolError
 from stomp_chat.identity import Principal
-from stomp_chat.session import AuthenticationInterceptor, AuthError, State
+from stomp_chat.session import AuthenticationInterceptor, AuthError, SendRateInterceptor, State
 from stomp_chat.stomp.frame import Frame, encode_frame
 from tests.stompfakes import Client, make_context
 
@@ -1532,3 +1532,247 @@ def test_clock_comes_from_the_context():
     clock.advance(context.settings.connect_timeout)
     client.session.check_liveness(clock.seconds(), 1.0)
     assert assert_error_then_closed(client).headers["message"] == "connect timeout"
+
+
+# -- per-connection limits -------------------------------------------------
+
+
+def test_too_many_open_transactions_is_error_then_close(clock):
+    """Opening one transaction more than max_transactions gives ERROR then close."""
+    context = make_context(clock=clock, max_transactions=3)
+    client = connected(context)
+    for name in ("a", "b", "c"):
+        client.send("BEGIN", {"transaction": name})
+    assert not client.closed
+    client.send("BEGIN", {"transaction": "d", "receipt": "r"})
+    error = assert_error_then_closed(client, **{"receipt-id": "r"})
+    assert error.headers["message"] == "too many transactions"
+
+
+def test_closed_transactions_free_their_slot(clock):
+    """Committed and aborted transactions no longer count against max_transactions."""
+    context = make_context(clock=clock, max_transactions=2)
+    client = connected(context)
+    for i in range(50):
+        client.send("BEGIN", {"transaction": f"t{i}"})
+        client.send("COMMIT" if i % 2 else "ABORT", {"transaction": f"t{i}"})
+    assert not client.closed
+
+
+def test_transaction_bytes_bound_is_error_then_close(clock):
+    """SENDs held in open transactions beyond max_transaction_bytes give ERROR then close."""
+    context = make_context(clock=clock, max_transaction_bytes=10_000)
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send("BEGIN", {"transaction": "a"})
+    client.send("BEGIN", {"transaction": "b"})
+    for _ in range(4):
+        client.send("SEND", {"destination": "/topic/t", "transaction": "a"}, b"x" * 1000)
+    assert not client.closed
+    for _ in range(4):
+        client.send("SEND", {"destination": "/topic/t", "transaction": "b"}, b"x" * 1000)
+    error = assert_error_then_closed(client)
+    assert error.headers["message"] == "transaction too large"
+    assert client.session._transactions == {}
+    assert watcher.frames() == []
+
+
+def test_many_small_frames_count_against_the_transaction_bound(clock):
+    """Tiny frames in a transaction count their bookkeeping, so a flood of them is bounded."""
+    context = make_context(clock=clock, max_transaction_bytes=100_000)
+    client = connected(context)
+    client.send("BEGIN", {"transaction": "a"})
+    for _ in range(1000):
+        if client.closed:
+            break
+        client.send("SEND", {"destination": "/topic/t", "transaction": "a"})
+    assert client.closed
+    assert len(client.session._transactions) == 0
+
+
+def test_committed_bytes_are_given_back(clock):
+    """After COMMIT, the bytes a transaction held no longer count against the bound."""
+    context = make_context(clock=clock, max_transaction_bytes=5_000)
+    client = connected(context)
+    for i in range(20):
+        client.send("BEGIN", {"transaction": f"t{i}"})
+        client.send("SEND", {"destination": "/topic/t", "transaction": f"t{i}"}, b"x" * 3000)
+        client.send("COMMIT", {"transaction": f"t{i}"})
+    assert not client.closed
+    assert client.session._transaction_bytes == 0
+
+
+def test_unfinished_frames_time_out_with_heartbeats_off(clock):
+    """Ten connections each holding an unfinished 1 MiB frame are closed at the frame timeout."""
+    context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=60.0)
+    clients = [connected(context, heartbeat="0,0") for _ in range(10)]
+    for client in clients:
+        client.send_bytes(b"SEND\ndestination:/topic/t\n\n" + b"x" * (1024 * 1024))
+    clock.advance(59)
+    context.heartbeats.sweep()
+    assert not any(c.closed for c in clients)
+    clock.advance(1)
+    context.heartbeats.sweep()
+    for client in clients:
+        error = assert_error_then_closed(client)
+        assert error.headers["message"] == "frame timeout"
+        assert not client.session.parser.partial
+    assert len(context.heartbeats) == 0
+
+
+def test_frame_timeout_also_applies_with_heartbeats_flowing(clock):
+    """Bytes trickling in (EOLs a client sends as heart-beats) do not extend a frame's deadline."""
+    context = make_context(clock=clock, heartbeat=(1000, 1000), tick=0.25, frame_timeout=5.0)
+    client = connected(context, heartbeat="1000,1000")
+    client.send_bytes(b"SEND\ndestination:/topic/t\n\npartial")
+    for _ in range(4 * 6):
+        client.send_bytes(b"\n")
+        clock.advance(0.25)
+        context.heartbeats.sweep()
+    assert assert_error_then_closed(client).headers["message"] == "frame timeout"
+
+
+def test_frames_completed_in_time_reset_the_deadline(clock):
+    """A client whose frames each complete in time is never cut, however long it stays."""
+    context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=5.0)
+    client = connected(context, heartbeat="0,0")
+    frame = encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"y" * 100), "1.2")
+    for _ in range(30):
+        client.send_bytes(frame[:50])
+        clock.advance(2)
+        context.heartbeats.sweep()
+        client.send_bytes(frame[50:] + frame[:10])
+        clock.advance(2)
+        context.heartbeats.sweep()
+        client.send_bytes(frame[10:])
+    assert not client.closed
+
+
+def test_session_with_expired_principal_is_closed_at_expiry(clock):
+    """A principal whose expires_at passes is closed with ERROR 'token expired' by the sweep."""
+
+    class Expiring:
+        def authenticate(self, frame, connection):
+            return Principal("u1", "Una", expires_at=clock.seconds() + 30)
+
+    context = make_context(clock=clock, heartbeat=(0, 0), authenticator=Expiring())
+    client = connected(context, heartbeat="0,0")
+    anonymous = connected(make_context(clock=clock, broker=context.broker))
+    clock.advance(29.5)
+    context.heartbeats.sweep()
+    assert not client.closed
+    clock.advance(0.5)
+    context.heartbeats.sweep()
+    assert assert_error_then_closed(client).headers["message"] == "token expired"
+    assert not anonymous.closed
+
+
+class RaisingTransport:
+    """A transport that refuses writes, as a closing WebSocket does."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("Disconnected")
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_heartbeat_sweep_survives_a_session_whose_transport_raises(clock):
+    """A transport raising in the sweep closes that session only; others keep their heart-beats."""
+    context = make_context(clock=clock, heartbeat=(1000, 1000), tick=0.25)
+    healthy = connected(context, heartbeat="0,1000")
+    broken = connected(context, heartbeat="0,1000")
+    raising = RaisingTransport()
+    broken.session.transport = raising
+    context.heartbeats.startService()
+    before = healthy.heartbeats()
+    for _ in range(5 * 4):
+        clock.advance(0.25)
+    assert raising.closed
+    assert broken.session.state is State.CLOSED
+    assert healthy.heartbeats() >= before + 4
+    assert not healthy.closed
+    assert len(context.heartbeats) == 1
+    context.heartbeats.stopService()
+
+
+def test_fail_closes_even_when_the_error_cannot_be_written(clock):
+    """A session whose transport refuses the ERROR frame is still closed and released."""
+    context = make_context(clock=clock)
+    client = connected(context)
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "1"})
+    raising = RaisingTransport()
+    client.session.transport = raising
+    client.session.fail("going away")
+    assert raising.closed
+    assert context.broker.subscriber_count("/topic/t") == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Frame("ACK", {"id": "m@" + "9" * 5000}),
+        Frame("NACK", {"id": "9" * 3000 + "@" + "9" * 5000}),
+    ],
+    ids=["ack", "nack"],
+)
+def test_huge_numbers_in_ack_ids_are_a_clear_error(context, frame):
+    """A 5,000-digit serial in an ACK/NACK id ends in ERROR 'unknown ack id', not a traceback."""
+    client = connected(context)
+    client.send(frame.command, frame.headers)
+    error = assert_error_then_closed(client)
+    assert error.headers["message"] == "unknown ack id"
+    assert len(error.body) < 1000
+
+
+def test_huge_content_length_is_a_clear_error(context):
+    """A 5,000-digit content-length ends in an ERROR about the frame size."""
+    client = connected(context)
+    client.send_bytes(b"SEND\ndestination:/topic/t\ncontent-length:" + b"9" * 5000 + b"\n\n")
+    error = assert_error_then_closed(client)
+    assert "maximum size" in error.headers["message"]
+
+
+@pytest.mark.parametrize("value", ["9" * 5000 + ",0", "0," + "9" * 400, "1," + "9" * 20])
+def test_huge_heartbeat_numbers_are_a_clear_error(context, value):
+    """Heart-beat intervals with absurd numbers of digits end in ERROR, never a traceback."""
+    client = Client(context)
+    client.send("CONNECT", {"accept-version": "1.2", "heart-beat": value})
+    error = assert_error_then_closed(client)
+    assert "heart-beat" in error.headers["message"]
+    assert len(error.headers["message"]) < 200
+
+
+def test_send_rate_over_the_limit_is_error_then_close(clock):
+    """Past its burst, a connection sending too fast gets ERROR "rate limit exceeded"."""
+    context = make_context(clock=clock, interceptors=[SendRateInterceptor(10, 5, clock)])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    other = connected(context)
+    for _ in range(5):
+        client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert not client.closed
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert assert_error_then_closed(client).headers["message"] == "rate limit exceeded"
+    assert len(watcher.frames()) == 5
+    other.send("SEND", {"destination": "/topic/t"}, b"y")
+    assert not other.closed
+
+
+def test_send_rate_refills_with_time(clock):
+    """A connection sending at the configured rate is never cut."""
+    context = make_context(clock=clock, interceptors=[SendRateInterceptor(10, 2, clock)])
+    client = connected(context)
+    for _ in range(100):
+        client.send("SEND", {"destination": "/topic/t"}, b"x")
+        clock.advance(0.1)
+    assert not client.closed

@@ -85,6 +85,8 @@ class FrameParser:
         """Ignore every further byte (after ERROR or DISCONNECT)."""
         self._stopped = True
         self._buffer.clear()
+        self._mode = _LINE_MODE
+        self._frame = None
 
     def feed(self, data: bytes) -> None:
         """Consume bytes, calling ``frame_received`` for every complete frame.
