@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from stomp_chat.session import State
 from stomp_chat.stomp.frame import Frame, encode_frame
+from stomp_chat.transport.limits import ConnectionCounter
 from stomp_chat.transport.stomp import StompFactory, StompProtocol
 from tests.stompfakes import OutputReader, make_context
 
@@ -25,10 +28,10 @@ class AbortRecordingTransport(StringTransport):
         super().abortConnection()
 
 
-def connect(slow_consumer_bytes: int = 1000, close_linger: float = 5.0):
+def connect(slow_consumer_bytes: int = 1000, close_linger: float = 5.0, **factory_kwargs):
     clock = Clock()
     context = make_context(clock=clock)
-    factory = StompFactory(context, slow_consumer_bytes, close_linger)
+    factory = StompFactory(context, slow_consumer_bytes, close_linger, **factory_kwargs)
     protocol = factory.buildProtocol(None)
     transport = AbortRecordingTransport()
     protocol.makeConnection(transport)
@@ -142,6 +145,49 @@ def test_no_abort_when_connection_closes_in_time():
     assert clock.getDelayedCalls() == []
 
 
+def test_repeated_pause_does_not_reset_the_backlog():
+    """Twisted pauses again on every write while its buffer is full: the count goes on."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    protocol.pauseProducing()
+    for _ in range(20):
+        publish(context, 100)
+        protocol.pauseProducing()
+    frames = frames_of(transport.value())
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].headers["message"] == "slow consumer"
+    assert transport.disconnecting
+
+
+def test_a_frame_larger_than_the_bound_in_flight_is_not_falling_behind():
+    """Two frames each larger than the bound, back to back, reach a client that is reading."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    publish(context, 5000)
+    protocol.pauseProducing()  # the first frame filled the buffer
+    publish(context, 5000)
+    protocol.pauseProducing()  # and again, on the second write
+    frames = frames_of(transport.value())
+    assert [f.command for f in frames] == ["MESSAGE", "MESSAGE"]
+    assert not transport.disconnecting
+    protocol.resumeProducing()  # the client read both
+    publish(context, 5000)
+    assert not transport.disconnecting
+
+
+def test_falling_behind_beyond_the_largest_frame_is_cut():
+    """Past the bound plus the largest frame written while paused, the client is cut."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    protocol.pauseProducing()
+    publish(context, 5000)
+    publish(context, 500)
+    assert not transport.disconnecting
+    publish(context, 600)
+    assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
+    assert transport.disconnecting
+
+
 def test_resume_resets_the_backlog():
     """resumeProducing forgets what was written while paused."""
     _, context, protocol, transport = connect(slow_consumer_bytes=1000)
@@ -250,3 +296,138 @@ def test_connection_lost_while_slicing_stops_handling_input():
     protocol.connectionLost(Failure(ConnectionError("reset")))
     _run_due_calls(clock)
     assert len(watcher) == handled < 200
+
+
+# -- bytes before CONNECT ------------------------------------------------------
+
+
+def test_garbage_before_connect_is_cut_at_the_limit():
+    """More than max_connect_bytes without a complete CONNECT gets ERROR, then close."""
+    _, context, protocol, transport = connect(max_connect_bytes=1024)
+    protocol.dataReceived(b"CONNECT\naccept-version:1.2\nx:" + b"y" * 900)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"y" * 200)
+    (frame,) = frames_of(transport.value())
+    assert frame.command == "ERROR"
+    assert frame.headers["message"] == "connect frame too large"
+    assert transport.disconnecting
+    assert protocol.session.state is State.CLOSED
+
+
+def test_frames_after_connect_do_not_count_against_the_connect_limit():
+    """A CONNECT within the limit, then a large SEND in the same read, is served."""
+    _, _, protocol, transport = connect(max_connect_bytes=256, slow_consumer_bytes=10**9)
+    protocol.dataReceived(
+        encode_frame(Frame("CONNECT", {"accept-version": "1.2"}))
+        + encode_frame(Frame("SEND", {"destination": "/topic/t", "receipt": "r"}, b"z" * 4000))
+    )
+    frames = frames_of(transport.value())
+    assert [f.command for f in frames] == ["CONNECTED", "RECEIPT"]
+    protocol.dataReceived(encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"z" * 4000)))
+    assert not transport.disconnecting
+
+
+def test_a_connect_frame_exactly_at_the_limit_is_accepted():
+    """A CONNECT frame whose size equals max_connect_bytes is accepted."""
+    connect_frame = encode_frame(Frame("CONNECT", {"accept-version": "1.2"}))
+    _, _, protocol, transport = connect(max_connect_bytes=len(connect_frame))
+    for i in range(len(connect_frame)):
+        protocol.dataReceived(connect_frame[i : i + 1])
+    assert frames_of(transport.value())[0].command == "CONNECTED"
+
+
+# -- the per-address connection cap ---------------------------------------------
+
+
+def _tcp_peer(host: str = "192.0.2.7", port: int = 40000) -> IPv4Address:
+    return IPv4Address("TCP", host, port)
+
+
+def test_connections_over_the_cap_get_an_error_and_are_closed():
+    """Over the per-address cap a TCP client gets ERROR 'too many connections', then close."""
+    context = make_context()
+    factory = StompFactory(context, connections=ConnectionCounter(2))
+    open_ = []
+    for port in range(2):
+        protocol = factory.buildProtocol(_tcp_peer(port=port))
+        protocol.makeConnection(StringTransport(peerAddress=_tcp_peer(port=port)))
+        open_.append(protocol)
+    refused = factory.buildProtocol(_tcp_peer(port=99))
+    transport = StringTransport(peerAddress=_tcp_peer(port=99))
+    refused.makeConnection(transport)
+    (frame,) = frames_of(transport.value())
+    assert frame.command == "ERROR"
+    assert frame.headers["message"] == "too many connections"
+    assert transport.disconnecting
+    assert len(context.heartbeats) == 2, "the refused connection started no session"
+    other = factory.buildProtocol(_tcp_peer("192.0.2.8"))
+    assert isinstance(other, StompProtocol), "another address is not limited"
+    open_[0].connectionLost(Failure(ConnectionError("gone")))
+    assert isinstance(factory.buildProtocol(_tcp_peer(port=100)), StompProtocol)
+
+
+def test_connections_are_counted_until_lost():
+    """The factory's counter holds each open connection's address until it is lost."""
+    context = make_context()
+    factory = StompFactory(context, connections=ConnectionCounter(10))
+    protocol = factory.buildProtocol(_tcp_peer())
+    protocol.makeConnection(StringTransport(peerAddress=_tcp_peer()))
+    assert factory.connections.count("192.0.2.7") == 1
+    protocol.connectionLost(Failure(ConnectionError("gone")))
+    assert factory.connections.count("192.0.2.7") == 0
+
+
+# -- connection info and log lines ----------------------------------------------
+
+
+def test_raw_tcp_connection_info_is_built_from_the_socket():
+    """A raw TCP connection carries a ConnectionInfo naming its peer and transport."""
+    _, _, protocol, _ = connect()
+    info = protocol.connection
+    assert (info.peer, info.peer_host, info.transport, info.secure) == (
+        "192.0.2.7:40000", "192.0.2.7", "tcp", False,
+    )
+
+
+def _events(observer_events: list[dict]) -> list[str]:
+    return [formatEvent(event) for event in observer_events]
+
+
+def test_open_and_close_are_logged_with_reason_and_figures():
+    """One line when a connection opens and one when it closes: id, peer, user, bytes, why."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, _, protocol, transport = connect()
+        protocol.dataReceived(b"CONNECT\naccept-version:1.2\npasscode:secret\n\n\x00")
+        clock.advance(2.5)
+        protocol.dataReceived(b"BOGUS\n\n\x00")
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+    finally:
+        globalLogPublisher.removeObserver(events)
+    lines = [line for line in _events(events) if line.startswith("connection ")]
+    session_id = protocol.session.session_id
+    assert lines[0] == f"connection {session_id} opened: 192.0.2.7:40000 over tcp"
+    closed = lines[-1]
+    assert closed.startswith(f"connection {session_id} closed: 192.0.2.7:40000 over tcp, user -")
+    assert "2.5 s" in closed
+    assert f"{len(transport.value())} bytes out" in closed
+    assert closed.endswith(": unknown command")
+    assert "secret" not in "\n".join(_events(events))
+
+
+def test_close_after_disconnect_and_after_peer_loss_are_told_apart():
+    """The close line says whether the client said DISCONNECT or just went away."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, _, polite, _ = connect()
+        polite.dataReceived(b"CONNECT\naccept-version:1.2\n\n\x00DISCONNECT\n\n\x00")
+        polite.connectionLost(Failure(ConnectionDone("bye")))
+        _, _, rude, _ = connect()
+        rude.connectionLost(Failure(ConnectionLost("reset by peer")))
+    finally:
+        globalLogPublisher.removeObserver(events)
+    closed = [line for line in _events(events) if " closed: " in line]
+    assert closed[0].endswith("closed by the server after DISCONNECT")
+    assert "connection lost (" in closed[1] and closed[1].endswith("reset by peer.)")

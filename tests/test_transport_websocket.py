@@ -9,6 +9,7 @@ from collections import deque
 
 import pytest
 import txaio
+from autobahn.exception import Disconnected
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address
@@ -125,6 +126,7 @@ def request(protocols=(), origin=None, host="chat.example.com") -> ConnectionReq
 
 def handshake(factory: StompWebSocketFactory, req: ConnectionRequest):
     protocol = factory.buildProtocol(None)
+    protocol.transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.9", 4000))
     return protocol.onConnect(req)
 
 
@@ -249,18 +251,27 @@ def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
 
 
 class FakeWebSocket:
-    """Stands in for an open Autobahn protocol: records sendMessage and raw TCP writes."""
+    """Stands in for an Autobahn protocol: records sendMessage and raw TCP writes.
 
-    def __init__(self, open_: bool = True) -> None:
+    Like Autobahn, it refuses ``sendMessage`` unless the WebSocket is open.
+    """
+
+    def __init__(self, state: int = WebSocketProtocol.STATE_OPEN) -> None:
         self.sent: list[tuple[bytes, bool]] = []
         self.closes: list[int] = []
+        self.pongs: list[bytes] = []
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.1", 5555))
-        self.state = WebSocketProtocol.STATE_OPEN if open_ else WebSocketProtocol.STATE_CLOSING
+        self.state = state
         self.send_queue: deque = deque()
         self._perMessageCompress = None
 
     def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            raise Disconnected("Attempt to send on a closed protocol")
         self.sent.append((payload, isBinary))
+
+    def send_held_pong(self) -> None:
+        self.pongs.append(b"held")
 
     def sendClose(self, code: int | None = None) -> None:
         self.closes.append(code)
@@ -270,9 +281,13 @@ class FakeWebSocket:
         return self.sent + server_messages(self.transport.value())
 
 
-@pytest.fixture(params=[True, False], ids=["open", "closing"])
+@pytest.fixture(params=[False, True], ids=["direct", "behind-queued-data"])
 def fake_ws(request) -> FakeWebSocket:
-    return FakeWebSocket(open_=request.param)
+    """An open WebSocket; with queued data, frames go through Autobahn's sendMessage."""
+    ws = FakeWebSocket()
+    if request.param:
+        ws.send_queue.append(b"")
+    return ws
 
 
 def test_write_sends_utf8_as_text(fake_ws):
@@ -329,13 +344,48 @@ def test_abort_connection_aborts_the_tcp_transport():
     assert ws.transport.disconnected
 
 
-def test_register_producer_replaces_a_previous_one():
-    """registerProducer takes over from a producer the HTTP channel left registered."""
+@pytest.mark.parametrize(
+    "state", [WebSocketProtocol.STATE_CLOSING, WebSocketProtocol.STATE_CLOSED]
+)
+@pytest.mark.parametrize("queued", [False, True])
+def test_write_to_a_closing_websocket_is_dropped(state, queued):
+    """Once a Close was sent or received, writes are dropped: nothing is sent, nothing raises."""
+    ws = FakeWebSocket(state)
+    if queued:
+        ws.send_queue.append(b"earlier")
+    transport = WebSocketFrameTransport(ws)
+    transport.write(encode_frame(Frame("MESSAGE", {"destination": "/topic/t"}, b"late")))
+    transport.writeSequence([b"\n"])
+    assert ws.sent == []
+    assert ws.transport.value() == b""
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+def test_register_producer_replaces_a_previous_one_and_relays_to_it():
+    """registerProducer takes over from the HTTP channel's producer and relays every call."""
     ws = FakeWebSocket()
     ws.transport.registerProducer(object(), True)
-    producer = object()
+    producer = RecordingProducer()
     WebSocketFrameTransport(ws).registerProducer(producer, True)
-    assert ws.transport.producer is producer
+    registered = ws.transport.producer
+    registered.pauseProducing()
+    registered.resumeProducing()
+    registered.stopProducing()
+    assert producer.calls == ["pause", "resume", "stop"]
+    assert ws.pongs == [b"held"], "a held pong goes out when the socket drains"
 
 
 def test_peer_and_host_come_from_tcp():
