@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import time
+
+import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -13,6 +18,16 @@ from stomp_chat.session import State
 from stomp_chat.stomp.frame import Frame, encode_frame
 from stomp_chat.transport.limits import ConnectionCounter
 from stomp_chat.transport.stomp import StompFactory, StompProtocol
+from tests.rawclients import (
+    SMALL_RCVBUF,
+    open_socket,
+    read_until_closed,
+    send_frame,
+    stomp_connect,
+    stomp_frames,
+    subscribe_frame,
+    ws_handshake,
+)
 from tests.stompfakes import OutputReader, make_context
 
 
@@ -431,3 +446,135 @@ def test_close_after_disconnect_and_after_peer_loss_are_told_apart():
     closed = [line for line in _events(events) if " closed: " in line]
     assert closed[0].endswith("closed by the server after DISCONNECT")
     assert "connection lost (" in closed[1] and closed[1].endswith("reset by peer.)")
+
+
+# -- against a real server, over real sockets -----------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_non_reading_subscriber_is_cut_and_the_server_holds_a_bounded_backlog(start_server):
+    """A TCP subscriber that stops reading is cut with ERROR 'slow consumer'; what the server
+    buffered for it stays near the bound while 40 MiB are published, and the publisher is
+    served throughout."""
+    server = start_server()
+    slow, slow_reader = stomp_connect(server.stomp_port, rcvbuf=SMALL_RCVBUF)
+    slow.sendall(subscribe_frame("/topic/flood"))
+    slow_reader.until("RECEIPT")
+    publisher, publisher_reader = stomp_connect(server.stomp_port)
+    body = b"p" * MiB
+    for i in range(40):
+        publisher.sendall(send_frame("/topic/flood", body, receipt=str(i) if i == 39 else None))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "39"
+    received = read_until_closed(slow)
+    frames = stomp_frames(received)
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].headers["message"] == "slow consumer"
+    # Bound (4 MiB) + the largest frame in flight + the frame that filled the buffer, plus
+    # what the kernels hold (send buffer up to 4 MiB, the small receive buffer).
+    assert len(received) < 11 * MiB, f"{len(received)} bytes were buffered for a non-reader"
+    assert sum(f.command == "MESSAGE" for f in frames) < 11
+    publisher.sendall(send_frame("/topic/flood", b"still here", receipt="after"))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "after"
+    log = server.log()
+    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over tcp, user -, [\d.]+ s, "
+                     r"\d+ bytes in, \d+ bytes out: slow consumer", log), log
+
+
+def test_reader_at_a_realistic_pace_gets_two_8_mib_messages_back_to_back(start_server):
+    """Under default options a subscriber that keeps reading (64 KiB per read, parsing each,
+    a millisecond between reads) receives two 8 MiB messages sent back to back."""
+    server = start_server()
+    reader_sock, reader = stomp_connect(server.stomp_port, rcvbuf=SMALL_RCVBUF)
+    reader_sock.sendall(subscribe_frame("/topic/big"))
+    reader.until("RECEIPT")
+    publisher, publisher_reader = stomp_connect(server.stomp_port)
+    bodies = [bytes([65 + i]) * (8 * MiB) for i in range(2)]
+    publisher.sendall(b"".join(send_frame("/topic/big", body) for body in bodies))
+    first = reader.until("MESSAGE", chunk=1 << 16, pause=0.001)
+    second = reader.until("MESSAGE", chunk=1 << 16, pause=0.001)
+    assert (first.body, second.body) == (bodies[0], bodies[1])
+    reader_sock.sendall(send_frame("/topic/big", b"", receipt="alive"))
+    assert reader.until("RECEIPT").headers["receipt-id"] == "alive"
+    publisher.close()
+    reader_sock.close()
+
+
+def test_garbage_before_connect_is_cut_at_the_byte_limit(start_server):
+    """Bytes that never make a CONNECT frame get ERROR and close as soon as the limit is
+    passed, not after the CONNECT timeout."""
+    server = start_server("--max-connect-bytes=4096", "--connect-timeout=30")
+    sock = open_socket(server.stomp_port)
+    started = time.monotonic()
+    sock.sendall(b"CONNECT\naccept-version:1.2\nx:" + b"y" * 8192)
+    frames = stomp_frames(read_until_closed(sock))
+    assert time.monotonic() - started < 5
+    assert [f.headers.get("message") for f in frames] == ["connect frame too large"]
+
+
+def test_silent_connection_is_cut_after_the_connect_timeout_option(start_server):
+    """--connect-timeout sets how long a connection may go without CONNECT."""
+    server = start_server("--connect-timeout=1")
+    sock = open_socket(server.stomp_port)
+    started = time.monotonic()
+    frames = stomp_frames(read_until_closed(sock))
+    assert [f.headers.get("message") for f in frames] == ["connect timeout"]
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_per_address_cap_counts_tcp_and_websocket_together(start_server):
+    """With --max-connections-per-address=3, a 4th connection from 127.0.0.1 is refused:
+    over TCP with ERROR 'too many connections', over WebSocket with HTTP 429."""
+    server = start_server("--max-connections-per-address=3")
+    tcp = [stomp_connect(server.stomp_port)[0] for _ in range(2)]
+    ws, status, _ = ws_handshake(server.http_port)
+    assert status == 101
+    refused = open_socket(server.stomp_port)
+    frames = stomp_frames(read_until_closed(refused))
+    assert [f.headers.get("message") for f in frames] == ["too many connections"]
+    refused_ws, status, _ = ws_handshake(server.http_port)
+    assert status == 429
+    tcp[0].close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        again, status, _ = ws_handshake(server.http_port)
+        if status == 101:
+            break
+        time.sleep(0.05)
+    assert status == 101, "a closed connection frees its place"
+    for sock in (*tcp, ws, refused_ws, again):
+        sock.close()
+    log = server.log()
+    assert log.count("refusing connections from 127.0.0.1") == 1, log
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_delay_is_set_on_an_accepted_stomp_socket():
+    """An accepted raw STOMP socket has TCP_NODELAY set (read back with getsockopt)."""
+    from twisted.internet import reactor
+
+    factory = StompFactory(make_context(clock=reactor))
+    built: list[StompProtocol] = []
+    build = factory.buildProtocol
+
+    def record(addr):
+        protocol = build(addr)
+        built.append(protocol)
+        return protocol
+
+    factory.buildProtocol = record  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        for _ in range(200):
+            if built and built[0].connected:
+                break
+            await deferLater(reactor, 0.01)
+        handle = built[0].transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+        await port.stopListening()
+        for protocol in built:
+            protocol.transport.abortConnection()
+        await deferLater(reactor, 0.01)
