@@ -419,7 +419,7 @@ def test_open_and_close_are_logged_with_reason_and_figures():
         protocol.dataReceived(b"BOGUS\n\n\x00")
         protocol.connectionLost(Failure(ConnectionError("gone")))
     finally:
-        globalLogPublisher.removeObserver(events)
+        globalLogPublisher.removeObserver(events.append)
     lines = [line for line in _events(events) if line.startswith("connection ")]
     session_id = protocol.session.session_id
     assert lines[0] == f"connection {session_id} opened: 192.0.2.7:40000 over tcp"
@@ -442,7 +442,7 @@ def test_close_after_disconnect_and_after_peer_loss_are_told_apart():
         _, _, rude, _ = connect()
         rude.connectionLost(Failure(ConnectionLost("reset by peer")))
     finally:
-        globalLogPublisher.removeObserver(events)
+        globalLogPublisher.removeObserver(events.append)
     closed = [line for line in _events(events) if " closed: " in line]
     assert closed[0].endswith("closed by the server after DISCONNECT")
     assert "connection lost (" in closed[1] and closed[1].endswith("reset by peer.)")
