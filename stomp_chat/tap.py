@@ -6,6 +6,7 @@ the listening ports, and the order in which they stop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from typing import Any
 
@@ -22,6 +23,7 @@ from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.interceptors import Interceptor
 from stomp_chat.persistence import (
     AdbapiChatStore,
     ChatConnectionPool,
@@ -31,7 +33,7 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
-from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
+from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ConnectionCounter
 from stomp_chat.transport.stomp import (
@@ -74,17 +76,20 @@ def _non_negative_int(name: str) -> Any:
     return coerce
 
 
-def _positive_seconds(name: str) -> Any:
+def _number(name: str, *, allow_zero: bool) -> Any:
     def coerce(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
-            raise ValueError(f"{name} must be a number of seconds, not {value!r}") from None
-        if not 0 < number < float("inf"):
-            raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+            raise ValueError(f"{name} must be a number, not {value[:40]!r}") from None
+        if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+            raise ValueError(
+                f"{name} must be {'zero or more' if allow_zero else 'positive'}, not {value!r}"
+            )
         return number
 
-    coerce.coerceDoc = "A positive number of seconds."  # type: ignore[attr-defined]
+    kind = "A number, 0 or more." if allow_zero else "A positive number."
+    coerce.coerceDoc = kind  # type: ignore[attr-defined]
     return coerce
 
 
@@ -193,7 +198,7 @@ class Options(usage.Options):
             None,
             SessionSettings().connect_timeout,
             "Seconds a client has to send its CONNECT frame; later gets ERROR 'connect timeout'.",
-            _positive_seconds("--connect-timeout"),
+            _number("--connect-timeout", allow_zero=False),
         ],
         [
             "http-header-timeout",
@@ -201,14 +206,53 @@ class Options(usage.Options):
             DEFAULT_HEADER_TIMEOUT,
             "Seconds an HTTP client has to send its request line and headers, however it "
             "trickles them; later gets HTTP 408 and the connection is closed.",
-            _positive_seconds("--http-header-timeout"),
+            _number("--http-header-timeout", allow_zero=False),
         ],
         [
             "http-idle-timeout",
             None,
             DEFAULT_IDLE_TIMEOUT,
             "Seconds an HTTP connection may stay idle between requests before it is closed.",
-            _positive_seconds("--http-idle-timeout"),
+            _number("--http-idle-timeout", allow_zero=False),
+        ],
+        [
+            "max-transactions",
+            None,
+            16,
+            "How many transactions one connection may have open at once; one more is an "
+            "ERROR that closes it.",
+            _positive_int("--max-transactions"),
+        ],
+        [
+            "max-transaction-bytes",
+            None,
+            16 * 1024 * 1024,
+            "How many bytes one connection's open transactions may hold together (each "
+            "frame counts its headers, body and 256 bytes); beyond, ERROR and close.",
+            _positive_int("--max-transaction-bytes"),
+        ],
+        [
+            "frame-timeout",
+            None,
+            60.0,
+            "Seconds a frame may take from its first byte to its last; a client that "
+            "leaves one unfinished longer gets ERROR 'frame timeout' and is closed.",
+            _number("--frame-timeout", allow_zero=False),
+        ],
+        [
+            "send-rate",
+            None,
+            0.0,
+            "SENDs per second one connection may make on average (0: no limit); beyond "
+            "it, ERROR 'rate limit exceeded' and close.",
+            _number("--send-rate", allow_zero=True),
+        ],
+        [
+            "send-burst",
+            None,
+            200,
+            "With --send-rate: how many SENDs a connection may make at once.",
+            _positive_int("--send-burst"),
         ],
         [
             "database",
@@ -411,9 +455,20 @@ def makeService(options: Options) -> IService:
     settings = SessionSettings(
         heartbeat=heartbeat,
         max_frame_size=options["max-frame-size"],
-        connect_timeout=float(options["connect-timeout"]),
+        connect_timeout=options["connect-timeout"],
+        max_transactions=options["max-transactions"],
+        max_transaction_bytes=options["max-transaction-bytes"],
+        frame_timeout=options["frame-timeout"],
     )
-    context = ServerContext(broker, router, settings, monitor, AnonymousAuthenticator())
+    # Anonymous access needs no link in the chain (an empty chain connects
+    # everyone anonymously), so the default hot path runs no interceptor.
+    # Authentication, when configured, is the chain's first link.
+    interceptors: list[Interceptor] = []
+    if options["send-rate"] > 0:
+        interceptors.append(
+            SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
+        )
+    context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
     stomp_factory = StompFactory(
         context,
         options["slow-consumer-bytes"],

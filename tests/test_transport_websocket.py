@@ -747,3 +747,12 @@ def test_ping_flood_from_a_client_that_never_reads_is_bounded(start_server):
     pong_bytes = reader.pongs * (2 + 125)
     assert 0 < pong_bytes < 6 * MiB, f"{reader.pongs} pongs for {pings} pings"
     sock.close()
+
+
+def test_session_connection_info_says_websocket(clock):
+    """A session opened over WebSocket carries a ws ConnectionInfo with the TCP peer's host."""
+    conn = WSConnection(clock)
+    connection = conn.protocol.stomp.session.connection
+    assert connection.transport == "ws"
+    assert connection.peer_host == "203.0.113.5"
+    assert connection.secure is False

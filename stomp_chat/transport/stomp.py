@@ -75,6 +75,8 @@ class StompProtocol(Protocol):
         self.input_slice = DEFAULT_INPUT_SLICE
         #: Input received but not handled yet, while the reactor takes a turn.
         self._unread: list[bytes] = []
+        #: The session asked for no input (an interceptor is waiting).
+        self._reading_paused = False
         #: Bytes received while no CONNECT frame was complete yet; None after.
         self._connect_bytes: int | None = 0
         self._opened_at = 0.0
@@ -97,7 +99,7 @@ class StompProtocol(Protocol):
         if self.connections is not None:
             self.connections.opened(connection.peer_host)
         self._opened_at = self.context.clock.seconds()
-        self.session = StompSession(self.context, self, connection.peer)
+        self.session = StompSession(self.context, self, connection)
         log.info(
             "connection {session} opened: {peer} over {transport}",
             session=self.session.session_id,
@@ -114,7 +116,7 @@ class StompProtocol(Protocol):
         rest waits for the next reactor turn and the socket stops reading.
         """
         self.bytes_in += len(data)
-        if self._unread:
+        if self._unread or self._reading_paused:
             self._unread.append(data)
             return
         if len(data) <= self.input_slice:
@@ -125,17 +127,19 @@ class StompProtocol(Protocol):
         self._read_slice()
 
     def _read_slice(self) -> None:
+        if not self.connected or self._reading_paused or not self._unread:
+            return
         data = b"".join(self._unread)
         self._unread.clear()
-        if not self.connected:
-            return
         limit = self.input_slice
         self._feed(data[:limit])
         if len(data) > limit and self.connected:
-            self._unread.append(data[limit:])
+            self._unread.insert(0, data[limit:])
+            if self._reading_paused:
+                return
             clock: Any = self.context.clock
             clock.callLater(0, self._read_slice)
-        elif self.connected:
+        elif self.connected and not self._reading_paused:
             self.transport.resumeProducing()
 
     def _feed(self, data: bytes) -> None:
@@ -212,6 +216,21 @@ class StompProtocol(Protocol):
             self.close_reason = _error_message(data, self.session.version)
         self.bytes_out += size
         self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        """Read nothing more until ``resume_reading`` (the session is waiting)."""
+        self._reading_paused = True
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Handle what arrived meanwhile, then read from the socket again."""
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        if self._unread:
+            self._read_slice()
+        elif self.connected:
+            self.transport.resumeProducing()
 
     def close(self) -> None:
         """Flush and close; cut the connection if the peer will not read."""
