@@ -8,12 +8,14 @@ import time
 
 import pytest_twisted
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from stomp_chat.identity import Principal
 from stomp_chat.session import State
 from stomp_chat.stomp.frame import Frame, encode_frame
 from stomp_chat.transport.limits import ConnectionCounter
@@ -620,3 +622,54 @@ def test_pause_during_slicing_stops_the_slices():
         clock.advance(0)
     assert len(frames_of(transport.value())) == 20
     assert transport.producerState == "producing"
+
+
+class _SlowAuthenticator:
+    """Answers CONNECT later, as a database or a token check would."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    def authenticate(self, frame, connection):
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def test_input_behind_connect_waits_for_a_slow_authenticator_within_the_connect_limit():
+    """Frames pipelined behind CONNECT past the byte limit wait for authentication, in order."""
+    authenticator = _SlowAuthenticator()
+    context = make_context(clock=Clock(), authenticator=authenticator)
+    protocol = StompFactory(context, 10**9, max_connect_bytes=200).buildProtocol(None)
+    transport = AbortRecordingTransport()
+    protocol.makeConnection(transport)
+    connect_frame = encode_frame(Frame("CONNECT", {"accept-version": "1.2"}))
+    subscribe = encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0",
+                                                 "receipt": "s"}))
+    protocol.dataReceived(connect_frame + subscribe + b"\n" * 300)
+    assert not transport.disconnecting
+    authenticator.pending[0].callback(Principal("u1", "alice"))
+    frames = frames_of(transport.value())
+    assert [f.command for f in frames] == ["CONNECTED", "RECEIPT"]
+    assert not transport.disconnecting
+
+
+def test_the_close_line_names_the_authenticated_user():
+    """Once the session has a principal, the close line names the user, not '-'."""
+    authenticator = _SlowAuthenticator()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        context = make_context(clock=Clock(), authenticator=authenticator)
+        protocol = StompFactory(context).buildProtocol(None)
+        protocol.makeConnection(AbortRecordingTransport())
+        protocol.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2",
+                                                             "passcode": "hunter2"})))
+        authenticator.pending[0].callback(Principal("u1", "alice"))
+        protocol.connectionLost(Failure(ConnectionDone("bye")))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = _events(events)
+    (closed,) = [line for line in lines if " closed: " in line]
+    assert ", user alice, " in closed
+    assert not any("hunter2" in line for line in lines)

@@ -158,7 +158,9 @@ class StompProtocol(Protocol):
             session.data_received(head)
         if session.state is not State.AWAITING_CONNECT:
             self._connect_bytes = None
-            if rest:
+            if rest and self._reading_paused:
+                self._unread.insert(0, rest)  # the session waits: resume_reading feeds it
+            elif rest:
                 session.data_received(rest)
         elif rest:
             self.close_reason = "connect frame too large"
