@@ -723,7 +723,15 @@ def test_closing_websocket_subscriber_never_disconnects_the_publisher(start_serv
     publisher.sendall(send_frame("/topic/room", b"and again", receipt="again"))
     assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "again"
     assert later_reader.until("MESSAGE").body == b"and again"
+    # The closing subscriber's session ended with its Close; its TCP connection, which it
+    # never let close, is cut after the close linger (5 s).
+    deadline = time.monotonic() + 10
+    pattern = r"connection \w+ closed: 127\.0\.0\.1:\d+ over ws, .*: websocket closed by the " \
+              r"client \(1001\); cut after 5.0 s unread"
+    while not re.search(pattern, server.log()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     log = server.log()
+    assert re.search(pattern, log), log
     assert "internal server error" not in log and "Traceback" not in log, log
     for sock in (closing, later, publisher):
         sock.close()
@@ -756,3 +764,19 @@ def test_session_connection_info_says_websocket(clock):
     assert connection.transport == "ws"
     assert connection.peer_host == "203.0.113.5"
     assert connection.secure is False
+
+
+def test_close_from_the_client_ends_the_session_at_once(clock):
+    """A client's Close releases its subscriptions now; a peer that never lets TCP close is cut
+    after the close linger."""
+    conn = WSConnection(clock)
+    conn.send(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    conn.send(encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0"})))
+    assert conn.context.broker.subscriber_count("/topic/t") == 1
+    conn.receive(client_frame(struct.pack("!H", 1001), 0x8))
+    assert conn.context.broker.subscriber_count("/topic/t") == 0
+    assert close_codes(conn.wire()) == [1000]  # Autobahn answers with a normal close
+    conn.context.broker.publish("/topic/t", b"nobody listens")  # nothing raises
+    assert not conn.transport.disconnected
+    clock.advance(5.0)
+    assert conn.transport.disconnected

@@ -67,15 +67,15 @@ class WebSocketFrameTransport:
         more than everything else a delivery does. Autobahn still owns the
         handshake, incoming frames, pings and the closing handshake.
         """
+        ws = self._ws
+        if ws.state != _STATE_OPEN:
+            return  # closing: the peer will read no more STOMP frames
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
             opcode = _OPCODE_BINARY
         else:
             opcode = _OPCODE_TEXT
-        ws = self._ws
-        if ws.state != _STATE_OPEN:
-            return  # closing: the peer will read no more STOMP frames
         if ws.send_queue or ws._perMessageCompress is not None:
             ws.sendMessage(data, isBinary=opcode == _OPCODE_BINARY)
             return
@@ -192,6 +192,21 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             return
         self._held_pong = None
         super().onPing(payload)
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """The peer sent Close: end its STOMP session now, not when TCP goes.
+
+        A peer that sends Close and then reads nothing keeps its TCP
+        connection open while the server's reply waits in the buffer; the
+        session's close cuts it after the close linger.
+        """
+        failed = super().onCloseFrame(code, reasonRaw)
+        stomp = self.stomp
+        if stomp is not None and self.state != _STATE_OPEN:
+            if stomp.close_reason is None:
+                stomp.close_reason = f"websocket closed by the client ({code})"
+            stomp.session.close()
+        return failed
 
     def send_held_pong(self) -> None:
         payload, self._held_pong = self._held_pong, None
