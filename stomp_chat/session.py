@@ -127,6 +127,7 @@ class StompSession:
     __slots__ = (
         "__weakref__",
         "_close_after_receipts",
+        "_shutdown_message",
         "_held",
         "_incoming",
         "_last_read",
@@ -174,6 +175,7 @@ class StompSession:
         #: Receipts waiting for an earlier, slower one: [receipt-id, ready].
         self._receipts: deque[list[Any]] = deque()
         self._close_after_receipts = False
+        self._shutdown_message: str | None = None
         #: Frames that arrived while CONNECT was being authenticated.
         self._held: list[Frame] = []
         # Liveness, sampled by the heart-beat monitor.
@@ -558,12 +560,23 @@ class StompSession:
             if status is _RECEIPT_READY and self.state is State.CONNECTED:
                 self._write_receipt(receipt_id)
         if not receipts and self._close_after_receipts:
-            self.close()
+            if self._shutdown_message is not None:
+                self.fail(self._shutdown_message)
+            else:
+                self.close()
 
     def _write_receipt(self, receipt_id: str) -> None:
         self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
 
     # -- errors and closing ----------------------------------------------
+
+    def shut_down(self, message: str) -> None:
+        """Stop reading; once every RECEIPT due has gone out, send ERROR and close."""
+        self.parser.stop()
+        self._shutdown_message = message
+        self._close_after_receipts = True
+        if not self._receipts:
+            self.fail(message)
 
     def fail(
         self,

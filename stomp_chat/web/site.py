@@ -6,14 +6,15 @@ one proxy rule and one TLS certificate serve them all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from stomp_chat.web.json import JSONNotFound, write_json
+from stomp_chat.web.health import Health
+from stomp_chat.web.json import JSONNotFound
 
 
 class Root(Resource):
@@ -23,26 +24,14 @@ class Root(Resource):
         return JSONNotFound()
 
 
-class Health(Resource):
-    """``GET /healthz``: liveness plus whatever the server reports of itself."""
-
-    isLeaf = True
-
-    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
-        self._report = report
-
-    def render_GET(self, request: Request) -> bytes:
-        return write_json(request, 200, {"status": "ok", **self._report()})
-
-
 def build_site(
     websocket_factory: Any,
     *,
     health: Callable[[], dict[str, Any]] | None = None,
     api: Resource | None = None,
+    resources: Mapping[bytes, Resource] | None = None,
 ) -> Site:
-    """The root: ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``."""
+    """The root: ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``, and ``resources``."""
     root = Root()
     ws = Resource()
     ws.putChild(b"chat", WebSocketResource(websocket_factory))
@@ -50,6 +39,8 @@ def build_site(
     root.putChild(b"healthz", Health(health or dict))
     if api is not None:
         root.putChild(b"api", api)
+    for path, resource in (resources or {}).items():
+        root.putChild(path, resource)
     site = Site(root)
     site.displayTracebacks = False
     return site
