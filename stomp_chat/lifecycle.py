@@ -30,6 +30,8 @@ SHUTDOWN_MESSAGE = "server shutting down"
 
 #: How often a batch of clients is told during the drain window.
 DRAIN_BATCH_INTERVAL = 0.1
+#: Clients told together at least: this many reconnecting at once is no stampede.
+MIN_DRAIN_BATCH = 50
 
 
 class StartupError(SystemExit, Exception):
@@ -134,6 +136,7 @@ class ChatServer(MultiService):
         on_drain: Iterable[Callable[[], None]] = (),
         support: Iterable[Service] = (),
         server_log: ServerLog | None = None,
+        open_connections: Callable[[], int] = lambda: 0,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -149,6 +152,7 @@ class ChatServer(MultiService):
         self._on_drain = list(on_drain)
         self._migrate_on_start = migrate_on_start
         self.server_log = server_log
+        self._open_connections = open_connections
         self._ordered: list[IService] = []
         if server_log is not None:
             self._ordered.append(server_log)
@@ -236,7 +240,10 @@ class ChatServer(MultiService):
     def _tell_clients(self) -> Generator[Deferred[Any], Any, None]:
         """Tell clients in batches spread over the drain window, then wait for them to go."""
         sessions: list[Drainable] = list(self.monitor.sessions())
-        batches = max(1, min(len(sessions), math.floor(self.drain_window / DRAIN_BATCH_INTERVAL)))
+        batches = max(1, min(
+            math.ceil(len(sessions) / MIN_DRAIN_BATCH),
+            math.floor(self.drain_window / DRAIN_BATCH_INTERVAL),
+        ))
         size = math.ceil(len(sessions) / batches) if sessions else 0
         interval = self.drain_window / batches
         for number in range(batches):
@@ -250,8 +257,9 @@ class ChatServer(MultiService):
             flush = getattr(self.writer, "flush", None)
             if flush is not None:
                 flush()
-        # Sessions leave once their receipts are out; the socket close needs a turn or two.
-        while len(self.monitor):
+        # Sessions leave once their receipts are out; then their sockets flush and close
+        # (or are cut after the transports' close linger).
+        while len(self.monitor) or self._open_connections():
             yield deferLater(self.reactor, 0.01, lambda: None)
 
     def _timed_out(self, result: Any, timeout: float) -> Any:

@@ -13,7 +13,7 @@ import json
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -35,6 +35,7 @@ from stomp_chat.broker import (
 )
 from stomp_chat.errors import ApplicationError, AuthError, ProtocolError
 from stomp_chat.heartbeat import HeartbeatMonitor
+from stomp_chat.stats import ServerStats
 from stomp_chat.stomp.frame import (
     SUPPORTED_VERSIONS,
     V1_0,
@@ -114,6 +115,7 @@ class ServerContext:
     settings: SessionSettings
     heartbeats: HeartbeatMonitor
     authenticator: Authenticator
+    stats: ServerStats = field(default_factory=ServerStats)
 
     @property
     def clock(self) -> Any:
@@ -201,6 +203,7 @@ class StompSession:
 
     def frame_received(self, frame: Frame) -> None:
         """Dispatch one frame; the one place errors become ERROR frames."""
+        self.context.stats.frame_received(frame.command)
         state = self.state
         if state is State.CLOSED:
             return
@@ -273,6 +276,7 @@ class StompSession:
         if principal is not None:
             headers["user-name"] = principal
         self._write(encode_frame(Frame("CONNECTED", headers), version))
+        self.context.stats.frames_sent["CONNECTED"] += 1
         held, self._held = self._held, []
         for frame in held:
             self.frame_received(frame)
@@ -415,6 +419,7 @@ class StompSession:
                 data = message.head(self.version) + subscription.wire + message.tail
         self._sent = True
         self.transport.write(data)
+        self.context.stats.delivered += 1
 
     # -- ACK / NACK --------------------------------------------------------
 
@@ -567,6 +572,12 @@ class StompSession:
 
     def _write_receipt(self, receipt_id: str) -> None:
         self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
+        self.context.stats.frames_sent["RECEIPT"] += 1
+
+    @property
+    def pending_receipts(self) -> int:
+        """RECEIPTs owed to the client and not sent yet."""
+        return len(self._receipts)
 
     # -- errors and closing ----------------------------------------------
 
@@ -602,6 +613,8 @@ class StompSession:
             message=message,
         )
         self._write(encode_frame(Frame("ERROR", headers, body), self.version))
+        self.context.stats.frames_sent["ERROR"] += 1
+        self.context.stats.error_sent(message)
         self.close()
 
     def close(self) -> None:

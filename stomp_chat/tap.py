@@ -448,6 +448,7 @@ def makeService(options: Options) -> IService:
         on_drain=on_drain,
         support=[ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL)],
         server_log=logs,
+        open_connections=lambda: context.stats.open_connections,
     )
     server_ref.append(server)
     return server

@@ -51,6 +51,8 @@ class StompProtocol(Protocol):
         self._unread: list[bytes] = []
 
     def connectionMade(self) -> None:
+        self.kind = getattr(self.transport, "transport_name", "tcp")
+        self.context.stats.connection_opened(self.kind)
         self.transport.registerProducer(self, True)
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)
@@ -90,6 +92,8 @@ class StompProtocol(Protocol):
             self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.connected:
+            self.context.stats.connection_closed(self.kind)
         self.connected = False
         self._unread.clear()
         if self._abort_call is not None and self._abort_call.active():

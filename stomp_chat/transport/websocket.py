@@ -38,6 +38,9 @@ _HEADER_64 = struct.Struct("!BBQ")
 class WebSocketFrameTransport:
     """What the STOMP protocol sees as its transport on a WebSocket."""
 
+    #: How connections on this transport are counted.
+    transport_name = "websocket"
+
     def __init__(self, ws: WebSocketServerProtocol) -> None:
         self._ws = ws
         self.disconnecting = False
