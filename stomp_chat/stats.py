@@ -7,6 +7,7 @@ Prometheus objects are built only when ``/metrics`` is read.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 #: Client commands counted by name; anything else is "other".
 CLIENT_COMMANDS = frozenset(
@@ -59,3 +60,55 @@ class ServerStats:
         if reason not in self.errors and len(self.errors) >= MAX_ERROR_REASONS:
             reason = "other"
         self.errors[reason] += 1
+
+
+class BucketCounts:
+    """A histogram's counts: cumulative per upper bound, plus the sum and the count."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[index] += 1
+
+
+#: Batch sizes (messages) and write times (seconds) of the write-behind writer.
+BATCH_SIZE_BOUNDS = (1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0)
+FLUSH_SECONDS_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class TimedStore:
+    """Wraps a chat store: notes each batch's size and how long its write took.
+
+    The writer calls ``save_messages`` once per batch, so this costs nothing
+    per message; every other call goes straight through.
+    """
+
+    def __init__(self, store: Any, clock: Any) -> None:
+        self._store = store
+        self._clock = clock
+        self.batch_sizes = BucketCounts(BATCH_SIZE_BOUNDS)
+        self.flush_seconds = BucketCounts(FLUSH_SECONDS_BOUNDS)
+
+    def save_messages(self, messages: Any) -> Any:
+        started = self._clock.seconds()
+        self.batch_sizes.observe(len(messages))
+        saving = self._store.save_messages(messages)
+
+        def written(result: object) -> object:
+            self.flush_seconds.observe(self._clock.seconds() - started)
+            return result
+
+        return saving.addBoth(written)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)

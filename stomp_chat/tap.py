@@ -33,11 +33,13 @@ from stomp_chat.persistence import (
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
 from stomp_chat.startup import RedisCheckFailed, check_redis
+from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.health import Health, Ready
+from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
 from stomp_chat.web.site import build_site
 
 log = Logger()
@@ -372,8 +374,9 @@ def makeService(options: Options) -> IService:
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
     pool = make_pool(database, reactor)
     store = AdbapiChatStore(pool)
+    timed_store = TimedStore(store, reactor) if options["metrics"] else None
     writer = WriteBehindWriter(
-        store,
+        timed_store or store,
         reactor,
         flush_interval=options["write-interval"] / 1000.0,
         max_batch=options["write-batch"],
@@ -423,14 +426,27 @@ def makeService(options: Options) -> IService:
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
         api = ChatApi(chat, store, max_page=options["max-history-page"])
         checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer)
+        resources: dict[bytes, Any] = {
+            b"health": Health(lambda: {"connections": len(monitor)}),
+            b"ready": Ready(checks),
+        }
+        if options["metrics"]:
+            sources = MetricSources(
+                stats=context.stats,
+                broker=broker,
+                writer=writer,
+                sessions=monitor.sessions,
+                timed_store=timed_store,
+                database=database_probe,
+                redis=redis_probe,
+                draining=lambda: bool(server_ref) and server_ref[0].draining,
+            )
+            resources[b"metrics"] = Metrics(build_registry(sources))
         site = build_site(
             ws_factory,
             health=lambda: {"connections": len(monitor), "unsaved": writer.pending_count},
             api=api,
-            resources={
-                b"health": Health(lambda: {"connections": len(monitor)}),
-                b"ready": Ready(checks),
-            },
+            resources=resources,
         )
         listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
 
