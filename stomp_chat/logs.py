@@ -9,6 +9,7 @@ keeps ``twistd``'s own meaning, rotating the file to ``NAME.1``.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from typing import IO, Any
@@ -17,8 +18,10 @@ from twisted.application.service import Service
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
+    LogEvent,
     Logger,
-    jsonFileLogObserver,
+    eventAsJSON,
+    formatEvent,
     textFileLogObserver,
 )
 from twisted.python import usage
@@ -40,9 +43,27 @@ def parse_log_format(value: str) -> str:
 parse_log_format.coerceDoc = "text or json."  # type: ignore[attr-defined]
 
 
+def json_line(event: LogEvent) -> str:
+    """One event as one line of JSON: Twisted's own encoding of the event, plus its text.
+
+    ``eventAsJSON`` keeps every field (so the event can be loaded again);
+    ``text`` is the rendered message, with the traceback of a failure, and
+    ``level`` its level's name, for people and log shippers.
+    """
+    record = json.loads(eventAsJSON(event))
+    level = event.get("log_level")
+    record["level"] = level.name if level is not None else "info"
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}\n{failure.getTraceback()}"
+    record["text"] = text
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 def make_observer(output: IO[Any], log_format: str) -> FileLogObserver:
     if log_format == "json":
-        return jsonFileLogObserver(output, recordSeparator="")
+        return FileLogObserver(output, json_line)
     return textFileLogObserver(output)
 
 
