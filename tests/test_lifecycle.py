@@ -25,6 +25,8 @@ from stomp_chat.lifecycle import SHUTDOWN_MESSAGE, ChatServer, Listener, Startup
 from tests.serverproc import STOPPED_BY_SIGTERM, RunningServer
 from tests.stompload import Publisher, RawStompClient, chat_texts, subscriber
 
+pytest_plugins = ["tests.conftest_db"]
+
 # -- unit: ChatServer with a clock -------------------------------------------------------
 
 
@@ -306,3 +308,62 @@ def test_sighup_under_load_loses_nothing_and_reopens_the_renamed_log(
     _assert_nothing_lost(database, publishers, [reader])
     assert "Server Shut Down." in server.log()
     assert "Server Shut Down." not in rotated.read_text()
+
+
+def _free_privileged_port() -> int:
+    import socket
+
+    for port in range(900, 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 1024")
+
+
+def test_twistd_uid_serves_a_privileged_port_after_dropping_root(
+    postgresql_database, tmp_path: Path
+) -> None:
+    """Run as root with --uid: the listener binds a port below 1024, then the server runs as
+    the other user and serves on it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.serverproc import server_environment
+    from tests.test_e2e_chat import _postgres_server_url
+
+    if os.geteuid() != 0:
+        pytest.skip("binding a port below 1024 and dropping to another user needs root")
+    port = _free_privileged_port()
+    tmp_path.chmod(0o777)
+    log_path = tmp_path / "server.log"
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=",
+         f"--logfile={log_path}",
+         "--uid=65534", "--gid=65534", "stomp-chat",
+         f"--stomp=tcp:{port}:interface=127.0.0.1", "--http=tcp:0:interface=127.0.0.1",
+         "--database", _postgres_server_url(postgresql_database)],
+        cwd=tmp_path, env=server_environment(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while f"StompFactory starting on {port}" not in (
+            log_path.read_text() if log_path.exists() else ""
+        ):
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client = RawStompClient(port)
+        assert client.of("CONNECTED")
+        client.close()
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        [uid_line] = [line for line in status.splitlines() if line.startswith("Uid:")]
+        assert uid_line.split()[1:] == ["65534"] * 4
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    assert process.returncode == STOPPED_BY_SIGTERM, log_path.read_text()
