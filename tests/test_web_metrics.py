@@ -80,12 +80,12 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
 
 
 def test_websocket_connections_are_counted_apart(start_server, clients) -> None:
-    """A stomp.py WebSocket client counts under transport="websocket"."""
+    """A stomp.py WebSocket client counts under transport="ws"."""
     server = start_server()
     clients(server)
     samples = scrape(server)
-    assert value(samples, "stomp_chat_connections_opened_total", transport="websocket") == 1
-    assert value(samples, "stomp_chat_connections", transport="websocket") == 1
+    assert value(samples, "stomp_chat_connections_opened_total", transport="ws") == 1
+    assert value(samples, "stomp_chat_connections", transport="ws") == 1
 
 
 def test_metrics_off_serves_no_endpoint(start_server) -> None:
