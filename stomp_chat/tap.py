@@ -20,6 +20,12 @@ from twisted.python.failure import Failure
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.auth.options import (
+    AUTH_PARAMETERS,
+    resolve_auth_options,
+    unauthenticated_warning,
+)
+from stomp_chat.auth.setup import build_authentication
 from stomp_chat.broker import Broker
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
@@ -33,11 +39,17 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
-from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
+from stomp_chat.session import (
+    AuthenticationInterceptor,
+    SendRateInterceptor,
+    ServerContext,
+    SessionSettings,
+)
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
+from stomp_chat.web.auth import ApiGate, RestAuthenticator
 from stomp_chat.web.site import build_site
 
 log = Logger()
@@ -121,11 +133,18 @@ class Options(usage.Options):
         [
             "stomp",
             None,
-            "tcp:61613",
+            None,
             "Endpoint for raw STOMP over TCP ('none' to disable). TCP and TLS endpoints "
-            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise.",
+            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise. Default: "
+            "tcp:61613, on 127.0.0.1 only with --auth none.",
         ],
-        ["http", None, "tcp:8080", "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api."],
+        [
+            "http",
+            None,
+            None,
+            "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api. Default: tcp:8080, "
+            "on 127.0.0.1 only with --auth none.",
+        ],
         [
             "allowed-origins",
             None,
@@ -259,6 +278,7 @@ class Options(usage.Options):
             "A TOML file of options (option names as keys, e.g. http = \"tcp:8080\"); "
             "options given on the command line win.",
         ],
+        *AUTH_PARAMETERS,
     ]
 
     def opt_version(self) -> None:
@@ -295,6 +315,7 @@ class Options(usage.Options):
             ) from None
         if isinstance(self["heartbeat"], str):  # the default is not coerced
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
+        self["unauthenticated-listeners"] = resolve_auth_options(self)
         for name in ("stomp", "http"):
             self[name] = _check_endpoint(name, self[name])
         self["allowed-origins"] = [
@@ -394,6 +415,10 @@ def makeService(options: Options) -> IService:
     if relay is not None:
         relay.listeners.append(chat.relayed)
 
+    authentication = build_authentication(options, reactor, pool)
+    warning = unauthenticated_warning(options["unauthenticated-listeners"], options)
+    if warning:
+        log.warn("{warning}", warning=warning)
     settings = SessionSettings(
         heartbeat=heartbeat,
         max_frame_size=options["max-frame-size"],
@@ -401,10 +426,11 @@ def makeService(options: Options) -> IService:
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
     )
-    # Anonymous access needs no link in the chain (an empty chain connects
-    # everyone anonymously), so the default hot path runs no interceptor.
-    # Authentication, when configured, is the chain's first link.
-    interceptors: list[Interceptor] = []
+    # Authentication is the chain's first link, in every mode: with --auth
+    # none it names the client after its login (or a guest name).
+    interceptors: list[Interceptor] = [
+        AuthenticationInterceptor(authentication.authenticator)
+    ]
     if options["send-rate"] > 0:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
@@ -413,6 +439,8 @@ def makeService(options: Options) -> IService:
     stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
 
     listeners = MultiService()
+    for service in authentication.services:  # started before the ports, stopped after
+        service.setServiceParent(listeners)
     if options["stomp"]:
         strports.service(options["stomp"], stomp_factory).setServiceParent(listeners)
     if options["http"]:
@@ -421,7 +449,17 @@ def makeService(options: Options) -> IService:
             allowed_origins=options["allowed-origins"],
             reactor=reactor,
         )
-        api = ChatApi(chat, store, max_page=options["max-history-page"])
+        api = ApiGate(
+            ChatApi(chat, store, max_page=options["max-history-page"]),
+            RestAuthenticator(
+                authentication.mode,
+                throttle=authentication.throttled,
+                jwt=authentication.jwt,
+                passwords=authentication.passwords,
+                login_tokens=authentication.login_tokens,
+            ),
+            options["allowed-origins"],
+        )
         site = build_site(
             ws_factory,
             health=lambda: {"connections": len(monitor), "unsaved": writer.pending_count},

@@ -17,6 +17,10 @@ from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 
 
+#: A listener on a free loopback port (``--auth none`` listens nowhere else unless told).
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
 def parse(*args: str) -> Options:
     options = Options()
     options.parseOptions(list(args))
@@ -27,10 +31,12 @@ def parse(*args: str) -> Options:
 
 
 def test_defaults():
-    """With no arguments the documented defaults apply, coerced to their types."""
+    """With no arguments the documented defaults apply, coerced to their types: no
+    authentication, so both listeners on loopback only."""
     options = parse()
-    assert options["stomp"] == "tcp:61613:backlog=1024"
-    assert options["http"] == "tcp:8080:backlog=1024"
+    assert options["auth"] == "none"
+    assert options["stomp"] == "tcp:61613:interface=127.0.0.1:backlog=1024"
+    assert options["http"] == "tcp:8080:interface=127.0.0.1:backlog=1024"
     assert options["allowed-origins"] == []
     assert options["max-frame-size"] == DEFAULT_MAX_FRAME_SIZE
     assert options["heartbeat"] == (10_000, 10_000)
@@ -40,6 +46,7 @@ def test_defaults():
 def test_every_option_is_parsed():
     """Each option given on the command line lands in the options, coerced."""
     options = parse(
+        "--auth", "none",
         "--stomp", "tcp:12345:interface=127.0.0.1",
         "--http", "tcp:0",
         "--allowed-origins", " https://*.example.com, chat.example.org:8443 ,,",
@@ -209,7 +216,7 @@ def _has_option(name: str) -> bool:
 
 def test_make_service_builds_a_multiservice_with_both_listeners(build):
     """The root is a MultiService holding the heart-beat monitor and TCP and HTTP listeners."""
-    root = build("--stomp", "tcp:0", "--http", "tcp:0")
+    root = build("--stomp", LOOPBACK, "--http", LOOPBACK)
     assert isinstance(root, MultiService)
     listeners = _listeners(root)
     assert len(listeners) == 2
@@ -222,7 +229,7 @@ def test_make_service_builds_a_multiservice_with_both_listeners(build):
 
 def test_make_service_wires_options_into_the_stomp_factory(build):
     """Heart-beat, frame size and slow-consumer options reach the sessions' settings."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--heartbeat", "2000,0",
+    root = build("--stomp", LOOPBACK, "--http", "none", "--heartbeat", "2000,0",
                  "--max-frame-size", "4096", "--slow-consumer-bytes", "777")
     (listener,) = _listeners(root)
     factory = listener.factory
@@ -238,14 +245,14 @@ def test_make_service_wires_options_into_the_stomp_factory(build):
 
 def test_make_service_without_stomp_listener(build):
     """--stomp none leaves only the HTTP listener."""
-    root = build("--stomp", "none", "--http", "tcp:0")
+    root = build("--stomp", "none", "--http", LOOPBACK)
     (listener,) = _listeners(root)
     assert isinstance(listener.factory, Site)
 
 
 def test_make_service_without_http_listener(build):
     """--http none leaves only the raw STOMP listener."""
-    root = build("--stomp", "tcp:0", "--http", "none")
+    root = build("--stomp", LOOPBACK, "--http", "none")
     (listener,) = _listeners(root)
     assert isinstance(listener.factory, StompFactory)
 
@@ -270,8 +277,9 @@ def test_plugin_points_at_this_module():
 def test_an_endpoint_keeps_its_own_backlog() -> None:
     """An endpoint string that sets backlog= keeps it; others get the larger default."""
     options = Options()
-    options.parseOptions(["--stomp", "tcp:0:backlog=7", "--http", "unix:/tmp/stomp-chat.sock"])
-    assert options["stomp"] == "tcp:0:backlog=7"
+    options.parseOptions(["--stomp", "tcp:0:interface=127.0.0.1:backlog=7",
+                          "--http", "unix:/tmp/stomp-chat.sock"])
+    assert options["stomp"] == "tcp:0:interface=127.0.0.1:backlog=7"
     assert options["http"] == "unix:/tmp/stomp-chat.sock"
 
 
