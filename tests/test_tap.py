@@ -16,7 +16,6 @@ from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 
-
 #: A listener on a free loopback port (``--auth none`` listens nowhere else unless told).
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 

@@ -176,9 +176,10 @@ def _transaction(config: DatabaseConfig) -> Iterator[tuple[Any, Dialect]]:
 
 
 def read_password(
-    from_stdin: bool, stdin: TextIO, prompt: Callable[[str], str] = getpass.getpass
+    from_stdin: bool, stdin: TextIO, prompt: Callable[[str], str] | None = None
 ) -> str:
     """The new password, from stdin's first line or typed twice at a prompt."""
+    prompt = prompt or getpass.getpass
     if from_stdin:
         password = stdin.readline().rstrip("\r\n")
     else:
