@@ -453,7 +453,7 @@ def makeService(options: Options) -> IService:
             ChatApi(chat, store, max_page=options["max-history-page"]),
             RestAuthenticator(
                 authentication.mode,
-                throttle=authentication.throttled,
+                gate=authentication.gate,
                 jwt=authentication.jwt,
                 passwords=authentication.passwords,
                 login_tokens=authentication.login_tokens,

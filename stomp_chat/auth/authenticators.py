@@ -161,26 +161,22 @@ class PasswordAuthenticator:
         return user_principal(user)
 
 
-class ThrottledAuthenticator:
-    """Slows repeated failures from one address (see ``FailureThrottle``)."""
+class FailureGate:
+    """Runs authentication attempts, slowing addresses that failed repeatedly
+    (see ``FailureThrottle``); shared by STOMP CONNECT and the REST API."""
 
-    def __init__(self, inner: Authenticator, throttle: FailureThrottle, clock: Any) -> None:
-        self.inner = inner
+    def __init__(self, throttle: FailureThrottle, clock: Any) -> None:
         self.throttle = throttle
         self.clock = clock
-
-    def authenticate(self, frame: Frame, connection: ConnectionInfo) -> Deferred[Principal]:
-        return self.attempt(connection, self.inner.authenticate, frame, connection)
 
     def attempt(self, connection: ConnectionInfo, check: Any, *args: Any) -> Deferred[Principal]:
         """Run ``check(*args)`` once the address may try again; count its failure."""
         address = connection.peer_host or connection.peer
         wait = self.throttle.delay(address)
+        d: Deferred[Principal]
         if wait > 0:
             log.info("slowing authentication from {address}: {wait:.1f}s after repeated "
                      "failures", address=address, wait=wait)
-        d: Deferred[Principal]
-        if wait > 0:
             d = deferLater(self.clock, wait, check, *args)
         else:
             d = maybeDeferred(check, *args)
@@ -191,3 +187,14 @@ class ThrottledAuthenticator:
             return failure
 
         return d.addErrback(failed)
+
+
+class ThrottledAuthenticator:
+    """An authenticator whose attempts pass a ``FailureGate``."""
+
+    def __init__(self, inner: Authenticator, gate: FailureGate) -> None:
+        self.inner = inner
+        self.gate = gate
+
+    def authenticate(self, frame: Frame, connection: ConnectionInfo) -> Deferred[Principal]:
+        return self.gate.attempt(connection, self.inner.authenticate, frame, connection)

@@ -9,6 +9,7 @@ from twisted.application.service import IService
 
 from stomp_chat.auth.authenticators import (
     Authenticator,
+    FailureGate,
     JwtAuthenticator,
     NoneAuthenticator,
     PasswordAuthenticator,
@@ -28,7 +29,7 @@ class Authentication:
 
     mode: str
     authenticator: Authenticator
-    throttled: ThrottledAuthenticator | None = None
+    gate: FailureGate | None = None
     jwt: JwtAuthenticator | None = None
     passwords: PasswordAuthenticator | None = None
     login_tokens: LoginTokens | None = None
@@ -38,11 +39,14 @@ class Authentication:
 def build_authentication(options: Any, clock: Any, pool: Any) -> Authentication:
     """From options checked by ``resolve_auth_options``."""
     mode = options["auth"]
-    throttle = FailureThrottle(
+    gate = FailureGate(
+        FailureThrottle(
+            clock,
+            burst=options["auth-failure-burst"],
+            refill_seconds=float(options["auth-failure-refill"]),
+            max_addresses=options["auth-failure-addresses"],
+        ),
         clock,
-        burst=options["auth-failure-burst"],
-        refill_seconds=float(options["auth-failure-refill"]),
-        max_addresses=options["auth-failure-addresses"],
     )
     if mode == AUTH_JWT:
         verifier = JwtVerifier(
@@ -54,17 +58,15 @@ def build_authentication(options: Any, clock: Any, pool: Any) -> Authentication:
             roles_claim=options["jwt-roles-claim"],
         )
         jwt = JwtAuthenticator(verifier)
-        throttled = ThrottledAuthenticator(jwt, throttle, clock)
-        return Authentication(mode, throttled, throttled, jwt=jwt)
+        return Authentication(mode, ThrottledAuthenticator(jwt, gate), gate, jwt=jwt)
     if mode == AUTH_PASSWORD:
         password_verifier = PasswordVerifier(clock)
         tokens = LoginTokens.from_options(
             clock, options["jwt-secret-file"], int(options["login-token-lifetime"])
         )
         passwords = PasswordAuthenticator(UserStore(pool), password_verifier, tokens)
-        throttled = ThrottledAuthenticator(passwords, throttle, clock)
         return Authentication(
-            mode, throttled, throttled, passwords=passwords, login_tokens=tokens,
-            services=[password_verifier],
+            mode, ThrottledAuthenticator(passwords, gate), gate, passwords=passwords,
+            login_tokens=tokens, services=[password_verifier],
         )
     return Authentication(mode, NoneAuthenticator())

@@ -22,14 +22,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from stomp_chat.auth.authenticators import (
     FAILED,
+    FailureGate,
     JwtAuthenticator,
     PasswordAuthenticator,
-    ThrottledAuthenticator,
     bearer_token,
     refused,
 )
 from stomp_chat.auth.origins import origin_allowed
-from stomp_chat.auth.tokens import LoginTokens, TokenRejected
+from stomp_chat.auth.tokens import JwtVerifier, LoginTokens, TokenRejected
 from stomp_chat.errors import AuthError
 from stomp_chat.identity import AUTH_JWT, AUTH_NONE, AUTH_PASSWORD, ConnectionInfo, Principal
 from stomp_chat.persistence import utc_isoformat
@@ -72,7 +72,7 @@ class RestAuthenticator:
         self,
         mode: str,
         *,
-        throttle: ThrottledAuthenticator | None = None,
+        gate: FailureGate | None = None,
         jwt: JwtAuthenticator | None = None,
         passwords: PasswordAuthenticator | None = None,
         login_tokens: LoginTokens | None = None,
@@ -82,7 +82,7 @@ class RestAuthenticator:
         if mode == AUTH_PASSWORD and (passwords is None or login_tokens is None):
             raise ValueError("password mode needs a PasswordAuthenticator and LoginTokens")
         self.mode = mode
-        self.throttle = throttle
+        self.gate = gate
         self.jwt = jwt
         self.passwords = passwords
         self.login_tokens = login_tokens
@@ -95,9 +95,9 @@ class RestAuthenticator:
         return ", ".join(schemes).encode("ascii")
 
     def _attempt(self, connection: ConnectionInfo, check: Any, *args: Any) -> Deferred[Principal]:
-        if self.throttle is None:
+        if self.gate is None:
             return maybeDeferred(check, *args)
-        return self.throttle.attempt(connection, check, *args)
+        return self.gate.attempt(connection, check, *args)
 
     def authenticate(self, request: Request) -> Deferred[Principal | None]:
         """Fires with the principal (``None`` in ``none`` mode) or fails with ``AuthError``."""
@@ -120,8 +120,11 @@ class RestAuthenticator:
         return fail(MissingCredentials("authentication required"))
 
     def _token(self, token: str, connection: ConnectionInfo) -> Principal:
-        verifier = self.jwt.verifier if self.jwt is not None else self.login_tokens
-        assert verifier is not None
+        verifier: JwtVerifier | LoginTokens | None = (
+            self.jwt.verifier if self.mode == AUTH_JWT and self.jwt else self.login_tokens
+        )
+        if verifier is None:
+            raise refused("no token accepted in this mode", connection, None)
         try:
             return verifier.verify(token)
         except TokenRejected as error:
