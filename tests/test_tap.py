@@ -10,8 +10,9 @@ from twisted.application.service import IService, IServiceCollection, MultiServi
 from twisted.python import usage
 from twisted.web.server import Site
 
+from stomp_chat.auth.authenticators import NoneAuthenticator
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
-from stomp_chat.session import SendRateInterceptor
+from stomp_chat.session import AuthenticationInterceptor, SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
@@ -315,21 +316,26 @@ def test_bad_session_limits_are_usage_errors(args):
 
 
 def test_session_limits_reach_the_sessions(build):
-    """The limit options land in SessionSettings; no send rate means an empty chain."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--max-transactions", "3",
+    """The limit options land in SessionSettings; no send rate means authentication (with
+    --auth none, naming clients after their login) is the chain's only link."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
                  "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
     (listener,) = _listeners(root)
     context = listener.factory.context
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
-    assert context.interceptors == []
+    (authentication,) = context.interceptors
+    assert isinstance(authentication, AuthenticationInterceptor)
+    assert isinstance(authentication.authenticator, NoneAuthenticator)
 
 
 def test_send_rate_adds_the_rate_interceptor(build):
-    """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--send-rate", "50", "--send-burst", "7")
+    """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain,
+    after authentication."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "50", "--send-burst", "7")
     (listener,) = _listeners(root)
-    (interceptor,) = listener.factory.context.interceptors
+    authentication, interceptor = listener.factory.context.interceptors
+    assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(interceptor, SendRateInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)

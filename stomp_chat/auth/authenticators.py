@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Generator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
@@ -34,12 +34,6 @@ FAILED_DETAIL = "the credentials were not accepted"
 TOKEN_PARAMETER = "access_token"
 
 
-class Authenticator(Protocol):
-    def authenticate(
-        self, frame: Frame, connection: ConnectionInfo
-    ) -> Principal | Deferred[Principal]: ...
-
-
 def refused(reason: str, connection: ConnectionInfo, login: str | None) -> AuthError:
     """Log why (never the secret) and build the error the client sees."""
     log.info(
@@ -49,6 +43,14 @@ def refused(reason: str, connection: ConnectionInfo, login: str | None) -> AuthE
         reason=reason,
     )
     return AuthError(FAILED, FAILED_DETAIL)
+
+
+class CredentialCheck(Protocol):
+    """What the mode's authenticators here share: a principal, or ``AuthError``."""
+
+    def authenticate(
+        self, frame: Frame, connection: ConnectionInfo
+    ) -> Principal | Deferred[Principal]: ...
 
 
 class NoneAuthenticator:
@@ -192,9 +194,12 @@ class FailureGate:
 class ThrottledAuthenticator:
     """An authenticator whose attempts pass a ``FailureGate``."""
 
-    def __init__(self, inner: Authenticator, gate: FailureGate) -> None:
+    def __init__(self, inner: CredentialCheck, gate: FailureGate) -> None:
         self.inner = inner
         self.gate = gate
 
-    def authenticate(self, frame: Frame, connection: ConnectionInfo) -> Deferred[Principal]:
-        return self.gate.attempt(connection, self.inner.authenticate, frame, connection)
+    def authenticate(
+        self, frame: Frame, connection: ConnectionInfo
+    ) -> Deferred[Principal | None]:
+        attempt = self.gate.attempt(connection, self.inner.authenticate, frame, connection)
+        return cast("Deferred[Principal | None]", attempt)

@@ -8,7 +8,6 @@ from typing import Any
 from twisted.application.service import IService
 
 from stomp_chat.auth.authenticators import (
-    Authenticator,
     FailureGate,
     JwtAuthenticator,
     NoneAuthenticator,
@@ -20,6 +19,7 @@ from stomp_chat.auth.throttle import FailureThrottle
 from stomp_chat.auth.tokens import JwtVerifier, LoginTokens
 from stomp_chat.auth.users import UserStore
 from stomp_chat.identity import AUTH_JWT, AUTH_PASSWORD
+from stomp_chat.session.authentication import Authenticator
 
 
 @dataclass
