@@ -71,6 +71,7 @@ def test_the_config_file_may_say_auth(tmp_path: Path):
          "--jwt-public-key-file: cannot read"),
         (["--login-token-lifetime", "0"], "must be positive"),
         (["--auth-failure-refill", "soon"], "must be a number"),
+        (["--jwt-leeway", "-1"], "must be zero or more"),
     ],
 )
 def test_unusable_settings_are_usage_errors(args, message):

@@ -55,11 +55,13 @@ def rs_verifier(tmp_path: Path, **kwargs) -> JwtVerifier:
 
 
 def test_valid_hs256_token_gives_the_principal():
-    """A valid HS256 token yields sub as the user id, the name claim, roles and expiry."""
+    """A valid HS256 token yields sub as the user id, the name claim, roles, and the expiry
+    (exp plus the tolerated clock skew) at which the session must end."""
     token = hs256(claims("u-1", now=NOW, name="Alice", roles=["admin", "ops"]))
-    principal = hs_verifier().verify(token)
+    principal = hs_verifier(leeway=0).verify(token)
     assert principal == Principal("u-1", "Alice", frozenset({"admin", "ops"}), AUTH_JWT,
                                   expires_at=NOW + 600)
+    assert hs_verifier(leeway=30).verify(token).expires_at == NOW + 630
     assert principal.claims["sub"] == "u-1"
 
 

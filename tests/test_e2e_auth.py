@@ -228,6 +228,31 @@ def test_stompjs_logs_in_with_a_jwt(jwt_server):
     assert bad["connected"] is False and bad["error"] == "authentication failed"
 
 
+def test_a_session_ends_when_its_token_expires(tmp_path):
+    """A session connected with a token that expires in two seconds is closed with ERROR
+    'token expired' once it does."""
+    server = start(tmp_path, "--auth", "jwt", f"--jwt-secret-file={write_secret(tmp_path)}",
+                   "--jwt-leeway=0", "--heartbeat=500,500",
+                   f"--database=sqlite:///{tmp_path}/chat.db")
+    try:
+        short = hs256(claims("brief", lifetime=2))
+        sock = websocket.create_connection(server.ws_url, subprotocols=["v12.stomp"],
+                                           timeout=WAIT)
+        try:
+            sock.send(f"CONNECT\naccept-version:1.2\nheart-beat:0,0\npasscode:{short}\n\n\x00")
+            assert str(sock.recv()).startswith("CONNECTED\n")
+            began = time.monotonic()
+            reply = str(sock.recv())
+            while not reply.startswith("ERROR"):  # heart-beats
+                reply = str(sock.recv())
+        finally:
+            sock.close()
+        assert "message:token expired" in reply.split("\n\n")[0].split("\n")
+        assert time.monotonic() - began < WAIT
+    finally:
+        server.stop()
+
+
 def test_rest_api_with_a_jwt(jwt_server):
     """REST takes the same Bearer tokens; without one it answers 401."""
     base = jwt_server.http_url

@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from stomp_chat.auth.throttle import DEFAULT_BURST, DEFAULT_MAX_ADDRESSES, DEFAULT_REFILL_SECONDS
 from stomp_chat.auth.tokens import (
+    DEFAULT_LEEWAY,
     DEFAULT_LOGIN_TOKEN_LIFETIME,
     DEFAULT_NAME_CLAIM,
     DEFAULT_ROLES_CLAIM,
@@ -43,6 +44,20 @@ def _positive_number(name: str) -> Any:
         return number
 
     coerce.coerceDoc = "A positive number."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _non_negative_number(name: str) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, not {value!r}") from None
+        if not 0 <= number < float("inf"):
+            raise ValueError(f"{name} must be zero or more, not {value}")
+        return number
+
+    coerce.coerceDoc = "A number of seconds, 0 or more."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -76,6 +91,9 @@ AUTH_PARAMETERS: list[list[Any]] = [
      "--auth jwt: PEM public key verifying RS256 (RSA), ES256 (EC P-256) or EdDSA tokens."],
     ["jwt-audience", None, None, "--auth jwt: the aud claim tokens must carry."],
     ["jwt-issuer", None, None, "--auth jwt: the iss claim tokens must carry."],
+    ["jwt-leeway", None, DEFAULT_LEEWAY,
+     "--auth jwt: seconds of clock difference tolerated on exp and nbf.",
+     _non_negative_number("--jwt-leeway")],
     ["jwt-name-claim", None, DEFAULT_NAME_CLAIM,
      "--auth jwt: the claim holding the user's display name (falls back to sub)."],
     ["jwt-roles-claim", None, DEFAULT_ROLES_CLAIM,

@@ -56,6 +56,7 @@ def build_authentication(options: Any, clock: Any, pool: Any) -> Authentication:
             issuer=options["jwt-issuer"],
             name_claim=options["jwt-name-claim"],
             roles_claim=options["jwt-roles-claim"],
+            leeway=float(options["jwt-leeway"]),
         )
         jwt = JwtAuthenticator(verifier)
         return Authentication(mode, ThrottledAuthenticator(jwt, gate), gate, jwt=jwt)

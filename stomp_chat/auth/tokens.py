@@ -138,7 +138,8 @@ class JwtVerifier:
             name=name,
             roles=_roles(claims.get(self.roles_claim)),
             method=self.method,
-            expires_at=expires,
+            # the session ends when this server would refuse the token at CONNECT
+            expires_at=None if expires is None else expires + self.leeway,
             claims=claims,
         )
 
