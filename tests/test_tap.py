@@ -339,3 +339,17 @@ def test_send_rate_adds_the_rate_interceptor(build):
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(interceptor, SendRateInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
+
+
+def test_none_beyond_loopback_warns_at_start_up(build):
+    """An explicit --auth none on a public interface builds, with a warning in the log."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        build("--auth", "none", "--stomp", "tcp:0", "--http", "none")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert any("--auth none: anyone who reaches tcp:0" in text for text in warnings), warnings
