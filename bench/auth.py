@@ -88,6 +88,7 @@ def summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         ("set-up: server CPU µs per connection", idle, "server_setup_cpu_us_per_conn", 0),
         ("set-up: wall time (s)", idle, "setup_s", 1),
         ("server memory per connection (KiB)", idle, "server_kb_per_conn", 1),
+        ("other processes' cores busy (chat path)", fanout, "other_cores", 2),
     ]
     for label, source, key, digits in rows:
         values = {m: run.med(source[m], key) for m in MODES}
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--password-conns", type=int, default=200,
                     help="connections set up in password mode (each costs an Argon2 check)")
     ap.add_argument("--idle-hold", type=float, default=3.0)
+    ap.add_argument("--quiet-threshold", type=float, default=0.3,
+                    help="cores busy by other processes tolerated before a run")
+    ap.add_argument("--quiet-wait", type=float, default=20.0,
+                    help="longest wait for the machine to quieten before each run (s)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--extra", action="append", default=[],
                     help="extra stomp-chat option for every mode (repeatable)")
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "floor_ws_port", "floor_tcp_port"):
                         setattr(opts, port, run.free_port())
                     targets = run.Targets(opts)
+                    load = run.wait_quiet(opts.quiet_threshold, opts.quiet_wait)
                     opts.idle_conns = opts.password_conns if mode == "password" \
                         else opts.idle_conns_all
                     server = start(targets, mode, secret_file, secret)
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         result = run.run_one(scenario, server, opts)
                     finally:
                         server.cleanup()
+                    result["load_before"] = load
                     results[scenario].setdefault(mode, []).append(result)
                     if "failed" in result:
                         run.log(f"  failed: {result['failed']} {result.get('stderr', '')[:300]}")
