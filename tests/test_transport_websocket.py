@@ -181,11 +181,16 @@ def test_request_without_origin_is_allowed():
 
 
 def test_same_origin_request_is_allowed():
-    """A browser on the server's own origin may connect, with the Host header's port."""
+    """A browser on the address the connection reached (not the Host header) may connect."""
     factory = make_factory()
-    req = request(["v12.stomp"], origin="http://chat.example.com:8080",
-                  host="chat.example.com:8080")
-    assert handshake(factory, req) == "v12.stomp"
+    protocol = factory.buildProtocol(None)
+    protocol.transport = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.7", 8080))
+    req = request(["v12.stomp"], origin="http://192.0.2.7:8080", host="192.0.2.7:8080")
+    assert protocol.onConnect(req) == "v12.stomp"
+    rebound = request(["v12.stomp"], origin="http://chat.example.com:8080",
+                      host="chat.example.com:8080")
+    with pytest.raises(ConnectionDeny):
+        protocol.onConnect(rebound)
 
 
 def test_foreign_origin_is_denied():
