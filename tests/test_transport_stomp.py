@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest_twisted
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -19,7 +20,7 @@ from stomp_chat.identity import Principal
 from stomp_chat.session import State
 from stomp_chat.stomp.frame import Frame, encode_frame
 from stomp_chat.transport.limits import ConnectionCounter
-from stomp_chat.transport.stomp import StompFactory, StompProtocol
+from stomp_chat.transport.stomp import StompFactory, StompProtocol, queued_bytes
 from tests.rawclients import (
     SMALL_RCVBUF,
     open_socket,
@@ -142,7 +143,7 @@ def test_slow_consumer_is_aborted_after_the_linger():
     clock, context, protocol, transport = connect(slow_consumer_bytes=1000, close_linger=5.0)
     login(protocol, transport)
     protocol.pauseProducing()
-    publish(context, 600, count=3)
+    publish(context, 600, count=5)
     assert transport.aborts == 0
     clock.advance(4.9)
     assert transport.aborts == 0
@@ -193,16 +194,54 @@ def test_a_frame_larger_than_the_bound_in_flight_is_not_falling_behind():
 
 
 def test_falling_behind_beyond_the_largest_frame_is_cut():
-    """Past the bound plus the largest frame written while paused, the client is cut."""
+    """Once what waits beyond the largest frame in flight passes the bound, the client is cut."""
     _, context, protocol, transport = connect(slow_consumer_bytes=1000)
     login(protocol, transport)
     protocol.pauseProducing()
     publish(context, 5000)
     publish(context, 500)
+    publish(context, 600)  # about 1,200 bytes wait beyond the 5,000-byte frame...
     assert not transport.disconnecting
-    publish(context, 600)
+    publish(context, 100)  # ...so the next write finds the client behind
     assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
     assert transport.disconnecting
+
+
+def _socket_buffer(held: int) -> FileDescriptor:
+    """A Twisted FileDescriptor whose write buffer holds ``held`` bytes."""
+    socket_transport = FileDescriptor()
+    socket_transport.dataBuffer = b"x" * held
+    return socket_transport
+
+
+def test_a_reader_keeping_up_is_never_cut_however_long_its_buffer_stays_full():
+    """With the socket's buffer measured, a client that reads what it is sent is not cut,
+    even when far more than the bound passes through while Twisted never resumes."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    protocol.pauseProducing()
+    for _ in range(200):  # 200 x 300 bytes: 60 times the bound, never resumed
+        transport.socket_transport = _socket_buffer(200)  # the reader took all but a little
+        publish(context, 250)
+    assert not transport.disconnecting
+    transport.socket_transport = _socket_buffer(5000)  # now it has stopped reading
+    publish(context, 250)
+    assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
+    assert transport.disconnecting
+
+
+def test_queued_bytes_reads_a_real_socket_transport():
+    """queued_bytes reads a Twisted TCP transport's buffer; other transports give None."""
+    from twisted.internet import tcp
+
+    assert queued_bytes(StringTransport()) is None
+    connection = tcp.Connection.__new__(tcp.Connection)
+    FileDescriptor.__init__(connection)
+    assert queued_bytes(connection) == 0
+    connection._tempDataBuffer.append(b"x" * 10)
+    connection._tempDataLen += 10
+    connection.dataBuffer, connection.offset = b"y" * 100, 30
+    assert queued_bytes(connection) == 80
 
 
 def test_resume_resets_the_backlog():
@@ -223,7 +262,7 @@ def test_stop_producing_counts_as_paused():
     _, context, protocol, transport = connect(slow_consumer_bytes=1000)
     login(protocol, transport)
     protocol.stopProducing()
-    publish(context, 600, count=3)
+    publish(context, 600, count=5)
     assert frames_of(transport.value())[-1].command == "ERROR"
 
 

@@ -59,6 +59,11 @@ class WebSocketFrameTransport:
         """The connection under the WebSocket (TCP, or TLS over TCP)."""
         return self._ws.transport
 
+    @property
+    def socket_transport(self) -> Any:
+        """The same, for flow control that measures what the socket holds."""
+        return self._ws.transport
+
     def write(self, data: bytes) -> None:
         """Send one STOMP frame as one WebSocket message.
 
