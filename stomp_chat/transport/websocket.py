@@ -242,8 +242,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         stomp, self.stomp = self.stomp, None
         if stomp is not None:
-            reason = f"websocket closed ({code}{', ' + reason if reason else ''})"
-            stomp.connectionLost(Failure(ConnectionError(reason)))
+            # The code only: the reason text is the client's, unfit for a log line.
+            stomp.connectionLost(Failure(ConnectionError(f"websocket closed ({code})")))
 
 
 class StompWebSocketFactory(WebSocketServerFactory):
