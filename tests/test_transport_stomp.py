@@ -20,7 +20,7 @@ from stomp_chat.identity import Principal
 from stomp_chat.session import State
 from stomp_chat.stomp.frame import Frame, encode_frame
 from stomp_chat.transport.limits import ConnectionCounter
-from stomp_chat.transport.stomp import StompFactory, StompProtocol, queued_bytes
+from stomp_chat.transport.stomp import StompFactory, StompProtocol
 from tests.rawclients import (
     SMALL_RCVBUF,
     open_socket,
@@ -228,20 +228,6 @@ def test_a_reader_keeping_up_is_never_cut_however_long_its_buffer_stays_full():
     publish(context, 250)
     assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
     assert transport.disconnecting
-
-
-def test_queued_bytes_reads_a_real_socket_transport():
-    """queued_bytes reads a Twisted TCP transport's buffer; other transports give None."""
-    from twisted.internet import tcp
-
-    assert queued_bytes(StringTransport()) is None
-    connection = tcp.Connection.__new__(tcp.Connection)
-    FileDescriptor.__init__(connection)
-    assert queued_bytes(connection) == 0
-    connection._tempDataBuffer.append(b"x" * 10)
-    connection._tempDataLen += 10
-    connection.dataBuffer, connection.offset = b"y" * 100, 30
-    assert queued_bytes(connection) == 80
 
 
 def test_resume_resets_the_backlog():

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -30,6 +28,7 @@ from stomp_chat.session import ServerContext, State, StompSession
 from stomp_chat.stomp.frame import V1_0, Frame, FrameError, encode_frame, unescape_header
 from stomp_chat.transport.connection import connection_info_from_transport
 from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS, ConnectionCounter
+from stomp_chat.transport.sockets import queued_bytes, set_no_delay
 
 log = Logger()
 
@@ -305,32 +304,6 @@ def _error_message(data: bytes, version: str) -> str:
     return "ERROR"
 
 
-def queued_bytes(transport: Any) -> int | None:
-    """Bytes a Twisted socket transport holds that the kernel has not taken yet.
-
-    Read from ``FileDescriptor``'s write buffer (``dataBuffer`` past ``offset``,
-    plus writes not yet joined into it), looking through TLS and the WebSocket
-    adapter to the socket; ``None`` for a transport without such a buffer.
-    """
-    for _ in range(4):
-        lower = getattr(transport, "socket_transport", None)
-        if lower is None and isinstance(transport, TLSMemoryBIOProtocol):
-            lower = transport.transport
-        if lower is None:
-            break
-        transport = lower
-    if not isinstance(transport, FileDescriptor):
-        return None
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-
-def set_no_delay(transport: Any) -> None:
-    """Send small frames at once: Nagle's algorithm meeting delayed ACKs costs 40 ms."""
-    set_option = getattr(transport, "setTcpNoDelay", None)
-    if set_option is not None:
-        set_option(True)
-
-
 class RefusedConnection(Protocol):
     """Tells a client over the per-address cap so in a STOMP ERROR, then closes."""
 
@@ -395,5 +368,4 @@ __all__ = [
     "RefusedConnection",
     "StompFactory",
     "StompProtocol",
-    "set_no_delay",
 ]

@@ -31,7 +31,8 @@ from zope.interface import implementer
 from stomp_chat.identity import ConnectionInfo
 from stomp_chat.transport.connection import connection_info_from_request, peer_of
 from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS
-from stomp_chat.transport.stomp import StompFactory, StompProtocol, set_no_delay
+from stomp_chat.transport.sockets import set_no_delay
+from stomp_chat.transport.stomp import StompFactory, StompProtocol
 
 log = Logger()
 
