@@ -9,7 +9,7 @@ directly.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,11 +66,19 @@ class AppRouter:
     def __init__(self) -> None:
         self._exact: dict[str, Handler] = {}
         self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+        self._requirements: dict[Handler, tuple[str, ...]] = {}
 
-    def add(self, path: str, handler: Handler) -> None:
-        """Register ``handler`` for ``/app`` + ``path``, e.g. ``/rooms/{roomId}/send``."""
+    def add(self, path: str, handler: Handler, requires: Iterable[str] | None = None) -> None:
+        """Register ``handler`` for ``/app`` + ``path``, e.g. ``/rooms/{roomId}/send``.
+
+        ``requires`` names who may send there, as the authorization rules
+        write it (``["role:ops"]``, ``["user:alice"]``); by default anyone
+        authenticated. It is not enforced with ``--auth none``.
+        """
         if not path.startswith("/"):
             raise ValueError(f"application paths start with '/': {path!r}")
+        if requires is not None:
+            self._requirements[handler] = tuple(requires)
         destination = APP_PREFIX.rstrip("/") + path
         if "{" not in path:
             self._exact[destination] = handler
@@ -100,6 +108,14 @@ class AppRouter:
             if match:
                 return candidate, match.groupdict()
         raise NoHandler(f"no application handler for {destination}")
+
+    def requirement(self, destination: str) -> tuple[str, ...] | None:
+        """What the route of ``destination`` requires of a sender (None: no declaration).
+
+        Raises NoHandler when no route matches.
+        """
+        handler, _ = self.resolve(destination)
+        return self._requirements.get(handler)
 
     def dispatch(self, frame: Frame, context: AppContext) -> Deferred[Any] | None:
         """Run the handler of the frame's destination."""

@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS schema_version (
 #: message up by its message_id, so no plain index replaces it.
 _DROP_MESSAGE_ID_UNIQUE = "messages: no unique index on message_id ((room_id, seq) implies it)"
 
+#: Private rooms: read and written only by their members (room_members).
+_PRIVATE_ROOMS = "rooms: private flag (members only)"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -118,6 +121,11 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE messages_v2 RENAME TO messages",
         ),
     ),
+    Migration(
+        3,
+        _PRIVATE_ROOMS,
+        ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT 0",),
+    ),
 )
 
 _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -164,6 +172,11 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         _DROP_MESSAGE_ID_UNIQUE,
         # The name PostgreSQL gave the UNIQUE of migration 1; dropping it is instant.
         ("ALTER TABLE messages DROP CONSTRAINT messages_message_id_key",),
+    ),
+    Migration(
+        3,
+        _PRIVATE_ROOMS,
+        ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE",),
     ),
 )
 
