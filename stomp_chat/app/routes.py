@@ -66,7 +66,8 @@ class AppRouter:
     def __init__(self) -> None:
         self._exact: dict[str, Handler] = {}
         self._patterns: list[tuple[re.Pattern[str], Handler]] = []
-        self._requirements: dict[Handler, tuple[str, ...]] = {}
+        #: Per registered destination (exact, or the regex text of a pattern).
+        self._requirements: dict[str, tuple[str, ...]] = {}
 
     def add(self, path: str, handler: Handler, requires: Iterable[str] | None = None) -> None:
         """Register ``handler`` for ``/app`` + ``path``, e.g. ``/rooms/{roomId}/send``.
@@ -77,11 +78,11 @@ class AppRouter:
         """
         if not path.startswith("/"):
             raise ValueError(f"application paths start with '/': {path!r}")
-        if requires is not None:
-            self._requirements[handler] = tuple(requires)
         destination = APP_PREFIX.rstrip("/") + path
         if "{" not in path:
             self._exact[destination] = handler
+            if requires is not None:
+                self._requirements[destination] = tuple(requires)
             return
         parts = _VARIABLE.split(destination)  # literal, name, literal, ...
         regex = "".join(
@@ -89,6 +90,8 @@ class AppRouter:
             for i, part in enumerate(parts)
         )
         self._patterns.append((re.compile(regex + r"\Z"), handler))
+        if requires is not None:
+            self._requirements[regex + r"\Z"] = tuple(requires)
 
     def route(self, path: str) -> Callable[[Handler], Handler]:
         """Decorator form of ``add``."""
@@ -114,8 +117,12 @@ class AppRouter:
 
         Raises NoHandler when no route matches.
         """
-        handler, _ = self.resolve(destination)
-        return self._requirements.get(handler)
+        if destination in self._exact:
+            return self._requirements.get(destination)
+        for regex, _ in self._patterns:
+            if regex.match(destination):
+                return self._requirements.get(regex.pattern)
+        raise NoHandler(f"no application handler for {destination}")
 
     def dispatch(self, frame: Frame, context: AppContext) -> Deferred[Any] | None:
         """Run the handler of the frame's destination."""
