@@ -205,6 +205,7 @@ class ChatApi(Resource):
         access = self.access
         if access is None:
             return self._room(raw_id).addCallback(lambda room: (room, False))
+        access.caller(request)  # 401 before saying whether the room exists
         return self._room(raw_id).addCallback(
             lambda room: access.check_read(request, room.id).addCallback(
                 lambda private: (room, private)
@@ -244,6 +245,7 @@ class ChatApi(Resource):
             raise ApiError(400, "invalid-id", "userId must be a non-empty string")
         if not access.enforce and member_id is None:
             member_id = _positive(None, "memberId")
+        access.caller(request)
 
         def join(room: Room) -> Deferred[tuple[int, Any]]:
             return access.join(request, room.id, member_id, user_id).addCallback(
@@ -269,6 +271,8 @@ class ChatApi(Resource):
                 return self.access.leave(request, room.id, member).addCallback(left)
             return self.store.leave_room(room.id, member).addCallback(left)
 
+        if self.access is not None:
+            self.access.caller(request)
         return self._room(room_id).addCallback(leave)
 
     # -- history --------------------------------------------------------------
