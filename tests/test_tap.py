@@ -419,3 +419,25 @@ def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case
         [line] = [line for line in output.splitlines() if cause in line]
         assert "cannot start" in line or "--" in line
     assert "Site starting on" not in log, "nothing may serve HTTP"
+
+
+def test_destination_rules_come_from_the_config_file(tmp_path: Path) -> None:
+    """The config file's [[rules]] become the authorization rules; options still parse."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text(
+        'history-size = 12\n\n[[rules]]\ndestination = "/topic/ops.**"\n'
+        'subscribe = ["role:ops"]\nsend = ["user:alice"]\n'
+    )
+    options = parse("--config", str(config))
+    assert options["history-size"] == 12
+    assert len(options["rules"]) == 1
+    assert options["rules"].rules[0].pattern.text == "/topic/ops.**"
+    assert len(parse()["rules"]) == 0
+
+
+def test_a_bad_rule_in_the_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A malformed rule stops start-up with a usage error naming the rule."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text('[[rules]]\ndestination = "/topic/x"\nsend = ["group:ops"]\n')
+    with pytest.raises(usage.UsageError, match="rule 1"):
+        parse("--config", str(config))
