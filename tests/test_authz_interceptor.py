@@ -145,6 +145,14 @@ def test_user_destinations() -> None:
     setup.run("SEND", "/user/alice/queue/pager", OPS)
 
 
+def test_a_user_id_with_a_slash_gets_no_user_destinations() -> None:
+    """User "bob/queue" subscribing to /user/queue/x would route as bob's /user/queue/queue/x:
+    refused."""
+    setup = Setup()
+    with pytest.raises(AuthError):
+        setup.run("SUBSCRIBE", "/user/queue/x", Principal("bob/queue", "Mallory"))
+
+
 def test_configured_rules_decide_and_the_rest_is_denied() -> None:
     """Rules allow by user and role; a destination no rule allows is refused."""
     setup = Setup()

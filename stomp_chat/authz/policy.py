@@ -96,6 +96,10 @@ class DestinationPolicy:
         if principal is None:
             return "not authenticated"
         if destination.startswith(USER_PREFIX):
+            if "/" in principal.user_id:
+                # /user/{id}/queue/x routes by the text before the next "/": such an id
+                # would share another user's queues.
+                return "user ids containing '/' have no user destinations"
             if destination.startswith(_OWN_USER_DESTINATION):
                 return None
             return "a client may subscribe to its own /user/queue/... only"
