@@ -574,6 +574,9 @@ def makeService(options: Options) -> IService:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
+    # Authorization in every mode: even with --auth none, no client may publish
+    # to a destination the application owns (the rooms' topics).
+    interceptors.append(authorization.interceptor)
     context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
     stomp_factory = StompFactory(
         context,

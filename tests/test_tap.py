@@ -11,6 +11,7 @@ from twisted.application.service import IService, IServiceCollection, MultiServi
 from twisted.python import usage
 from twisted.web.server import Site
 
+from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.session import SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
@@ -352,7 +353,8 @@ def test_bad_session_limits_are_usage_errors(args):
 
 
 def test_session_limits_reach_the_sessions(build):
-    """The limit options land in SessionSettings; no send rate means an empty chain."""
+    """The limit options land in SessionSettings; no send rate means a chain of authorization
+    only."""
     root = build("--stomp", "tcp:0", "--http", "none", "--max-transactions", "3",
                  "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
     (listener,) = _listeners(root)
@@ -360,15 +362,16 @@ def test_session_limits_reach_the_sessions(build):
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
-    assert context.interceptors == []
+    assert [type(i) for i in context.interceptors] == [AuthorizationInterceptor]
 
 
 def test_send_rate_adds_the_rate_interceptor(build):
     """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain."""
     root = build("--stomp", "tcp:0", "--http", "none", "--send-rate", "50", "--send-burst", "7")
     (listener,) = _listeners(root)
-    (interceptor,) = listener.factory.context.interceptors
+    interceptor, authorization = listener.factory.context.interceptors
     assert isinstance(interceptor, SendRateInterceptor)
+    assert isinstance(authorization, AuthorizationInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
 
 
