@@ -15,7 +15,6 @@ an ``ENTER`` is always admitted before the ``TALK`` that follows it.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -55,6 +54,18 @@ class ChatGate:
             queued: Deferred[ChatRequest] = Deferred()
             waiting.append((request, principal, queued))
             return queued
+        if principal is not None:
+            # The common case, from the caches alone: a known member speaking as itself.
+            rooms = self.rooms
+            member_id = rooms.cached_member_id(principal)
+            if (
+                member_id is not None
+                and (request.sender_id == 0 or request.sender_id == member_id)
+                and rooms.cached_is_member(request.room_id, member_id)
+            ):
+                return ChatRequest(
+                    request.type, request.room_id, member_id, request.text, principal.name
+                )
         result = self._check(request, principal)
         if not isinstance(result, Deferred):
             return result
@@ -90,7 +101,9 @@ class ChatGate:
                 raise ApplicationError(
                     f"senderId must be your own ({member_id}) or left out", code=FORBIDDEN
                 )
-            admitted = replace(request, sender_id=member_id, sender_name=principal.name)
+            admitted = ChatRequest(
+                request.type, request.room_id, member_id, request.text, principal.name
+            )
             return then(
                 rooms.is_member(request.room_id, member_id),
                 lambda member: admitted if member else self._not_member(admitted, member_id),

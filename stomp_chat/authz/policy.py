@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stomp_chat.app.chat import ROOM_TOPIC_PREFIX
 from stomp_chat.app.routes import AppRouter, NoHandler
 from stomp_chat.authz.patterns import DestinationPattern
 from stomp_chat.authz.rooms import MaybeDeferred, RoomAccess
 from stomp_chat.authz.rules import SEND, SUBSCRIBE, Grant, RuleSet, admitted
 from stomp_chat.broker import APP_PREFIX, USER_PREFIX
 from stomp_chat.identity import Principal
-
-ROOM_TOPIC_PREFIX = "/topic/chat/room/"
 
 #: Destinations only the application publishes to.
 APPLICATION_OWNED = (
@@ -57,20 +56,28 @@ class DestinationPolicy:
         self.rooms = rooms
         self.router = router
         self.owned = tuple(owned)
+        #: Route requirements, parsed once (one entry per declared route).
+        self._grants: dict[tuple[str, ...], tuple[Grant, ...]] = {}
 
     def application_owned(self, destination: str) -> bool:
+        if destination.startswith(ROOM_TOPIC_PREFIX):
+            return True
         return any(pattern.matches(destination) for pattern in self.owned)
 
     def may_send(self, destination: str, principal: Principal | None) -> str | None:
         """None if allowed, else the reason it is not."""
+        if destination.startswith(APP_PREFIX):  # the chat's path: checked first, and no
+            if not self.enforce:  # /app destination is application-owned
+                return None
+            if principal is None:
+                return "not authenticated"
+            return self._may_use_route(destination, principal)
         if self.application_owned(destination):
             return f"{destination} is published by the server only"
         if not self.enforce:
             return None
         if principal is None:
             return "not authenticated"
-        if destination.startswith(APP_PREFIX):
-            return self._may_use_route(destination, principal)
         decided = self.rules.decide(SEND, destination, principal)
         if decided is None and destination.startswith(USER_PREFIX):
             decided = True  # direct messages between signed-in users
@@ -83,7 +90,12 @@ class DestinationPolicy:
             required = self.router.requirement(destination)
         except NoHandler:
             return None  # the session answers an unknown /app destination itself
-        if required is None or admitted((Grant.parse(g) for g in required), principal):
+        if required is None:
+            return None
+        grants = self._grants.get(required)
+        if grants is None:
+            grants = self._grants[required] = tuple(Grant.parse(g) for g in required)
+        if admitted(grants, principal):
             return None
         return f"you may not send to {destination}"
 

@@ -136,6 +136,15 @@ class RoomAccess:
 
         return store.get_member_by_name(name).addCallback(found)
 
+    def cached_member_id(self, principal: Principal) -> int | None:
+        """The principal's member id if it is cached (no look-up started)."""
+        member_id: int | None = self._members.cache.get(principal.user_id)
+        return member_id
+
+    def cached_is_member(self, room_id: int, member_id: int) -> bool:
+        """True only if membership is cached as true (no look-up started)."""
+        return self._membership.cache.get((room_id, member_id)) is True
+
     def is_private(self, room_id: int) -> MaybeDeferred[bool]:
         """Whether a room is private; a missing room is created, public.
 
