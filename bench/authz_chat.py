@@ -7,8 +7,10 @@ behind to the in-memory store) and fanned out to transports that discard the byt
 - ``none``: the seed's path, no interceptor and no chat gate;
 - ``none+authz``: ``--auth none`` as served: the authorization interceptor guards the
   application-owned destinations;
+- ``authn``: principals from CONNECT (an authentication interceptor), no authorization;
 - ``enforced``: principals from CONNECT, the authorization interceptor and the chat gate
-  (sender identity and membership, from a warm cache).
+  (sender identity and membership, from a warm cache). Against ``authn`` it shows what
+  authorization alone costs.
 
     python bench/authz_chat.py [--messages 100000] [--subscribers 4]
 """
@@ -77,9 +79,9 @@ def run(variant: str, messages: int, subscribers: int, batch: int = 50) -> tuple
     gate = ChatGate(rooms) if enforce else None
     ChatService(store, writer, broker, clock, gate=gate).register(router)
     interceptors: list = []
-    if enforce:
+    if variant in ("authn", "enforced"):
         interceptors.append(AuthenticationInterceptor(LoginAuthenticator()))
-    if variant != "none":
+    if variant in ("none+authz", "enforced"):
         policy = DestinationPolicy(enforce=enforce, rooms=rooms, router=router)
         interceptors.append(AuthorizationInterceptor(policy))
     context = ServerContext(
@@ -134,7 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     baseline = None
-    for variant in ("none", "none+authz", "enforced"):
+    for variant in ("none", "none+authz", "authn", "enforced"):
         samples = []
         fanout = 0
         for _ in range(args.repeats):
