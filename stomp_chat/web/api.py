@@ -243,7 +243,7 @@ class ChatApi(Resource):
         member_id = None if raw_member is None else _positive(raw_member, "memberId")
         if user_id is not None and (not isinstance(user_id, str) or not user_id):
             raise ApiError(400, "invalid-id", "userId must be a non-empty string")
-        if not access.enforce and member_id is None:
+        if not access.enforce and member_id is None and user_id is None:
             member_id = _positive(None, "memberId")
         access.caller(request)
 
