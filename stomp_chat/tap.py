@@ -537,6 +537,7 @@ def makeService(options: Options) -> IService:
         pool=pool,
         clock=reactor,
         router=router,
+        broker=broker,
         rules=options["rules"],
         cache_size=options["room-cache-size"],
         cache_ttl=options["room-cache-ttl"],

@@ -172,7 +172,7 @@ async def _serve(database: TestDatabase, mode: str) -> AsyncIterator[Server]:
     broker, router = Broker(), AppRouter()
     authorization = build_authorization(
         auth_mode=mode, chat_store=store, pool=pool, clock=reactor, router=router,
-        rules=RuleSet.from_config(RULES),
+        broker=broker, rules=RuleSet.from_config(RULES),
     )
     chat = ChatService(store, writer, broker, reactor, gate=authorization.gate)
     chat.register(router)
@@ -368,3 +368,30 @@ async def test_configured_rules_are_enforced(server: Server) -> None:
     snoop = await server.connect("bob", "ws")
     await run(snoop.subscribe, "/topic/ops.alerts")
     await run(snoop.wait_for, lambda: snoop.errors, "ERROR")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+@pytest_twisted.ensureDeferred
+async def test_leaving_a_private_room_ends_the_subscription(
+    server: Server, transport: str
+) -> None:
+    """A member removed from a private room gets ERROR "access revoked" on every connection
+    subscribed to it, cannot subscribe again, and the remaining members go on."""
+    room = await _private_room(server, "alice")
+    rooms = server.authorization.rooms
+    bob_id = await _member_id(server, "bob")
+    await rooms.join(room, bob_id)
+    alice = await server.connect("alice", transport)
+    bob = await server.connect("bob", transport)
+    await run(alice.subscribe, ROOM.format(room))
+    await run(bob.subscribe, ROOM.format(room))
+    await rooms.leave(room, bob_id)
+    await run(bob.wait_for, lambda: bob.errors, "ERROR")
+    assert bob.errors[0].headers["message"] == "access revoked"
+    await run(bob.wait_for, lambda: bob.disconnected, "the connection to close")
+    again = await server.connect("bob", transport)
+    await run(again.subscribe, ROOM.format(room))
+    await run(again.wait_for, lambda: again.errors, "ERROR")
+    await run(alice.send, "/app/message", {"type": "TALK", "roomId": room, "detailMessage": "x"})
+    assert len(await run(alice.wait_at, ROOM.format(room), 1)) == 1
+    assert alice.errors == []

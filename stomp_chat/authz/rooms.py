@@ -113,6 +113,8 @@ class RoomAccess:
         self._members = _Loader(ExpiringCache(clock, cache_size, cache_ttl))
         self._privacy = _Loader(ExpiringCache(clock, cache_size, cache_ttl))
         self._membership = _Loader(ExpiringCache(clock, cache_size, cache_ttl))
+        #: Called with (room id, member id) when a member leaves a private room.
+        self.left_private_room: list[Callable[[int, int], object]] = []
 
     # -- look-ups (a value when cached, else a Deferred) ----------------------
 
@@ -222,12 +224,21 @@ class RoomAccess:
     def leave(self, room_id: int, member_id: int) -> Deferred[bool]:
         """Make a member leave a room; True if it was a member.
 
-        Subscriptions already made stay: authorization is decided when a
-        client subscribes, never per delivery.
+        Authorization is decided when a client subscribes, never per delivery:
+        leaving a private room tells ``left_private_room`` (which ends the
+        subscriptions already made, see ``SubscriptionRevoker``).
         """
 
-        def left(was_member: bool) -> bool:
+        def left(was_member: bool) -> Any:
             self._membership.put((room_id, member_id), False)
+            if not was_member or not self.left_private_room:
+                return was_member
+            return _deferred(self.is_private(room_id)).addCallback(tell, was_member)
+
+        def tell(private: bool, was_member: bool) -> bool:
+            if private:
+                for listener in self.left_private_room:
+                    listener(room_id, member_id)
             return was_member
 
         return self.chat_store.leave_room(room_id, member_id).addCallback(left)

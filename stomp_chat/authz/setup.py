@@ -12,9 +12,11 @@ from stomp_chat.authz.chatgate import DEFAULT_MAX_WAITING, ChatGate
 from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.authz.policy import DestinationPolicy
 from stomp_chat.authz.rest import PrincipalOf, RoomRestPolicy, no_principal
+from stomp_chat.authz.revoke import SubscriptionRevoker
 from stomp_chat.authz.rooms import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL, RoomAccess
 from stomp_chat.authz.rules import RuleSet
 from stomp_chat.authz.store import AdbapiRoomAccessStore
+from stomp_chat.broker import Broker
 from stomp_chat.identity import AUTH_NONE
 from stomp_chat.persistence import ChatStore
 
@@ -44,6 +46,7 @@ def build_authorization(
     pool: adbapi.ConnectionPool,
     clock: IReactorTime,
     router: AppRouter,
+    broker: Broker | None = None,
     rules: RuleSet | None = None,
     cache_size: int = DEFAULT_CACHE_SIZE,
     cache_ttl: float = DEFAULT_CACHE_TTL,
@@ -53,6 +56,8 @@ def build_authorization(
     rooms = RoomAccess(
         chat_store, AdbapiRoomAccessStore(pool), clock, cache_size=cache_size, cache_ttl=cache_ttl
     )
+    if broker is not None:
+        rooms.left_private_room.append(SubscriptionRevoker(broker, chat_store).member_left)
     policy = DestinationPolicy(enforce=enforce, rules=rules, rooms=rooms, router=router)
     gate = ChatGate(rooms, max_waiting=max_waiting) if enforce else None
     return Authorization(enforce, rooms, policy, AuthorizationInterceptor(policy), gate)
