@@ -395,3 +395,22 @@ async def test_leaving_a_private_room_ends_the_subscription(
     await run(alice.send, "/app/message", {"type": "TALK", "roomId": room, "detailMessage": "x"})
     assert len(await run(alice.wait_at, ROOM.format(room), 1)) == 1
     assert alice.errors == []
+
+
+def test_twistd_refuses_forged_room_messages_by_default(start_server: Any, clients: Any) -> None:
+    """The real `twistd -n stomp-chat` (its defaults: --auth none) refuses a chat JSON sent
+    straight to a room's topic with an application error; the room sees only /app/message's."""
+    served = start_server()
+    watcher = clients(served)
+    watcher.subscribe(ROOM.format(1))
+    forger = clients(served)
+    forger.subscribe("/user/queue/errors")
+    forged = {"type": "TALK", "roomId": 1, "senderId": 1, "detailMessage": "forged",
+              "messageId": "1-99999", "seq": 99999, "createdAt": "2026-01-01T00:00:00.000Z"}
+    forger.conn.send(ROOM.format(1), json.dumps(forged), content_type="application/json")
+    [error] = forger.wait_at("/user/queue/errors", 1)
+    assert json.loads(error.body)["error"] == "forbidden"
+    forger.send_chat({"type": "ENTER", "roomId": 1, "senderId": 1})
+    watcher.wait_chat(1, 1)
+    time.sleep(QUIET)
+    assert [(m["type"], m["seq"]) for m in watcher.chat(1)] == [("ENTER", 1)]
