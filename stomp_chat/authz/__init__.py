@@ -12,8 +12,10 @@ from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.authz.patterns import DestinationPattern
 from stomp_chat.authz.policy import APPLICATION_OWNED, DestinationPolicy
 from stomp_chat.authz.rest import RoomRestPolicy
+from stomp_chat.authz.revoke import SubscriptionRevoker
 from stomp_chat.authz.rooms import AccessDenied, NotAuthenticated, RoomAccess
 from stomp_chat.authz.rules import Grant, Rule, RuleError, RuleSet, load_rules
+from stomp_chat.authz.setup import Authorization, build_authorization
 from stomp_chat.authz.store import (
     AdbapiRoomAccessStore,
     MemoryRoomAccessStore,
@@ -24,6 +26,7 @@ __all__ = [
     "APPLICATION_OWNED",
     "AccessDenied",
     "AdbapiRoomAccessStore",
+    "Authorization",
     "AuthorizationInterceptor",
     "ChatGate",
     "DestinationPattern",
@@ -37,5 +40,7 @@ __all__ = [
     "Rule",
     "RuleError",
     "RuleSet",
+    "SubscriptionRevoker",
+    "build_authorization",
     "load_rules",
 ]
