@@ -444,3 +444,13 @@ def test_a_bad_rule_in_the_config_file_is_a_usage_error(tmp_path: Path) -> None:
     config.write_text('[[rules]]\ndestination = "/topic/x"\nsend = ["group:ops"]\n')
     with pytest.raises(usage.UsageError, match="rule 1"):
         parse("--config", str(config))
+
+
+def test_rules_come_from_a_config_file_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOMP_CHAT_CONFIG names the file whose [[rules]] are read, as --config does."""
+    config = tmp_path / "env.toml"
+    config.write_text('[[rules]]\ndestination = "/queue/jobs"\nsend = ["authenticated"]\n')
+    monkeypatch.setenv("STOMP_CHAT_CONFIG", str(config))
+    assert [r.pattern.text for r in parse()["rules"].rules] == ["/queue/jobs"]
