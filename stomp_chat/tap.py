@@ -19,7 +19,16 @@ from twisted.python.failure import Failure
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.routes import AppRouter
-from stomp_chat.broker import Broker
+from stomp_chat.broker import (
+    DEFAULT_DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_QUEUE_MESSAGES,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_REDELIVERIES,
+    QUEUE_PREFIX,
+    Broker,
+    QueueLimits,
+)
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.persistence import (
@@ -139,6 +148,44 @@ class Options(usage.Options):
             _positive_int("--slow-consumer-bytes"),
         ],
         [
+            "max-queued-bytes",
+            None,
+            DEFAULT_MAX_QUEUED_BYTES,
+            "Bytes of messages that may wait in all /queue/ destinations together; a SEND "
+            "that would wait beyond it is refused with ERROR.",
+            _positive_int("--max-queued-bytes"),
+        ],
+        [
+            "max-queue-messages",
+            None,
+            DEFAULT_MAX_QUEUE_MESSAGES,
+            "Messages that may wait in one /queue/ destination; a SEND beyond it is refused "
+            "with ERROR.",
+            _positive_int("--max-queue-messages"),
+        ],
+        [
+            "max-queues",
+            None,
+            DEFAULT_MAX_QUEUES,
+            "How many /queue/ destinations may exist at once (a queue exists while it has a "
+            "subscriber or a waiting message).",
+            _positive_int("--max-queues"),
+        ],
+        [
+            "max-redeliveries",
+            None,
+            DEFAULT_MAX_REDELIVERIES,
+            "How many times a queue message given back (NACK, disconnect without ACK) is "
+            "delivered again before it moves to the dead-letter queue.",
+            _positive_int("--max-redeliveries"),
+        ],
+        [
+            "dead-letter-queue",
+            None,
+            DEFAULT_DEAD_LETTER_QUEUE,
+            "The /queue/ destination where messages that came back too often go.",
+        ],
+        [
             "database",
             None,
             "sqlite:///stomp_chat.db",
@@ -239,6 +286,11 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         for name in ("stomp", "http"):
             self[name] = _check_endpoint(name, self[name])
+        dead_letter_queue = self["dead-letter-queue"]
+        if not dead_letter_queue.startswith(QUEUE_PREFIX) or dead_letter_queue == QUEUE_PREFIX:
+            raise usage.UsageError(
+                f"--dead-letter-queue must be a /queue/ destination, not {dead_letter_queue!r}"
+            )
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
@@ -319,7 +371,15 @@ def makeService(options: Options) -> IService:
         max_batch=options["write-batch"],
         max_pending=options["write-buffer"],
     )
-    broker = Broker()
+    broker = Broker(
+        limits=QueueLimits(
+            max_queued_bytes=options["max-queued-bytes"],
+            max_queue_messages=options["max-queue-messages"],
+            max_queues=options["max-queues"],
+            max_redeliveries=options["max-redeliveries"],
+            dead_letter_queue=options["dead-letter-queue"],
+        )
+    )
     router = AppRouter()
     relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
     chat = ChatService(

@@ -3,18 +3,33 @@
 ``/topic/...`` fans out to every subscriber; ``/queue/...`` gives each message
 to one subscriber (round-robin) and keeps it until a subscriber exists;
 ``/user/...`` reaches the sessions of one user. The broker is pure: it knows
-subscribers only through ``Subscriber.deliver``, and keeps no timers.
+subscribers only through ``Subscriber.deliver`` and ``Subscriber.fail``, and
+keeps no timers.
+
+Every loop over subscribers is isolated: a subscriber whose delivery raises
+(say, a transport that is already closing) is failed and unsubscribed, and
+the loop goes on, so the publisher and the other subscribers never see it.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from stomp_chat.broker.message import Message
+from twisted.logger import Logger
+
+from stomp_chat.broker.message import (
+    DELIVERY_COUNT_HEADER,
+    ORIGINAL_DESTINATION_HEADER,
+    REDELIVERED_HEADER,
+    Message,
+)
+from stomp_chat.broker.queues import QueueFull, QueueLimits, QueueSet
+
+log = Logger()
 
 TOPIC_PREFIX = "/topic/"
 QUEUE_PREFIX = "/queue/"
@@ -37,6 +52,9 @@ RESERVED_HEADERS = frozenset(
         "receipt",
         "transaction",
         "receipt-id",
+        REDELIVERED_HEADER,
+        DELIVERY_COUNT_HEADER,
+        ORIGINAL_DESTINATION_HEADER,
     }
 )
 
@@ -49,6 +67,9 @@ class Subscriber(Protocol):
     """What the broker needs of a session."""
 
     def deliver(self, subscription: Subscription, message: Message) -> None: ...
+
+    def fail(self, message: str, detail: str = "") -> None:
+        """Tell the client what went wrong, if it can still hear, and close."""
 
 
 class Subscription:
@@ -78,34 +99,22 @@ class Subscription:
         self.wire = b""
 
 
-class _Queue:
-    """A point-to-point destination: competing consumers and a backlog."""
-
-    __slots__ = ("backlog", "next_index", "subscriptions")
-
-    def __init__(self) -> None:
-        self.subscriptions: list[Subscription] = []
-        self.backlog: deque[Message] = deque()
-        self.next_index = 0
-
-    def next_subscription(self) -> Subscription:
-        subs = self.subscriptions
-        if self.next_index >= len(subs):
-            self.next_index = 0
-        sub = subs[self.next_index]
-        self.next_index += 1
-        return sub
-
-
 class Broker:
     """Destinations and their subscriptions; one per server process."""
 
-    def __init__(self, *, max_queue_backlog: int = 10_000, node_id: str | None = None) -> None:
-        self.max_queue_backlog = max_queue_backlog
+    def __init__(
+        self,
+        *,
+        limits: QueueLimits | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else QueueLimits()
         self.node_id = node_id or secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._topics: dict[str, list[Subscription]] = {}
-        self._queues: dict[str, _Queue] = {}
+        self._queues = QueueSet(self.limits, self._deliver)
+        #: Subscribers failed because a delivery to them raised.
+        self.failed_deliveries = 0
         #: Called with every message published locally, e.g. to relay it to
         #: other server processes.
         self.published_listeners: list[Callable[[str, Message], object]] = []
@@ -123,11 +132,10 @@ class Broker:
                 "/topic/, /queue/ or /user/"
             )
         if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            if queue is None:
-                queue = self._queues[destination] = _Queue()
-            queue.subscriptions.append(subscription)
-            self._drain(queue)
+            try:
+                self._queues.add_subscription(destination, subscription)
+            except QueueFull as error:
+                raise BrokerError(str(error)) from None
         else:
             self._topics.setdefault(subscription.key, []).append(subscription)
 
@@ -135,12 +143,10 @@ class Broker:
         """Stop routing to ``subscription``; its unacked queue messages go back."""
         key = subscription.key
         if key.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(key)
-            if queue is not None and subscription in queue.subscriptions:
-                queue.subscriptions.remove(subscription)
-                self.requeue(key, list(subscription.pending.values()))
-                if not queue.subscriptions and not queue.backlog:
-                    del self._queues[key]
+            if self._queues.remove_subscription(key, subscription):
+                pending = list(subscription.pending.values())
+                subscription.pending.clear()
+                self.requeue(key, pending)
         else:
             subs = self._topics.get(key)
             if subs is not None and subscription in subs:
@@ -156,16 +162,15 @@ class Broker:
     def new_message_id(self) -> str:
         return f"{self.node_id}-{next(self._ids)}"
 
-    def check_destination(self, destination: str) -> None:
-        """Raise BrokerError unless messages can be sent to ``destination``."""
+    def check_destination(self, destination: str, size: int = 0) -> None:
+        """Raise BrokerError unless a message of ``size`` bytes can go to ``destination``."""
         if destination.startswith(TOPIC_PREFIX):
             return
         if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            if queue is not None and len(queue.backlog) >= self.max_queue_backlog:
-                raise BrokerError(
-                    f"queue {destination} is full ({self.max_queue_backlog} messages waiting)"
-                )
+            try:
+                self._queues.check(destination, size)
+            except QueueFull as error:
+                raise BrokerError(str(error)) from None
             return
         if destination.startswith(USER_PREFIX):
             name, _, rest = destination[len(USER_PREFIX) :].partition("/")
@@ -186,7 +191,11 @@ class Broker:
         body: bytes,
         headers: dict[str, str] | None = None,
     ) -> Message:
-        """Route a message to its destination's subscribers now."""
+        """Route a message to its destination's subscribers now.
+
+        A queue that cannot hold the message raises BrokerError: a SEND is
+        refused, never silently dropped.
+        """
         self.check_destination(destination)
         shown = destination
         if destination.startswith(USER_PREFIX):
@@ -201,16 +210,16 @@ class Broker:
     def route(self, key: str, message: Message) -> None:
         """Deliver a message to the local subscribers of routing ``key``."""
         if key.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue()
-            queue.backlog.append(message)
-            self._drain(queue)
+            try:
+                self._queues.put(key, message)
+            except QueueFull as error:
+                raise BrokerError(str(error)) from None
             return
         subs = self._topics.get(key)
         if subs:
+            deliver = self._deliver
             for sub in subs:
-                sub.subscriber.deliver(sub, message)
+                deliver(sub, message)
 
     def send_to_user(
         self, principal: str, destination: str, body: bytes, headers: dict[str, str] | None = None
@@ -219,35 +228,76 @@ class Broker:
         return self.publish(user_destination_key(principal, destination), body, headers)
 
     def requeue(self, destination: str, messages: Iterable[Message]) -> None:
-        """Put unacked queue messages back at the head of their queue, in order."""
+        """Give unacked queue messages back to the head of their queue, in order.
+
+        Each is delivered again marked ``redelivered``; one that has come back
+        more than ``max_redeliveries`` times goes to the dead-letter queue.
+        """
         if not destination.startswith(QUEUE_PREFIX):
             return
         messages = list(messages)
-        if not messages:
-            return
-        queue = self._queues.get(destination)
-        if queue is None:
-            queue = self._queues[destination] = _Queue()
-        queue.backlog.extendleft(reversed(messages))
-        self._drain(queue)
+        if messages:
+            self._queues.give_back(destination, messages)
 
-    def _drain(self, queue: _Queue) -> None:
-        backlog = queue.backlog
-        while backlog and queue.subscriptions:
-            sub = queue.next_subscription()
-            sub.subscriber.deliver(sub, backlog.popleft())
+    # -- isolation -------------------------------------------------------
+
+    def _deliver(self, sub: Subscription, message: Message) -> bool:
+        """Hand ``message`` to one subscriber; a failure stays that subscriber's."""
+        try:
+            sub.subscriber.deliver(sub, message)
+        except Exception:
+            self._delivery_failed(sub, message)
+            return False
+        return True
+
+    def _delivery_failed(self, sub: Subscription, message: Message) -> None:
+        """Fail the subscriber whose delivery raised, give the message back, go on."""
+        self.failed_deliveries += 1
+        log.failure(
+            "delivery of {message_id} to subscription {subscription} on {destination} "
+            "failed: closing that session",
+            message_id=message.message_id,
+            subscription=sub.id,
+            destination=sub.key,
+        )
+        # The message did not (surely) arrive: a queue gives it to someone
+        # else, ahead of the subscriber's other unacked messages.
+        sub.pending.pop(message.message_id, None)
+        self.requeue(sub.key, (message,))
+        try:
+            sub.subscriber.fail(
+                "delivery failed", "the server could not deliver a message to this connection"
+            )
+        except Exception:
+            log.failure("failing the session of subscription {subscription} failed too",
+                        subscription=sub.id)
+        # Whatever the session managed, this subscription gets nothing more.
+        self.unsubscribe(sub)
 
     # -- introspection ---------------------------------------------------
 
     def subscriber_count(self, destination: str) -> int:
         if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            return len(queue.subscriptions) if queue else 0
+            return self._queues.subscriber_count(destination)
         return len(self._topics.get(destination, ()))
 
     def queue_depth(self, destination: str) -> int:
-        queue = self._queues.get(destination)
-        return len(queue.backlog) if queue else 0
+        return self._queues.depth(destination)
+
+    @property
+    def queue_count(self) -> int:
+        """How many queue destinations exist now."""
+        return len(self._queues)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in every queue, as the limits count them."""
+        return self._queues.queued_bytes
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        """Dead letters dropped because the dead-letter queue was full."""
+        return self._queues.dead_letters_dropped
 
 
 def user_destination_key(principal: str, destination: str) -> str:
