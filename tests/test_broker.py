@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from stomp_chat.broker import (
     ACK_CLIENT,
@@ -460,11 +465,30 @@ def test_queue_bytes_limit_refuses_a_message_that_would_wait():
 def test_queue_bytes_limit_does_not_refuse_a_message_a_consumer_takes_now():
     """With the queues full, a queue with a ready consumer still gets its messages through."""
     body = b"x" * 1000
-    broker = Broker(limits=QueueLimits(max_queued_bytes=1500))
+    size = Message("/queue/full", "n-1", body).size
+    broker = Broker(limits=QueueLimits(max_queued_bytes=size + 10), node_id="n")
     broker.publish("/queue/full", body)
+    with pytest.raises(BrokerError):
+        broker.publish("/queue/idle", body)
     r, _ = subscribe(broker, "/queue/busy")
     broker.publish("/queue/busy", body)
     assert r.bodies == [body]
+
+
+@pytest.mark.parametrize("body_size", [10, 1000, 100_000])
+def test_queued_bytes_track_the_memory_waiting_messages_hold(body_size):
+    """The bytes the queue limit counts stay within 25% of what waiting messages really take."""
+    broker = Broker(limits=QueueLimits(max_queue_messages=10**6, max_queued_bytes=10**10))
+    count = 2_000_000 // (body_size + 500)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(count):
+            broker.publish("/queue/q", bytes(body_size), {"content-type": "text/plain"})
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.75 * held <= broker.queued_bytes <= 1.25 * held
 
 
 def test_queued_bytes_fall_back_to_zero_when_consumed():
@@ -732,3 +756,126 @@ def test_churning_client_ack_consumers_hold_bounded_state():
     assert broker.queue_depth("/queue/dead-letter") == limits.max_queue_messages
     assert broker.dead_letters_dropped == 300 - 3 - 20
     assert broker.queue_count == 2
+
+
+# -- random operations -----------------------------------------------------------
+
+
+class MachineConsumer:
+    """A Subscriber for the state machine: acks later, or breaks when told to."""
+
+    def __init__(self, machine: BrokerMachine) -> None:
+        self.machine = machine
+        self.broken = False
+        self.failed = False
+
+    def deliver(self, subscription: Subscription, message: Message) -> None:
+        if subscription.ack_mode != "auto":
+            subscription.pending[message.message_id] = message
+        if self.broken:
+            raise TransportGone("broken")
+        if subscription.ack_mode == "auto" and subscription.key.startswith("/queue/"):
+            self.machine.consumed.append(message.message_id)
+
+    def fail(self, message: str, detail: str = "") -> None:
+        self.failed = True
+
+
+QUEUES = ["/queue/a", "/queue/b", "/queue/c", "/queue/d"]
+DESTINATIONS = [*QUEUES, "/topic/t", "/user/queue/u"]
+
+
+class BrokerMachine(RuleBasedStateMachine):
+    """Random subscribes, sends, acks, nacks, leaves and broken transports against one broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits = QueueLimits(max_queued_bytes=20_000, max_queue_messages=6, max_queues=3,
+                                  max_redeliveries=2)
+        self.broker = Broker(limits=self.limits)
+        self.subscriptions: list[Subscription] = []
+        self.published: set[str] = set()
+        self.consumed: list[str] = []
+        self.serial = 0
+
+    @rule(destination=st.sampled_from(DESTINATIONS),
+          ack_mode=st.sampled_from(["auto", "client", "client-individual"]))
+    def subscribe(self, destination: str, ack_mode: str) -> None:
+        self.serial += 1
+        sub = Subscription(MachineConsumer(self), str(self.serial), destination, ack_mode)
+        try:
+            self.broker.subscribe(sub, "alice")
+        except BrokerError:
+            assert destination in QUEUES and self.broker.queue_count >= self.limits.max_queues
+            return
+        self.subscriptions.append(sub)
+
+    @rule(destination=st.sampled_from(DESTINATIONS), size=st.integers(0, 4000))
+    def publish(self, destination: str, size: int) -> None:
+        if destination.startswith("/user/"):
+            destination = user_destination_key("alice", destination)
+        try:
+            message = self.broker.publish(destination, bytes(size))
+        except BrokerError:
+            assert destination in QUEUES
+            return
+        if destination in QUEUES:
+            self.published.add(message.message_id)
+
+    @rule(data=st.data(), requeue=st.booleans())
+    def settle(self, data: st.DataObject, requeue: bool) -> None:
+        live = [s for s in self.subscriptions if s.pending]
+        if not live:
+            return
+        sub = data.draw(st.sampled_from(live))
+        message_id = data.draw(st.sampled_from(list(sub.pending)))
+        message = sub.pending.pop(message_id)
+        if requeue:
+            self.broker.requeue(sub.key, [message])
+        elif sub.key.startswith("/queue/"):
+            self.consumed.append(message_id)
+
+    @rule(data=st.data())
+    def leave(self, data: st.DataObject) -> None:
+        if self.subscriptions:
+            sub = data.draw(st.sampled_from(self.subscriptions))
+            self.subscriptions.remove(sub)
+            self.broker.unsubscribe(sub)
+
+    @rule(data=st.data())
+    def break_transport(self, data: st.DataObject) -> None:
+        if self.subscriptions:
+            data.draw(st.sampled_from(self.subscriptions)).subscriber.broken = True
+
+    @invariant()
+    def failed_subscribers_are_gone(self) -> None:
+        for sub in list(self.subscriptions):
+            if sub.subscriber.failed:
+                assert self.broker.subscriber_count(sub.key) == sum(
+                    1 for s in self.subscriptions if s.key == sub.key and not s.subscriber.failed
+                )
+                self.subscriptions.remove(sub)
+
+    @invariant()
+    def queue_accounting_holds(self) -> None:
+        queues = list(self.broker.queues)
+        assert all(q.subscriptions or q.backlog for q in queues), "idle queues are forgotten"
+        assert self.broker.queued_bytes == sum(m.size for q in queues for m in q.backlog)
+        assert self.broker.queued_bytes == sum(q.queued_bytes for q in queues)
+        dead = [q for q in queues if q.name == self.limits.dead_letter_queue]
+        for queue in dead:
+            assert len(queue.backlog) <= self.limits.max_queue_messages
+
+    @invariant()
+    def every_queue_message_is_somewhere_exactly_once(self) -> None:
+        waiting = [m.message_id for q in self.broker.queues for m in q.backlog]
+        unacked = [mid for s in self.subscriptions if s.key.startswith("/queue/")
+                   for mid in s.pending]
+        held = waiting + unacked + self.consumed
+        assert len(held) == len(set(held)), "no message is in two places"
+        assert set(held) <= self.published
+        assert len(self.published) - len(held) == self.broker.dead_letters_dropped
+
+
+TestBrokerMachine = BrokerMachine.TestCase
+TestBrokerMachine.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)

@@ -112,7 +112,8 @@ class Broker:
         self.node_id = node_id or secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._topics: dict[str, list[Subscription]] = {}
-        self._queues = QueueSet(self.limits, self._deliver)
+        #: Every queue destination (read it, do not change it).
+        self.queues = QueueSet(self.limits, self._deliver)
         #: Subscribers failed because a delivery to them raised.
         self.failed_deliveries = 0
         #: Called with every message published locally, e.g. to relay it to
@@ -133,7 +134,7 @@ class Broker:
             )
         if destination.startswith(QUEUE_PREFIX):
             try:
-                self._queues.add_subscription(destination, subscription)
+                self.queues.add_subscription(destination, subscription)
             except QueueFull as error:
                 raise BrokerError(str(error)) from None
         else:
@@ -143,10 +144,9 @@ class Broker:
         """Stop routing to ``subscription``; its unacked queue messages go back."""
         key = subscription.key
         if key.startswith(QUEUE_PREFIX):
-            if self._queues.remove_subscription(key, subscription):
-                pending = list(subscription.pending.values())
+            pending = list(subscription.pending.values())
+            if self.queues.remove_subscription(key, subscription, pending):
                 subscription.pending.clear()
-                self.requeue(key, pending)
         else:
             subs = self._topics.get(key)
             if subs is not None and subscription in subs:
@@ -168,7 +168,7 @@ class Broker:
             return
         if destination.startswith(QUEUE_PREFIX):
             try:
-                self._queues.check(destination, size)
+                self.queues.check(destination, size)
             except QueueFull as error:
                 raise BrokerError(str(error)) from None
             return
@@ -211,7 +211,7 @@ class Broker:
         """Deliver a message to the local subscribers of routing ``key``."""
         if key.startswith(QUEUE_PREFIX):
             try:
-                self._queues.put(key, message)
+                self.queues.put(key, message)
             except QueueFull as error:
                 raise BrokerError(str(error)) from None
             return
@@ -237,7 +237,7 @@ class Broker:
             return
         messages = list(messages)
         if messages:
-            self._queues.give_back(destination, messages)
+            self.queues.give_back(destination, messages)
 
     # -- isolation -------------------------------------------------------
 
@@ -278,26 +278,26 @@ class Broker:
 
     def subscriber_count(self, destination: str) -> int:
         if destination.startswith(QUEUE_PREFIX):
-            return self._queues.subscriber_count(destination)
+            return self.queues.subscriber_count(destination)
         return len(self._topics.get(destination, ()))
 
     def queue_depth(self, destination: str) -> int:
-        return self._queues.depth(destination)
+        return self.queues.depth(destination)
 
     @property
     def queue_count(self) -> int:
         """How many queue destinations exist now."""
-        return len(self._queues)
+        return len(self.queues)
 
     @property
     def queued_bytes(self) -> int:
         """Bytes waiting in every queue, as the limits count them."""
-        return self._queues.queued_bytes
+        return self.queues.queued_bytes
 
     @property
     def dead_letters_dropped(self) -> int:
         """Dead letters dropped because the dead-letter queue was full."""
-        return self._queues.dead_letters_dropped
+        return self.queues.dead_letters_dropped
 
 
 def user_destination_key(principal: str, destination: str) -> str:

@@ -11,7 +11,7 @@ circulating.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -136,14 +136,23 @@ class QueueSet:
         queue.subscriptions.append(subscription)
         self.drain(queue)
 
-    def remove_subscription(self, name: str, subscription: Subscription) -> bool:
-        """Stop giving messages to ``subscription``; False if it was not there."""
+    def remove_subscription(
+        self, name: str, subscription: Subscription, unacked: Iterable[Message] = ()
+    ) -> bool:
+        """Stop giving messages to ``subscription`` and take back its ``unacked`` ones.
+
+        False if it was not subscribed here.
+        """
         queue = self._queues.get(name)
         if queue is None or subscription not in queue.subscriptions:
             return False
         queue.subscriptions.remove(subscription)
+        self.give_back(name, unacked)
         self._forget_if_idle(queue)
         return True
+
+    def __iter__(self) -> Iterator[Queue]:
+        return iter(list(self._queues.values()))
 
     # -- messages ----------------------------------------------------------
 
