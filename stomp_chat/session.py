@@ -474,6 +474,7 @@ class StompSession:
             settled = [pending.pop(message_id)]
         if requeue:
             self.broker.requeue(sub.key, settled)
+        self.broker.settled(sub)
 
     # -- transactions ------------------------------------------------------
 

@@ -25,9 +25,10 @@ from stomp_chat.broker import (
     DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_PREFETCH,
     QUEUE_PREFIX,
     Broker,
-    QueueLimits,
+    BrokerLimits,
 )
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
@@ -178,6 +179,14 @@ class Options(usage.Options):
             "How many times a queue message given back (NACK, disconnect without ACK) is "
             "delivered again before it moves to the dead-letter queue.",
             _positive_int("--max-redeliveries"),
+        ],
+        [
+            "prefetch",
+            None,
+            DEFAULT_PREFETCH,
+            "Unacknowledged messages one client/client-individual subscription may hold: a "
+            "queue sends it no more until it acks; a topic subscription past it gets ERROR.",
+            _positive_int("--prefetch"),
         ],
         [
             "dead-letter-queue",
@@ -372,12 +381,13 @@ def makeService(options: Options) -> IService:
         max_pending=options["write-buffer"],
     )
     broker = Broker(
-        limits=QueueLimits(
+        limits=BrokerLimits(
             max_queued_bytes=options["max-queued-bytes"],
             max_queue_messages=options["max-queue-messages"],
             max_queues=options["max-queues"],
             max_redeliveries=options["max-redeliveries"],
             dead_letter_queue=options["dead-letter-queue"],
+            prefetch=options["prefetch"],
         )
     )
     router = AppRouter()

@@ -13,8 +13,8 @@ from stomp_chat.broker import (
     ACK_CLIENT,
     Broker,
     BrokerError,
+    BrokerLimits,
     Message,
-    QueueLimits,
     Subscription,
     user_destination_key,
 )
@@ -212,7 +212,7 @@ def test_unsubscribe_requeues_unacked_queue_messages():
 
 def test_queue_backlog_is_bounded():
     """Publishing to a queue whose backlog is full raises BrokerError."""
-    broker = Broker(limits=QueueLimits(max_queue_messages=2))
+    broker = Broker(limits=BrokerLimits(max_queue_messages=2))
     broker.publish("/queue/q", b"1")
     broker.publish("/queue/q", b"2")
     with pytest.raises(BrokerError):
@@ -225,7 +225,7 @@ def test_queue_backlog_is_bounded():
 
 def test_queue_with_subscriber_is_not_limited_by_backlog_bound():
     """Messages drained straight to a subscriber never count against the backlog bound."""
-    broker = Broker(limits=QueueLimits(max_queue_messages=1))
+    broker = Broker(limits=BrokerLimits(max_queue_messages=1))
     r, _ = subscribe(broker, "/queue/q")
     for i in range(5):
         broker.publish("/queue/q", str(i).encode())
@@ -453,7 +453,7 @@ def test_queue_bytes_limit_refuses_a_message_that_would_wait():
     """A queue message that would exceed the total queued bytes is refused with BrokerError."""
     body = b"x" * 1000
     size = Message("/queue/a", "n-1", body).size
-    broker = Broker(limits=QueueLimits(max_queued_bytes=2 * size + 10), node_id="n")
+    broker = Broker(limits=BrokerLimits(max_queued_bytes=2 * size + 10), node_id="n")
     broker.publish("/queue/a", body)
     broker.publish("/queue/b", body)
     with pytest.raises(BrokerError, match="queues are full"):
@@ -466,7 +466,7 @@ def test_queue_bytes_limit_does_not_refuse_a_message_a_consumer_takes_now():
     """With the queues full, a queue with a ready consumer still gets its messages through."""
     body = b"x" * 1000
     size = Message("/queue/full", "n-1", body).size
-    broker = Broker(limits=QueueLimits(max_queued_bytes=size + 10), node_id="n")
+    broker = Broker(limits=BrokerLimits(max_queued_bytes=size + 10), node_id="n")
     broker.publish("/queue/full", body)
     with pytest.raises(BrokerError):
         broker.publish("/queue/idle", body)
@@ -478,7 +478,7 @@ def test_queue_bytes_limit_does_not_refuse_a_message_a_consumer_takes_now():
 @pytest.mark.parametrize("body_size", [10, 1000, 100_000])
 def test_queued_bytes_track_the_memory_waiting_messages_hold(body_size):
     """The bytes the queue limit counts stay within 25% of what waiting messages really take."""
-    broker = Broker(limits=QueueLimits(max_queue_messages=10**6, max_queued_bytes=10**10))
+    broker = Broker(limits=BrokerLimits(max_queue_messages=10**6, max_queued_bytes=10**10))
     count = 2_000_000 // (body_size + 500)
     tracemalloc.start()
     try:
@@ -504,7 +504,7 @@ def test_queued_bytes_fall_back_to_zero_when_consumed():
 
 def test_queue_count_limit_refuses_new_queues():
     """Past max_queues, sending to or subscribing to a new queue is refused; known ones work."""
-    broker = Broker(limits=QueueLimits(max_queues=2))
+    broker = Broker(limits=BrokerLimits(max_queues=2))
     broker.publish("/queue/a", b"1")
     subscribe(broker, "/queue/b")
     with pytest.raises(BrokerError, match="too many queues"):
@@ -517,7 +517,7 @@ def test_queue_count_limit_refuses_new_queues():
 
 def test_idle_queues_are_forgotten():
     """A queue with no waiting message and no subscriber is dropped, so names do not pile up."""
-    broker = Broker(limits=QueueLimits(max_queues=10))
+    broker = Broker(limits=BrokerLimits(max_queues=10))
     for i in range(1000):
         broker.publish(f"/queue/n{i}", b"m")
         _, sub = subscribe(broker, f"/queue/n{i}")
@@ -527,7 +527,7 @@ def test_idle_queues_are_forgotten():
 
 def test_returned_messages_are_never_refused_by_the_limits():
     """Messages given back after delivery are kept even when the queues are over their limits."""
-    broker = Broker(limits=QueueLimits(max_queue_messages=1, max_queues=1, max_queued_bytes=1))
+    broker = Broker(limits=BrokerLimits(max_queue_messages=1, max_queues=1, max_queued_bytes=1))
     messages = [Message("/queue/q", f"m{i}", b"z" * 100) for i in range(3)]
     broker.requeue("/queue/q", messages)
     assert broker.queue_depth("/queue/q") == 3
@@ -537,7 +537,7 @@ def test_returned_messages_are_never_refused_by_the_limits():
 
 def test_check_destination_counts_the_size_given():
     """check_destination refuses in advance a message too big for the queues' byte limit."""
-    broker = Broker(limits=QueueLimits(max_queued_bytes=1000))
+    broker = Broker(limits=BrokerLimits(max_queued_bytes=1000))
     broker.check_destination("/queue/q", 500)
     with pytest.raises(BrokerError, match="queues are full"):
         broker.check_destination("/queue/q", 1001)
@@ -560,7 +560,7 @@ def return_until_dead(broker: Broker, destination: str, body: bytes = b"poison")
 
 def test_redelivered_messages_carry_redelivered_and_delivery_count():
     """Each redelivery is marked redelivered:true with x-delivery-count counting earlier returns."""
-    broker = Broker(limits=QueueLimits(max_redeliveries=3))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=3))
     r = return_until_dead(broker, "/queue/q")
     headers = [m.headers for _, m in r.received]
     assert "redelivered" not in headers[0] and "x-delivery-count" not in headers[0]
@@ -571,7 +571,7 @@ def test_redelivered_messages_carry_redelivered_and_delivery_count():
 
 def test_message_returned_too_often_goes_to_the_dead_letter_queue():
     """After max_redeliveries returns the next one moves the message to the dead-letter queue."""
-    broker = Broker(limits=QueueLimits(max_redeliveries=5))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=5))
     r = return_until_dead(broker, "/queue/jobs")
     assert len(r.received) == 6
     assert broker.queue_depth("/queue/jobs") == 0
@@ -586,14 +586,14 @@ def test_message_returned_too_often_goes_to_the_dead_letter_queue():
 
 def test_zero_redeliveries_dead_letters_on_first_return():
     """With max_redeliveries 0 a message given back once goes straight to the dead-letter queue."""
-    broker = Broker(limits=QueueLimits(max_redeliveries=0, dead_letter_queue="/queue/dlq"))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=0, dead_letter_queue="/queue/dlq"))
     r = return_until_dead(broker, "/queue/q")
     assert len(r.received) == 1 and broker.queue_depth("/queue/dlq") == 1
 
 
 def test_dead_letter_queue_messages_circulate_only_within_it():
     """A dead letter given back keeps coming back to the dead-letter queue, not elsewhere."""
-    broker = Broker(limits=QueueLimits(max_redeliveries=0))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=0))
     return_until_dead(broker, "/queue/q")
     reader, sub = subscribe(broker, "/queue/dead-letter", ack_mode="client", sub_id="d")
     for _ in range(3):
@@ -606,7 +606,7 @@ def test_dead_letter_queue_messages_circulate_only_within_it():
 
 def test_dead_letter_queue_drops_its_oldest_when_full_by_count():
     """A full dead-letter queue drops its oldest letter (logged, counted) to take a new one."""
-    broker = Broker(limits=QueueLimits(max_redeliveries=0, max_queue_messages=2))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=0, max_queue_messages=2))
     for body in (b"1", b"2", b"3"):
         message = Message("/queue/q", body.decode(), body)
         broker.requeue("/queue/q", [message.redelivered()])
@@ -621,7 +621,7 @@ def test_dead_letter_queue_is_bounded_by_the_queued_bytes():
     body = b"d" * 1000
     size = Message("/queue/dead-letter", "m", body, {
         "x-original-destination": "/queue/q", "x-delivery-count": "1"}).size
-    broker = Broker(limits=QueueLimits(max_redeliveries=0, max_queued_bytes=2 * size))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=0, max_queued_bytes=2 * size))
     for _ in range(5):
         broker.requeue("/queue/q", [Message("/queue/q", "m", body)])
     assert broker.queue_depth("/queue/dead-letter") == 2
@@ -631,14 +631,14 @@ def test_dead_letter_queue_is_bounded_by_the_queued_bytes():
 
 def test_dead_letter_too_big_for_any_room_is_dropped():
     """A dead letter bigger than the whole byte limit is dropped and counted, not kept."""
-    broker = Broker(limits=QueueLimits(max_redeliveries=0, max_queued_bytes=100))
+    broker = Broker(limits=BrokerLimits(max_redeliveries=0, max_queued_bytes=100))
     broker.requeue("/queue/q", [Message("/queue/q", "m", b"b" * 1000)])
     assert broker.queue_count == 0 and broker.dead_letters_dropped == 1
 
 
 def test_churn_without_acks_stays_bounded():
     """Consumers leaving without acking, over and over, never hold more than the limits."""
-    limits = QueueLimits(max_redeliveries=2, max_queue_messages=50)
+    limits = BrokerLimits(max_redeliveries=2, max_queue_messages=50)
     broker = Broker(limits=limits)
     for round_ in range(200):
         r, sub = subscribe(broker, "/queue/work", ack_mode="client-individual", sub_id="w")
@@ -695,7 +695,7 @@ def test_publisher_never_sees_another_sessions_broken_transport():
 
 def test_send_to_full_queues_gets_an_error_naming_the_limit():
     """A SEND the queues cannot hold is answered with ERROR (with its receipt-id), not dropped."""
-    context = make_context(broker=Broker(limits=QueueLimits(max_queue_messages=1)))
+    context = make_context(broker=Broker(limits=BrokerLimits(max_queue_messages=1)))
     sender = stomp_client(context)
     sender.send("SEND", {"destination": "/queue/q", "receipt": "1"}, b"kept")
     sender.send("SEND", {"destination": "/queue/q", "receipt": "2"}, b"refused")
@@ -720,7 +720,7 @@ def test_clients_cannot_forge_redelivery_headers():
 
 def test_nacked_message_is_dead_lettered_after_the_redelivery_limit():
     """A message NACKed again and again arrives max_redeliveries+1 times, then is dead-lettered."""
-    context = make_context(broker=Broker(limits=QueueLimits(max_redeliveries=2)))
+    context = make_context(broker=Broker(limits=BrokerLimits(max_redeliveries=2)))
     consumer = stomp_client(context)
     consumer.send("SUBSCRIBE", {"destination": "/queue/q", "id": "s", "ack": "client-individual"})
     stomp_client(context).send("SEND", {"destination": "/queue/q"}, b"poison")
@@ -738,7 +738,7 @@ def test_nacked_message_is_dead_lettered_after_the_redelivery_limit():
 
 def test_churning_client_ack_consumers_hold_bounded_state():
     """Sessions that take a queue message and vanish unacked leave at most the limits behind."""
-    limits = QueueLimits(max_redeliveries=3, max_queue_messages=20)
+    limits = BrokerLimits(max_redeliveries=3, max_queue_messages=20)
     context = make_context(broker=Broker(limits=limits))
     broker = context.broker
     sender = stomp_client(context)
@@ -756,6 +756,103 @@ def test_churning_client_ack_consumers_hold_bounded_state():
     assert broker.queue_depth("/queue/dead-letter") == limits.max_queue_messages
     assert broker.dead_letters_dropped == 300 - 3 - 20
     assert broker.queue_count == 2
+
+
+# -- prefetch --------------------------------------------------------------------
+
+
+def pending_recorder(broker: Broker, destination: str, ack_mode: str = "client-individual",
+                     sub_id: str = "0") -> tuple[Recorder, Subscription]:
+    """A subscriber that keeps what it receives unacknowledged, as a session does."""
+    recorder = Recorder()
+    recorder.on_deliver = lambda s, m: s.pending.__setitem__(m.message_id, m)
+    return recorder, subscribe_with(broker, recorder, destination, ack_mode=ack_mode,
+                                    sub_id=sub_id)
+
+
+def test_queue_gives_a_subscription_at_its_prefetch_nothing_more_until_it_acks():
+    """At the prefetch, queue messages wait; settling one lets exactly one more through."""
+    broker = Broker(limits=BrokerLimits(prefetch=3))
+    r, sub = pending_recorder(broker, "/queue/q")
+    for i in range(10):
+        broker.publish("/queue/q", b"%d" % i)
+    assert r.bodies == [b"0", b"1", b"2"] and broker.queue_depth("/queue/q") == 7
+    sub.pending.pop(next(iter(sub.pending)))
+    broker.settled(sub)
+    assert r.bodies == [b"0", b"1", b"2", b"3"] and len(sub.pending) == 3
+
+
+def test_queue_skips_consumers_at_their_prefetch():
+    """A consumer at its prefetch is passed over for one with room, not waited for."""
+    broker = Broker(limits=BrokerLimits(prefetch=1))
+    slow, _ = pending_recorder(broker, "/queue/q", sub_id="slow")
+    fast, _ = subscribe(broker, "/queue/q", sub_id="fast")
+    for i in range(5):
+        broker.publish("/queue/q", b"%d" % i)
+    assert slow.bodies == [b"0"] and fast.bodies == [b"1", b"2", b"3", b"4"]
+
+
+def test_messages_waiting_behind_the_prefetch_count_against_the_queue_limits():
+    """With every consumer at its prefetch, messages wait and the queue limits refuse more."""
+    broker = Broker(limits=BrokerLimits(prefetch=1, max_queue_messages=2))
+    pending_recorder(broker, "/queue/q")
+    for i in range(3):
+        broker.publish("/queue/q", b"%d" % i)
+    with pytest.raises(BrokerError, match="is full"):
+        broker.publish("/queue/q", b"3")
+
+
+def test_topic_subscription_past_its_prefetch_is_closed():
+    """A client-mode topic subscription that stops acking fails at its prefetch; others go on."""
+    broker = Broker(limits=BrokerLimits(prefetch=2))
+    hoarder, _ = pending_recorder(broker, "/topic/t", ack_mode="client")
+    reader, _ = subscribe(broker, "/topic/t", sub_id="r")
+    for i in range(4):
+        broker.publish("/topic/t", b"%d" % i)
+    assert hoarder.bodies == [b"0", b"1"]
+    assert hoarder.failures[0][0] == "too many unacknowledged messages"
+    assert reader.bodies == [b"0", b"1", b"2", b"3"]
+    assert broker.subscriber_count("/topic/t") == 1
+
+
+def test_session_acking_receives_the_rest_of_the_queue():
+    """A client-individual consumer at its prefetch gets the next message as soon as it ACKs."""
+    context = make_context(broker=Broker(limits=BrokerLimits(prefetch=2)))
+    consumer = stomp_client(context)
+    consumer.send("SUBSCRIBE", {"destination": "/queue/q", "id": "s", "ack": "client-individual"})
+    sender = stomp_client(context)
+    for i in range(5):
+        sender.send("SEND", {"destination": "/queue/q"}, b"m%d" % i)
+    received = consumer.frames()
+    assert [f.body for f in received] == [b"m0", b"m1"]
+    while received:
+        consumer.send("ACK", {"id": received[0].headers["ack"]})
+        received = received[1:] + consumer.frames()
+        if received:
+            assert len(received) <= 2
+    assert context.broker.queue_depth("/queue/q") == 0
+
+
+def test_session_never_holds_more_unacked_than_the_prefetch():
+    """A consumer that never acks holds at most the prefetch; a topic one is closed with ERROR."""
+    context = make_context(broker=Broker(limits=BrokerLimits(prefetch=100)))
+    queue_consumer = stomp_client(context)
+    queue_consumer.send("SUBSCRIBE", {"destination": "/queue/q", "id": "q",
+                                      "ack": "client-individual"})
+    topic_consumer = stomp_client(context)
+    topic_consumer.send("SUBSCRIBE", {"destination": "/topic/t", "id": "t",
+                                      "ack": "client-individual"})
+    sender = stomp_client(context)
+    for _ in range(5_000):
+        sender.send("SEND", {"destination": "/queue/q"}, b"q")
+        sender.send("SEND", {"destination": "/topic/t"}, b"t")
+    assert not sender.closed and sender.frames() == []
+    (queue_sub,) = queue_consumer.session.subscriptions.values()
+    assert len(queue_sub.pending) == 100 and context.broker.queue_depth("/queue/q") == 4_900
+    frames = topic_consumer.frames()
+    assert len(frames) == 101 and frames[-1].command == "ERROR"
+    assert frames[-1].headers["message"] == "too many unacknowledged messages"
+    assert topic_consumer.closed
 
 
 # -- random operations -----------------------------------------------------------
@@ -790,8 +887,8 @@ class BrokerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.limits = QueueLimits(max_queued_bytes=20_000, max_queue_messages=6, max_queues=3,
-                                  max_redeliveries=2)
+        self.limits = BrokerLimits(max_queued_bytes=20_000, max_queue_messages=6, max_queues=3,
+                                   max_redeliveries=2, prefetch=3)
         self.broker = Broker(limits=self.limits)
         self.subscriptions: list[Subscription] = []
         self.published: set[str] = set()
@@ -834,6 +931,7 @@ class BrokerMachine(RuleBasedStateMachine):
             self.broker.requeue(sub.key, [message])
         elif sub.key.startswith("/queue/"):
             self.consumed.append(message_id)
+        self.broker.settled(sub)
 
     @rule(data=st.data())
     def leave(self, data: st.DataObject) -> None:
@@ -855,6 +953,18 @@ class BrokerMachine(RuleBasedStateMachine):
                     1 for s in self.subscriptions if s.key == sub.key and not s.subscriber.failed
                 )
                 self.subscriptions.remove(sub)
+
+    @invariant()
+    def no_subscription_holds_more_than_its_prefetch(self) -> None:
+        for sub in self.subscriptions:
+            assert len(sub.pending) <= self.limits.prefetch
+
+    @invariant()
+    def no_consumer_with_room_leaves_messages_waiting(self) -> None:
+        for queue in self.broker.queues:
+            if queue.backlog:
+                assert not [s for s in queue.subscriptions
+                            if s.ack_mode == "auto" or len(s.pending) < self.limits.prefetch]
 
     @invariant()
     def queue_accounting_holds(self) -> None:

@@ -28,7 +28,8 @@ from stomp_chat.broker.queues import (
     DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_REDELIVERIES,
-    QueueLimits,
+    DEFAULT_PREFETCH,
+    BrokerLimits,
 )
 
 __all__ = [
@@ -48,10 +49,11 @@ __all__ = [
     "DEFAULT_MAX_QUEUES",
     "DEFAULT_MAX_QUEUE_MESSAGES",
     "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_PREFETCH",
     "DELIVERY_COUNT_HEADER",
     "Message",
     "ORIGINAL_DESTINATION_HEADER",
-    "QueueLimits",
+    "BrokerLimits",
     "REDELIVERED_HEADER",
     "Subscriber",
     "Subscription",

@@ -27,7 +27,7 @@ from stomp_chat.broker.message import (
     REDELIVERED_HEADER,
     Message,
 )
-from stomp_chat.broker.queues import QueueFull, QueueLimits, QueueSet
+from stomp_chat.broker.queues import BrokerLimits, QueueFull, QueueSet
 
 log = Logger()
 
@@ -105,15 +105,15 @@ class Broker:
     def __init__(
         self,
         *,
-        limits: QueueLimits | None = None,
+        limits: BrokerLimits | None = None,
         node_id: str | None = None,
     ) -> None:
-        self.limits = limits if limits is not None else QueueLimits()
+        self.limits = limits if limits is not None else BrokerLimits()
         self.node_id = node_id or secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._topics: dict[str, list[Subscription]] = {}
         #: Every queue destination (read it, do not change it).
-        self.queues = QueueSet(self.limits, self._deliver)
+        self.queues = QueueSet(self.limits, self._deliver, self._has_room)
         #: Subscribers failed because a delivery to them raised.
         self.failed_deliveries = 0
         #: Called with every message published locally, e.g. to relay it to
@@ -218,8 +218,12 @@ class Broker:
         subs = self._topics.get(key)
         if subs:
             deliver = self._deliver
+            prefetch = self.limits.prefetch
             for sub in subs:
-                deliver(sub, message)
+                if sub.ack_mode != ACK_AUTO and len(sub.pending) >= prefetch:
+                    self._overflowed(sub)
+                else:
+                    deliver(sub, message)
 
     def send_to_user(
         self, principal: str, destination: str, body: bytes, headers: dict[str, str] | None = None
@@ -238,6 +242,29 @@ class Broker:
         messages = list(messages)
         if messages:
             self.queues.give_back(destination, messages)
+
+    def settled(self, subscription: Subscription) -> None:
+        """``subscription`` acknowledged messages: its queue may give it more now."""
+        if subscription.key.startswith(QUEUE_PREFIX):
+            queue = self.queues.get(subscription.key)
+            if queue is not None and queue.backlog:
+                self.queues.drain(queue)
+
+    def _has_room(self, sub: Subscription) -> bool:
+        return sub.ack_mode == ACK_AUTO or len(sub.pending) < self.limits.prefetch
+
+    def _overflowed(self, sub: Subscription) -> None:
+        """A topic subscription that stopped acknowledging: topics do not buffer, so close it."""
+        self.unsubscribe(sub)
+        try:
+            sub.subscriber.fail(
+                "too many unacknowledged messages",
+                f"subscription {sub.id} on {sub.destination} has {self.limits.prefetch} "
+                "messages not acknowledged; acknowledge messages as they arrive",
+            )
+        except Exception:
+            log.failure("failing the session of subscription {subscription} failed",
+                        subscription=sub.id)
 
     # -- isolation -------------------------------------------------------
 

@@ -29,6 +29,7 @@ DEFAULT_MAX_QUEUE_MESSAGES = 10_000
 DEFAULT_MAX_QUEUES = 10_000
 DEFAULT_MAX_REDELIVERIES = 5
 DEFAULT_DEAD_LETTER_QUEUE = "/queue/dead-letter"
+DEFAULT_PREFETCH = 1_000
 
 
 class QueueFull(Exception):
@@ -36,8 +37,8 @@ class QueueFull(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class QueueLimits:
-    """What the queues of one broker may hold."""
+class BrokerLimits:
+    """What the queues and subscriptions of one broker may hold."""
 
     #: Bytes waiting across every queue (``Message.size``), dead letters included.
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
@@ -51,6 +52,10 @@ class QueueLimits:
     max_redeliveries: int = DEFAULT_MAX_REDELIVERIES
     #: Where messages that came back too often go.
     dead_letter_queue: str = DEFAULT_DEAD_LETTER_QUEUE
+    #: Messages delivered to one ``client``/``client-individual`` subscription
+    #: and not yet acknowledged: a queue gives such a subscription no more
+    #: until it acks; a topic subscription past it is closed.
+    prefetch: int = DEFAULT_PREFETCH
 
 
 class Queue:
@@ -68,13 +73,17 @@ class Queue:
         #: back meanwhile (a consumer failing) is picked up by the same loop.
         self.draining = False
 
-    def next_subscription(self) -> Subscription:
+    def next_ready(self, has_room: Callable[[Subscription], bool]) -> Subscription | None:
+        """The next consumer in turn that may take a message, if any may."""
         subs = self.subscriptions
-        if self.next_index >= len(subs):
-            self.next_index = 0
-        sub = subs[self.next_index]
-        self.next_index += 1
-        return sub
+        for _ in range(len(subs)):
+            if self.next_index >= len(subs):
+                self.next_index = 0
+            sub = subs[self.next_index]
+            self.next_index += 1
+            if has_room(sub):
+                return sub
+        return None
 
     @property
     def idle(self) -> bool:
@@ -87,13 +96,16 @@ class QueueSet:
 
     def __init__(
         self,
-        limits: QueueLimits,
+        limits: BrokerLimits,
         deliver: Callable[[Subscription, Message], bool],
+        has_room: Callable[[Subscription], bool],
     ) -> None:
         self.limits = limits
         #: Hands one message to one subscription; False if that failed (the
         #: caller has already given the message back).
         self._deliver = deliver
+        #: Whether a subscription may take one more message (its prefetch).
+        self._has_room = has_room
         self._queues: dict[str, Queue] = {}
         #: Bytes waiting across every queue.
         self.queued_bytes = 0
@@ -167,7 +179,7 @@ class QueueSet:
                 )
             waits = True
         else:
-            waits = bool(queue.backlog) or not queue.subscriptions
+            waits = bool(queue.backlog) or not any(map(self._has_room, queue.subscriptions))
             if waits and len(queue.backlog) >= self.limits.max_queue_messages:
                 raise QueueFull(
                     f"queue {name} is full ({self.limits.max_queue_messages} messages waiting)"
@@ -269,8 +281,10 @@ class QueueSet:
             return  # the loop already running picks up what was added
         queue.draining = True
         try:
-            while queue.backlog and queue.subscriptions:
-                sub = queue.next_subscription()
+            while queue.backlog:
+                sub = queue.next_ready(self._has_room)
+                if sub is None:
+                    break  # every consumer is at its prefetch: the rest waits
                 self._deliver(sub, self._pop(queue))
         finally:
             queue.draining = False
