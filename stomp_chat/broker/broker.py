@@ -325,6 +325,11 @@ class Broker:
         return self.queues.queued_bytes
 
     @property
+    def dead_lettered(self) -> int:
+        """Messages moved to the dead-letter queue."""
+        return self.queues.dead_lettered
+
+    @property
     def dead_letters_dropped(self) -> int:
         """Dead letters dropped because the dead-letter queue was full."""
         return self.queues.dead_letters_dropped

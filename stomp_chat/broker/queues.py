@@ -109,6 +109,8 @@ class QueueSet:
         self._queues: dict[str, Queue] = {}
         #: Bytes waiting across every queue.
         self.queued_bytes = 0
+        #: Messages moved to the dead-letter queue.
+        self.dead_lettered = 0
         #: Dead letters dropped because the dead-letter queue was full.
         self.dead_letters_dropped = 0
 
@@ -239,25 +241,31 @@ class QueueSet:
             self._dropped(letter, "the queues are full")
             self._forget_if_idle(queue)
             return
-        log.info(
-            "message {message_id} from {origin} came back {count} times: "
-            "moved to {dead_letter_queue}",
-            message_id=message.message_id,
-            origin=origin,
-            count=message.redeliveries + 1,
-            dead_letter_queue=name,
-        )
+        self.dead_lettered += 1
+        if _worth_logging(self.dead_lettered):
+            log.info(
+                "message {message_id} from {origin} came back {count} times: moved to "
+                "{dead_letter_queue} ({total} messages dead-lettered so far)",
+                message_id=message.message_id,
+                origin=origin,
+                count=message.redeliveries + 1,
+                dead_letter_queue=name,
+                total=self.dead_lettered,
+            )
         self._push(queue, letter)
         self.drain(queue)
 
     def _dropped(self, message: Message, reason: str) -> None:
         self.dead_letters_dropped += 1
-        log.warn(
-            "dead letter {message_id} ({original}) dropped: {reason}",
-            message_id=message.message_id,
-            original=message.headers.get(ORIGINAL_DESTINATION_HEADER, message.destination),
-            reason=reason,
-        )
+        if _worth_logging(self.dead_letters_dropped):
+            log.warn(
+                "dead letter {message_id} ({original}) dropped: {reason} "
+                "({total} dead letters dropped so far)",
+                message_id=message.message_id,
+                original=message.headers.get(ORIGINAL_DESTINATION_HEADER, message.destination),
+                reason=reason,
+                total=self.dead_letters_dropped,
+            )
 
     def _push(self, queue: Queue, message: Message, *, at_head: bool = False) -> None:
         size = message.size
@@ -299,3 +307,16 @@ class QueueSet:
     def subscriber_count(self, name: str) -> int:
         queue = self._queues.get(name)
         return len(queue.subscriptions) if queue else 0
+
+
+def _worth_logging(count: int) -> bool:
+    """Log the 1st, 10th, 100th, 1000th... and then every 10,000th event.
+
+    Under churn a line per message would flood the log; the counters keep
+    the exact figures.
+    """
+    if count % 10_000 == 0:
+        return True
+    while count % 10 == 0:
+        count //= 10
+    return count == 1
