@@ -6,6 +6,7 @@ the listening ports, and the order in which they stop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from typing import Any
 
@@ -32,6 +33,7 @@ from stomp_chat.broker import (
 )
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.interceptors import Interceptor
 from stomp_chat.persistence import (
     AdbapiChatStore,
     ChatConnectionPool,
@@ -41,7 +43,7 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
-from stomp_chat.session import AnonymousAuthenticator, ServerContext, SessionSettings
+from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
@@ -62,6 +64,23 @@ def _positive_int(name: str) -> Any:
         return number
 
     coerce.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _number(name: str, *, allow_zero: bool) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, not {value[:40]!r}") from None
+        if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+            raise ValueError(
+                f"{name} must be {'zero or more' if allow_zero else 'positive'}, not {value!r}"
+            )
+        return number
+
+    kind = "A number, 0 or more." if allow_zero else "A positive number."
+    coerce.coerceDoc = kind  # type: ignore[attr-defined]
     return coerce
 
 
@@ -193,6 +212,45 @@ class Options(usage.Options):
             None,
             DEFAULT_DEAD_LETTER_QUEUE,
             "The /queue/ destination where messages that came back too often go.",
+        ],
+        [
+            "max-transactions",
+            None,
+            16,
+            "How many transactions one connection may have open at once; one more is an "
+            "ERROR that closes it.",
+            _positive_int("--max-transactions"),
+        ],
+        [
+            "max-transaction-bytes",
+            None,
+            16 * 1024 * 1024,
+            "How many bytes one connection's open transactions may hold together (each "
+            "frame counts its headers, body and 256 bytes); beyond, ERROR and close.",
+            _positive_int("--max-transaction-bytes"),
+        ],
+        [
+            "frame-timeout",
+            None,
+            60.0,
+            "Seconds a frame may take from its first byte to its last; a client that "
+            "leaves one unfinished longer gets ERROR 'frame timeout' and is closed.",
+            _number("--frame-timeout", allow_zero=False),
+        ],
+        [
+            "send-rate",
+            None,
+            0.0,
+            "SENDs per second one connection may make on average (0: no limit); beyond "
+            "it, ERROR 'rate limit exceeded' and close.",
+            _number("--send-rate", allow_zero=True),
+        ],
+        [
+            "send-burst",
+            None,
+            200,
+            "With --send-rate: how many SENDs a connection may make at once.",
+            _positive_int("--send-burst"),
         ],
         [
             "database",
@@ -406,8 +464,22 @@ def makeService(options: Options) -> IService:
     if relay is not None:
         relay.listeners.append(chat.relayed)
 
-    settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
-    context = ServerContext(broker, router, settings, monitor, AnonymousAuthenticator())
+    settings = SessionSettings(
+        heartbeat=heartbeat,
+        max_frame_size=options["max-frame-size"],
+        max_transactions=options["max-transactions"],
+        max_transaction_bytes=options["max-transaction-bytes"],
+        frame_timeout=options["frame-timeout"],
+    )
+    # Anonymous access needs no link in the chain (an empty chain connects
+    # everyone anonymously), so the default hot path runs no interceptor.
+    # Authentication, when configured, is the chain's first link.
+    interceptors: list[Interceptor] = []
+    if options["send-rate"] > 0:
+        interceptors.append(
+            SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
+        )
+    context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
     stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
 
     listeners = MultiService()

@@ -11,6 +11,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.session import SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
@@ -308,3 +309,56 @@ def test_make_service_wires_queue_limits_into_the_broker(build):
     assert (limits.max_queued_bytes, limits.max_queue_messages, limits.max_queues,
             limits.max_redeliveries, limits.dead_letter_queue, limits.prefetch) == (
         1000, 7, 3, 2, "/queue/dlq", 9)
+
+
+# -- per-session limits ----------------------------------------------------
+
+
+def test_session_limit_defaults():
+    """Transactions, frame deadline and send rate have their documented defaults."""
+    options = parse()
+    assert options["max-transactions"] == 16
+    assert options["max-transaction-bytes"] == 16 * 1024 * 1024
+    assert options["frame-timeout"] == 60.0
+    assert options["send-rate"] == 0.0
+    assert options["send-burst"] == 200
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--frame-timeout", "0"],
+        ["--frame-timeout", "-1"],
+        ["--frame-timeout", "nan"],
+        ["--frame-timeout", "soon"],
+        ["--send-rate", "-5"],
+        ["--send-rate", "inf"],
+        ["--max-transactions", "9" * 5000],
+    ],
+    ids=lambda a: " ".join(x[:12] for x in a),
+)
+def test_bad_session_limits_are_usage_errors(args):
+    """Limits that are not sane numbers are refused at start-up with a usage error."""
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_session_limits_reach_the_sessions(build):
+    """The limit options land in SessionSettings; no send rate means an empty chain."""
+    root = build("--stomp", "tcp:0", "--http", "none", "--max-transactions", "3",
+                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
+    (listener,) = _listeners(root)
+    context = listener.factory.context
+    settings = context.settings
+    assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
+    assert settings.frame_timeout == 7.5
+    assert context.interceptors == []
+
+
+def test_send_rate_adds_the_rate_interceptor(build):
+    """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain."""
+    root = build("--stomp", "tcp:0", "--http", "none", "--send-rate", "50", "--send-burst", "7")
+    (listener,) = _listeners(root)
+    (interceptor,) = listener.factory.context.interceptors
+    assert isinstance(interceptor, SendRateInterceptor)
+    assert (interceptor.rate, interceptor.burst) == (50.0, 7)

@@ -250,3 +250,45 @@ def test_connection_lost_while_slicing_stops_handling_input():
     protocol.connectionLost(Failure(ConnectionError("reset")))
     _run_due_calls(clock)
     assert len(watcher) == handled < 200
+
+
+def test_session_gets_tcp_connection_info():
+    """The session's ConnectionInfo names the TCP peer, its host and the tcp transport."""
+    _, _, protocol, _ = connect()
+    connection = protocol.session.connection
+    assert (connection.peer, connection.peer_host, connection.transport, connection.secure) == (
+        "192.0.2.7:40000", "192.0.2.7", "tcp", False
+    )
+
+
+def test_pause_reading_holds_input_until_resumed():
+    """While the session has paused reading, input waits and the socket is paused."""
+    _, _, protocol, transport = connect()
+    login(protocol, transport)
+    protocol.pause_reading()
+    assert transport.producerState == "paused"
+    protocol.dataReceived(encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"held")))
+    assert transport.value() == b""
+    protocol.resume_reading()
+    assert transport.producerState == "producing"
+    (message,) = frames_of(transport.value())
+    assert message.body == b"held"
+
+
+def test_pause_during_slicing_stops_the_slices():
+    """A pause requested while a large read is handled in slices stops further slices."""
+    clock, _, protocol, transport = connect()
+    login(protocol, transport)
+    protocol.input_slice = 64
+    frame = encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"x" * 10))
+    protocol.dataReceived(frame * 20)
+    protocol.pause_reading()
+    clock.advance(0)
+    clock.advance(0)
+    delivered = len(frames_of(transport.value()))
+    assert 0 < delivered < 20
+    protocol.resume_reading()
+    for _ in range(40):
+        clock.advance(0)
+    assert len(frames_of(transport.value())) == 20
+    assert transport.producerState == "producing"

@@ -573,3 +573,12 @@ def test_oversized_frame_over_websocket_gets_stomp_error(clock):
     error = conn.stomp_frames()[-1]
     assert error.command == "ERROR"
     assert close_codes(conn.wire()) == [1000]
+
+
+def test_session_connection_info_says_websocket(clock):
+    """A session opened over WebSocket carries a ws ConnectionInfo with the TCP peer's host."""
+    conn = WSConnection(clock)
+    connection = conn.protocol.stomp.session.connection
+    assert connection.transport == "ws"
+    assert connection.peer_host == "203.0.113.5"
+    assert connection.secure is False

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 
 from stomp_chat.broker import APP_PREFIX, Broker, Message
 from stomp_chat.errors import ApplicationError
+from stomp_chat.identity import Principal
 from stomp_chat.stomp.frame import Frame
 
 __all__ = ["AppContext", "AppRouter", "ApplicationError", "Handler", "NoHandler"]
@@ -31,14 +32,14 @@ class AppContext:
     """What a handler may know and do on behalf of the sending session."""
 
     session_id: str
-    #: The authenticated user name, or ``None`` when authentication is off.
-    principal: str | None
+    #: Who is speaking, or ``None`` for an anonymous client.
+    principal: Principal | None
     broker: Broker
 
     @property
     def user_key(self) -> str:
         """The name ``/user/`` destinations of this session route by."""
-        return self.principal if self.principal is not None else self.session_id
+        return self.principal.user_id if self.principal is not None else self.session_id
 
     def publish(
         self, destination: str, body: bytes, headers: dict[str, str] | None = None

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stomp_chat.identity import TRANSPORT_TCP, ConnectionInfo
 from stomp_chat.session import ServerContext, StompSession
 
 DEFAULT_SLOW_CONSUMER_BYTES = 4 * 1024 * 1024
@@ -49,13 +50,21 @@ class StompProtocol(Protocol):
         self.input_slice = DEFAULT_INPUT_SLICE
         #: Input received but not handled yet, while the reactor takes a turn.
         self._unread: list[bytes] = []
+        #: The session asked for no input (an interceptor is waiting).
+        self._reading_paused = False
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)
         label = f"{host}:{getattr(peer, 'port', '')}" if host is not None else str(peer)
-        self.session = StompSession(self.context, self, label)
+        connection = ConnectionInfo(
+            peer=label,
+            peer_host=host or "",
+            transport=getattr(self.transport, "stomp_transport", TRANSPORT_TCP),
+            secure=ISSLTransport.providedBy(getattr(self.transport, "socket", self.transport)),
+        )
+        self.session = StompSession(self.context, self, connection)
 
     def dataReceived(self, data: bytes) -> None:
         """Handle input in slices, letting the reactor flush writes in between.
@@ -65,7 +74,7 @@ class StompProtocol(Protocol):
         the write buffers until the last SEND was routed. Past a slice, the
         rest waits for the next reactor turn and the socket stops reading.
         """
-        if self._unread:
+        if self._unread or self._reading_paused:
             self._unread.append(data)
             return
         if len(data) <= self.input_slice:
@@ -76,17 +85,19 @@ class StompProtocol(Protocol):
         self._read_slice()
 
     def _read_slice(self) -> None:
+        if not self.connected or self._reading_paused or not self._unread:
+            return
         data = b"".join(self._unread)
         self._unread.clear()
-        if not self.connected:
-            return
         limit = self.input_slice
         self.session.data_received(data[:limit])
         if len(data) > limit and self.connected:
-            self._unread.append(data[limit:])
+            self._unread.insert(0, data[limit:])
+            if self._reading_paused:
+                return
             clock: Any = self.context.clock
             clock.callLater(0, self._read_slice)
-        elif self.connected:
+        elif self.connected and not self._reading_paused:
             self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -110,6 +121,21 @@ class StompProtocol(Protocol):
                 )
                 return
         self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        """Read nothing more until ``resume_reading`` (the session is waiting)."""
+        self._reading_paused = True
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Handle what arrived meanwhile, then read from the socket again."""
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        if self._unread:
+            self._read_slice()
+        elif self.connected:
+            self.transport.resumeProducing()
 
     def close(self) -> None:
         """Flush and close; cut the connection if the peer will not read."""

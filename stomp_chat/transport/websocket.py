@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stomp_chat.identity import TRANSPORT_WEBSOCKET
 from stomp_chat.transport.stomp import StompFactory, StompProtocol
 
 log = Logger()
@@ -38,6 +39,9 @@ _HEADER_64 = struct.Struct("!BBQ")
 class WebSocketFrameTransport:
     """What the STOMP protocol sees as its transport on a WebSocket."""
 
+    #: Tells the session's ConnectionInfo which transport it came through.
+    stomp_transport = TRANSPORT_WEBSOCKET
+
     def __init__(self, ws: WebSocketServerProtocol) -> None:
         self._ws = ws
         self.disconnecting = False
@@ -45,6 +49,10 @@ class WebSocketFrameTransport:
     @property
     def _socket(self) -> Any:
         """The connection under the WebSocket (TCP, or TLS over TCP)."""
+        return self._ws.transport
+
+    @property
+    def socket(self) -> Any:
         return self._ws.transport
 
     def write(self, data: bytes) -> None:
