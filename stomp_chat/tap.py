@@ -26,6 +26,7 @@ from stomp_chat.broker import (
     DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_MAX_UNACKED,
     DEFAULT_PREFETCH,
     QUEUE_PREFIX,
     Broker,
@@ -206,6 +207,14 @@ class Options(usage.Options):
             "Unacknowledged messages one client/client-individual subscription may hold: a "
             "queue sends it no more until it acks; a topic subscription past it gets ERROR.",
             _positive_int("--prefetch"),
+        ],
+        [
+            "max-unacked",
+            None,
+            DEFAULT_MAX_UNACKED,
+            "Unacknowledged messages one connection may hold across all its subscriptions: "
+            "queues send it no more until it acks; a client-ack topic subscription gets ERROR.",
+            _positive_int("--max-unacked"),
         ],
         [
             "dead-letter-queue",
@@ -446,6 +455,7 @@ def makeService(options: Options) -> IService:
             max_redeliveries=options["max-redeliveries"],
             dead_letter_queue=options["dead-letter-queue"],
             prefetch=options["prefetch"],
+            max_unacked=options["max-unacked"],
         )
     )
     router = AppRouter()

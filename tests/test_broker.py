@@ -18,6 +18,7 @@ from stomp_chat.broker import (
     Subscription,
     user_destination_key,
 )
+from stomp_chat.broker.acks import AckTracker
 from stomp_chat.session import State
 from stomp_chat.stomp.frame import V1_0, V1_1, V1_2
 from stomp_chat.stomp.parser import FrameParser
@@ -855,14 +856,95 @@ def test_session_never_holds_more_unacked_than_the_prefetch():
     assert topic_consumer.closed
 
 
+def test_one_session_holds_at_most_max_unacked_across_its_subscriptions():
+    """Queue subscriptions of one session stop receiving once the session's total is reached."""
+    broker = Broker(limits=BrokerLimits(prefetch=10, max_unacked=15))
+    session = Recorder()
+    session.on_deliver = lambda s, m: s.pending.__setitem__(m.message_id, m)
+    subs = [subscribe_with(broker, session, f"/queue/q{i}", ack_mode="client-individual",
+                           sub_id=str(i)) for i in range(3)]
+    for i in range(3):
+        for n in range(10):
+            broker.publish(f"/queue/q{i}", b"%d-%d" % (i, n))
+    assert sum(len(s.pending) for s in subs) == 15
+    assert [len(s.pending) for s in subs] == [10, 5, 0]
+    assert broker.queue_depth("/queue/q2") == 10
+
+
+def test_acking_below_max_unacked_wakes_the_queues_the_session_was_passed_over_in():
+    """After an ACK brings a session under its total, its starved queues deliver again."""
+    broker = Broker(limits=BrokerLimits(prefetch=10, max_unacked=2))
+    session = Recorder()
+    session.on_deliver = lambda s, m: s.pending.__setitem__(m.message_id, m)
+    first = subscribe_with(broker, session, "/queue/a", ack_mode="client-individual", sub_id="a")
+    second = subscribe_with(broker, session, "/queue/b", ack_mode="client-individual", sub_id="b")
+    broker.publish("/queue/a", b"a1")
+    broker.publish("/queue/a", b"a2")
+    broker.publish("/queue/b", b"b1")
+    assert session.bodies == [b"a1", b"a2"] and broker.queue_depth("/queue/b") == 1
+    first.pending.pop(next(iter(first.pending)))
+    broker.settled(first)
+    assert session.bodies == [b"a1", b"a2", b"b1"] and len(second.pending) == 1
+
+
+def test_topic_subscription_of_a_session_at_max_unacked_is_closed():
+    """A client-mode topic subscription whose session holds max_unacked messages is failed."""
+    broker = Broker(limits=BrokerLimits(prefetch=10, max_unacked=3))
+    session = Recorder()
+    session.on_deliver = lambda s, m: s.pending.__setitem__(m.message_id, m)
+    subscribe_with(broker, session, "/queue/q", ack_mode="client", sub_id="q")
+    subscribe_with(broker, session, "/topic/t", ack_mode="client", sub_id="t")
+    for n in range(3):
+        broker.publish("/queue/q", b"%d" % n)
+    broker.publish("/topic/t", b"t")
+    assert session.failures and session.failures[0][0] == "too many unacknowledged messages"
+    assert "3 per connection" in session.failures[0][1]
+
+
+def test_one_connection_with_many_subscriptions_never_holds_more_than_max_unacked():
+    """200 client-individual subscriptions on one connection hold max_unacked, the rest waits."""
+    context = make_context(broker=Broker(limits=BrokerLimits(prefetch=50, max_unacked=500)))
+    hoarder = stomp_client(context)
+    for i in range(200):
+        hoarder.send("SUBSCRIBE", {"destination": "/queue/q", "id": str(i),
+                                   "ack": "client-individual"})
+    sender = stomp_client(context)
+    for _ in range(3_000):
+        sender.send("SEND", {"destination": "/queue/q"}, b"m")
+    assert not sender.closed
+    assert len(hoarder.frames()) == 500
+    assert sum(len(s.pending) for s in hoarder.session.subscriptions.values()) == 500
+    assert context.broker.queue_depth("/queue/q") == 2_500
+
+
+def test_closing_session_is_not_handed_messages_while_it_goes():
+    """Messages that waited behind a closing session's prefetch go to others, not redelivered."""
+    context = make_context(broker=Broker(limits=BrokerLimits(prefetch=1)))
+    leaving = stomp_client(context)
+    for name in ("a", "b"):
+        leaving.send("SUBSCRIBE", {"destination": "/queue/q", "id": name,
+                                   "ack": "client-individual"})
+    sender = stomp_client(context)
+    for n in range(5):
+        sender.send("SEND", {"destination": "/queue/q"}, b"m%d" % n)
+    assert len(leaving.frames()) == 2
+    staying = stomp_client(context)
+    staying.send("SUBSCRIBE", {"destination": "/queue/elsewhere", "id": "x"})
+    leaving.session.connection_lost()
+    staying.send("SUBSCRIBE", {"destination": "/queue/q", "id": "s"})
+    got = {f.body: f.headers.get("x-delivery-count") for f in staying.frames()}
+    assert got == {b"m0": "1", b"m1": "1", b"m2": None, b"m3": None, b"m4": None}
+
+
 # -- random operations -----------------------------------------------------------
 
 
 class MachineConsumer:
-    """A Subscriber for the state machine: acks later, or breaks when told to."""
+    """A Subscriber for the state machine: acks later, breaks when told to, closes as a session."""
 
     def __init__(self, machine: BrokerMachine) -> None:
         self.machine = machine
+        self.tracker = AckTracker(machine.broker)
         self.broken = False
         self.failed = False
 
@@ -876,6 +958,7 @@ class MachineConsumer:
 
     def fail(self, message: str, detail: str = "") -> None:
         self.failed = True
+        self.tracker.release()
 
 
 QUEUES = ["/queue/a", "/queue/b", "/queue/c", "/queue/d"]
@@ -888,23 +971,31 @@ class BrokerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.limits = BrokerLimits(max_queued_bytes=20_000, max_queue_messages=6, max_queues=3,
-                                   max_redeliveries=2, prefetch=3)
+                                   max_redeliveries=2, prefetch=3, max_unacked=5)
         self.broker = Broker(limits=self.limits)
+        #: A few sessions, each with any number of subscriptions.
+        self.consumers = [MachineConsumer(self) for _ in range(3)]
         self.subscriptions: list[Subscription] = []
         self.published: set[str] = set()
         self.consumed: list[str] = []
         self.serial = 0
 
     @rule(destination=st.sampled_from(DESTINATIONS),
-          ack_mode=st.sampled_from(["auto", "client", "client-individual"]))
-    def subscribe(self, destination: str, ack_mode: str) -> None:
+          ack_mode=st.sampled_from(["auto", "client", "client-individual"]),
+          consumer=st.integers(0, 2))
+    def subscribe(self, destination: str, ack_mode: str, consumer: int) -> None:
         self.serial += 1
-        sub = Subscription(MachineConsumer(self), str(self.serial), destination, ack_mode)
+        session = self.consumers[consumer]
+        if session.failed or session.broken:
+            session = self.consumers[consumer] = MachineConsumer(self)
+        sub = Subscription(session, str(self.serial), destination, ack_mode,
+                           session.tracker.next_serial())
         try:
             self.broker.subscribe(sub, "alice")
         except BrokerError:
             assert destination in QUEUES and self.broker.queue_count >= self.limits.max_queues
             return
+        session.tracker.add(sub)
         self.subscriptions.append(sub)
 
     @rule(destination=st.sampled_from(DESTINATIONS), size=st.integers(0, 4000))
@@ -938,6 +1029,7 @@ class BrokerMachine(RuleBasedStateMachine):
         if self.subscriptions:
             sub = data.draw(st.sampled_from(self.subscriptions))
             self.subscriptions.remove(sub)
+            sub.subscriber.tracker.remove(sub.id)
             self.broker.unsubscribe(sub)
 
     @rule(data=st.data())
@@ -947,12 +1039,11 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @invariant()
     def failed_subscribers_are_gone(self) -> None:
-        for sub in list(self.subscriptions):
-            if sub.subscriber.failed:
-                assert self.broker.subscriber_count(sub.key) == sum(
-                    1 for s in self.subscriptions if s.key == sub.key and not s.subscriber.failed
-                )
-                self.subscriptions.remove(sub)
+        self.subscriptions = [s for s in self.subscriptions if not s.subscriber.failed]
+        for key in {s.key for s in self.subscriptions}:
+            assert self.broker.subscriber_count(key) == sum(
+                1 for s in self.subscriptions if s.key == key
+            )
 
     @invariant()
     def no_subscription_holds_more_than_its_prefetch(self) -> None:
@@ -960,11 +1051,25 @@ class BrokerMachine(RuleBasedStateMachine):
             assert len(sub.pending) <= self.limits.prefetch
 
     @invariant()
+    def no_session_holds_more_than_max_unacked(self) -> None:
+        for consumer in self.consumers:
+            held = sum(len(s.pending) for s in self.subscriptions if s.subscriber is consumer)
+            assert held <= self.limits.max_unacked
+            mine = [s for s in self.subscriptions if s.subscriber is consumer]
+            if mine:
+                assert mine[0].pending.total.count == held
+
+    @invariant()
     def no_consumer_with_room_leaves_messages_waiting(self) -> None:
+        def has_room(sub: Subscription) -> bool:
+            return sub.ack_mode == "auto" or (
+                len(sub.pending) < self.limits.prefetch
+                and sub.pending.total.count < self.limits.max_unacked
+            )
+
         for queue in self.broker.queues:
             if queue.backlog:
-                assert not [s for s in queue.subscriptions
-                            if s.ack_mode == "auto" or len(s.pending) < self.limits.prefetch]
+                assert not [s for s in queue.subscriptions if has_room(s)]
 
     @invariant()
     def queue_accounting_holds(self) -> None:
@@ -1006,3 +1111,23 @@ def test_dead_lettering_logs_sparsely_and_counts_exactly():
     assert broker.dead_lettered == 2_000 and broker.dead_letters_dropped == 1_900
     totals = sorted(e["total"] for e in events if "total" in e)
     assert totals == [1, 1, 10, 10, 100, 100, 1000, 1000]
+
+
+def test_closing_session_at_max_unacked_takes_nothing_from_its_starved_queues():
+    """While a session at its total closes, its starved queues are not drained into it."""
+    context = make_context(broker=Broker(limits=BrokerLimits(prefetch=5, max_unacked=2)))
+    leaving = stomp_client(context)
+    for name in ("a", "b"):
+        leaving.send("SUBSCRIBE", {"destination": f"/queue/{name}", "id": name,
+                                   "ack": "client-individual"})
+    sender = stomp_client(context)
+    for name, count in (("a", 2), ("b", 3)):
+        for n in range(count):
+            sender.send("SEND", {"destination": f"/queue/{name}"}, b"%s%d" % (name.encode(), n))
+    assert [f.body for f in leaving.frames()] == [b"a0", b"a1"]
+    leaving.session.connection_lost()
+    staying = stomp_client(context)
+    staying.send("SUBSCRIBE", {"destination": "/queue/b", "id": "b"})
+    got = [(f.body, f.headers.get("x-delivery-count")) for f in staying.frames()]
+    assert got == [(b"b0", None), (b"b1", None), (b"b2", None)]
+    assert context.broker.dead_lettered == 0

@@ -290,6 +290,7 @@ def test_queue_limit_options_default_to_the_brokers_defaults():
     assert options["max-redeliveries"] == defaults.max_redeliveries
     assert options["dead-letter-queue"] == defaults.dead_letter_queue == "/queue/dead-letter"
     assert options["prefetch"] == defaults.prefetch == 1000
+    assert options["max-unacked"] == defaults.max_unacked == 10_000
 
 
 @pytest.mark.parametrize("value", ["/topic/dlq", "dead-letter", "/queue/", ""])
@@ -303,12 +304,12 @@ def test_make_service_wires_queue_limits_into_the_broker(build):
     """The queue limit and prefetch options reach the broker every session shares."""
     root = build("--stomp", "tcp:0", "--http", "none", "--max-queued-bytes", "1000",
                  "--max-queue-messages", "7", "--max-queues", "3", "--max-redeliveries", "2",
-                 "--dead-letter-queue", "/queue/dlq", "--prefetch", "9")
+                 "--dead-letter-queue", "/queue/dlq", "--prefetch", "9", "--max-unacked", "90")
     (listener,) = _listeners(root)
     limits = listener.factory.context.broker.limits
     assert (limits.max_queued_bytes, limits.max_queue_messages, limits.max_queues,
-            limits.max_redeliveries, limits.dead_letter_queue, limits.prefetch) == (
-        1000, 7, 3, 2, "/queue/dlq", 9)
+            limits.max_redeliveries, limits.dead_letter_queue, limits.prefetch,
+            limits.max_unacked) == (1000, 7, 3, 2, "/queue/dlq", 9, 90)
 
 
 # -- per-session limits ----------------------------------------------------

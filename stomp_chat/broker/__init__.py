@@ -28,6 +28,7 @@ from stomp_chat.broker.queues import (
     DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_MAX_QUEUES,
     DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_MAX_UNACKED,
     DEFAULT_PREFETCH,
     BrokerLimits,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUES",
     "DEFAULT_MAX_QUEUE_MESSAGES",
     "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_MAX_UNACKED",
     "DEFAULT_PREFETCH",
     "DELIVERY_COUNT_HEADER",
     "Message",

@@ -115,6 +115,9 @@ class AckTracker:
         subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._by_serial.clear()
+        for sub in subscriptions:
+            # No queue picks this session for a message while it goes.
+            sub.pending.total.closed = True
         unacked = [(sub.key, list(sub.pending.values())) for sub in subscriptions]
         for sub in subscriptions:
             sub.pending.clear()

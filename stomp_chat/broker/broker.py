@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 from twisted.logger import Logger
 
@@ -28,6 +28,7 @@ from stomp_chat.broker.message import (
     Message,
 )
 from stomp_chat.broker.queues import BrokerLimits, QueueFull, QueueSet
+from stomp_chat.broker.unacked import PendingMessages, UnackedTotal
 
 log = Logger()
 
@@ -94,7 +95,7 @@ class Subscription:
         self.ack_mode = ack_mode
         self.serial = serial
         #: Unacked messages by message-id, oldest first (client ack modes only).
-        self.pending: OrderedDict[str, Message] = OrderedDict()
+        self.pending = PendingMessages()
         #: The encoded ``subscription:`` header line, set by the session.
         self.wire = b""
 
@@ -114,6 +115,8 @@ class Broker:
         self._topics: dict[str, list[Subscription]] = {}
         #: Every queue destination (read it, do not change it).
         self.queues = QueueSet(self.limits, self._deliver, self._has_room)
+        #: Each session's unacked total, shared by its subscriptions.
+        self._unacked: WeakKeyDictionary[Any, UnackedTotal] = WeakKeyDictionary()
         #: Subscribers failed because a delivery to them raised.
         self.failed_deliveries = 0
         #: Called with every message published locally, e.g. to relay it to
@@ -132,6 +135,7 @@ class Broker:
                 f"cannot subscribe to {destination!r}: destinations start with "
                 "/topic/, /queue/ or /user/"
             )
+        self._share_total(subscription)
         if destination.startswith(QUEUE_PREFIX):
             try:
                 self.queues.add_subscription(destination, subscription)
@@ -156,6 +160,9 @@ class Broker:
                     # Copy on write: a fan-out in progress keeps its list.
                     self._topics[key] = [s for s in subs if s is not subscription]
         subscription.pending.clear()
+        total = subscription.pending.total
+        total.starved.pop(subscription, None)
+        self._wake(total)
 
     # -- publishing ------------------------------------------------------
 
@@ -217,10 +224,9 @@ class Broker:
             return
         subs = self._topics.get(key)
         if subs:
-            prefetch = self.limits.prefetch
             for sub in subs:
                 # Inlined _deliver: this loop is the chat path's hottest.
-                if sub.ack_mode != ACK_AUTO and len(sub.pending) >= prefetch:
+                if sub.ack_mode != ACK_AUTO and not self._has_room(sub):
                     self._overflowed(sub)
                     continue
                 try:
@@ -248,22 +254,60 @@ class Broker:
 
     def settled(self, subscription: Subscription) -> None:
         """``subscription`` acknowledged messages: its queue may give it more now."""
+        self._drain_for(subscription)
+        self._wake(subscription.pending.total)
+
+    def _drain_for(self, subscription: Subscription) -> None:
         if subscription.key.startswith(QUEUE_PREFIX):
             queue = self.queues.get(subscription.key)
             if queue is not None and queue.backlog:
                 self.queues.drain(queue)
 
+    def _share_total(self, subscription: Subscription) -> None:
+        """Count ``subscription``'s unacked messages in its session's total."""
+        subscriber = subscription.subscriber
+        try:
+            total = self._unacked.get(subscriber)
+            if total is None:
+                total = self._unacked[subscriber] = UnackedTotal()
+        except TypeError:  # a subscriber that cannot be weakly referenced keeps its own
+            return
+        subscription.pending.share(total)
+
     def _has_room(self, sub: Subscription) -> bool:
-        return sub.ack_mode == ACK_AUTO or len(sub.pending) < self.limits.prefetch
+        """Whether ``sub`` may take one more message under the prefetch and the session total."""
+        pending = sub.pending
+        total = pending.total
+        if total.closed:
+            return False
+        if sub.ack_mode == ACK_AUTO:
+            return True
+        if len(pending) >= self.limits.prefetch:
+            return False
+        if total.count >= self.limits.max_unacked:
+            if sub.key.startswith(QUEUE_PREFIX):
+                total.starved[sub] = None
+            return False
+        return True
+
+    def _wake(self, total: UnackedTotal) -> None:
+        """Drain again the queues a session was passed over in, once its total falls."""
+        if total.starved and total.count < self.limits.max_unacked and not total.closed:
+            starved = list(total.starved)
+            total.starved.clear()
+            for sub in starved:
+                self._drain_for(sub)
 
     def _overflowed(self, sub: Subscription) -> None:
         """A topic subscription that stopped acknowledging: topics do not buffer, so close it."""
         self.unsubscribe(sub)
+        limits = self.limits
         try:
             sub.subscriber.fail(
                 "too many unacknowledged messages",
-                f"subscription {sub.id} on {sub.destination} has {self.limits.prefetch} "
-                "messages not acknowledged; acknowledge messages as they arrive",
+                f"subscription {sub.id} on {sub.destination} reached its limit of unacknowledged "
+                f"messages ({limits.prefetch} per subscription, {limits.max_unacked} per "
+                "connection); acknowledge messages as they arrive",
             )
         except Exception:
             log.failure("failing the session of subscription {subscription} failed",

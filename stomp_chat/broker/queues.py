@@ -30,6 +30,7 @@ DEFAULT_MAX_QUEUES = 10_000
 DEFAULT_MAX_REDELIVERIES = 5
 DEFAULT_DEAD_LETTER_QUEUE = "/queue/dead-letter"
 DEFAULT_PREFETCH = 1_000
+DEFAULT_MAX_UNACKED = 10_000
 
 
 class QueueFull(Exception):
@@ -56,6 +57,9 @@ class BrokerLimits:
     #: and not yet acknowledged: a queue gives such a subscription no more
     #: until it acks; a topic subscription past it is closed.
     prefetch: int = DEFAULT_PREFETCH
+    #: The same across every subscription of one session: a queue passes
+    #: such a session over until it acks; a topic subscription is closed.
+    max_unacked: int = DEFAULT_MAX_UNACKED
 
 
 class Queue:
