@@ -34,6 +34,11 @@ from stomp_chat.persistence import (
     parse_database_url,
 )
 from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
+from stomp_chat.session.loading import (
+    InterceptorLoadError,
+    load_interceptor,
+    parse_interceptor_names,
+)
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
@@ -197,6 +202,14 @@ class Options(usage.Options):
             _positive_int("--send-burst"),
         ],
         [
+            "interceptors",
+            None,
+            "",
+            "Comma-separated 'package.module:factory' names of inbound interceptors to "
+            "add, in order, after the built-in ones; each factory is called with no "
+            "arguments (a config file may give a list).",
+        ],
+        [
             "database",
             None,
             "sqlite:///stomp_chat.db",
@@ -300,6 +313,11 @@ class Options(usage.Options):
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
+        try:
+            names = parse_interceptor_names(self["interceptors"])
+            self["interceptors"] = [load_interceptor(name) for name in names]
+        except InterceptorLoadError as error:
+            raise usage.UsageError(f"--interceptors: {error}") from None
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -331,7 +349,7 @@ def config_arguments(path: str, known: set[str]) -> list[str]:
             )
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        elif isinstance(value, bool) or not isinstance(value, str | int):
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
             raise usage.UsageError(f"--config: {key} in {path} must be a string or a number")
         arguments.append(f"--{name}={value}")
     return arguments
@@ -409,6 +427,7 @@ def makeService(options: Options) -> IService:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
+    interceptors.extend(options["interceptors"])
     context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
     stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
 

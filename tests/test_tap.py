@@ -326,3 +326,31 @@ def test_send_rate_adds_the_rate_interceptor(build):
     (interceptor,) = listener.factory.context.interceptors
     assert isinstance(interceptor, SendRateInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
+
+
+def test_interceptors_option_loads_them_in_order(build):
+    """--interceptors builds each named interceptor, in order, after the built-in ones."""
+    root = build("--stomp", "tcp:0", "--http", "none", "--send-rate", "9",
+                 "--interceptors",
+                 "tests.test_session_loading:Tagging, tests.test_session_loading:NoProfanity")
+    (listener,) = _listeners(root)
+    names = [type(i).__name__ for i in listener.factory.context.interceptors]
+    assert names == ["SendRateInterceptor", "Tagging", "NoProfanity"]
+
+
+def test_interceptors_from_a_config_file_list(tmp_path: Path):
+    """A config file may list interceptors as a TOML array; floats are accepted too."""
+    config = tmp_path / "c.toml"
+    config.write_text('interceptors = ["tests.test_session_loading:Tagging"]\n'
+                      "frame_timeout = 2.5\n")
+    options = parse("--config", str(config))
+    assert [type(i).__name__ for i in options["interceptors"]] == ["Tagging"]
+    assert options["frame-timeout"] == 2.5
+
+
+@pytest.mark.parametrize("value", ["nomodule", "tests.no_such_module:X",
+                                   "tests.test_session_loading:no_inbound"])
+def test_bad_interceptors_are_usage_errors(value):
+    """An interceptor that cannot be loaded stops start-up with a usage error naming it."""
+    with pytest.raises(usage.UsageError, match="--interceptors"):
+        parse("--interceptors", value)
