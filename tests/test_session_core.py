@@ -1573,7 +1573,7 @@ def test_transaction_bytes_bound_is_error_then_close(clock):
         client.send("SEND", {"destination": "/topic/t", "transaction": "b"}, b"x" * 1000)
     error = assert_error_then_closed(client)
     assert error.headers["message"] == "transaction too large"
-    assert client.session._transactions == {}
+    assert len(client.session._transactions) == 0
     assert watcher.frames() == []
 
 
@@ -1599,7 +1599,7 @@ def test_committed_bytes_are_given_back(clock):
         client.send("SEND", {"destination": "/topic/t", "transaction": f"t{i}"}, b"x" * 3000)
         client.send("COMMIT", {"transaction": f"t{i}"})
     assert not client.closed
-    assert client.session._transaction_bytes == 0
+    assert client.session._transactions.held_bytes == 0
 
 
 def test_unfinished_frames_time_out_with_heartbeats_off(clock):

@@ -390,13 +390,13 @@ class SessionMachine(RuleBasedStateMachine):
         for client in self.all_clients:
             session = client.session
             assert len(session._transactions) <= LIMITS["max_transactions"]
-            assert session._transaction_bytes <= LIMITS["max_transaction_bytes"]
+            assert session._transactions.held_bytes <= LIMITS["max_transaction_bytes"]
             assert len(session.subscriptions) <= LIMITS["max_subscriptions"]
             assert len(session._held) <= MAX_FRAMES_PER_READ
             assert len(session.parser._buffer) <= LIMITS["max_frame_size"] + 4_096
             assert len(session._receipts) <= len(client.receipts_asked) + 64
             if session.state is State.CLOSED:
-                assert not session.subscriptions and not session._transactions
+                assert not session.subscriptions and not len(session._transactions)
         for destination in ("/queue/q",):
             assert self.broker.queue_depth(destination) <= MAX_QUEUE_BACKLOG
 

@@ -35,6 +35,7 @@ from stomp_chat.errors import ApplicationError, ProtocolError
 from stomp_chat.identity import ConnectionInfo, Principal
 from stomp_chat.session.context import FrameTransport, ServerContext
 from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
+from stomp_chat.session.transactions import Transactions
 from stomp_chat.stomp.frame import (
     SUPPORTED_VERSIONS,
     V1_0,
@@ -54,9 +55,6 @@ log = Logger()
 HEARTBEAT_EOL = b"\n"
 #: How far past the negotiated interval a silent client is still tolerated.
 HEARTBEAT_GRACE = 1.5
-#: What each frame held in a transaction counts for beyond its own bytes (the
-#: objects that hold it), so that many tiny frames cannot hide under the bound.
-TRANSACTION_FRAME_OVERHEAD = 256
 
 
 class State(enum.Enum):
@@ -85,7 +83,6 @@ class StompSession:
         "_receipts",
         "_received",
         "_sent",
-        "_transaction_bytes",
         "_transactions",
         "_waiting",
         "broker",
@@ -123,9 +120,9 @@ class StompSession:
             max_header_length=settings.max_header_length,
         )
         self._acks = AckTracker(context.broker)
-        self._transactions: dict[str, list[Frame]] = {}
-        #: What the open transactions hold, counted as ``_transaction_size`` says.
-        self._transaction_bytes = 0
+        self._transactions = Transactions(
+            settings.max_transactions, settings.max_transaction_bytes
+        )
         self._receipts = OrderedReceipts(self._write_receipt, self._receipts_drained)
         self._close_after_receipts = False
         #: An interceptor's Deferred is pending: input is paused.
@@ -330,7 +327,7 @@ class StompSession:
         destination = _required(frame, "destination")
         if "transaction" in frame.headers:
             self._check_destination(destination)  # now, not at COMMIT: all or nothing
-            self._buffered_in_transaction(frame)
+            self._transactions.hold(frame)
             self._receipts.add(frame.headers.get("receipt"))
             return
         self._receipts.add(frame.headers.get("receipt"), self._apply_send(frame, destination))
@@ -442,7 +439,7 @@ class StompSession:
 
     def _on_ack(self, frame: Frame) -> None:
         sub, message_id = self._acks.target(frame, self.version)
-        if not self._buffered_in_transaction(frame):
+        if not self._transactions.hold(frame):
             self._acks.settle(sub, message_id, requeue=False)
         self._receipts.add(frame.headers.get("receipt"))
 
@@ -450,45 +447,18 @@ class StompSession:
         if self.version == V1_0:
             raise ProtocolError("unknown command", "NACK is not part of STOMP 1.0")
         sub, message_id = self._acks.target(frame, self.version)
-        if not self._buffered_in_transaction(frame):
+        if not self._transactions.hold(frame):
             self._acks.settle(sub, message_id, requeue=True)
         self._receipts.add(frame.headers.get("receipt"))
 
     # -- transactions ------------------------------------------------------
 
-    def _buffered_in_transaction(self, frame: Frame) -> bool:
-        name = frame.headers.get("transaction")
-        if name is None:
-            return False
-        frames = self._transactions.get(name)
-        if frames is None:
-            raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
-        size = _transaction_size(frame)
-        limit = self.context.settings.max_transaction_bytes
-        if self._transaction_bytes + size > limit:
-            raise ProtocolError(
-                "transaction too large",
-                f"open transactions may hold at most {limit} bytes on one connection",
-            )
-        self._transaction_bytes += size
-        frames.append(frame)
-        return True
-
     def _on_begin(self, frame: Frame) -> None:
-        name = _required(frame, "transaction")
-        if name in self._transactions:
-            raise ProtocolError("transaction already begun", f"transaction {name!r} is active")
-        limit = self.context.settings.max_transactions
-        if len(self._transactions) >= limit:
-            raise ProtocolError(
-                "too many transactions",
-                f"at most {limit} transactions may be open at once on one connection",
-            )
-        self._transactions[name] = []
+        self._transactions.begin(_required(frame, "transaction"))
         self._receipts.add(frame.headers.get("receipt"))
 
     def _on_commit(self, frame: Frame) -> None:
-        frames = self._take_transaction(frame)
+        frames = self._transactions.take(_required(frame, "transaction"))
         waits: list[Deferred[Any]] = []
         acks = self._acks
         for queued in frames:
@@ -502,16 +472,8 @@ class StompSession:
         self._receipts.add(frame.headers.get("receipt"), DeferredList(waits) if waits else None)
 
     def _on_abort(self, frame: Frame) -> None:
-        self._take_transaction(frame)
+        self._transactions.take(_required(frame, "transaction"))
         self._receipts.add(frame.headers.get("receipt"))
-
-    def _take_transaction(self, frame: Frame) -> list[Frame]:
-        name = _required(frame, "transaction")
-        frames = self._transactions.pop(name, None)
-        if frames is None:
-            raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
-        self._transaction_bytes -= sum(_transaction_size(queued) for queued in frames)
-        return frames
 
     # -- DISCONNECT and receipts -----------------------------------------
 
@@ -581,7 +543,6 @@ class StompSession:
         self.context.heartbeats.discard(self)
         self._acks.release()
         self._transactions.clear()
-        self._transaction_bytes = 0
         self._held.clear()
         self._partial_since = None
 
@@ -634,14 +595,6 @@ class StompSession:
         "ABORT": _on_abort,
         "DISCONNECT": _on_disconnect,
     }
-
-
-def _transaction_size(frame: Frame) -> int:
-    """What a frame held in a transaction counts against the connection's bound."""
-    size = TRANSACTION_FRAME_OVERHEAD + len(frame.command) + len(frame.body)
-    for name, value in frame.headers.items():
-        size += len(name) + len(value)
-    return size
 
 
 def _required(frame: Frame, name: str) -> str:
