@@ -1776,3 +1776,22 @@ def test_send_rate_refills_with_time(clock):
         client.send("SEND", {"destination": "/topic/t"}, b"x")
         clock.advance(0.1)
     assert not client.closed
+
+
+def test_authentication_that_never_answers_hits_the_connect_timeout(clock):
+    """A CONNECT whose authentication never completes is closed at the connect timeout."""
+
+    class Hanging:
+        def authenticate(self, frame, connection):
+            return Deferred()
+
+    context = make_context(clock=clock, authenticator=Hanging(), connect_timeout=10.0)
+    client = Client(context)
+    client.send("CONNECT", {"accept-version": "1.2"})
+    assert client.transport.reading_paused
+    clock.advance(9.5)
+    client.session.check_liveness(clock.seconds(), 1.0)
+    assert not client.closed
+    clock.advance(0.5)
+    client.session.check_liveness(clock.seconds(), 1.0)
+    assert assert_error_then_closed(client).headers["message"] == "connect timeout"

@@ -555,9 +555,12 @@ class StompSession:
     def check_liveness(self, now: float, tick: float) -> None:
         """Called every ``tick`` s: send a heart-beat, or drop a silent or stale peer."""
         settings = self.context.settings
-        if self.state is State.AWAITING_CONNECT:
+        state = self.state
+        if state is State.AWAITING_CONNECT or state is State.AUTHENTICATING:
+            # Authentication that never answers must not hold a paused
+            # connection forever either.
             if now - self._opened_at >= settings.connect_timeout:
-                self.fail("connect timeout", "no CONNECT frame was received in time")
+                self.fail("connect timeout", "the connection was not established in time")
                 return
         partial_since = self._partial_since
         if partial_since is not None and now - partial_since >= settings.frame_timeout:
