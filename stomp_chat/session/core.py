@@ -266,15 +266,17 @@ class StompSession:
             self.fail(error.message, error.detail, frame, error.headers)
         elif isinstance(error, (BrokerError, FrameError)):
             self.fail(str(error), str(error), frame)
+        elif failure is None:  # unexpected: log it with its traceback
+            self._refuse(error, frame, Failure(error, type(error), error.__traceback__))
         elif self.state is State.AUTHENTICATING:
-            log.failure("authentication failed unexpectedly", failure or Failure(error))
+            log.failure("authentication failed unexpectedly", failure)
             self.fail(
                 "authentication unavailable", "the server could not check credentials", frame
             )
         else:
             log.failure(
                 "error handling {command} from {peer}",
-                failure or Failure(error),
+                failure,
                 command=frame.command,
                 peer=self.peer,
             )
