@@ -1795,3 +1795,28 @@ def test_authentication_that_never_answers_hits_the_connect_timeout(clock):
     clock.advance(0.5)
     client.session.check_liveness(clock.seconds(), 1.0)
     assert assert_error_then_closed(client).headers["message"] == "connect timeout"
+
+
+def test_shut_down_sends_due_receipts_before_the_error(clock):
+    """shut_down stops reading, sends every RECEIPT still due, then ERROR, then closes."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.session.shut_down("server shutting down")
+    client.send("SEND", {"destination": "/app/slow", "receipt": "too-late"}, b"y")
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and error.headers["message"] == "server shutting down"
+    assert client.closed
+
+
+def test_shut_down_with_nothing_due_errors_at_once(context):
+    """With no RECEIPT due, shut_down sends ERROR and closes at once."""
+    client = connected(context)
+    client.session.shut_down("server shutting down")
+    assert_error_then_closed(client, message="server shutting down")

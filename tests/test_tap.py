@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from stomp_chat.session import SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+from tests.serverproc import run_to_exit
 
 
 def parse(*args: str) -> Options:
@@ -396,3 +398,52 @@ def test_bad_interceptors_are_usage_errors(value):
     """An interceptor that cannot be loaded stops start-up with a usage error naming it."""
     with pytest.raises(usage.UsageError, match="--interceptors"):
         parse("--interceptors", value)
+
+
+# -- start-up failures on the real twistd ------------------------------------------------
+
+
+def _busy_port() -> tuple[socket.socket, int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    return holder, holder.getsockname()[1]
+
+
+STARTUP_FAILURES = {
+    "port clash": (["--http=tcp:{busy}:interface=127.0.0.1"], "Address already in use"),
+    "port out of range": (["--http=tcp:70000:interface=127.0.0.1"], "port must be 0-65535"),
+    "bad interface": (["--http=tcp:0:interface=192.0.2.1"], "Cannot assign requested address"),
+    "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),
+    "unreachable redis": (["--redis=redis://127.0.0.1:1/0"], "--redis"),
+    "bad config": (["--config=bad.toml"], "unknown option 'bogus'"),
+}
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
+@pytest.mark.parametrize("case", list(STARTUP_FAILURES))
+def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case, daemon):
+    """Each start-up failure exits non-zero, names its cause in one line, and logs no traceback."""
+    args, cause = STARTUP_FAILURES[case]
+    (tmp_path / "bad.toml").write_text('http = "tcp:0"\nbogus = 1\n')
+    holder, busy = _busy_port()
+    with holder:
+        code, output, log = run_to_exit(
+            tmp_path,
+            "--stomp=tcp:0:interface=127.0.0.1",
+            "--http=tcp:0:interface=127.0.0.1",
+            f"--database=sqlite:///{tmp_path / 'chat.db'}",
+            *(arg.format(busy=busy) for arg in args),
+            daemon=daemon,
+        )
+    assert code != 0, output + log
+    assert "Traceback" not in output + log
+    if daemon and "cannot listen" in log:
+        # The daemon's parent shows the first 100 bytes of the reason; the log has it all.
+        assert "cannot listen" in output
+        [line] = [line for line in log.splitlines() if "cannot start" in line]
+        assert cause in line
+    else:
+        [line] = [line for line in output.splitlines() if cause in line]
+        assert "cannot start" in line or "--" in line
+    assert "Site starting on" not in log, "nothing may serve HTTP"

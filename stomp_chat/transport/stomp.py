@@ -95,6 +95,8 @@ class StompProtocol(Protocol):
             self.connection = connection_info_from_transport(self.transport)
             set_no_delay(self.transport)
         connection = self.connection
+        self.kind = connection.transport
+        self.context.stats.connection_opened(self.kind)
         self.transport.registerProducer(self, True)
         if self.connections is not None:
             self.connections.opened(connection.peer_host)
@@ -170,6 +172,8 @@ class StompProtocol(Protocol):
             )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.connected:
+            self.context.stats.connection_closed(self.kind)
         self.connected = False
         self._unread.clear()
         if self._abort_call is not None and self._abort_call.active():

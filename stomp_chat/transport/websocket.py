@@ -95,7 +95,11 @@ class WebSocketFrameTransport:
     def loseConnection(self) -> None:
         if not self.disconnecting:
             self.disconnecting = True
-            self._ws.sendClose(1000)
+            code = getattr(getattr(self._ws, "factory", None), "close_code", 1000)
+            if code == 1000:
+                self._ws.sendClose(code)
+            else:  # sendClose refuses the protocol's own codes, such as 1001 "going away"
+                self._ws.sendCloseFrame(code=code, isReply=False)
 
     def abortConnection(self) -> None:
         transport = self._socket
@@ -245,6 +249,8 @@ class StompWebSocketFactory(WebSocketServerFactory):
     """Accepts STOMP WebSocket connections from allowed origins."""
 
     protocol = StompWebSocketProtocol  # type: ignore[assignment]
+    #: The code of the closes this server starts: 1001 (going away) once it shuts down.
+    close_code = 1000
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ closed. A connection idle between requests is closed after ``idle_timeout``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -25,7 +25,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from stomp_chat.web.json import JSONNotFound, write_json
+from stomp_chat.web.health import Health
+from stomp_chat.web.json import JSONNotFound
 
 log = Logger()
 
@@ -133,19 +134,6 @@ class Root(Resource):
         return JSONNotFound()
 
 
-class Health(Resource):
-    """``GET /healthz``: liveness plus whatever the server reports of itself."""
-
-    isLeaf = True
-
-    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
-        self._report = report
-
-    def render_GET(self, request: Request) -> bytes:
-        return write_json(request, 200, {"status": "ok", **self._report()})
-
-
 def build_site(
     websocket_factory: Any,
     *,
@@ -154,8 +142,9 @@ def build_site(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     reactor: Any = None,
+    resources: Mapping[bytes, Resource] | None = None,
 ) -> Site:
-    """The root: ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``."""
+    """The root: ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``, and ``resources``."""
     root = Root()
     ws = Resource()
     ws.putChild(b"chat", WebSocketResource(websocket_factory))
@@ -163,6 +152,8 @@ def build_site(
     root.putChild(b"healthz", Health(health or dict))
     if api is not None:
         root.putChild(b"api", api)
+    for path, resource in (resources or {}).items():
+        root.putChild(path, resource)
     site = ChatSite(
         root, header_timeout=header_timeout, idle_timeout=idle_timeout, reactor=reactor
     )
