@@ -292,6 +292,14 @@ class Options(usage.Options):
             _number("--frame-timeout", allow_zero=False),
         ],
         [
+            "max-pending-receipts",
+            None,
+            10_000,
+            "How many frames of one connection may wait behind an earlier, slower one (a "
+            "durable SEND) before the server stops reading it until half are answered.",
+            _positive_int("--max-pending-receipts"),
+        ],
+        [
             "send-rate",
             None,
             0.0,
@@ -539,6 +547,7 @@ def makeService(options: Options) -> IService:
         max_transactions=options["max-transactions"],
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
+        max_pending_receipts=options["max-pending-receipts"],
     )
     # Anonymous access needs no link in the chain (an empty chain connects
     # everyone anonymously), so the default hot path runs no interceptor.

@@ -1820,3 +1820,22 @@ def test_shut_down_with_nothing_due_errors_at_once(context):
     client = connected(context)
     client.session.shut_down("server shutting down")
     assert_error_then_closed(client, message="server shutting down")
+
+
+def test_too_many_frames_behind_a_slow_one_pause_reading(clock):
+    """Past max_pending_receipts frames waiting behind a slow SEND, the session stops reading
+    until half of them are answered; every receipt still arrives, in order."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = make_context(clock=clock, router=router, max_pending_receipts=4)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "slow"}, b"x")
+    for i in range(2):
+        client.send("SUBSCRIBE", {"destination": "/topic/t", "id": str(i), "receipt": f"s{i}"})
+    assert not client.transport.reading_paused
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "2", "receipt": "s2"})
+    assert client.transport.reading_paused
+    pending.callback(None)
+    assert not client.transport.reading_paused
+    assert [f.headers["receipt-id"] for f in client.frames()] == ["slow", "s0", "s1", "s2"]

@@ -330,6 +330,7 @@ def test_session_limit_defaults():
     assert options["frame-timeout"] == 60.0
     assert options["send-rate"] == 0.0
     assert options["send-burst"] == 200
+    assert options["max-pending-receipts"] == 10_000
 
 
 @pytest.mark.parametrize(
@@ -354,12 +355,14 @@ def test_bad_session_limits_are_usage_errors(args):
 def test_session_limits_reach_the_sessions(build):
     """The limit options land in SessionSettings; no send rate means an empty chain."""
     root = build("--stomp", "tcp:0", "--http", "none", "--max-transactions", "3",
-                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
+                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5",
+                 "--max-pending-receipts", "12")
     (listener,) = _listeners(root)
     context = listener.factory.context
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
+    assert settings.max_pending_receipts == 12
     assert context.interceptors == []
 
 

@@ -124,7 +124,12 @@ class StompSession:
         self._transactions = Transactions(
             settings.max_transactions, settings.max_transaction_bytes
         )
-        self._receipts = OrderedReceipts(self._write_receipt, self._receipts_drained)
+        self._receipts = OrderedReceipts(
+            self._write_receipt,
+            self._receipts_drained,
+            limit=settings.max_pending_receipts,
+            backlog=self._receipt_backlog,
+        )
         self._close_after_receipts = False
         self._shutdown_message: str | None = None
         #: An interceptor's Deferred is pending: input is paused.
@@ -242,7 +247,7 @@ class StompSession:
         while held and not self._waiting and self.state is not State.CLOSED:
             self.frame_received(held.popleft())
         self._partial_since = partial_since
-        if not self._waiting and self.state is not State.CLOSED:
+        if not self._waiting and not self._receipts.full and self.state is not State.CLOSED:
             self.transport.resume_reading()
 
     def _dispatch(self, frame: Frame) -> None:
@@ -495,6 +500,15 @@ class StompSession:
         if self.state is State.CONNECTED:
             self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
             self.context.stats.frames_sent["RECEIPT"] += 1
+
+    def _receipt_backlog(self, full: bool) -> None:
+        """Too many frames wait behind a slow one: read nothing more until half are done."""
+        if self.state is State.CLOSED:
+            return
+        if full:
+            self.transport.pause_reading()
+        elif not self._waiting:
+            self.transport.resume_reading()
 
     def _receipts_drained(self) -> None:
         if self._close_after_receipts:
