@@ -59,6 +59,11 @@ from stomp_chat.session import (
     ServerContext,
     SessionSettings,
 )
+from stomp_chat.session.loading import (
+    InterceptorLoadError,
+    load_interceptor,
+    parse_interceptor_names,
+)
 from stomp_chat.startup import RedisCheckFailed, check_redis
 from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
@@ -375,6 +380,14 @@ class Options(usage.Options):
             _number("--frame-timeout", allow_zero=False),
         ],
         [
+            "max-pending-receipts",
+            None,
+            10_000,
+            "How many frames of one connection may wait behind an earlier, slower one (a "
+            "durable SEND) before the server stops reading it until half are answered.",
+            _positive_int("--max-pending-receipts"),
+        ],
+        [
             "send-rate",
             None,
             0.0,
@@ -388,6 +401,14 @@ class Options(usage.Options):
             200,
             "With --send-rate: how many SENDs a connection may make at once.",
             _positive_int("--send-burst"),
+        ],
+        [
+            "interceptors",
+            None,
+            "",
+            "Comma-separated 'package.module:factory' names of inbound interceptors to "
+            "add, in order, after the built-in ones; each factory is called with no "
+            "arguments (a config file may give a list).",
         ],
         [
             "database",
@@ -574,6 +595,11 @@ class Options(usage.Options):
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
+        try:
+            names = parse_interceptor_names(self["interceptors"])
+            self["interceptors"] = [load_interceptor(name) for name in names]
+        except InterceptorLoadError as error:
+            raise usage.UsageError(f"--interceptors: {error}") from None
 
 
 def _parse_endpoint(name: str, description: str) -> tuple[str, Any] | None:
@@ -677,6 +703,7 @@ def makeService(options: Options) -> IService:
         max_transactions=options["max-transactions"],
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
+        max_pending_receipts=options["max-pending-receipts"],
     )
     # Authentication is the chain's first link, in every mode: with --auth
     # none it names the client after its login (or a guest name).
@@ -687,6 +714,9 @@ def makeService(options: Options) -> IService:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
+    # A deployment's own interceptors come before authorization, which then decides on
+    # the frame as they leave it: none of them can route around the rules.
+    interceptors.extend(options["interceptors"])
     # Authorization in every mode: even with --auth none, no client may publish
     # to a destination the application owns (the rooms' topics).
     interceptors.append(authorization.interceptor)

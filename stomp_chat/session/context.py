@@ -52,6 +52,9 @@ class SessionSettings:
     max_transaction_bytes: int = 16 * 1024 * 1024
     #: Seconds a frame may take from its first byte to its last.
     frame_timeout: float = 60.0
+    #: Frames that may wait for an earlier, slower one (a durable SEND) before
+    #: the connection stops reading until half of them are answered.
+    max_pending_receipts: int = 10_000
 
 
 @dataclass(slots=True)
