@@ -1,0 +1,366 @@
+// The chat page: sign in, rooms, history then live messages, presence, unread
+// counts. Message text is only ever set with textContent, never parsed as HTML.
+
+import { StompClient, State } from './stomp.js';
+
+const HISTORY_PAGE = 50;
+const READ_REPORT_DELAY = 300;
+
+const $ = (id) => document.getElementById(id);
+
+const page = {
+  me: null,
+  myId: 0,
+  client: null,
+  rooms: new Map(), // id -> {id, name, unread}
+  view: null, // the open room
+  entered: new Set(), // rooms this page announced itself in (ENTER)
+  names: new Map(), // senderId -> name, learnt from presence
+  everConnected: false,
+};
+
+/** A stable positive 31-bit number for a name: the senderId the chat protocol wants. */
+export function senderIdFor(name) {
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(name)) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return (hash % 2147483646) + 1;
+}
+
+/** The CONNECT headers for the sign-in form's values (a name; a password once one is asked). */
+function credentials() {
+  const headers = { login: page.me };
+  const secret = $('signin-secret').value;
+  if (secret) headers.passcode = secret;
+  return headers;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { 'content-type': 'application/json', ...(options.headers ?? {}) },
+    credentials: 'same-origin',
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.message ?? `HTTP ${response.status}`);
+  return body;
+}
+
+function showNote(text) {
+  const note = $('recovery-note');
+  note.textContent = text;
+  note.hidden = !text;
+}
+
+// -- connection ----------------------------------------------------------
+
+function showConnection(state, detail) {
+  const badge = $('connection');
+  badge.dataset.state = state;
+  const texts = {
+    [State.IDLE]: 'not connected',
+    [State.CONNECTING]: 'connecting…',
+    [State.CONNECTED]: 'connected',
+    [State.CLOSED]: 'disconnected',
+  };
+  badge.textContent = state === State.RECONNECTING
+    ? `reconnecting in ${Math.max(1, Math.round(detail.delay / 1000))} s…`
+    : texts[state];
+  const usable = state === State.CONNECTED && page.view !== null;
+  $('composer-text').disabled = !usable;
+  $('composer').querySelector('button').disabled = !usable;
+}
+
+function signIn(name) {
+  page.me = name;
+  page.myId = senderIdFor(name);
+  page.names.set(page.myId, name);
+  sessionStorage.setItem('stomp-chat-name', name);
+  $('me').textContent = name;
+  $('me').hidden = false;
+  $('signin').hidden = true;
+  $('chat').hidden = false;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const client = new StompClient(`${scheme}://${location.host}/ws/chat`, {
+    connectHeaders: credentials,
+    heartbeat: [10000, 10000],
+    reconnect: { initial: 500, max: 10000 },
+    onStateChange: showConnection,
+    onConnect: connected,
+    onStompError: (frame) => {
+      showNote(`server: ${frame.headers.message ?? 'error'}`);
+      if (!page.everConnected) {
+        client.deactivate();
+        signOut(frame.headers.message);
+      }
+    },
+  });
+  page.client = client;
+  client.subscribe('/user/queue/unread', (frame) => unreadChanged(frame.json()));
+  client.subscribe('/user/queue/errors', (frame) => showNote(frame.json().message ?? 'error'));
+  client.activate().catch(() => {});
+}
+
+function signOut(reason) {
+  page.client = null;
+  $('chat').hidden = true;
+  $('signin').hidden = false;
+  $('me').hidden = true;
+  sessionStorage.removeItem('stomp-chat-name');
+  if (reason) $('signin-name').setCustomValidity(reason);
+}
+
+function connected() {
+  const first = !page.everConnected;
+  page.everConnected = true;
+  if (page.view) loadPresence(page.view);
+  else showNote('');
+  loadRooms().then(() => {
+    if (first && page.rooms.size && page.view === null) {
+      const wanted = Number(location.hash.slice(1));
+      openRoom(page.rooms.has(wanted) ? wanted : [...page.rooms.keys()][0]);
+    }
+  });
+}
+
+// -- rooms -----------------------------------------------------------------
+
+async function loadRooms() {
+  try {
+    const { rooms } = await api('/api/rooms');
+    for (const room of rooms) {
+      const known = page.rooms.get(room.id);
+      page.rooms.set(room.id, { unread: 0, ...known, id: room.id, name: room.name });
+    }
+    renderRooms();
+  } catch (error) {
+    showNote(`could not load rooms: ${error.message}`);
+  }
+}
+
+function renderRooms() {
+  const list = $('room-list');
+  list.replaceChildren(...[...page.rooms.values()].map((room) => {
+    const item = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.roomId = room.id;
+    button.setAttribute('aria-current', String(page.view?.id === room.id));
+    const name = document.createElement('span');
+    name.textContent = room.name;
+    button.append(name);
+    if (room.unread > 0 && page.view?.id !== room.id) {
+      const badge = document.createElement('span');
+      badge.className = 'unread';
+      badge.textContent = String(room.unread);
+      button.append(badge);
+    }
+    button.addEventListener('click', () => openRoom(room.id));
+    item.append(button);
+    return item;
+  }));
+}
+
+async function createRoom(name) {
+  try {
+    const room = await api('/api/rooms', { method: 'POST', body: JSON.stringify({ name }) });
+    page.rooms.set(room.id, { id: room.id, name: room.name, unread: 0 });
+    renderRooms();
+    openRoom(room.id);
+  } catch (error) {
+    showNote(`could not create the room: ${error.message}`);
+  }
+}
+
+/**
+ * Open a room: subscribe first and hold live messages back while the
+ * history page loads, then show both, each seq once. After a reconnect the
+ * subscription asks for everything after the last seq shown (since-seq).
+ */
+function openRoom(roomId) {
+  const client = page.client;
+  if (page.view?.id === roomId) return;
+  if (page.view) {
+    page.view.topic.unsubscribe();
+    page.view.presence.unsubscribe();
+  }
+  const view = { id: roomId, bySeq: new Map(), lastSeq: 0, loading: true, held: [] };
+  page.view = view;
+  location.hash = String(roomId);
+  $('room-title').textContent = page.rooms.get(roomId)?.name ?? `room ${roomId}`;
+  $('messages').replaceChildren();
+  $('presence').replaceChildren();
+  showNote('');
+  renderRooms();
+  // Presence first: this page's own arrival is then among the events it sees.
+  view.presence = client.subscribe(`/topic/chat/room/${roomId}/presence`,
+    (frame) => renderPresence(view, frame.json().users));
+  view.topic = client.subscribe(`/topic/chat/room/${roomId}`, (frame) => roomMessage(view, frame),
+    () => (view.loading ? {} : { 'since-seq': String(view.lastSeq) }));
+  showConnection(client.state, {});
+  loadHistory(view).then(() => {
+    if (!page.entered.has(roomId) && client.isConnected) {
+      page.entered.add(roomId);
+      client.send('/app/message', { type: 'ENTER', roomId, senderId: page.myId });
+    }
+  });
+  loadPresence(view);
+}
+
+function loadPresence(view) {
+  api(`/api/rooms/${view.id}/presence`).then((body) => renderPresence(view, body.users))
+    .catch(() => {});
+}
+
+async function loadHistory(view) {
+  try {
+    const body = await api(`/api/rooms/${view.id}/messages?limit=${HISTORY_PAGE}`);
+    for (const message of body.messages) addMessage(view, message);
+  } catch (error) {
+    showNote(`could not load history: ${error.message}`);
+  }
+  view.loading = false;
+  const held = view.held;
+  view.held = [];
+  for (const message of held) addMessage(view, message);
+  reportRead(view);
+}
+
+function roomMessage(view, frame) {
+  if (frame.headers.recovery === 'too-old') {
+    showNote('You were away for long: older messages are in the history.');
+  } else if (frame.headers.recovery === 'failed') {
+    showNote('Some messages could not be recovered; reload the page to see them.');
+  }
+  const message = frame.json();
+  if (view.loading) view.held.push(message);
+  else addMessage(view, message);
+}
+
+function addMessage(view, message) {
+  if (page.view !== view || view.bySeq.has(message.seq)) return;
+  const item = renderMessage(message);
+  view.bySeq.set(message.seq, item);
+  item.dataset.seq = message.seq;
+  const list = $('messages');
+  const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  if (message.seq > view.lastSeq) {
+    list.append(item);
+    view.lastSeq = message.seq;
+  } else {
+    const after = [...list.children].find((li) => Number(li.dataset.seq) > message.seq);
+    list.insertBefore(item, after ?? null);
+  }
+  if (stick) list.scrollTop = list.scrollHeight;
+  if (!view.loading) reportRead(view);
+}
+
+function senderName(message) {
+  return message.senderName ?? page.names.get(message.senderId) ?? `#${message.senderId}`;
+}
+
+function renderMessage(message) {
+  const item = document.createElement('li');
+  item.className = 'message';
+  if (message.type === 'ENTER') item.classList.add('enter');
+  if (message.senderId === page.myId) item.classList.add('mine');
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  const who = document.createElement('span');
+  who.className = 'sender';
+  who.textContent = senderName(message);
+  const when = document.createElement('time');
+  when.dateTime = message.createdAt;
+  when.textContent = new Date(message.createdAt).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  meta.append(who, when);
+  const text = document.createElement('div');
+  text.className = 'text';
+  text.textContent = message.detailMessage;
+  item.append(meta, text);
+  return item;
+}
+
+function renderPresence(view, users) {
+  if (page.view !== view || !Array.isArray(users)) return;
+  $('presence').replaceChildren(...users.map((user) => {
+    page.names.set(senderIdFor(user.name), user.name);
+    const item = document.createElement('li');
+    item.textContent = user.name;
+    return item;
+  }));
+}
+
+// -- read positions and unread counts --------------------------------------
+
+function reportRead(view) {
+  if (view.readTimer || !page.client?.isConnected || document.visibilityState === 'hidden') return;
+  view.readTimer = setTimeout(() => {
+    view.readTimer = null;
+    if (page.view !== view || !page.client.isConnected) return;
+    if (view.lastSeq > (view.reported ?? -1)) {
+      view.reported = view.lastSeq;
+      page.client.send('/app/read', { roomId: view.id, seq: view.lastSeq });
+    }
+  }, READ_REPORT_DELAY);
+}
+
+function unreadChanged(update) {
+  let room = page.rooms.get(update.roomId);
+  if (!room) {
+    room = { id: update.roomId, name: `room ${update.roomId}`, unread: 0 };
+    page.rooms.set(room.id, room);
+  }
+  room.unread = update.unread;
+  renderRooms();
+}
+
+// -- wiring ------------------------------------------------------------------
+
+function send() {
+  const box = $('composer-text');
+  const text = box.value.trim();
+  const view = page.view;
+  if (!text || !view || !page.client?.isConnected) return;
+  box.value = '';
+  page.client.send('/app/message',
+    { type: 'TALK', roomId: view.id, senderId: page.myId, detailMessage: text },
+    { receipt: true }).catch((error) => {
+    showNote(`not sent: ${error.message}`);
+    if (!box.value) box.value = text;
+  });
+}
+
+function start() {
+  $('signin').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const name = $('signin-name').value.trim();
+    if (name) signIn(name);
+  });
+  $('signin-name').addEventListener('input', (event) => event.target.setCustomValidity(''));
+  $('new-room').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const name = $('new-room-name').value.trim();
+    $('new-room-name').value = '';
+    if (name) createRoom(name);
+  });
+  $('composer').addEventListener('submit', (event) => {
+    event.preventDefault();
+    send();
+  });
+  $('composer-text').addEventListener('keydown', (event) => {
+    // Enter while an input method is composing (Hangul, kana) finishes the syllable.
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (page.view) reportRead(page.view);
+  });
+  const remembered = sessionStorage.getItem('stomp-chat-name');
+  if (remembered) signIn(remembered);
+}
+
+start();
