@@ -91,6 +91,10 @@ class ChatApi(Resource):
                   DELETE=self.leave_room)
         self._add(r"/rooms/(?P<room_id>[^/]+)/messages", GET=self.list_messages)
 
+    def add_route(self, pattern: str, **methods: Handler) -> None:
+        """Serve one more path under ``/api``; a handler returns ``(status, payload)``."""
+        self._add(pattern, **methods)
+
     def _add(self, pattern: str, **methods: Handler) -> None:
         routes = {name.encode("ascii"): handler for name, handler in methods.items()}
         self._routes.append((re.compile(pattern + r"/?\Z"), routes))
