@@ -356,6 +356,8 @@ function start() {
       send();
     }
   });
+  // A laptop waking up or a phone changing networks: no need to wait out the back-off.
+  window.addEventListener('online', () => page.client?.reconnectNow());
   document.addEventListener('visibilitychange', () => {
     if (page.view) reportRead(page.view);
   });

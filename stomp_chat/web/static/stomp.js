@@ -368,6 +368,13 @@ export class StompClient {
     this.timers.add(timer);
   }
 
+  /** Skip the rest of the back-off and try now (e.g. the browser says it is online again). */
+  reconnectNow() {
+    if (this.state !== State.RECONNECTING) return;
+    this._clearTimers();
+    this._open();
+  }
+
   _write(bytes) {
     if (!this.ws || this.ws.readyState !== 1) throw new Error('not connected');
     this.ws.send(bytes);
