@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 
 const page = {
   me: null,
+  token: null, // a login token or JWT, when the server asks for one
   myId: 0,
   client: null,
   rooms: new Map(), // id -> {id, name, unread}
@@ -29,23 +30,53 @@ export function senderIdFor(name) {
   return (hash % 2147483646) + 1;
 }
 
-/** The CONNECT headers for the sign-in form's values (a name; a password once one is asked). */
+/**
+ * The CONNECT headers: the name as ``login``; with a password or token, the
+ * token (from POST /api/login, or the one typed in) as ``passcode``.
+ */
 function credentials() {
   const headers = { login: page.me };
-  const secret = $('signin-secret').value;
-  if (secret) headers.passcode = secret;
+  if (page.token) headers.passcode = page.token;
   return headers;
 }
 
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { 'content-type': 'application/json', ...(options.headers ?? {}) },
-    credentials: 'same-origin',
-  });
+  const headers = { 'content-type': 'application/json', ...(options.headers ?? {}) };
+  if (page.token) headers.authorization = `Bearer ${page.token}`;
+  const response = await fetch(path, { ...options, headers, credentials: 'same-origin' });
   const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message ?? `HTTP ${response.status}`);
+  if (response.status === 401) askForSecret(body.message ?? 'sign in with a password or token');
+  if (!response.ok) throw new HttpError(response.status, body.message ?? `HTTP ${response.status}`);
   return body;
+}
+
+/** Trade a password for a login token; a server without logins takes the secret as a token. */
+async function tokenFor(name, secret) {
+  try {
+    const body = await api('/api/login', { method: 'POST', body: JSON.stringify({ login: name, password: secret }) });
+    return body.token ?? secret;
+  } catch (error) {
+    if (error.status === 401) throw error;
+    return secret;
+  }
+}
+
+function askForSecret(reason) {
+  if (page.client) {
+    page.client.deactivate();
+    signOut();
+  }
+  $('signin-secret-row').hidden = false;
+  const shown = $('signin-error');
+  shown.textContent = reason ?? '';
+  shown.hidden = !reason;
 }
 
 function showNote(text) {
@@ -91,10 +122,7 @@ function signIn(name) {
     onConnect: connected,
     onStompError: (frame) => {
       showNote(`server: ${frame.headers.message ?? 'error'}`);
-      if (!page.everConnected) {
-        client.deactivate();
-        signOut(frame.headers.message);
-      }
+      if (!page.everConnected) askForSecret(frame.headers.message ?? 'the server refused to connect');
     },
   });
   page.client = client;
@@ -103,13 +131,13 @@ function signIn(name) {
   client.activate().catch(() => {});
 }
 
-function signOut(reason) {
+function signOut() {
   page.client = null;
+  page.token = null;
   $('chat').hidden = true;
   $('signin').hidden = false;
   $('me').hidden = true;
   sessionStorage.removeItem('stomp-chat-name');
-  if (reason) $('signin-name').setCustomValidity(reason);
 }
 
 function connected() {
@@ -333,12 +361,20 @@ function send() {
 }
 
 function start() {
-  $('signin').addEventListener('submit', (event) => {
+  $('signin').addEventListener('submit', async (event) => {
     event.preventDefault();
     const name = $('signin-name').value.trim();
-    if (name) signIn(name);
+    const secret = $('signin-secret').value;
+    if (!name) return;
+    $('signin-error').hidden = true;
+    try {
+      page.token = secret ? await tokenFor(name, secret) : null;
+    } catch (error) {
+      askForSecret(error.message);
+      return;
+    }
+    signIn(name);
   });
-  $('signin-name').addEventListener('input', (event) => event.target.setCustomValidity(''));
   $('new-room').addEventListener('submit', (event) => {
     event.preventDefault();
     const name = $('new-room-name').value.trim();
