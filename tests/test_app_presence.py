@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from stomp_chat.app.presence import PresenceTracker
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
+from stomp_chat.identity import Principal
 from stomp_chat.stomp.frame import Frame
 from tests.stompfakes import Client, make_context
 
@@ -17,8 +18,9 @@ from tests.stompfakes import Client, make_context
 class LoginNames:
     """Names each client after its CONNECT ``login`` (anonymous without one)."""
 
-    def authenticate(self, frame: Frame, *connection: Any) -> Any:
-        return frame.headers.get("login")
+    def authenticate(self, frame: Frame, connection: Any) -> Principal | None:
+        login = frame.headers.get("login")
+        return Principal(login, login) if login else None
 
 
 class Server:

@@ -15,6 +15,7 @@ from stomp_chat.app.chat import ChatRequest, ChatService
 from stomp_chat.app.readstate import ReadState
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
+from stomp_chat.identity import Principal
 from stomp_chat.persistence import MemoryChatStore, WriteBehindWriter
 from stomp_chat.persistence.readpositions import MemoryReadPositionStore
 from stomp_chat.stomp.frame import Frame
@@ -24,8 +25,9 @@ from tests.stompfakes import Client, make_context
 class LoginNames:
     """Names each client after its CONNECT ``login``."""
 
-    def authenticate(self, frame: Frame, *connection: Any) -> Any:
-        return frame.headers.get("login")
+    def authenticate(self, frame: Frame, connection: Any) -> Principal | None:
+        login = frame.headers.get("login")
+        return Principal(login, login) if login else None
 
 
 class Server:
