@@ -206,3 +206,21 @@ def test_the_receipt_of_a_read_follows_its_storage() -> None:
     alice.send("SEND", {"destination": "/app/read", "receipt": "no"}, b"[]")
     frames = alice.frames()
     assert [f.headers.get("receipt-id") for f in frames if f.command == "RECEIPT"] == ["ok"]
+
+
+def test_unread_counts_on_a_real_server(server, clients) -> None:
+    """Through twistd and SQLite: a read report is stored and counts follow new messages."""
+    client = clients(server)
+    client.subscribe("/user/queue/unread")
+    for i in range(3):
+        client.send_chat({"type": "TALK", "roomId": 3, "senderId": 7, "detailMessage": f"{i}"},
+                         receipt=f"m{i}")
+    client.wait_for(lambda: "m2" in client.receipts, "the messages")
+    client.conn.send("/app/read", json.dumps({"roomId": 3, "seq": 1}),
+                     content_type="application/json", headers={"receipt": "read"})
+    client.wait_for(lambda: "read" in client.receipts, "the read receipt")
+    first = client.wait_at("/user/queue/unread", 1)
+    assert json.loads(first[0].body) == {"roomId": 3, "unread": 2, "lastReadSeq": 1, "lastSeq": 3}
+    client.send_chat({"type": "TALK", "roomId": 3, "senderId": 7, "detailMessage": "more"})
+    second = client.wait_at("/user/queue/unread", 2)
+    assert json.loads(second[1].body)["unread"] == 3

@@ -305,3 +305,26 @@ def test_since_seq_outside_a_room_is_an_error() -> None:
     error = client.frames()[-1]
     assert error.command == "ERROR"
     assert "not a room" in error.headers["message"]
+
+
+def test_recovery_reads_the_real_database_after_a_restart(start_server, clients) -> None:
+    """After a restart (empty cache), since-seq replays from SQLite, then live messages follow."""
+    server = start_server()
+    sender = clients(server)
+    for i in range(1, 13):
+        sender.send_chat({"type": "TALK", "roomId": 5, "senderId": 7, "detailMessage": f"n{i}"},
+                         receipt=f"r{i}")
+    sender.wait_for(lambda: "r12" in sender.receipts, "every message stored")
+    sender.close()
+    server.stop()
+    server.start()
+    client = clients(server)
+    client.conn.subscribe("/topic/chat/room/5", id="room", ack="auto",
+                          headers={"since-seq": "5"})
+    recovered = client.wait_chat(5, 7)
+    assert [m["seq"] for m in recovered] == list(range(6, 13))
+    frames = client.at("/topic/chat/room/5")
+    assert frames[0].headers["recovery"] == "complete"
+    assert all(f.headers["recovered"] == "true" for f in frames)
+    client.send_chat({"type": "TALK", "roomId": 5, "senderId": 7, "detailMessage": "live"})
+    assert [m["seq"] for m in client.wait_chat(5, 8)][-1] == 13

@@ -92,7 +92,7 @@ async function main() {
     const attack = '<script>window.__owned = 1</script><img src=x onerror="window.__owned = 2"><b>bold</b>';
     await send(bob, attack);
     await waitForText(alice, attack);
-    const long = '긴 메시지 '.repeat(300) + '🎉';
+    const long = '긴 메시지가 줄을 바꿔 가며 보입니다. '.repeat(12) + '🎉';
     await send(alice, long);
     await waitForText(bob, long);
     result.injected = await alice.evaluate(() => ({
