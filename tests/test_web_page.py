@@ -80,3 +80,20 @@ def test_message_text_is_never_parsed_as_html() -> None:
         source = (STATIC_DIR / name).read_text(encoding="utf-8")
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
             assert sink not in source, f"{name} uses {sink}"
+
+
+def test_every_page_file_is_package_data() -> None:
+    """pyproject ships every file of the page, so `pip install .` alone serves it."""
+    import fnmatch
+    import tomllib
+
+    root = STATIC_DIR.parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["stomp_chat.web"]
+    files = [p.relative_to(STATIC_DIR.parent).as_posix() for p in STATIC_DIR.rglob("*")
+             if p.is_file()]
+    assert {"static/index.html", "static/app.js", "static/stomp.js", "static/style.css"} <= set(
+        files
+    )
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
