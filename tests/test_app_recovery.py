@@ -328,3 +328,17 @@ def test_recovery_reads_the_real_database_after_a_restart(start_server, clients)
     assert all(f.headers["recovered"] == "true" for f in frames)
     client.send_chat({"type": "TALK", "roomId": 5, "senderId": 7, "detailMessage": "live"})
     assert [m["seq"] for m in client.wait_chat(5, 8)][-1] == 13
+
+
+def test_max_recovery_option_bounds_the_replay(start_server, clients) -> None:
+    """With --max-recovery 3, a client far behind gets the 3 newest messages, marked too-old."""
+    server = start_server("--max-recovery", "3")
+    sender = clients(server)
+    for i in range(1, 11):
+        sender.send_chat({"type": "TALK", "roomId": 6, "senderId": 7, "detailMessage": f"n{i}"},
+                         receipt=f"r{i}")
+    sender.wait_for(lambda: "r10" in sender.receipts, "every message stored")
+    client = clients(server)
+    client.conn.subscribe("/topic/chat/room/6", id="room", ack="auto", headers={"since-seq": "1"})
+    assert [m["seq"] for m in client.wait_chat(6, 3)] == [8, 9, 10]
+    assert client.at("/topic/chat/room/6")[0].headers["recovery"] == "too-old"

@@ -257,10 +257,15 @@ async function loadHistory(view) {
 }
 
 function roomMessage(view, frame) {
-  if (frame.headers.recovery === 'too-old') {
-    showNote('You were away for long: older messages are in the history.');
-  } else if (frame.headers.recovery === 'failed') {
-    showNote('Some messages could not be recovered; reload the page to see them.');
+  const recovery = frame.headers.recovery;
+  if (recovery === 'too-old' || recovery === 'failed') {
+    // More was missed than the server replays: show the newest history page too.
+    showNote(recovery === 'too-old'
+      ? 'You were away for a while: some older messages are only in the history.'
+      : 'Some missed messages could not be loaded; showing the latest history.');
+    api(`/api/rooms/${view.id}/messages?limit=${HISTORY_PAGE}`)
+      .then((body) => body.messages.forEach((message) => addMessage(view, message)))
+      .catch(() => {});
   }
   const message = frame.json();
   if (view.loading) view.held.push(message);
