@@ -9,6 +9,8 @@ database would.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 from hypothesis import given, settings
@@ -342,3 +344,32 @@ def test_max_recovery_option_bounds_the_replay(start_server, clients) -> None:
     client.conn.subscribe("/topic/chat/room/6", id="room", ack="auto", headers={"since-seq": "1"})
     assert [m["seq"] for m in client.wait_chat(6, 3)] == [8, 9, 10]
     assert client.at("/topic/chat/room/6")[0].headers["recovery"] == "too-old"
+
+
+def test_no_gap_or_duplicate_at_the_seam_on_a_real_busy_server(start_server, clients) -> None:
+    """While another client publishes non-stop, a since-seq subscriber sees every seq once."""
+    server = start_server("--history-size", "10")
+    publisher = clients(server)
+    total = 400
+    started = threading.Event()
+
+    def publish() -> None:
+        for i in range(1, total + 1):
+            publisher.send_chat({"type": "TALK", "roomId": 8, "senderId": 7,
+                                 "detailMessage": f"busy {i}"},
+                                receipt="last" if i == total else None)
+            if i == 60:
+                started.set()
+            time.sleep(0.002)  # a busy room, not one burst: the SUBSCRIBE lands mid-stream
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    started.wait(10)
+    client = clients(server)
+    client.conn.subscribe("/topic/chat/room/8", id="room", ack="auto", headers={"since-seq": "20"})
+    thread.join(30)
+    got = [m["seq"] for m in client.wait_chat(8, total - 20, timeout=20)]
+    assert got == list(range(21, total + 1))
+    frames = client.at("/topic/chat/room/8")
+    replayed = sum(1 for f in frames if "recovered" in f.headers)
+    assert 0 < replayed < len(frames)  # both sides of the seam were crossed

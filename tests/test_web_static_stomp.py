@@ -104,3 +104,10 @@ def test_an_error_frame_fails_its_receipt(server: RunningServer) -> None:
     result = run_client_scenario(server.ws_url, "error")
     assert "destinations start with" in result["outcome"]
     assert result["errors"] == [result["outcome"]]
+
+
+def test_reconnect_now_skips_the_back_off(server: RunningServer) -> None:
+    """reconnectNow() connects again at once instead of waiting out a one-minute back-off."""
+    result = run_client_scenario(server.ws_url, "reconnectNow")
+    assert result["sockets"] == 2
+    assert result["took"] < 3000

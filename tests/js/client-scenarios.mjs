@@ -152,6 +152,20 @@ const SCENARIOS = {
     return { sockets: sockets.length, states, calls, got, whileDown: await pending };
   },
 
+  /** reconnectNow() skips a long back-off: the browser said it is online again. */
+  async reconnectNow(url) {
+    const { client, sockets } = recordedClient(url, { reconnect: { initial: 60000, max: 60000, jitter: 0 } });
+    await client.activate();
+    sockets[0].terminate();
+    await until(() => client.state === State.RECONNECTING, 'the reconnecting state');
+    const started = Date.now();
+    client.reconnectNow();
+    await until(() => client.state === State.CONNECTED, 'the reconnection', 3000);
+    const took = Date.now() - started;
+    await client.deactivate();
+    return { sockets: sockets.length, took };
+  },
+
   /** A server that goes silent (no heart-beats) is given up on and connected to again. */
   async silent() {
     const server = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: () => 'v12.stomp' });
