@@ -231,7 +231,7 @@ function openRoom(roomId) {
   loadHistory(view).then(() => {
     if (!page.entered.has(roomId) && client.isConnected) {
       page.entered.add(roomId);
-      client.send('/app/message', { type: 'ENTER', roomId, senderId: page.myId });
+      client.send('/app/message', chatBody('ENTER', roomId));
     }
   });
   loadPresence(view);
@@ -290,6 +290,22 @@ function addMessage(view, message) {
   if (!view.loading) reportRead(view);
 }
 
+/**
+ * A chat message body. Signed in with a password or token, the server knows
+ * who is speaking and refuses a senderId naming anyone else, so none is sent;
+ * with ``--auth none`` the name's number stands for the sender.
+ */
+function chatBody(type, roomId, text) {
+  const body = { type, roomId };
+  if (!page.token) body.senderId = page.myId;
+  if (text !== undefined) body.detailMessage = text;
+  return body;
+}
+
+function isMine(message) {
+  return page.token ? message.senderName === page.me : message.senderId === page.myId;
+}
+
 function senderName(message) {
   return message.senderName ?? page.names.get(message.senderId) ?? `#${message.senderId}`;
 }
@@ -298,7 +314,7 @@ function renderMessage(message) {
   const item = document.createElement('li');
   item.className = 'message';
   if (message.type === 'ENTER') item.classList.add('enter');
-  if (message.senderId === page.myId) item.classList.add('mine');
+  if (isMine(message)) item.classList.add('mine');
   const meta = document.createElement('div');
   meta.className = 'meta';
   const who = document.createElement('span');
@@ -357,9 +373,7 @@ function send() {
   const view = page.view;
   if (!text || !view || !page.client?.isConnected) return;
   box.value = '';
-  page.client.send('/app/message',
-    { type: 'TALK', roomId: view.id, senderId: page.myId, detailMessage: text },
-    { receipt: true }).catch((error) => {
+  page.client.send('/app/message', chatBody('TALK', view.id, text), { receipt: true }).catch((error) => {
     showNote(`not sent: ${error.message}`);
     if (!box.value) box.value = text;
   });
