@@ -4,6 +4,10 @@
 import { StompClient, State } from './stomp.js';
 
 const HISTORY_PAGE = 50;
+/** The most messages kept on screen per room; older ones are in the history. */
+const MAX_SHOWN = 1000;
+/** How often the room list is read again, for rooms other people created. */
+const ROOMS_REFRESH = 30000;
 const READ_REPORT_DELAY = 300;
 
 const $ = (id) => document.getElementById(id);
@@ -96,9 +100,9 @@ function showConnection(state, detail) {
     [State.CONNECTED]: 'connected',
     [State.CLOSED]: 'disconnected',
   };
-  badge.textContent = state === State.RECONNECTING
+  badge.textContent = state === State.RECONNECTING && detail?.delay !== undefined
     ? `reconnecting in ${Math.max(1, Math.round(detail.delay / 1000))} s…`
-    : texts[state];
+    : texts[state] ?? 'reconnecting…';
   const usable = state === State.CONNECTED && page.view !== null;
   $('composer-text').disabled = !usable;
   $('composer').querySelector('button').disabled = !usable;
@@ -273,7 +277,7 @@ function roomMessage(view, frame) {
 }
 
 function addMessage(view, message) {
-  if (page.view !== view || view.bySeq.has(message.seq)) return;
+  if (page.view !== view || view.bySeq.has(message.seq) || message.seq < (view.floor ?? 0)) return;
   const item = renderMessage(message);
   view.bySeq.set(message.seq, item);
   item.dataset.seq = message.seq;
@@ -285,6 +289,12 @@ function addMessage(view, message) {
   } else {
     const after = [...list.children].find((li) => Number(li.dataset.seq) > message.seq);
     list.insertBefore(item, after ?? null);
+  }
+  while (list.children.length > MAX_SHOWN) {
+    const oldest = list.firstElementChild;
+    view.bySeq.delete(Number(oldest.dataset.seq));
+    oldest.remove();
+    view.floor = Number(list.firstElementChild.dataset.seq); // older ones stay in the history
   }
   if (stick) list.scrollTop = list.scrollHeight;
   if (!view.loading) reportRead(view);
@@ -326,7 +336,9 @@ function renderMessage(message) {
   meta.append(who, when);
   const text = document.createElement('div');
   text.className = 'text';
-  text.textContent = message.detailMessage;
+  text.textContent = message.type === 'ENTER' && page.names.has(message.senderId)
+    ? message.detailMessage.replace(String(message.senderId), page.names.get(message.senderId))
+    : message.detailMessage;
   item.append(meta, text);
   return item;
 }
@@ -416,6 +428,9 @@ function start() {
   document.addEventListener('visibilitychange', () => {
     if (page.view) reportRead(page.view);
   });
+  setInterval(() => {
+    if (page.client?.isConnected && document.visibilityState !== 'hidden') loadRooms();
+  }, ROOMS_REFRESH);
   const remembered = sessionStorage.getItem('stomp-chat-name');
   if (remembered) signIn(remembered);
 }
