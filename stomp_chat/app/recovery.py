@@ -123,6 +123,8 @@ class RoomRecovery:
         d.addCallback(self._loaded, room_id)
         d.addCallbacks(self._replay, self._failed, (subscription, holding, since),
                        errbackArgs=(subscription, holding, room_id))
+        d.addErrback(lambda failure: log.failure(
+            "recovery of room {room} failed", failure, room=room_id))
 
     def unsubscribed(self, session: Any, subscription: Subscription) -> None:
         """Nothing to do: a replay for an ended subscription finds it gone and stops."""
