@@ -112,6 +112,8 @@ def test_two_browser_pages_chat_through_a_restart(tmp_path: Path) -> None:
         assert restart["missedOnce"] == [1, 1, 1, 1, 1], restart
         assert restart["duplicates"] == 0, restart
     assert result["seqsInOrder"] is True
+    assert result["notesHiddenAfterRestart"] == [True, True]  # no stale "shutting down"
+    assert result["presence"]["alice"] == result["presence"]["bob"] == ["alice", "bob"]
     for name in ("alice-desktop.png", "bob-phone.png", "bob-unread.png",
                  "alice-after-restart.png", "bob-after-restart.png"):
         assert (screenshots / name).stat().st_size > 10_000, name

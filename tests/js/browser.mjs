@@ -164,6 +164,8 @@ async function main() {
         newest: shown.slice(-6),
       };
     }
+    result.notesHiddenAfterRestart = [await alice.locator('#recovery-note').isHidden(),
+      await bob.locator('#recovery-note').isHidden()];
     result.seqsInOrder = await alice.$$eval('#messages .message', (nodes) => {
       const seqs = nodes.map((n) => Number(n.dataset.seq));
       return seqs.every((s, i) => i === 0 || s > seqs[i - 1]);

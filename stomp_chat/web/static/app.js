@@ -125,7 +125,9 @@ function signIn(name) {
     onStateChange: showConnection,
     onConnect: connected,
     onStompError: (frame) => {
+      // Connection-level news ("server shutting down"): cleared once connected again.
       showNote(`server: ${frame.headers.message ?? 'error'}`);
+      page.connectionNote = true;
       if (!page.everConnected) askForSecret(frame.headers.message ?? 'the server refused to connect');
     },
   });
@@ -148,7 +150,8 @@ function connected() {
   const first = !page.everConnected;
   page.everConnected = true;
   if (page.view) loadPresence(page.view);
-  else showNote('');
+  if (!page.view || page.connectionNote) showNote('');
+  page.connectionNote = false;
   loadRooms().then(() => {
     if (first && page.rooms.size && page.view === null) {
       const wanted = Number(location.hash.slice(1));
