@@ -684,6 +684,8 @@ def makeService(options: Options) -> IService:
     reads = ReadState(AdbapiReadPositionStore(pool), chat, broker, reactor)
     reads.register(router)
     recovery = RoomRecovery(chat, broker, max_recovery=options["max-recovery"])
+    if relay is not None:
+        relay.listeners.append(reads.relayed)
 
     authentication = build_authentication(options, reactor, pool)
     warning = unauthenticated_warning(options["unauthenticated-listeners"], options)

@@ -224,3 +224,18 @@ def test_unread_counts_on_a_real_server(server, clients) -> None:
     client.send_chat({"type": "TALK", "roomId": 3, "senderId": 7, "detailMessage": "more"})
     second = client.wait_at("/user/queue/unread", 2)
     assert json.loads(second[1].body)["unread"] == 3
+
+
+def test_messages_relayed_from_another_server_move_counts() -> None:
+    """In cluster mode a message numbered elsewhere (after the chat cached it) updates counts."""
+    server = Server()
+    server.post(1, 2)
+    alice = server.client("alice")
+    online(alice)
+    read(alice, 1, 2)
+    assert updates(alice) == [(1, 0)]
+    server.chat.active_room(1).last_seq = 5  # what ChatService.relayed leaves behind
+    server.reads.relayed("/topic/chat/room/1", "other-node", b"{}")
+    server.reads.relayed("/topic/other", "other-node", b"{}")
+    server.clock.advance(0)
+    assert updates(alice) == [(1, 3)]

@@ -160,6 +160,13 @@ class ReadState:
     # -- pushing counts ----------------------------------------------------------
 
     def _published(self, destination: str, message: Message) -> None:
+        self._room_changed(destination)
+
+    def relayed(self, key: str, origin: str, body: bytes) -> None:
+        """A message from another server of the cluster: counts move here too."""
+        self._room_changed(key)
+
+    def _room_changed(self, destination: str) -> None:
         room_id = room_of_topic(destination)
         if room_id is None or room_id not in self._readers:
             return
