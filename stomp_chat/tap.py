@@ -681,7 +681,10 @@ def makeService(options: Options) -> IService:
 
     # The browser chat's features: recovery on re-subscribe, presence, unread counts.
     presence = PresenceTracker(broker)
-    reads = ReadState(AdbapiReadPositionStore(pool), chat, broker, reactor)
+    reads = ReadState(
+        AdbapiReadPositionStore(pool), chat, broker, reactor,
+        may_read=authorization.rooms.may_read if authorization.enforce else None,
+    )
     reads.register(router)
     recovery = RoomRecovery(chat, broker, max_recovery=options["max-recovery"])
     if relay is not None:
@@ -745,7 +748,7 @@ def makeService(options: Options) -> IService:
             chat, store, max_page=options["max-history-page"],
             access=authorization.rest_policy(principal_of),
         )
-        PresenceApi(presence, store).register(chat_api)
+        PresenceApi(presence, chat_api).register()
         api = ApiGate(
             chat_api,
             RestAuthenticator(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from stomp_chat.app.chat import ChatRequest, ChatService
@@ -31,7 +32,7 @@ class LoginNames:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, may_read: Any = None) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.store = MemoryChatStore()
@@ -44,7 +45,8 @@ class Server:
         self.positions = MemoryReadPositionStore(
             lambda room: self.store.get_room(room).result is not None  # answers at once
         )
-        self.reads = ReadState(self.positions, self.chat, self.broker, self.clock)
+        self.reads = ReadState(self.positions, self.chat, self.broker, self.clock,
+                               may_read=may_read)
         self.reads.register(self.router)
         self.context = make_context(clock=self.clock, broker=self.broker, router=self.router,
                                     authenticator=LoginNames())
@@ -239,3 +241,24 @@ def test_messages_relayed_from_another_server_move_counts() -> None:
     server.reads.relayed("/topic/other", "other-node", b"{}")
     server.clock.advance(0)
     assert updates(alice) == [(1, 3)]
+
+
+def test_reads_in_rooms_the_user_may_not_read_are_refused() -> None:
+    """Under room rules, a read report for a room the user may not read is an error, unstored."""
+    asked: list[tuple[str, int]] = []
+
+    def may_read(principal: Principal, room_id: int) -> Deferred[bool]:
+        asked.append((principal.user_id, room_id))
+        return succeed(room_id != 2)
+
+    server = Server(may_read=may_read)
+    server.post(1, 3)
+    server.post(2, 3)
+    alice = server.client("alice")
+    online(alice)
+    read(alice, 2, 3)
+    read(alice, 1, 1)
+    frames = [f for f in alice.frames() if f.command == "MESSAGE"]
+    assert [json.loads(f.body).get("error") for f in frames] == ["forbidden", None]
+    assert server.positions.positions("alice").result == {1: 1}
+    assert asked == [("alice", 2), ("alice", 1)]

@@ -22,6 +22,7 @@ from stomp_chat.app.chat import ChatRequest, ChatService
 from stomp_chat.app.recovery import RoomRecovery
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
+from stomp_chat.identity import Principal
 from stomp_chat.persistence import ChatMessage, MemoryChatStore, WriteBehindWriter
 from stomp_chat.stomp.frame import Frame
 from tests.stompfakes import Client, make_context
@@ -373,3 +374,27 @@ def test_no_gap_or_duplicate_at_the_seam_on_a_real_busy_server(start_server, cli
     frames = client.at("/topic/chat/room/8")
     replayed = sum(1 for f in frames if "recovered" in f.headers)
     assert 0 < replayed < len(frames)  # both sides of the seam were crossed
+
+
+def test_a_subscription_in_recovery_still_shows_its_session() -> None:
+    """While its range loads, the subscription's subscriber answers as the session does, so
+    closing a revoked member's sessions finds it too."""
+    from stomp_chat.authz.revoke import SubscriptionRevoker
+
+    server = Server(history_size=2)
+    server.post(1, 10)
+    server.save()
+    server.store.create_member("alice")
+    client = Client(server.context)
+    client.connect()
+    client.session.principal = Principal("alice", "alice")
+    server.store.holding = True
+    subscribe(client, 1, 1)
+    (subscription,) = server.broker.topic_subscriptions("/topic/chat/room/1")
+    assert subscription.subscriber is not client.session  # held back while recovering
+    assert subscription.subscriber.principal is client.session.principal
+    member = server.store.get_member_by_name("alice").result
+    closed = SubscriptionRevoker(server.broker, server.store).member_left(1, member.id).result
+    assert closed == 1 and client.closed
+    server.store.release()
+    assert messages(client) == []

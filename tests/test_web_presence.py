@@ -54,3 +54,35 @@ def test_presence_of_an_unknown_or_invalid_room_is_an_error(server: RunningServe
     for bad in ("abc", "0", "-1", "99999999999999999999"):
         status, body = _get(server, f"/api/rooms/{bad}/presence")
         assert status == 400 and body["error"] == "invalid-id", bad
+
+
+def test_presence_follows_the_room_rules_outside_auth_none(tmp_path) -> None:
+    """With --auth jwt: no token is 401, a private room's presence is for its members (403)."""
+    from tests.authkeys import claims, hs256, write_secret
+
+    server = RunningServer(tmp_path, [
+        "--auth", "jwt", f"--jwt-secret-file={write_secret(tmp_path)}",
+        f"--database=sqlite:///{tmp_path}/chat.db",
+    ]).start()
+    try:
+        def call(method: str, path: str, who: str | None, body: Any = None) -> tuple[int, Any]:
+            headers = {"content-type": "application/json"}
+            if who is not None:
+                headers["authorization"] = f"Bearer {hs256(claims(who, name=who))}"
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(server.http_url + path, data=data,
+                                             headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        status, room = call("POST", "/api/rooms", "alice", {"name": "team", "private": True})
+        assert status == 201
+        path = f"/api/rooms/{room['id']}/presence"
+        assert call("GET", path, None)[0] == 401
+        assert call("GET", path, "bob")[0] == 403
+        assert call("GET", path, "alice") == (200, {"roomId": room["id"], "users": []})
+    finally:
+        server.stop()

@@ -21,7 +21,8 @@ from typing import Any
 from stomp_chat.app.subscriptions import User, room_of_topic, user_of
 from stomp_chat.broker import Broker, Subscription
 
-PRESENCE_TOPIC = "/topic/chat/room/{room_id}/presence"
+PRESENCE_SUFFIX = "/presence"
+PRESENCE_TOPIC = "/topic/chat/room/{room_id}" + PRESENCE_SUFFIX
 JOIN = "join"
 LEAVE = "leave"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}

@@ -13,11 +13,11 @@ of messages costs one update per user and room, not one per message.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from stomp_chat.app.routes import AppContext, AppRouter
 from stomp_chat.app.subscriptions import room_of_topic, user_of
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.errors import ApplicationError
+from stomp_chat.identity import Principal
 from stomp_chat.persistence import ChatStore
 from stomp_chat.persistence.readpositions import ReadPositionStore
 from stomp_chat.stomp.frame import Frame
@@ -35,6 +36,10 @@ log = Logger()
 UNREAD_QUEUE = "/user/queue/unread"
 READ_ROUTE = "/read"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+
+
+#: Whether a principal may read a room (``RoomAccess.may_read``).
+MayRead = Callable[[Principal, int], "bool | Deferred[bool]"]
 
 
 class ActiveRooms(Protocol):
@@ -60,12 +65,21 @@ class ReadState:
     """Stores read positions and keeps online users' unread counts current."""
 
     def __init__(
-        self, store: ReadPositionStore, chat: ActiveRooms, broker: Broker, clock: IReactorTime
+        self,
+        store: ReadPositionStore,
+        chat: ActiveRooms,
+        broker: Broker,
+        clock: IReactorTime,
+        *,
+        may_read: MayRead | None = None,
     ) -> None:
         self.store = store
         self.chat = chat
         self.broker = broker
         self.clock = clock
+        #: The room rules, when they are enforced: a read report names a room the user
+        #: may read, or counts would tell them how busy a private room is.
+        self.may_read = may_read
         self._online: dict[str, _Reader] = {}
         #: room -> keys of online users with a position in it.
         self._readers: dict[int, set[str]] = {}
@@ -85,6 +99,19 @@ class ReadState:
         """Store a position (its RECEIPT waits for that), then push the new count."""
         room_id, seq = _parse_read(frame.body)
         user_key = context.user_key
+        principal = context.principal
+        if self.may_read is not None and principal is not None:
+            allowed: Deferred[Any] = maybeDeferred(self.may_read, principal, room_id)
+
+            def checked(ok: Any) -> Deferred[Any]:
+                if not ok:
+                    raise ApplicationError(f"you may not read room {room_id}", code="forbidden")
+                return self._read(user_key, room_id, seq)
+
+            return allowed.addCallback(checked)
+        return self._read(user_key, room_id, seq)
+
+    def _read(self, user_key: str, room_id: int, seq: int) -> Deferred[Any]:
 
         def store(last_seq: int | None) -> Deferred[int | None]:
             if last_seq is None:

@@ -66,6 +66,11 @@ class _Holding:
         self.held: deque[Message] = deque(maxlen=limit)
         self.overflowed = False
 
+    def __getattr__(self, name: str) -> Any:
+        # Whoever looks at subscription.subscriber (to close a revoked member's sessions,
+        # say) meets the session itself.
+        return getattr(self.session, name)
+
     def deliver(self, subscription: Subscription, message: Message) -> None:
         held = self.held
         if len(held) == held.maxlen:
@@ -81,6 +86,9 @@ class _Announcing:
     def __init__(self, session: Any, outcome: str) -> None:
         self.session = session
         self.outcome = outcome
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
 
     def deliver(self, subscription: Subscription, message: Message) -> None:
         subscription.subscriber = self.session

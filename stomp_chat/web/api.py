@@ -204,6 +204,11 @@ class ChatApi(Resource):
 
         return self.store.get_room(room_id).addCallback(found)
 
+    def readable_room(self, request: Request, raw_id: str) -> Deferred[tuple[Room, bool]]:
+        """For routes added with ``add_route``: the room once the caller may read it (400 for
+        a bad id, 404 unknown, 401/403 under the room rules)."""
+        return self._readable_room(request, raw_id)
+
     def _readable_room(self, request: Request, raw_id: str) -> Deferred[tuple[Room, bool]]:
         """The room and its privacy, once the caller may read it (or no access rules)."""
         access = self.access
