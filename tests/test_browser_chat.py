@@ -117,3 +117,40 @@ def test_two_browser_pages_chat_through_a_restart(tmp_path: Path) -> None:
     for name in ("alice-desktop.png", "bob-phone.png", "bob-unread.png",
                  "alice-after-restart.png", "bob-after-restart.png"):
         assert (screenshots / name).stat().st_size > 10_000, name
+
+
+def test_the_page_signs_in_with_a_password(tmp_path: Path) -> None:
+    """With --auth password the page asks for the password once the name alone is refused,
+    says so on a wrong one, then chats as the signed-in user (the server names the sender)."""
+    import io
+
+    from stomp_chat.admin.cli import main as admin
+
+    chromium = _chromium()
+    node = _node()
+    database = f"sqlite:///{tmp_path / 'chat.db'}"
+    out = io.StringIO()
+    code = admin([f"--database={database}", "user", "add", "mina", "--password-stdin"],
+                 io.StringIO("a long enough password\n"), out, out)
+    assert code == 0, out.getvalue()
+    server = RunningServer(tmp_path, ["--auth", "password", f"--database={database}",
+                                      "--auth-failure-burst=100"]).start()
+    try:
+        proc = subprocess.run(
+            [node, str(JS_DIR / "browser-signin.mjs"), server.http_url, str(tmp_path), chromium,
+             "mina", "a long enough password"],
+            cwd=JS_DIR, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, f"{proc.stderr}\n{server.log()}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["pageErrors"] == []
+    assert result["secretShownAtFirst"] is False
+    assert result["refusal"] == "authentication failed"
+    assert result["wrongPassword"] and result["stillSigningIn"] is True
+    assert result["presence"] == ["mina"]
+    assert result["messages"][-1] == {"mine": True, "sender": "mina",
+                                      "text": "signed in with a password"}
+    assert result["note"] == ""
+    assert (tmp_path / "password-signin.png").stat().st_size > 5_000

@@ -339,8 +339,9 @@ function renderMessage(message) {
   meta.append(who, when);
   const text = document.createElement('div');
   text.className = 'text';
-  text.textContent = message.type === 'ENTER' && page.names.has(message.senderId)
-    ? message.detailMessage.replace(String(message.senderId), page.names.get(message.senderId))
+  const known = message.senderName ?? page.names.get(message.senderId);
+  text.textContent = message.type === 'ENTER' && known
+    ? message.detailMessage.replace(String(message.senderId), known)
     : message.detailMessage;
   item.append(meta, text);
   return item;
@@ -400,12 +401,18 @@ function start() {
     const name = $('signin-name').value.trim();
     const secret = $('signin-secret').value;
     if (!name) return;
-    $('signin-error').hidden = true;
+    const error = $('signin-error');
+    error.hidden = true;
+    error.textContent = '';
+    const button = $('signin').querySelector('button');
+    button.disabled = true; // one sign-in at a time
     try {
       page.token = secret ? await tokenFor(name, secret) : null;
-    } catch (error) {
-      askForSecret(error.message);
+    } catch (refused) {
+      askForSecret(refused.message);
       return;
+    } finally {
+      button.disabled = false;
     }
     signIn(name);
   });
