@@ -103,6 +103,9 @@ def test_two_browser_pages_chat_through_a_restart(tmp_path: Path) -> None:
     assert result["injected"] == {"owned": None, "elements": 0}
     assert result["phoneFits"] is True
     assert all(iso.endswith("Z") and text for iso, text in result["times"])
+    for shown, clock, own_language in result["localTimes"].values():  # each browser's own
+        assert clock in shown and own_language, (shown, clock)  # zone, in its own language
+    assert result["localTimes"]["alice"][0] != result["localTimes"]["bob"][0]
     assert result["unreadWhileAway"] == "2"
     assert result["unreadAfterReading"] == 0
     assert result["pagesStillAway"] == ["reconnecting", "reconnecting"]

@@ -100,6 +100,16 @@ async function main() {
       elements: document.querySelectorAll('#messages script, #messages img, #messages b').length,
     }));
     result.times = await bob.$$eval('#messages time', (nodes) => nodes.map((n) => [n.dateTime, n.textContent]));
+    // Each page shows times in its own zone and language: Seoul in Korean, New York in English.
+    const shown = async (page) => page.$eval('#messages time', (n) => [n.dateTime, n.textContent]);
+    const [aliceIso, aliceText] = await shown(alice);
+    const [bobIso, bobText] = await shown(bob);
+    const clock = (iso, timeZone) => new Date(iso)
+      .toLocaleTimeString('en-US', { hour: '2-digit', minute: '2-digit', timeZone }).slice(0, 5);
+    result.localTimes = {
+      alice: [aliceText, clock(aliceIso, 'Asia/Seoul'), /[오전오후]/.test(aliceText)],
+      bob: [bobText, clock(bobIso, 'America/New_York'), /AM|PM/.test(bobText)],
+    };
     result.phoneFits = await bob.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
     step('messages');
     await sleep(700); // both pages report what they have read
