@@ -15,6 +15,9 @@ from twisted.python import usage
 
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
+from stomp_chat.app.presence import PresenceTracker
+from stomp_chat.app.readstate import ReadState
+from stomp_chat.app.recovery import DEFAULT_MAX_RECOVERY, RoomRecovery
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
@@ -52,6 +55,7 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
+from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.session import (
     AuthenticationInterceptor,
@@ -78,6 +82,7 @@ from stomp_chat.web.api import ChatApi
 from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
+from stomp_chat.web.presence import PresenceApi
 from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
 
 log = Logger()
@@ -454,6 +459,14 @@ class Options(usage.Options):
             _positive_int("--max-history-page"),
         ],
         [
+            "max-recovery",
+            None,
+            DEFAULT_MAX_RECOVERY,
+            "The most missed messages a re-subscribing client (SUBSCRIBE with since-seq) is "
+            "sent; beyond that it gets the newest ones, marked recovery:too-old.",
+            _positive_int("--max-recovery"),
+        ],
+        [
             "enter-template",
             None,
             DEFAULT_ENTER_TEMPLATE,
@@ -692,6 +705,17 @@ def makeService(options: Options) -> IService:
     if relay is not None:
         relay.listeners.append(chat.relayed)
 
+    # The browser chat's features: recovery on re-subscribe, presence, unread counts.
+    presence = PresenceTracker(broker)
+    reads = ReadState(
+        AdbapiReadPositionStore(pool), chat, broker, reactor,
+        may_read=authorization.rooms.may_read if authorization.enforce else None,
+    )
+    reads.register(router)
+    recovery = RoomRecovery(chat, broker, max_recovery=options["max-recovery"])
+    if relay is not None:
+        relay.listeners.append(reads.relayed)
+
     authentication = build_authentication(options, reactor, pool)
     warning = unauthenticated_warning(options["unauthenticated-listeners"], options)
     if warning:
@@ -720,7 +744,8 @@ def makeService(options: Options) -> IService:
     # Authorization in every mode: even with --auth none, no client may publish
     # to a destination the application owns (the rooms' topics).
     interceptors.append(authorization.interceptor)
-    context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
+    context = ServerContext(broker, router, settings, monitor, reactor, interceptors,
+                            subscription_listeners=[recovery, presence, reads])
     stomp_factory = StompFactory(
         context,
         options["slow-consumer-bytes"],
@@ -749,11 +774,13 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
+        chat_api = ChatApi(
+            chat, store, max_page=options["max-history-page"],
+            access=authorization.rest_policy(principal_of),
+        )
+        PresenceApi(presence, chat_api).register()
         api = ApiGate(
-            ChatApi(
-                chat, store, max_page=options["max-history-page"],
-                access=authorization.rest_policy(principal_of),
-            ),
+            chat_api,
             RestAuthenticator(
                 authentication.mode,
                 gate=authentication.gate,

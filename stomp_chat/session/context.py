@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from stomp_chat import __version__
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.app.subscriptions import SubscriptionListener
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor
 from stomp_chat.interceptors import Interceptor
@@ -71,3 +72,5 @@ class ServerContext:
     interceptors: list[Interceptor] = field(default_factory=list)
     #: Counters read by /metrics.
     stats: ServerStats = field(default_factory=ServerStats)
+    #: Told of every subscription made and ended (recovery, presence, unread counts).
+    subscription_listeners: list[SubscriptionListener] = field(default_factory=list)

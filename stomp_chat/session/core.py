@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from stomp_chat.app.errors import report_application_error
 from stomp_chat.app.routes import AppContext, NoHandler
+from stomp_chat.app.subscriptions import notify_subscribed, notify_unsubscribed
 from stomp_chat.broker import (
     ACK_AUTO,
     ACK_MODES,
@@ -411,6 +412,7 @@ class StompSession:
         sub.wire = f"subscription:{escape_header(sub_id, self.version)}\n".encode()
         self.broker.subscribe(sub, self.user_key)
         acks.add(sub)
+        notify_subscribed(self.context.subscription_listeners, self, sub, frame.headers)
         self._receipts.add(frame.headers.get("receipt"))
 
     def _on_unsubscribe(self, frame: Frame) -> None:
@@ -423,6 +425,7 @@ class StompSession:
         if sub is None:
             raise ProtocolError("no such subscription", f"no subscription with id {sub_id!r}")
         self.broker.unsubscribe(sub)
+        notify_unsubscribed(self.context.subscription_listeners, self, sub)
         self._receipts.add(frame.headers.get("receipt"))
 
     # -- delivery ----------------------------------------------------------
@@ -581,7 +584,10 @@ class StompSession:
 
     def _release(self) -> None:
         self.context.heartbeats.discard(self)
+        ended = list(self.subscriptions.values())
         self._acks.release()
+        for sub in ended:
+            notify_unsubscribed(self.context.subscription_listeners, self, sub)
         self._transactions.clear()
         self._held.clear()
         self._partial_since = None
