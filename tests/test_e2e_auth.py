@@ -43,24 +43,23 @@ def add_user(database: str, name: str, password: str, *roles: str) -> None:
     assert admin(args, io.StringIO(password + "\n"), io.StringIO(), err) == 0, err.getvalue()
 
 
-#: Outside --auth none, what no rule allows is denied: the round trips' topics need a rule.
-TEST_TOPIC_RULES = """
+#: Outside --auth none what no rule allows is denied: the round trips use topics of their own.
+RULES = """
 [[rules]]
-destination = "/topic/auth.*"
+destination = "/topic/auth.**"
 subscribe = ["authenticated"]
 send = ["authenticated"]
 
 [[rules]]
-destination = "/topic/interop.auth.*"
+destination = "/topic/interop.auth.**"
 subscribe = ["authenticated"]
 send = ["authenticated"]
 """
 
 
 def start(tmp: Path, *options: str) -> RunningServer:
-    """A server whose config file lets signed-in users use the test topics."""
     config = tmp / "rules.toml"
-    config.write_text(TEST_TOPIC_RULES)
+    config.write_text(RULES)
     return RunningServer(tmp, [f"--config={config}", *options]).start()
 
 

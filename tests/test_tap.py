@@ -361,8 +361,8 @@ def test_bad_session_limits_are_usage_errors(args):
 
 
 def test_session_limits_reach_the_sessions(build):
-    """The limit options land in SessionSettings; no send rate means authentication (with
-    --auth none, naming clients after their login) then authorization make the chain."""
+    """The limit options land in SessionSettings; no send rate means a chain of authentication
+    (with --auth none, naming clients after their login) and authorization only."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
                  "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
     (listener,) = _listeners(root)

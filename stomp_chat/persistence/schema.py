@@ -56,12 +56,12 @@ CREATE TABLE IF NOT EXISTS schema_version (
 #: message up by its message_id, so no plain index replaces it.
 _DROP_MESSAGE_ID_UNIQUE = "messages: no unique index on message_id ((room_id, seq) implies it)"
 
-#: Private rooms: read and written only by their members (room_members).
-_PRIVATE_ROOMS = "rooms: private flag (members only)"
-
 #: The accounts ``--auth password`` checks (``stomp-chat-admin`` manages them): an Argon2id
 #: hash in PHC form, and roles as a comma-separated list.
 _USERS = "users: login accounts with password hashes and roles"
+
+#: Private rooms: read and written only by their members (room_members).
+_PRIVATE_ROOMS = "rooms: private flag (members only)"
 
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
