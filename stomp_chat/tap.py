@@ -678,7 +678,7 @@ def makeService(options: Options) -> IService:
     )
     router = AppRouter()
     authorization = build_authorization(
-        auth_mode=options.get("auth") or "none",
+        auth_mode=options["auth"],
         chat_store=store,
         pool=pool,
         clock=reactor,
