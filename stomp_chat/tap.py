@@ -356,7 +356,7 @@ def makeService(options: Options) -> IService:
             api=api,
         )
         strports.service(options["http"], site).setServiceParent(listeners)
-    return ChatServer(reactor, pool, writer, monitor, listeners, relay)
+    return ChatServer(reactor, pool, writer, monitor, listeners, relay, chat)
 
 
 #: How long start-up waits for the Redis relay before listening anyway.
@@ -380,9 +380,11 @@ class ChatServer(MultiService):
         monitor: HeartbeatMonitor,
         listeners: MultiService,
         relay: RedisRelay | None = None,
+        chat: ChatService | None = None,
     ) -> None:
         super().__init__()
         self.relay = relay
+        self.chat = chat
         self.reactor = reactor
         self.pool = pool
         self.writer = writer
@@ -430,4 +432,7 @@ class ChatServer(MultiService):
             yield self.relay.stopService()
         if self.writer.running:
             yield self.writer.stopService()
+        if self.chat is not None:
+            # Unused reserved seqs back, so the next run numbers on without a gap.
+            yield self.chat.release_reservations()
         self.pool.close()

@@ -503,9 +503,9 @@ async def test_chat_messages_on_two_nodes_share_one_gap_free_order(cluster: Clus
 
 @pytest_twisted.ensureDeferred
 async def test_a_lost_redis_counter_never_reuses_a_seq(cluster: Cluster) -> None:
-    """When the Redis seq counter is lower than what a node knows (Redis lost it), the next
-    message still gets last_seq + 1, on the sender's node and on one that learnt the seqs
-    through the relay."""
+    """When the Redis seq counter is lower than what a node knows, the next message still
+    gets last_seq + 1; when Redis lost the counter, the next message starts past the
+    database's high-water mark, never at one node's memory."""
     room = 3
     a, b = await cluster.node(with_chat=True), await cluster.node(with_chat=True)
     watcher = subscribe(b.broker, f"/topic/chat/room/{room}")
@@ -522,10 +522,12 @@ async def test_a_lost_redis_counter_never_reuses_a_seq(cluster: Cluster) -> None
     assert int(await cluster.redis.get(cluster.seq_key(room))) == 5
 
     await cluster.redis.delete(cluster.seq_key(room))
+    floor = await b.store.seq_floor(room)
+    assert floor >= 5, "B's database reserves past every seq B has seen"
     on_b = await outcome(b.talk(room, "after the counter vanished"), "post on B")
-    assert on_b.seq == 6, "B knows seq 5 from the relay"
+    assert on_b.seq == floor + 1, "a lost counter restarts past the durable floor"
     await eventually(lambda: len(watcher.messages) == 6, "6 messages on B")
-    assert [m["seq"] for m in chat_bodies(watcher)] == [1, 2, 3, 4, 5, 6]
+    assert [m["seq"] for m in chat_bodies(watcher)] == [1, 2, 3, 4, 5, floor + 1]
 
 
 @pytest_twisted.ensureDeferred

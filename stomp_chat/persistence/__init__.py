@@ -13,12 +13,14 @@ from stomp_chat.persistence.schema import (
 from stomp_chat.persistence.store import (
     AdbapiChatStore,
     ChatStore,
+    DatabaseTimeout,
     MemberNameTaken,
     MemberNotFound,
     MemoryChatStore,
     MessagesRejected,
     RoomAlreadyExists,
     RoomNotFound,
+    SeqCollision,
 )
 from stomp_chat.persistence.url import (
     ChatConnectionPool,
@@ -42,6 +44,7 @@ __all__ = [
     "ChatMessage",
     "ChatStore",
     "DatabaseConfig",
+    "DatabaseTimeout",
     "DialectName",
     "Member",
     "MemberNameTaken",
@@ -54,6 +57,7 @@ __all__ = [
     "RoomAlreadyExists",
     "RoomNotFound",
     "SchemaTooNew",
+    "SeqCollision",
     "WriteBehindWriter",
     "WriterStopped",
     "current_version",

@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS schema_version (
 #: message up by its message_id, so no plain index replaces it.
 _DROP_MESSAGE_ID_UNIQUE = "messages: no unique index on message_id ((room_id, seq) implies it)"
 
+#: Migration 3 on both dialects: each room's seq high-water mark. The chat hands out a seq
+#: only at or below it, and writes it ahead of need, so a restart after a crash starts
+#: every room past any seq that may have been broadcast.
+_SEQ_RESERVATIONS = "room_seq_reservations: the highest seq each room may have handed out"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -118,6 +123,16 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE messages_v2 RENAME TO messages",
         ),
     ),
+    Migration(
+        3,
+        _SEQ_RESERVATIONS,
+        (
+            """CREATE TABLE room_seq_reservations (
+                room_id INTEGER PRIMARY KEY,
+                reserved_through INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
 
 _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -164,6 +179,16 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         _DROP_MESSAGE_ID_UNIQUE,
         # The name PostgreSQL gave the UNIQUE of migration 1; dropping it is instant.
         ("ALTER TABLE messages DROP CONSTRAINT messages_message_id_key",),
+    ),
+    Migration(
+        3,
+        _SEQ_RESERVATIONS,
+        (
+            """CREATE TABLE room_seq_reservations (
+                room_id BIGINT PRIMARY KEY,
+                reserved_through BIGINT NOT NULL
+            )""",
+        ),
     ),
 )
 
