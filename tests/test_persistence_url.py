@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -14,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from stomp_chat.persistence import DatabaseConfig, make_pool, parse_database_url
-from stomp_chat.persistence.url import DEFAULT_POSTGRES_CONNECT_TIMEOUT
+from stomp_chat.persistence.url import DEFAULT_DB_TIMEOUT
 
 if TYPE_CHECKING:
     from tests.conftest_db import TestDatabase
@@ -74,9 +75,42 @@ def test_postgres_ipv6_host_and_query_options() -> None:
 def test_postgres_connect_timeout_default_and_override() -> None:
     """A connect timeout is always set, and the URL can change it."""
     default = parse_database_url("postgresql://h/db").connect_kwargs()
-    assert default["connect_timeout"] == DEFAULT_POSTGRES_CONNECT_TIMEOUT
+    assert default["connect_timeout"] == DEFAULT_DB_TIMEOUT
     custom = parse_database_url("postgresql://h/db?connect_timeout=2").connect_kwargs()
     assert custom["connect_timeout"] == "2"
+
+
+def test_postgres_calls_are_bounded_by_the_database_timeout() -> None:
+    """The database timeout sets the statement timeout, the connect timeout, TCP keepalives
+    and the TCP user timeout, keeping any libpq options the URL gives."""
+    config = replace(
+        parse_database_url("postgresql://h/db?options=-csearch_path%3Dx&keepalives_count=9"),
+        timeout=4.5,
+    )
+    kwargs = config.connect_kwargs()
+    assert kwargs["options"] == "-c statement_timeout=4500 -csearch_path=x"
+    assert kwargs["connect_timeout"] == 5
+    assert kwargs["tcp_user_timeout"] == 4500
+    assert kwargs["keepalives"] == 1 and kwargs["keepalives_idle"] == 2
+    assert kwargs["keepalives_count"] == "9", "the URL's own setting wins"
+
+
+def test_the_timeouts_are_accepted_by_the_real_postgres() -> None:
+    """libpq and the server accept every timeout setting: a real connection reports them."""
+    import psycopg2
+
+    from tests.conftest_db import require_postgres
+
+    config = replace(require_postgres(), timeout=3)
+    connection = psycopg2.connect(**config.connect_kwargs())
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            assert cursor.fetchone() == ("3s",)
+            cursor.execute("SHOW tcp_keepalives_idle")
+            assert cursor.fetchone() is not None
+    finally:
+        connection.close()
 
 
 def test_postgres_without_host_uses_the_local_socket() -> None:

@@ -188,7 +188,7 @@ def _integer(data: dict[str, Any], name: str) -> int:
     value = data.get(name)
     if isinstance(value, bool):
         value = None
-    if isinstance(value, str) and value.isdigit() and value.isascii():
+    if isinstance(value, str) and value.isdigit() and value.isascii() and len(value) <= 19:
         value = int(value)
     if not isinstance(value, int) or value <= 0 or value > 2**63 - 1:
         raise ApplicationError(f"{name} must be a positive integer", code="invalid-message")

@@ -13,7 +13,6 @@ from stomp_chat.persistence.schema import (
 from stomp_chat.persistence.store import (
     AdbapiChatStore,
     ChatStore,
-    DatabaseTimeout,
     MemberNameTaken,
     MemberNotFound,
     MemoryChatStore,
@@ -23,8 +22,10 @@ from stomp_chat.persistence.store import (
     SeqCollision,
 )
 from stomp_chat.persistence.url import (
+    DEFAULT_DB_TIMEOUT,
     ChatConnectionPool,
     DatabaseConfig,
+    DatabaseTimeout,
     DialectName,
     make_pool,
     parse_database_url,
@@ -37,6 +38,7 @@ from stomp_chat.persistence.writebehind import (
 )
 
 __all__ = [
+    "DEFAULT_DB_TIMEOUT",
     "MIGRATIONS",
     "AdbapiChatStore",
     "BufferFull",

@@ -20,6 +20,7 @@ from stomp_chat.persistence._dialect import (
     epoch_microseconds,
 )
 from stomp_chat.persistence.model import ChatMessage, Member, Room
+from stomp_chat.persistence.url import ChatConnectionPool, DatabaseTimeout
 
 
 class RoomNotFound(LookupError):
@@ -44,10 +45,6 @@ class MemberNameTaken(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(f"the member name {name!r} is taken")
         self.name = name
-
-
-class DatabaseTimeout(Exception):
-    """The database did not answer in time; the call was abandoned (its outcome unknown)."""
 
 
 class SeqCollision(Exception):
@@ -328,6 +325,12 @@ def _insert_postgres(
     return int(transaction.rowcount)
 
 
+def _timed_out(outcome: object, timeout: float) -> object:
+    if isinstance(outcome, Failure) and outcome.check(CancelledError):
+        return Failure(DatabaseTimeout(f"the database did not answer within {timeout:g}s"))
+    return outcome
+
+
 class AdbapiChatStore:
     """`ChatStore` on an adbapi pool; the same SQL runs on SQLite and PostgreSQL.
 
@@ -371,16 +374,14 @@ class AdbapiChatStore:
         return self._pool
 
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        result: Deferred[Any] = self._pool.runInteraction(interaction, *args)
+        pool = self._pool
         if self._timeout is not None and self._clock is not None:
-            # adbapi cannot interrupt its thread: the call is abandoned (its late answer is
-            # ignored) while the connection's own timeouts free the thread.
-            result.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
-        return result
-
-    def _timed_out(self, result: object, timeout: float) -> object:
-        if isinstance(result, Failure) and result.check(CancelledError):
-            return Failure(DatabaseTimeout(f"the database did not answer within {timeout:g}s"))
+            if isinstance(pool, ChatConnectionPool):
+                return pool.run_within(self._timeout, self._clock, interaction, *args)
+            bounded: Deferred[Any] = pool.runInteraction(interaction, *args)
+            bounded.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
+            return bounded
+        result: Deferred[Any] = pool.runInteraction(interaction, *args)
         return result
 
     # -- rows to records (called in pool threads) ------------------------------------------
