@@ -7,6 +7,7 @@ the listening ports, and the order in which they stop.
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import strports
@@ -18,11 +19,13 @@ from twisted.python.failure import Failure
 
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
+from stomp_chat.app.rooms import DEFAULT_MAX_ACTIVE_ROOMS, DEFAULT_ROOM_IDLE_SECONDS
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.persistence import (
+    DEFAULT_DB_TIMEOUT,
     AdbapiChatStore,
     ChatConnectionPool,
     WriteBehindWriter,
@@ -52,6 +55,20 @@ def _positive_int(name: str) -> Any:
         return number
 
     coerce.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _positive_number(name: str) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, not {value!r}") from None
+        if not 0 < number < float("inf"):
+            raise ValueError(f"{name} must be positive, not {value}")
+        return number
+
+    coerce.coerceDoc = "A positive number."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -168,6 +185,30 @@ class Options(usage.Options):
             _positive_int("--write-buffer"),
         ],
         [
+            "db-timeout",
+            None,
+            DEFAULT_DB_TIMEOUT,
+            "The longest any database call may take, in seconds: PostgreSQL's statement, "
+            "connect and TCP timeouts, and the deadline after which a batch is abandoned and "
+            "retried on a fresh connection. Stopping waits at most 3x this for unsaved "
+            "messages.",
+            _positive_number("--db-timeout"),
+        ],
+        [
+            "room-idle-seconds",
+            None,
+            DEFAULT_ROOM_IDLE_SECONDS,
+            "A chat room idle this long leaves memory; its next message loads it again.",
+            _positive_number("--room-idle-seconds"),
+        ],
+        [
+            "max-active-rooms",
+            None,
+            DEFAULT_MAX_ACTIVE_ROOMS,
+            "The most chat rooms kept in memory; beyond it the least recently used leaves.",
+            _positive_int("--max-active-rooms"),
+        ],
+        [
             "history-size",
             None,
             DEFAULT_HISTORY_SIZE,
@@ -224,6 +265,7 @@ class Options(usage.Options):
             self["database"] = parse_database_url(self["database"])
         except ValueError as error:
             raise usage.UsageError(f"--database: {error}") from None
+        self["database"] = replace(self["database"], timeout=float(self["db-timeout"]))
         if self["redis"]:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -311,13 +353,14 @@ def makeService(options: Options) -> IService:
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
     pool = make_pool(database, reactor)
-    store = AdbapiChatStore(pool)
+    store = AdbapiChatStore(pool, timeout=database.timeout, clock=reactor)
     writer = WriteBehindWriter(
         store,
         reactor,
         flush_interval=options["write-interval"] / 1000.0,
         max_batch=options["write-batch"],
         max_pending=options["write-buffer"],
+        stop_timeout=3 * database.timeout,
     )
     broker = Broker()
     router = AppRouter()
@@ -331,6 +374,8 @@ def makeService(options: Options) -> IService:
         enter_template=options["enter-template"],
         history_size=options["history-size"],
         sequencer=relay,
+        room_idle_seconds=float(options["room-idle-seconds"]),
+        max_active_rooms=options["max-active-rooms"],
     )
     chat.register(router)
     if relay is not None:
@@ -338,7 +383,9 @@ def makeService(options: Options) -> IService:
 
     settings = SessionSettings(heartbeat=heartbeat, max_frame_size=options["max-frame-size"])
     context = ServerContext(broker, router, settings, monitor, AnonymousAuthenticator())
-    stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
+    # Above the writer's high-water mark every connection stops being read until the
+    # backlog drains to its low-water mark.
+    stomp_factory = StompFactory(context, options["slow-consumer-bytes"], input_gate=writer)
 
     listeners = MultiService()
     if options["stomp"]:

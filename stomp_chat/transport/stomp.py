@@ -10,6 +10,7 @@ that falls further behind than ``slow_consumer_bytes``.
 from __future__ import annotations
 
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -25,6 +26,30 @@ DEFAULT_INPUT_SLICE = 8 * 1024
 DEFAULT_CLOSE_LINGER = 5.0
 
 
+class InputGate(TypingProtocol):
+    """Tells registered connections to stop and resume reading (the write-behind writer
+    does, while too many chat messages wait to be saved)."""
+
+    def register_producer(self, producer: Any) -> None: ...
+
+    def unregister_producer(self, producer: Any) -> None: ...
+
+
+class _GateHold:
+    """What an InputGate pauses: this connection's reading, one reason among others."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: StompProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.hold_input("gate")
+
+    def resumeProducing(self) -> None:
+        self._protocol.release_input("gate")
+
+
 @implementer(IPushProducer)
 class StompProtocol(Protocol):
     """One STOMP connection: a session plus its socket's flow control."""
@@ -37,10 +62,15 @@ class StompProtocol(Protocol):
         context: ServerContext,
         slow_consumer_bytes: int = DEFAULT_SLOW_CONSUMER_BYTES,
         close_linger: float = DEFAULT_CLOSE_LINGER,
+        input_gate: InputGate | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
         self.close_linger = close_linger
+        self.input_gate = input_gate
+        self._gate_hold: _GateHold | None = None
+        #: Why reading from the peer is paused; it resumes when no reason is left.
+        self._input_holds: set[str] = set()
         self._paused = False
         #: Bytes written since the transport said its buffer was full.
         self._backlog = 0
@@ -56,6 +86,22 @@ class StompProtocol(Protocol):
         host = getattr(peer, "host", None)
         label = f"{host}:{getattr(peer, 'port', '')}" if host is not None else str(peer)
         self.session = StompSession(self.context, self, label)
+        if self.input_gate is not None:
+            self._gate_hold = _GateHold(self)
+            self.input_gate.register_producer(self._gate_hold)
+
+    def hold_input(self, reason: str) -> None:
+        """Stop reading from the peer until every reason given is released."""
+        if not self._input_holds and self.connected:
+            self.transport.pauseProducing()
+        self._input_holds.add(reason)
+
+    def release_input(self, reason: str) -> None:
+        if reason not in self._input_holds:
+            return
+        self._input_holds.discard(reason)
+        if not self._input_holds and self.connected:
+            self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         """Handle input in slices, letting the reactor flush writes in between.
@@ -72,7 +118,7 @@ class StompProtocol(Protocol):
             self.session.data_received(data)
             return
         self._unread.append(data)
-        self.transport.pauseProducing()
+        self.hold_input("slice")
         self._read_slice()
 
     def _read_slice(self) -> None:
@@ -87,11 +133,13 @@ class StompProtocol(Protocol):
             clock: Any = self.context.clock
             clock.callLater(0, self._read_slice)
         elif self.connected:
-            self.transport.resumeProducing()
+            self.release_input("slice")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self._unread.clear()
+        if self.input_gate is not None and self._gate_hold is not None:
+            self.input_gate.unregister_producer(self._gate_hold)
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -146,10 +194,15 @@ class StompFactory(Factory):
         context: ServerContext,
         slow_consumer_bytes: int = DEFAULT_SLOW_CONSUMER_BYTES,
         close_linger: float = DEFAULT_CLOSE_LINGER,
+        input_gate: InputGate | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
         self.close_linger = close_linger
+        #: Pauses every connection's reading while the server cannot keep up with storage.
+        self.input_gate = input_gate
 
     def buildProtocol(self, addr: Any) -> StompProtocol:
-        return StompProtocol(self.context, self.slow_consumer_bytes, self.close_linger)
+        return StompProtocol(
+            self.context, self.slow_consumer_bytes, self.close_linger, self.input_gate
+        )
