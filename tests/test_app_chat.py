@@ -1048,3 +1048,40 @@ async def test_unstorable_text_leaves_no_gap_in_a_real_database(
     assert database.query("SELECT seq, text FROM messages ORDER BY seq") == [
         (1, "valid"), (2, "valid")
     ]
+
+
+def test_a_reservation_the_database_refuses_is_retried_and_nothing_is_refused() -> None:
+    """While the database refuses a room's next reservation, messages beyond the reserved
+    seqs wait (none refused, none numbered); the reservation is retried with backoff, and
+    once it is written they are numbered in order."""
+
+    class DownStore(MemoryChatStore):
+        down = False
+        attempts = 0
+
+        def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
+            self.attempts += 1
+            if self.down:
+                return fail(ConnectionError("database down"))
+            return super().extend_seq_reservation(room_id, through)
+
+    store = DownStore()
+    h = Harness(store)
+    h.talk(1, "opens the room")
+    state = h.chat.active_room(1)
+    assert state is not None
+    store.down = True
+    sent = [h.talk(1, f"m{i}", receipt=f"r{i}") for i in range(200)]
+    numbered = len(h.broadcasts(1))
+    assert numbered == state.reserved_through < 201
+    h.clock.pump([0.1] * 30)
+    assert store.attempts > 2, "the reservation is retried"
+    assert len(h.broadcasts(1)) == numbered
+    store.down = False
+    h.clock.pump([0.1] * 50)
+    assert [b["seq"] for b in h.broadcasts(1)] == list(range(1, 202))
+    h.flush()
+    for d in sent:
+        assert isinstance(d, Deferred)
+        _result(d)  # fired, and not with a refusal
+    assert _seqs(h.stored(1)) == list(range(1, 202))

@@ -54,6 +54,8 @@ DEFAULT_HISTORY_SIZE = 30
 MAX_TEXT_LENGTH = 10_000
 ROOM_TOPIC_PREFIX = "/topic/chat/room/"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+#: The longest wait between two attempts to write a room's seq reservation, in seconds.
+RESERVATION_RETRY_MAX = 5.0
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
@@ -532,18 +534,27 @@ class ChatService:
         d.addBoth(self._reserved, state)
 
     def _reserved(self, outcome: int | Failure, state: RoomState) -> None:
-        state.reserving = False
         if isinstance(outcome, Failure):
-            log.warn("cannot reserve seqs for chat room {room}: {error}",
-                     room=state.room_id, error=outcome.getErrorMessage())
-            if state.room_id in self._waiting and not state.has_seq:
-                self._fail_waiting(state.room_id, ApplicationError(
-                    "the message could not be numbered: the database is unavailable",
-                    code="unavailable",
-                ))
+            # Messages beyond the reservation wait (bounded by the writer's buffer, then
+            # refused as busy) until the database takes the reservation: retry with backoff.
+            state.reservation_failures += 1
+            delay = min(RESERVATION_RETRY_MAX, 0.1 * 2 ** min(state.reservation_failures, 16))
+            if state.reservation_failures == 1:
+                log.warn("cannot reserve seqs for chat room {room}: {error}; retrying",
+                         room=state.room_id, error=outcome.getErrorMessage())
+            self.clock.callLater(delay, self._retry_reservation, state)
             return
+        state.reserving = False
+        if state.reservation_failures:
+            log.info("reserved seqs for chat room {room} again", room=state.room_id)
+            state.reservation_failures = 0
         state.reserved_through = max(state.reserved_through, outcome)
         self._drain(state)
+
+    def _retry_reservation(self, state: RoomState) -> None:
+        through = max(state.reserved_through, state.last_seq) + state.block
+        d = self.store.extend_seq_reservation(state.room_id, through)
+        d.addBoth(self._reserved, state)
 
     def _evictable(self, state: RoomState) -> bool:
         return not state.reserving and state.room_id not in self._waiting

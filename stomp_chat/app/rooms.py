@@ -40,6 +40,7 @@ class RoomState:
         "last_used",
         "recent",
         "reserved_at",
+        "reservation_failures",
         "reserved_through",
         "reserving",
         "room_id",
@@ -59,8 +60,9 @@ class RoomState:
         self.recent: deque[ChatMessage] = deque(recent, maxlen=size)
         self.topic = ROOM_TOPIC.format(room_id=room_id)
         self.reserved_through = last_seq if reserved_through is None else reserved_through
-        #: Whether a reservation is being written now.
+        #: Whether a reservation is being written now (or retried after a failure).
         self.reserving = False
+        self.reservation_failures = 0
         self.block = MIN_SEQ_BLOCK
         self.reserved_at = float("-inf")
         self.last_used = 0.0
