@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -1085,3 +1085,37 @@ def test_a_reservation_the_database_refuses_is_retried_and_nothing_is_refused() 
         assert isinstance(d, Deferred)
         _result(d)  # fired, and not with a refusal
     assert _seqs(h.stored(1)) == list(range(1, 202))
+
+
+class _FixedSequencer:
+    """Stands for Redis handing out a seq another message already holds."""
+
+    node_id = "this-node"
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def sequence_and_publish(self, *args: Any, **kwargs: Any) -> Deferred[int]:
+        return succeed(self.seq)
+
+
+def test_a_seq_collision_is_an_error_to_its_sender_never_a_receipt() -> None:
+    """A durable message numbered with a seq the database already holds for another message
+    is not stored; its sender gets a not-stored error instead of a receipt, and the other
+    message stays."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock, flush_interval=FLUSH)
+    writer.startService()
+    original = ChatMessage(1, 7, "1-7", "TALK", 5, "first", datetime.fromtimestamp(1, UTC))
+    store.save_messages([original])
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_FixedSequencer(7))
+    body = json.dumps({**_TALK, "detailMessage": "second"}).encode()
+    frame = Frame("SEND", {"destination": "/app/message", "receipt": "r"}, body)
+    d = chat.handle_message(frame, AppContext("s", None, chat.broker), {})
+    assert isinstance(d, Deferred) and not d.called
+    clock.advance(FLUSH)
+    assert _refusal(lambda: d).code == "not-stored"
+    assert _result(store.load_messages(1, 10)) == [original]
+    state = chat.active_room(1)
+    assert state is not None and all(m.text != "second" for m in state.recent)
