@@ -14,11 +14,17 @@ import pytest_twisted
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from stomp_chat.persistence import DatabaseConfig, make_pool, parse_database_url
+from stomp_chat.persistence import (
+    ChatConnectionPool,
+    DatabaseConfig,
+    DatabaseTimeout,
+    make_pool,
+    parse_database_url,
+)
 from stomp_chat.persistence.url import DEFAULT_DB_TIMEOUT
 
 if TYPE_CHECKING:
-    from tests.conftest_db import TestDatabase
+    from tests.conftest_db import CuttableProxy, TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
 
@@ -235,3 +241,34 @@ async def test_sqlite_memory_database_lives_as_long_as_the_pool() -> None:
         assert await pool.runQuery("SELECT x FROM t") == [(1,)]
     finally:
         pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_queued_behind_a_silent_server_are_abandoned_not_run_later(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With the pool's only connection stuck on a silent server, calls queued behind it time
+    out too and never run once a thread is free; the stuck call's connection is severed, so
+    the pool answers again as soon as the server does."""
+    from twisted.internet import reactor
+
+    routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
+    pool = postgresql_database.open_pool(routed)
+    assert isinstance(pool, ChatConnectionPool)
+    ran: list[int] = []
+
+    def interaction(transaction: Any, number: int) -> int:
+        ran.append(number)
+        transaction.execute("SELECT 1")
+        return number
+
+    assert await pool.run_within(1, reactor, interaction, 0) == 0
+    postgres_proxy.blackhole()
+    stuck = pool.run_within(0.5, reactor, interaction, 1)
+    calls = [stuck, *(pool.run_within(0.2, reactor, interaction, n) for n in (2, 3))]
+    for call in calls:
+        with pytest.raises(DatabaseTimeout):
+            await call
+    postgres_proxy.restore()
+    assert await pool.run_within(2, reactor, interaction, 4) == 4
+    assert ran == [0, 1, 4], "the calls abandoned while queued never ran"

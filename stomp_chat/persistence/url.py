@@ -219,12 +219,14 @@ class _ReconnectingConnection(adbapi.Connection):
 
 
 class _Call:
-    """One pool call: the pool thread running it, while it runs."""
+    """One pool call: the pool thread running it, while it runs, and whether its caller
+    gave up on it (a call still queued for a thread then never starts)."""
 
-    __slots__ = ("thread",)
+    __slots__ = ("abandoned", "thread")
 
     def __init__(self) -> None:
         self.thread: int | None = None
+        self.abandoned = False
 
 
 #: The keyword that carries a `_Call` through runInteraction to the pool thread.
@@ -235,7 +237,9 @@ class ChatConnectionPool(adbapi.ConnectionPool):
     """An adbapi pool that remembers its dialect, reconnects quietly, and can give up on a
     call: `run_within` abandons a call past its deadline and severs its connection's
     socket, so the pool thread stuck reading from a silent server gets an error at once
-    and its slot comes back (adbapi itself cannot interrupt a thread)."""
+    and its slot comes back (adbapi itself cannot interrupt a thread). With every thread
+    stuck (cp_max of them), later calls wait in the threadpool's queue; those abandoned
+    meanwhile never run, so retries cannot pile up behind a silent server."""
 
     connectionFactory = _ReconnectingConnection
 
@@ -264,6 +268,7 @@ class ChatConnectionPool(adbapi.ConnectionPool):
 
         def timed_out(outcome: object, seconds: float) -> object:
             if isinstance(outcome, Failure) and outcome.check(CancelledError):
+                call.abandoned = True
                 self._sever(call)
                 return Failure(DatabaseTimeout(
                     f"the database did not answer within {seconds:g}s"
@@ -280,6 +285,8 @@ class ChatConnectionPool(adbapi.ConnectionPool):
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
         call: _Call | None = kw.pop(_CALL, None)
         if call is not None:
+            if call.abandoned:  # it waited for a thread longer than its deadline
+                raise DatabaseTimeout("abandoned before it started")
             call.thread = self.threadID()
         try:
             return super()._runInteraction(interaction, *args, **kw)
