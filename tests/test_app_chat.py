@@ -973,11 +973,12 @@ def test_an_idle_room_leaves_memory_and_comes_back_with_its_seq() -> None:
 
 
 def test_rooms_beyond_max_active_rooms_are_evicted_least_recently_used_first() -> None:
-    """With max_active_rooms=2 a third room evicts the least recently used one, whose next
-    message continues its seq (its unsaved messages included)."""
+    """With max_active_rooms=2 a third room evicts the least recently used one (by the
+    second), whose next message continues its seq (its unsaved messages included)."""
     h = Harness(MemoryChatStore(), max_active_rooms=2)
     h.talk(1, "a1")
     h.talk(2, "b1")
+    h.clock.advance(1)
     h.talk(1, "a2")
     h.talk(3, "c1")  # room 2 is the least recently used
     assert h.chat.active_room(2) is None

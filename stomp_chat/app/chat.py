@@ -164,7 +164,8 @@ def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) 
         raise ApplicationError(
             f"detailMessage is longer than {MAX_TEXT_LENGTH} characters", code="invalid-message"
         )
-    check_storable_text(text, "detailMessage")
+    if not text.isascii() or "\x00" in text:  # the common case skips the call
+        check_storable_text(text, "detailMessage")
     return ChatRequest(kind, room_id, sender_id, text)
 
 
@@ -177,6 +178,8 @@ def check_storable_text(text: str, name: str) -> None:
     """
     if "\x00" in text:
         raise ApplicationError(f"{name} must not contain NUL characters", code="bad-request")
+    if text.isascii():
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -258,18 +261,17 @@ class ChatService:
         """``SEND /app/message``: None when done, a Deferred when a receipt must wait."""
         request = parse_chat_request(frame.body, self.types)
         durable = "receipt" in frame.headers
-        now = self.clock.seconds()
-        self._rooms.evict_idle(now)
-        state = self._rooms.use(request.room_id, now)
-        if state is not None and self._ready(state):
+        state = self._rooms.use(request.room_id, self.clock.seconds())
+        if state is not None and (
+            (state.last_seq < state.reserved_through or self.sequencer is not None)
+            and not (self._waiting and state.room_id in self._waiting)
+        ):
             return self._accept(state, request, durable)[1]
         return self._wait_for_room(request, durable)
 
     def post(self, request: ChatRequest) -> Deferred[ChatMessage]:
         """Accept a message from any caller (REST, tests); fires once it is broadcast."""
-        now = self.clock.seconds()
-        self._rooms.evict_idle(now)
-        state = self._rooms.use(request.room_id, now)
+        state = self._rooms.use(request.room_id, self.clock.seconds())
         try:
             if state is None or not self._ready(state):
                 return self._wait_for_room(request, durable=False)
@@ -280,9 +282,9 @@ class ChatService:
 
     def _ready(self, state: RoomState) -> bool:
         """Whether a message to this room can be numbered now, behind nothing."""
-        if state.room_id in self._waiting:
+        if self._waiting and state.room_id in self._waiting:
             return False
-        return self.sequencer is not None or state.has_seq
+        return state.last_seq < state.reserved_through or self.sequencer is not None
 
     def _accept(
         self, state: RoomState, request: ChatRequest, durable: bool
@@ -309,8 +311,8 @@ class ChatService:
         stored = self._store(message, durable)
         state.remember(message)
         self.broker.publish(state.topic, fill_seq(template, seq), _JSON_HEADERS)
-        if state.wants_reservation():
-            self._reserve(state)
+        if state.reserved_through - seq <= state.block >> 1 and not state.reserving:
+            self._reserve(state)  # ahead of need: the next block is written in the background
         return message, stored
 
     def _store(self, message: ChatMessage, durable: bool) -> Deferred[None] | None:
@@ -401,9 +403,7 @@ class ChatService:
         except (ValueError, KeyError, TypeError):
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
             return
-        now = self.clock.seconds()
-        self._rooms.evict_idle(now)
-        state = self._rooms.use(room_id, now)
+        state = self._rooms.use(room_id, self.clock.seconds())
         if state is not None:
             self._seen_clustered(state, message)
             return

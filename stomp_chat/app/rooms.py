@@ -160,11 +160,18 @@ class ActiveRooms:
         return self._rooms.get(room_id)
 
     def use(self, room_id: int, now: float) -> RoomState | None:
-        """The room, if active, now the most recently used."""
+        """The room, if active, now the most recently used; idle rooms are evicted first.
+
+        The order is refreshed at most once a second per room (the chat path calls this
+        for every message), which is all the precision eviction needs.
+        """
+        if now - self._swept_at >= 1.0:
+            self.evict_idle(now)
         state = self._rooms.get(room_id)
         if state is not None:
+            if now - state.last_used >= 1.0:
+                self._rooms.move_to_end(room_id)
             state.last_used = now
-            self._rooms.move_to_end(room_id)
         return state
 
     def add(self, state: RoomState, now: float) -> None:
