@@ -478,3 +478,55 @@ def test_a_silent_database_loses_nothing_and_sigterm_stays_bounded(
         assert "Stopping without saving 20 chat message(s)" in server.log()
     finally:
         proxy.stop()
+
+
+def test_publishers_are_pushed_back_while_the_database_is_silent(
+    postgresql_database: TestDatabase, start_server, clients
+) -> None:
+    """With PostgreSQL silent and the write buffer past its high-water mark, the server
+    stops reading its connections instead of refusing: the publisher's messages wait in
+    the socket, none is refused, and all are stored once the database answers."""
+    from tests.conftest_db import parse_database_url
+    from tests.tcpproxy import ThreadedProxy
+
+    base = parse_database_url(_postgres_server_url(postgresql_database))
+    proxy = ThreadedProxy(base.host or "127.0.0.1", base.port or 5432).start()
+    try:
+        url = _server_url_through(proxy.port, postgresql_database)
+        server = start_server(
+            "--database", url, "--db-timeout", "1", "--write-interval", "20",
+            "--write-buffer", "200",
+        )
+        publisher = clients(server.http_port)
+        publisher.subscribe(ERRORS)
+        watcher = clients(server.http_port)
+        watcher.subscribe(ROOM_TOPIC.format(2))
+        publisher.send_chat(
+            {"type": "TALK", "roomId": 2, "senderId": 1, "detailMessage": "m0"}, receipt="open"
+        )
+        publisher.wait_for(lambda: "open" in publisher.receipts, "the room to be open")
+        proxy.blackhole()
+        for n in range(1, 301):
+            publisher.send_chat(
+                {"type": "TALK", "roomId": 2, "senderId": 1, "detailMessage": f"m{n}"}
+            )
+        time.sleep(2)
+        held = len(watcher.chat(2)) - 1
+        assert held < 300, f"{held} broadcast: reading should stop at the high-water mark"
+        _, health = http_get(server.http_url, "/healthz")
+        assert 0 < health["unsaved"] < 200, health
+        proxy.restore()
+        broadcast = watcher.wait_chat(2, 301, timeout=30)
+        assert [m["detailMessage"] for m in broadcast] == [f"m{n}" for n in range(301)]
+        assert publisher.at(ERRORS) == [], "nothing was refused"
+        _wait_until(
+            lambda: postgresql_database.query(
+                "SELECT COUNT(*) FROM messages WHERE room_id = 2"
+            ) == [(301,)],
+            "all 301 stored",
+            timeout=30,
+        )
+        assert "Pausing 2 publishers" in server.log()
+        assert server.stop() == STOPPED_BY_SIGTERM
+    finally:
+        proxy.stop()

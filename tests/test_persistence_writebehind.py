@@ -577,3 +577,21 @@ def test_flush_fires_after_every_receipt_callback_of_earlier_messages() -> None:
     clock.advance(0)
     store.commit()  # messages 5 and 6 in one batch: 5's receipt, the flush, then 6's
     assert events == [f"receipt {seq}" for seq in range(1, 6)] + ["flushed", "receipt 6"]
+
+
+def test_expected_messages_count_towards_the_water_marks_and_the_limit() -> None:
+    """Messages announced with expect() (waiting for their room) pause publishers at the
+    high-water mark and count against has_room_for, until they are appended or dropped."""
+    clock, producer = task.Clock(), RecordingProducer()
+    writer = started_writer(MemoryChatStore(), clock, max_pending=10, high_water=6, low_water=2)
+    writer.register_producer(producer)
+    writer.append(chat_message(1))
+    writer.expect(4)
+    assert producer.events == []
+    writer.expect(1)
+    assert producer.events == ["pause"]
+    assert writer.has_room_for(4) and not writer.has_room_for(5)
+    writer.expect(-3)
+    assert producer.events == ["pause"], "still above the low-water mark"
+    writer.expect(-2)
+    assert producer.events == ["pause", "resume"]

@@ -316,3 +316,19 @@ def test_a_closed_connection_leaves_the_gate():
     for seq in range(1, 4):
         writer.append(chat_message(seq))
     assert transport.producerState == "producing"
+
+
+def test_input_read_before_the_gate_closed_waits_until_it_opens():
+    """Frames that arrive while the gate is closed (already read from the socket) reach the
+    session only once it opens again, in order."""
+    clock, writer, protocol, transport = _gated_connection()
+    for seq in range(1, 4):
+        writer.append(chat_message(seq))
+    assert transport.producerState == "paused"
+    protocol.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    clock.advance(0)
+    assert transport.value() == b"", "the session has not seen the CONNECT yet"
+    clock.advance(1.0)  # the writer saves the backlog and opens the gate
+    clock.advance(0)
+    assert frames_of(transport.value())[0].command == "CONNECTED"
+    assert transport.producerState == "producing"

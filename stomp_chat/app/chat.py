@@ -335,7 +335,7 @@ class ChatService:
     ) -> Deferred[Any]:
         """Have Redis number and broadcast the message, then store it here."""
         assert self.sequencer is not None
-        if not self.writer.has_room_for(self._sequencing + self._waiting_count + 1):
+        if not self.writer.has_room_for(self._sequencing + 1):
             raise ApplicationError(
                 "too many chat messages are waiting to be saved; try again later", code="busy"
             )
@@ -416,8 +416,9 @@ class ChatService:
 
     def _wait_for_room(self, request: ChatRequest, durable: bool) -> Deferred[Any]:
         """Queue a request until its room is loaded or has seqs reserved, keeping arrival
-        order; the queue counts against the writer's buffer, so it stays bounded."""
-        if not self.writer.has_room_for(self._sequencing + self._waiting_count + 1):
+        order; the queue counts against the writer's buffer, so it stays bounded and pushes
+        back on publishers as the buffer does."""
+        if not self.writer.has_room_for(self._sequencing + 1):
             raise ApplicationError(
                 "too many chat messages are waiting to be saved; try again later", code="busy"
             )
@@ -425,6 +426,7 @@ class ChatService:
         room_id = request.room_id
         self._waiting.setdefault(room_id, []).append((request, durable, result))
         self._waiting_count += 1
+        self.writer.expect(1)
         state = self._rooms.peek(room_id)
         if state is None:
             self._start_loading(room_id)
@@ -496,6 +498,7 @@ class ChatService:
     def _fail_waiting(self, room_id: int, error: ApplicationError) -> None:
         waiting = self._waiting.pop(room_id, [])
         self._waiting_count -= len(waiting)
+        self.writer.expect(-len(waiting))
         for _, _, result in waiting:
             result.errback(Failure(error))
 
@@ -515,6 +518,8 @@ class ChatService:
                 log.failure("cannot accept a chat message for room {room}", room=room_id)
                 result.errback(Failure(ApplicationError("internal error", code="internal")))
                 continue
+            finally:
+                self.writer.expect(-1)
             if stored is None:
                 result.callback(message)
             elif message is not None:

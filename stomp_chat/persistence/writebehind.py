@@ -142,6 +142,8 @@ class WriteBehindWriter(Service):
         self._stop_waiters: list[Deferred[None]] = []
         self._producers: list[PausableProducer] = []
         self._producers_paused = False
+        #: Messages announced by `expect` and not appended yet (waiting for their room).
+        self._expected = 0
         self._full_reported = False
         #: Told of every message not stored because another holds its seq.
         self.collision_listeners: list[Callable[[ChatMessage], object]] = []
@@ -192,8 +194,19 @@ class WriteBehindWriter(Service):
         return committed
 
     def has_room_for(self, count: int) -> bool:
-        """Whether ``count`` more messages would be accepted now."""
-        return self.pending_count + count <= self._max_pending
+        """Whether ``count`` more messages would be accepted now (besides those expected)."""
+        return self.pending_count + self._expected + count <= self._max_pending
+
+    def expect(self, count: int) -> None:
+        """Count (or, negative, stop counting) messages that will be appended soon, e.g. held
+        until their room is ready, towards the high- and low-water marks and `has_room_for`,
+        so publishers are paused by what waits anywhere, not only by what is buffered."""
+        self._expected += count
+        backlog = self.pending_count + self._expected
+        if count > 0 and not self._producers_paused and backlog >= self._high_water:
+            self._pause_producers()
+        elif count < 0 and self._producers_paused and backlog <= self._low_water:
+            self._resume_producers()
 
     def unsaved_messages(self, room_id: int) -> list[ChatMessage]:
         """A room's messages accepted but not committed yet, oldest first.
@@ -235,7 +248,7 @@ class WriteBehindWriter(Service):
         self._buffer.append(message)
         index = self._appended
         self._appended += 1
-        if not self._producers_paused and pending + 1 >= self._high_water:
+        if not self._producers_paused and pending + 1 + self._expected >= self._high_water:
             self._pause_producers()
         self._schedule()
         return index
@@ -428,7 +441,7 @@ class WriteBehindWriter(Service):
         while self._waiters and self._waiters[0].last_index < self._settled:
             ready.append(self._waiters.popleft())
         pending = self.pending_count
-        if self._producers_paused and pending <= self._low_water:
+        if self._producers_paused and pending + self._expected <= self._low_water:
             self._resume_producers()
         elif self._full_reported and pending < self._max_pending:
             self._full_reported = False

@@ -100,6 +100,9 @@ class StompProtocol(Protocol):
         if reason not in self._input_holds:
             return
         self._input_holds.discard(reason)
+        if reason == "gate" and self._unread and self.connected:
+            clock: Any = self.context.clock
+            clock.callLater(0, self._read_slice)  # what was read before the gate closed
         if not self._input_holds and self.connected:
             self.transport.resumeProducing()
 
@@ -111,7 +114,9 @@ class StompProtocol(Protocol):
         the write buffers until the last SEND was routed. Past a slice, the
         rest waits for the next reactor turn and the socket stops reading.
         """
-        if self._unread:
+        if self._unread or "gate" in self._input_holds:
+            # Input already read when the gate closed (a WebSocket delivers every frame of
+            # one read) waits with the rest: at most one read per connection.
             self._unread.append(data)
             return
         if len(data) <= self.input_slice:
@@ -122,6 +127,8 @@ class StompProtocol(Protocol):
         self._read_slice()
 
     def _read_slice(self) -> None:
+        if "gate" in self._input_holds:
+            return  # resumed by release_input
         data = b"".join(self._unread)
         self._unread.clear()
         if not self.connected:
