@@ -3,7 +3,8 @@
 A ``callLater`` per connection costs a timer object and a heap operation per
 frame written; with thousands of idle connections one periodic sweep is far
 cheaper, and its error (one tick) is absorbed by the margins STOMP clients
-already allow.
+already allow. One session's failure during the sweep closes that session
+only: the sweep goes on, and the timer keeps running for everyone else.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from typing import Protocol
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
 
 
 class Monitored(Protocol):
@@ -42,23 +47,50 @@ class HeartbeatMonitor(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._loop.start(self.tick, now=False)
+        self._start_loop(now=False)
+
+    def _start_loop(self, now: bool) -> None:
+        self._loop.start(self.tick, now=now).addErrback(self._loop_failed)
+
+    def _loop_failed(self, failure: Failure) -> None:
+        """The timer stopped on an error: log it and start it again."""
+        log.failure("the heart-beat sweep failed; restarting it", failure)
+        if self.running and not self._loop.running:
+            self._start_loop(now=False)
 
     def stopService(self) -> None:
         super().stopService()
         if self._loop.running:
             self._loop.stop()
 
+    def sessions(self) -> list[Monitored]:
+        """The sessions open now (a copy: closing one changes the set)."""
+        return list(self._sessions)
+
     def close_all(self, reason: str) -> None:
         """Tell every client why it is being disconnected, and disconnect it."""
         for session in list(self._sessions):
-            session.fail(reason)
+            self._close(session, reason)
 
     def sweep(self) -> None:
         """Let every session send its heart-beat or notice a silent peer."""
         now = self.clock.seconds()
+        tick = self.tick
         for session in list(self._sessions):
-            session.check_liveness(now, self.tick)
+            try:
+                session.check_liveness(now, tick)
+            except Exception:
+                log.failure("heart-beat check failed for {session}; closing it", session=session)
+                self._close(session, "internal server error")
+
+    def _close(self, session: Monitored, reason: str) -> None:
+        """Close one session, and stop watching it even if closing fails."""
+        try:
+            session.fail(reason)
+        except Exception:
+            log.failure("could not close {session}", session=session)
+        finally:
+            self.discard(session)
 
 
 def tick_for(heartbeat: tuple[int, int]) -> float:

@@ -14,8 +14,11 @@ from twisted.internet.task import Clock
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor
+from stomp_chat.identity import ConnectionInfo
+from stomp_chat.interceptors import Interceptor
 from stomp_chat.session import (
     AnonymousAuthenticator,
+    AuthenticationInterceptor,
     Authenticator,
     ServerContext,
     SessionSettings,
@@ -31,6 +34,9 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        #: Whether the session asked to stop reading, and how often.
+        self.reading_paused = False
+        self.pauses = 0
         #: Writes that happened after ``close()`` was called.
         self.writes_after_close: list[bytes] = []
 
@@ -42,6 +48,13 @@ class RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
     def value(self) -> bytes:
         return b"".join(self.writes)
 
@@ -52,16 +65,28 @@ def make_context(
     broker: Broker | None = None,
     router: AppRouter | None = None,
     authenticator: Authenticator | None = None,
+    interceptors: list[Interceptor] | None = None,
     tick: float = 1.0,
     **settings: Any,
 ) -> ServerContext:
-    """A ServerContext on a fake clock, with settings overridable by keyword."""
+    """A ServerContext on a fake clock, with settings overridable by keyword.
+
+    Authentication comes first in the chain, then ``interceptors``.
+    """
+    clock = clock if clock is not None else Clock()
+    chain: list[Interceptor] = [
+        AuthenticationInterceptor(
+            authenticator if authenticator is not None else AnonymousAuthenticator()
+        )
+    ]
+    chain.extend(interceptors or ())
     return ServerContext(
         broker if broker is not None else Broker(),
         router if router is not None else AppRouter(),
         SessionSettings(**settings),
-        HeartbeatMonitor(clock if clock is not None else Clock(), tick),
-        authenticator if authenticator is not None else AnonymousAuthenticator(),
+        HeartbeatMonitor(clock, tick),
+        clock,
+        chain,
     )
 
 
@@ -88,7 +113,9 @@ class Client:
     def __init__(self, context: ServerContext, peer: str = "test") -> None:
         self.context = context
         self.transport = RecordingTransport()
-        self.session = StompSession(context, self.transport, peer)
+        self.session = StompSession(
+            context, self.transport, ConnectionInfo(peer=peer, peer_host=peer.split(":")[0])
+        )
         self._reader = OutputReader()
         self._read_upto = 0
         self._frames: list[Frame] = []

@@ -7,6 +7,7 @@ from twisted.internet.defer import succeed
 
 from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter, NoHandler
 from stomp_chat.broker import Broker, Subscription
+from stomp_chat.identity import Principal
 from stomp_chat.stomp.frame import Frame
 
 
@@ -21,7 +22,7 @@ def frame_to(destination: str, body: bytes = b"") -> Frame:
     return Frame("SEND", {"destination": destination}, body)
 
 
-def context(principal: str | None = None) -> AppContext:
+def context(principal: Principal | None = None) -> AppContext:
     return AppContext("session-1", principal, Broker())
 
 
@@ -163,8 +164,8 @@ def test_application_error_default_code():
 
 
 def test_context_user_key_prefers_principal():
-    """The /user/ routing key is the principal, or the session id when anonymous."""
-    assert context("alice").user_key == "alice"
+    """The /user/ routing key is the principal's user id, or the session id when anonymous."""
+    assert context(Principal("u-alice", "Alice")).user_key == "u-alice"
     assert context(None).user_key == "session-1"
 
 
@@ -178,7 +179,7 @@ class Recorder:
 
 def test_context_publish_and_reply_to_user():
     """A handler's context publishes to the broker and replies to its own user only."""
-    ctx = context("alice")
+    ctx = context(Principal("alice", "Alice"))
     topic, mine, theirs = Recorder(), Recorder(), Recorder()
     ctx.broker.subscribe(Subscription(topic, "0", "/topic/t"), "x")
     ctx.broker.subscribe(Subscription(mine, "0", "/user/queue/replies"), "alice")
@@ -188,3 +189,21 @@ def test_context_publish_and_reply_to_user():
     assert topic.bodies == [b"all"]
     assert mine.bodies == [b"you"]
     assert theirs.bodies == []
+
+
+def test_routes_declare_what_they_require() -> None:
+    """A route's requires= is kept per route (exact or with variables); undeclared is None;
+    an unknown destination is NoHandler."""
+
+    def handler(frame: Frame, context: AppContext, variables: dict[str, str]) -> None:
+        return None
+
+    router = AppRouter()
+    router.add("/message", handler)
+    router.add("/ops/restart", handler, requires=["role:ops"])
+    router.add("/rooms/{roomId}/kick", handler, requires=("role:admin", "user:alice"))
+    assert router.requirement("/app/message") is None
+    assert router.requirement("/app/ops/restart") == ("role:ops",)
+    assert router.requirement("/app/rooms/7/kick") == ("role:admin", "user:alice")
+    with pytest.raises(NoHandler):
+        router.requirement("/app/nowhere")

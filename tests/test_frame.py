@@ -167,3 +167,18 @@ def test_parse_heartbeat_invalid(value):
 def test_negotiate_heartbeat_follows_the_spec(client, server, expected):
     """Each direction is off if either side says 0, else the larger of the two values."""
     assert negotiate_heartbeat(client, server) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["2147483648,0", "0," + "9" * 400, "9" * 5000 + ",1"], ids=["2^31", "400", "5000"]
+)
+def test_parse_heartbeat_refuses_absurd_intervals(value):
+    """Intervals past 2^31-1 ms, however many digits, are a short FrameError."""
+    with pytest.raises(FrameError) as caught:
+        parse_heartbeat(value)
+    assert len(str(caught.value)) < 200
+
+
+def test_parse_heartbeat_accepts_the_largest_interval():
+    """2^31-1 ms is still a valid interval."""
+    assert parse_heartbeat("2147483647,0") == (2147483647, 0)

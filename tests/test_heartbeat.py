@@ -138,3 +138,91 @@ def test_close_all_fails_every_session_with_the_reason():
     monitor.close_all("server shutting down")
     assert [p.failures for p in probes] == [["server shutting down"]] * 3
     assert len(monitor) == 0
+
+
+class Exploding(Probe):
+    """A monitored session whose liveness check raises, as a dead transport would."""
+
+    def __init__(self, monitor: HeartbeatMonitor, fail_too: bool = False) -> None:
+        super().__init__(monitor)
+        self.fail_too = fail_too
+
+    def check_liveness(self, now: float, tick: float) -> None:
+        self.calls.append((now, tick))
+        raise RuntimeError("transport refused the write")
+
+    def fail(self, message: str, *args: object) -> None:
+        self.failures.append(message)
+        if self.fail_too:
+            raise RuntimeError("still refusing")
+        if self.monitor is not None:
+            self.monitor.discard(self)
+
+
+def test_one_failing_session_is_closed_and_the_sweep_goes_on():
+    """A session raising in check_liveness is closed; the others are still swept every tick."""
+    clock = Clock()
+    monitor = HeartbeatMonitor(clock, tick=1.0)
+    before, broken, after = Probe(), Exploding(monitor), Probe()
+    for probe in (before, broken, after):
+        monitor.add(probe)
+    monitor.startService()
+    for _ in range(3):
+        clock.advance(1.0)
+    assert broken.failures == ["internal server error"]
+    assert len(broken.calls) == 1
+    assert len(before.calls) == len(after.calls) == 3
+    assert monitor._loop.running
+    monitor.stopService()
+
+
+def test_session_that_cannot_even_be_closed_is_dropped():
+    """A session whose fail() raises too is removed from the monitor, and sweeps continue."""
+    clock = Clock()
+    monitor = HeartbeatMonitor(clock, tick=1.0)
+    broken, healthy = Exploding(monitor, fail_too=True), Probe()
+    monitor.add(broken)
+    monitor.add(healthy)
+    monitor.startService()
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert len(broken.calls) == 1
+    assert len(healthy.calls) == 2
+    assert len(monitor) == 1
+    monitor.stopService()
+
+
+def test_loop_restarts_after_an_unexpected_error():
+    """If the sweep itself fails, the error is logged and the timer starts again."""
+    clock = Clock()
+    monitor = HeartbeatMonitor(clock, tick=1.0)
+    probe = Probe()
+    monitor.add(probe)
+    failures = [True]
+
+    original = monitor.sweep
+
+    def sweep_once_broken() -> None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("bug in the sweep")
+        original()
+
+    monitor._loop.f = sweep_once_broken
+    monitor.startService()
+    clock.advance(1.0)
+    assert monitor._loop.running
+    clock.advance(1.0)
+    assert len(probe.calls) == 1
+    monitor.stopService()
+
+
+def test_close_all_goes_on_past_a_failing_session():
+    """close_all closes every session even when one of them raises."""
+    monitor = HeartbeatMonitor(Clock())
+    broken, healthy = Exploding(monitor, fail_too=True), Probe(monitor)
+    monitor.add(broken)
+    monitor.add(healthy)
+    monitor.close_all("bye")
+    assert healthy.failures == ["bye"]
+    assert len(monitor) == 0

@@ -579,3 +579,28 @@ def test_stopped_parser_ignores_garbage():
     parser.stop()
     parser.feed(b"\r\r\r\xff")
     assert frames == []
+
+
+def test_huge_content_length_is_a_frame_error():
+    """A content-length of 5,000 digits is a FrameError about the size, not a ValueError."""
+    parser, _ = make_parser()
+    with pytest.raises(FrameError, match="maximum size"):
+        parser.feed(b"SEND\ncontent-length:" + b"9" * 5000 + b"\n\n")
+
+
+def test_partial_says_whether_a_frame_is_unfinished():
+    """partial is true from a frame's first byte until its NUL, and false after stop()."""
+    parser, frames = make_parser()
+    assert not parser.partial
+    parser.feed(b"\n\n")
+    assert not parser.partial, "heart-beats between frames are no frame"
+    parser.feed(b"SEN")
+    assert parser.partial
+    parser.feed(b"D\ndestination:/q\n\nbody")
+    assert parser.partial
+    parser.feed(b"\x00")
+    assert not parser.partial
+    assert len(frames) == 1
+    parser.feed(b"SEND\n\nxx")
+    parser.stop()
+    assert not parser.partial

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,17 @@ from twisted.application.service import IService, IServiceCollection, MultiServi
 from twisted.python import usage
 from twisted.web.server import Site
 
+from stomp_chat.auth.authenticators import NoneAuthenticator
+from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.session import AuthenticationInterceptor, SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+from tests.serverproc import run_to_exit
+
+#: A listener on a free loopback port (``--auth none`` listens nowhere else unless told).
+LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
 def parse(*args: str) -> Options:
@@ -26,10 +34,12 @@ def parse(*args: str) -> Options:
 
 
 def test_defaults():
-    """With no arguments the documented defaults apply, coerced to their types."""
+    """With no arguments the documented defaults apply, coerced to their types: no
+    authentication, so both listeners on loopback only."""
     options = parse()
-    assert options["stomp"] == "tcp:61613:backlog=1024"
-    assert options["http"] == "tcp:8080:backlog=1024"
+    assert options["auth"] == "none"
+    assert options["stomp"] == "tcp:61613:interface=127.0.0.1:backlog=1024"
+    assert options["http"] == "tcp:8080:interface=127.0.0.1:backlog=1024"
     assert options["allowed-origins"] == []
     assert options["max-frame-size"] == DEFAULT_MAX_FRAME_SIZE
     assert options["heartbeat"] == (10_000, 10_000)
@@ -39,6 +49,7 @@ def test_defaults():
 def test_every_option_is_parsed():
     """Each option given on the command line lands in the options, coerced."""
     options = parse(
+        "--auth", "none",
         "--stomp", "tcp:12345:interface=127.0.0.1",
         "--http", "tcp:0",
         "--allowed-origins", " https://*.example.com, chat.example.org:8443 ,,",
@@ -208,7 +219,7 @@ def _has_option(name: str) -> bool:
 
 def test_make_service_builds_a_multiservice_with_both_listeners(build):
     """The root is a MultiService holding the heart-beat monitor and TCP and HTTP listeners."""
-    root = build("--stomp", "tcp:0", "--http", "tcp:0")
+    root = build("--stomp", LOOPBACK, "--http", LOOPBACK)
     assert isinstance(root, MultiService)
     listeners = _listeners(root)
     assert len(listeners) == 2
@@ -221,7 +232,7 @@ def test_make_service_builds_a_multiservice_with_both_listeners(build):
 
 def test_make_service_wires_options_into_the_stomp_factory(build):
     """Heart-beat, frame size and slow-consumer options reach the sessions' settings."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--heartbeat", "2000,0",
+    root = build("--stomp", LOOPBACK, "--http", "none", "--heartbeat", "2000,0",
                  "--max-frame-size", "4096", "--slow-consumer-bytes", "777")
     (listener,) = _listeners(root)
     factory = listener.factory
@@ -235,16 +246,58 @@ def test_make_service_wires_options_into_the_stomp_factory(build):
     assert any(s is monitor for s in _reachable(root))
 
 
+def test_transport_limits_have_sane_defaults():
+    """The per-connection limits default to 256 per address, 64 KiB and 10 s before
+    CONNECT, and 10 s for HTTP headers."""
+    options = parse()
+    assert options["max-connections-per-address"] == 256
+    assert options["max-connect-bytes"] == 64 * 1024
+    assert options["connect-timeout"] == 10.0
+    assert options["http-header-timeout"] == 10.0
+    assert options["http-idle-timeout"] == 60.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-connections-per-address", "-1"], "cannot be negative"),
+        (["--max-connections-per-address", "many"], "whole number"),
+        (["--connect-timeout", "0"], "must be positive"),
+        (["--http-header-timeout", "soon"], "must be a number"),
+        (["--http-idle-timeout", "inf"], "must be positive"),
+        (["--max-connect-bytes", "0"], "positive"),
+    ],
+)
+def test_transport_limit_options_refuse_bad_values(args, message):
+    """Bad limit values are usage errors that say what is expected."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_make_service_wires_the_transport_limits(build):
+    """The connection cap, CONNECT limits and HTTP deadlines reach the factory and site."""
+    root = build("--stomp", LOOPBACK, "--http", LOOPBACK, "--max-connections-per-address", "0",
+                 "--max-connect-bytes", "2048", "--connect-timeout", "2.5",
+                 "--http-header-timeout", "3", "--http-idle-timeout", "40")
+    factories = [listener.factory for listener in _listeners(root)]
+    (stomp,) = [f for f in factories if isinstance(f, StompFactory)]
+    (site,) = [f for f in factories if isinstance(f, Site)]
+    assert stomp.connections.max_per_address == 0
+    assert stomp.max_connect_bytes == 2048
+    assert stomp.context.settings.connect_timeout == 2.5
+    assert (site.header_timeout, site.timeOut) == (3.0, 40.0)
+
+
 def test_make_service_without_stomp_listener(build):
     """--stomp none leaves only the HTTP listener."""
-    root = build("--stomp", "none", "--http", "tcp:0")
+    root = build("--stomp", "none", "--http", LOOPBACK)
     (listener,) = _listeners(root)
     assert isinstance(listener.factory, Site)
 
 
 def test_make_service_without_http_listener(build):
     """--http none leaves only the raw STOMP listener."""
-    root = build("--stomp", "tcp:0", "--http", "none")
+    root = build("--stomp", LOOPBACK, "--http", "none")
     (listener,) = _listeners(root)
     assert isinstance(listener.factory, StompFactory)
 
@@ -269,9 +322,167 @@ def test_plugin_points_at_this_module():
 def test_an_endpoint_keeps_its_own_backlog() -> None:
     """An endpoint string that sets backlog= keeps it; others get the larger default."""
     options = Options()
-    options.parseOptions(["--stomp", "tcp:0:backlog=7", "--http", "unix:/tmp/stomp-chat.sock"])
-    assert options["stomp"] == "tcp:0:backlog=7"
+    options.parseOptions(["--stomp", "tcp:0:interface=127.0.0.1:backlog=7",
+                          "--http", "unix:/tmp/stomp-chat.sock"])
+    assert options["stomp"] == "tcp:0:interface=127.0.0.1:backlog=7"
     assert options["http"] == "unix:/tmp/stomp-chat.sock"
+
+
+# -- per-session limits ----------------------------------------------------
+
+
+def test_session_limit_defaults():
+    """Transactions, frame deadline and send rate have their documented defaults."""
+    options = parse()
+    assert options["max-transactions"] == 16
+    assert options["max-transaction-bytes"] == 16 * 1024 * 1024
+    assert options["frame-timeout"] == 60.0
+    assert options["send-rate"] == 0.0
+    assert options["send-burst"] == 200
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--frame-timeout", "0"],
+        ["--frame-timeout", "-1"],
+        ["--frame-timeout", "nan"],
+        ["--frame-timeout", "soon"],
+        ["--send-rate", "-5"],
+        ["--send-rate", "inf"],
+        ["--max-transactions", "9" * 5000],
+    ],
+    ids=lambda a: " ".join(x[:12] for x in a),
+)
+def test_bad_session_limits_are_usage_errors(args):
+    """Limits that are not sane numbers are refused at start-up with a usage error."""
+    with pytest.raises(usage.UsageError):
+        parse(*args)
+
+
+def test_session_limits_reach_the_sessions(build):
+    """The limit options land in SessionSettings; no send rate means a chain of authentication
+    (with --auth none, naming clients after their login) and authorization only."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
+                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
+    (listener,) = _listeners(root)
+    context = listener.factory.context
+    settings = context.settings
+    assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
+    assert settings.frame_timeout == 7.5
+    authentication, authorization = context.interceptors
+    assert isinstance(authentication, AuthenticationInterceptor)
+    assert isinstance(authentication.authenticator, NoneAuthenticator)
+    assert isinstance(authorization, AuthorizationInterceptor)
+
+
+def test_send_rate_adds_the_rate_interceptor(build):
+    """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain,
+    after authentication."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "50", "--send-burst", "7")
+    (listener,) = _listeners(root)
+    authentication, interceptor, authorization = listener.factory.context.interceptors
+    assert isinstance(authentication, AuthenticationInterceptor)
+    assert isinstance(interceptor, SendRateInterceptor)
+    assert isinstance(authorization, AuthorizationInterceptor)
+    assert (interceptor.rate, interceptor.burst) == (50.0, 7)
+
+
+def test_none_beyond_loopback_warns_at_start_up(build):
+    """An explicit --auth none on a public interface builds, with a warning in the log."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        build("--auth", "none", "--stomp", "tcp:0", "--http", "none")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert any("--auth none: anyone who reaches tcp:0" in text for text in warnings), warnings
+
+
+# -- start-up failures on the real twistd ------------------------------------------------
+
+
+def _busy_port() -> tuple[socket.socket, int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    return holder, holder.getsockname()[1]
+
+
+STARTUP_FAILURES = {
+    "port clash": (["--http=tcp:{busy}:interface=127.0.0.1"], "Address already in use"),
+    "port out of range": (["--http=tcp:70000:interface=127.0.0.1"], "port must be 0-65535"),
+    "bad interface": (
+        ["--auth=none", "--http=tcp:0:interface=192.0.2.1"], "Cannot assign requested address"
+    ),
+    "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),
+    "unreachable redis": (["--redis=redis://127.0.0.1:1/0"], "--redis"),
+    "bad config": (["--config=bad.toml"], "unknown option 'bogus'"),
+}
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
+@pytest.mark.parametrize("case", list(STARTUP_FAILURES))
+def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case, daemon):
+    """Each start-up failure exits non-zero, names its cause in one line, and logs no traceback."""
+    args, cause = STARTUP_FAILURES[case]
+    (tmp_path / "bad.toml").write_text('http = "tcp:0"\nbogus = 1\n')
+    holder, busy = _busy_port()
+    with holder:
+        code, output, log = run_to_exit(
+            tmp_path,
+            "--stomp=tcp:0:interface=127.0.0.1",
+            "--http=tcp:0:interface=127.0.0.1",
+            f"--database=sqlite:///{tmp_path / 'chat.db'}",
+            *(arg.format(busy=busy) for arg in args),
+            daemon=daemon,
+        )
+    assert code != 0, output + log
+    assert "Traceback" not in output + log
+    if daemon and "cannot listen" in log:
+        # The daemon's parent shows the first 100 bytes of the reason; the log has it all.
+        assert "cannot listen" in output
+        [line] = [line for line in log.splitlines() if "cannot start" in line]
+        assert cause in line
+    else:
+        [line] = [line for line in output.splitlines() if cause in line]
+        assert "cannot start" in line or "--" in line
+    assert "Site starting on" not in log, "nothing may serve HTTP"
+
+
+def test_destination_rules_come_from_the_config_file(tmp_path: Path) -> None:
+    """The config file's [[rules]] become the authorization rules; options still parse."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text(
+        'history-size = 12\n\n[[rules]]\ndestination = "/topic/ops.**"\n'
+        'subscribe = ["role:ops"]\nsend = ["user:alice"]\n'
+    )
+    options = parse("--config", str(config))
+    assert options["history-size"] == 12
+    assert len(options["rules"]) == 1
+    assert options["rules"].rules[0].pattern.text == "/topic/ops.**"
+    assert len(parse()["rules"]) == 0
+
+
+def test_a_bad_rule_in_the_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A malformed rule stops start-up with a usage error naming the rule."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text('[[rules]]\ndestination = "/topic/x"\nsend = ["group:ops"]\n')
+    with pytest.raises(usage.UsageError, match="rule 1"):
+        parse("--config", str(config))
+
+
+def test_rules_come_from_a_config_file_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOMP_CHAT_CONFIG names the file whose [[rules]] are read, as --config does."""
+    config = tmp_path / "env.toml"
+    config.write_text('[[rules]]\ndestination = "/queue/jobs"\nsend = ["authenticated"]\n')
+    monkeypatch.setenv("STOMP_CHAT_CONFIG", str(config))
+    assert [r.pattern.text for r in parse()["rules"].rules] == ["/queue/jobs"]
 
 
 # -- durability options ----------------------------------------------------------------------
@@ -299,13 +510,14 @@ def test_positive_number_options_refuse_bad_values(name, value):
 def test_make_service_wires_the_durability_options(build):
     """The database timeout bounds the store and the writer's stop; the writer gates every
     connection's reading; the chat evicts rooms by the options."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--db-timeout", "3",
+    root = build("--stomp", LOOPBACK, "--http", "none", "--db-timeout", "3",
                  "--room-idle-seconds", "45", "--max-active-rooms", "9")
     (listener,) = _listeners(root)
     factory = listener.factory
     writer = root.writer  # type: ignore[attr-defined]
     assert factory.input_gate is writer
     assert writer._stop_timeout == 9
-    chat = root.chat  # type: ignore[attr-defined]
+    handler, _ = factory.context.router.resolve("/app/message")
+    chat = handler.__self__
     assert chat.store._timeout == 3
     assert (chat._rooms.idle_seconds, chat._rooms.max_rooms) == (45, 9)

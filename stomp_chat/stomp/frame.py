@@ -130,21 +130,33 @@ def negotiate_version(accept_version: str | None) -> str | None:
     return None
 
 
+#: The longest heart-beat interval a peer may ask for (about 24 days): larger
+#: numbers are no interval anyone means, and overflow a float past 308 digits.
+MAX_HEARTBEAT_MS = 2**31 - 1
+
+
 def parse_heartbeat(value: str | None) -> tuple[int, int]:
     """Parse a ``heart-beat`` header ``cx,cy`` (milliseconds); absent means 0,0."""
     if value is None:
         return (0, 0)
     parts = value.split(",")
     if len(parts) != 2:
-        raise FrameError(f"invalid heart-beat header {value!r}: expected two integers cx,cy")
+        raise FrameError(
+            f"invalid heart-beat header {value[:40]!r}: expected two integers cx,cy"
+        )
     try:
         cx, cy = int(parts[0]), int(parts[1])
     except ValueError:
         raise FrameError(
-            f"invalid heart-beat header {value!r}: expected two integers cx,cy"
+            f"invalid heart-beat header {value[:40]!r}: expected two integers cx,cy"
         ) from None
     if cx < 0 or cy < 0:
-        raise FrameError(f"invalid heart-beat header {value!r}: negative interval")
+        raise FrameError(f"invalid heart-beat header {value[:40]!r}: negative interval")
+    if cx > MAX_HEARTBEAT_MS or cy > MAX_HEARTBEAT_MS:
+        raise FrameError(
+            f"invalid heart-beat header {value[:40]!r}: intervals are at most "
+            f"{MAX_HEARTBEAT_MS} ms"
+        )
     return (cx, cy)
 
 

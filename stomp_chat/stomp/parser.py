@@ -28,6 +28,9 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024 + 64 * 1024
 DEFAULT_MAX_HEADERS = 64
 DEFAULT_MAX_HEADER_LENGTH = 8 * 1024
 
+#: More digits than any frame size this parser can accept.
+_MAX_LENGTH_DIGITS = 18
+
 _LINE_MODE = 0
 _BODY_MODE = 1
 
@@ -73,10 +76,17 @@ class FrameParser:
         self._frame_start = 0
         self._stopped = False
 
+    @property
+    def partial(self) -> bool:
+        """Whether part of a frame has arrived and the rest has not."""
+        return self._mode == _BODY_MODE or bool(self._buffer)
+
     def stop(self) -> None:
         """Ignore every further byte (after ERROR or DISCONNECT)."""
         self._stopped = True
         self._buffer.clear()
+        self._mode = _LINE_MODE
+        self._frame = None
 
     def feed(self, data: bytes) -> None:
         """Consume bytes, calling ``frame_received`` for every complete frame.
@@ -203,7 +213,11 @@ class FrameParser:
         if raw is None:
             return None
         if not raw.isdigit() or not raw.isascii():
-            raise FrameError(f"invalid content-length {raw!r}", frame)
+            raise FrameError(f"invalid content-length {raw[:40]!r}", frame)
+        if len(raw) > _MAX_LENGTH_DIGITS:  # int() refuses past 4,300 digits anyway
+            raise FrameError(
+                f"frame exceeds the maximum size of {self.max_frame_size} bytes", frame
+            )
         length = int(raw)
         if length > self.max_frame_size:
             raise FrameError(

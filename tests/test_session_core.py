@@ -11,9 +11,16 @@ from twisted.internet.task import Clock
 
 from stomp_chat.app.routes import ApplicationError, AppRouter
 from stomp_chat.broker import Broker
-from stomp_chat.session import AuthError, State
+from stomp_chat.errors import ProtocolError
+from stomp_chat.identity import Principal
+from stomp_chat.session import AuthenticationInterceptor, AuthError, SendRateInterceptor, State
 from stomp_chat.stomp.frame import Frame, encode_frame
 from tests.stompfakes import Client, make_context
+
+
+def use_authenticator(context, authenticator) -> None:
+    """Put ``authenticator`` first in the context's inbound chain."""
+    context.interceptors[0] = AuthenticationInterceptor(authenticator)
 
 
 def connected(context, version: str | None = "1.2", **kwargs) -> Client:
@@ -114,11 +121,11 @@ def test_connect_headers_are_not_unescaped(context):
     seen = []
 
     class Recording:
-        def authenticate(self, frame):
+        def authenticate(self, frame, connection):
             seen.append(frame.headers["passcode"])
             return None
 
-    context.authenticator = Recording()
+    use_authenticator(context, Recording())
     client = Client(context)
     client.send_bytes(b"CONNECT\naccept-version:1.2\npasscode:a\\cb\\t\n\n\x00")
     assert client.next_frame().command == "CONNECTED"
@@ -160,10 +167,10 @@ def test_bad_credentials_are_refused(context):
     """An authenticator raising AuthError gives ERROR and close, not CONNECTED."""
 
     class Refusing:
-        def authenticate(self, frame):
+        def authenticate(self, frame, connection):
             raise AuthError("bad credentials", "login or passcode is wrong")
 
-    context.authenticator = Refusing()
+    use_authenticator(context, Refusing())
     client = Client(context)
     client.send("CONNECT", {"accept-version": "1.2", "login": "x", "passcode": "y"})
     error = assert_error_then_closed(client)
@@ -174,10 +181,10 @@ def test_authenticator_failure_is_reported_not_raised(context):
     """An authenticator that fails unexpectedly still yields ERROR then close."""
 
     class Broken:
-        def authenticate(self, frame):
+        def authenticate(self, frame, connection):
             return fail(RuntimeError("database down"))
 
-    context.authenticator = Broken()
+    use_authenticator(context, Broken())
     client = Client(context)
     client.send("CONNECT", {"accept-version": "1.2"})
     assert_error_then_closed(client)
@@ -187,10 +194,10 @@ def test_authenticated_principal_is_reported(context):
     """An authenticated user name appears as user-name on CONNECTED."""
 
     class Named:
-        def authenticate(self, frame):
-            return succeed(frame.headers["login"])
+        def authenticate(self, frame, connection):
+            return succeed(Principal("u-" + frame.headers["login"], frame.headers["login"]))
 
-    context.authenticator = Named()
+    use_authenticator(context, Named())
     frame = Client(context).connect("1.2", login="alice", passcode="pw")
     assert frame.headers["user-name"] == "alice"
 
@@ -200,10 +207,10 @@ def test_frames_pipelined_during_authentication_are_handled_after_connected(cont
     pending: Deferred = Deferred()
 
     class Slow:
-        def authenticate(self, frame):
+        def authenticate(self, frame, connection):
             return pending
 
-    context.authenticator = Slow()
+    use_authenticator(context, Slow())
     watcher = connected(make_context(broker=context.broker))
     watcher.send("SUBSCRIBE", {"destination": "/topic/t", "id": "w"})
     client = Client(context)
@@ -212,7 +219,9 @@ def test_frames_pipelined_during_authentication_are_handled_after_connected(cont
         + encode_frame(Frame("SEND", {"destination": "/topic/t", "k": "a:b"}, b"x"), "1.2")
     )
     assert client.frames() == []
+    assert client.transport.reading_paused
     pending.callback(None)
+    assert not client.transport.reading_paused
     assert client.next_frame().command == "CONNECTED"
     (message,) = watcher.frames()
     assert message.headers["k"] == "a:b"
@@ -1274,3 +1283,521 @@ def test_app_sends_in_transaction_run_at_commit(clock):
     client.send("COMMIT", {"transaction": "tx", "receipt": "c"})
     assert calls == [b"1"]
     assert client.next_frame().headers["receipt-id"] == "c"
+
+
+# -- the inbound interceptor chain -------------------------------------------
+
+
+class Recording:
+    """An interceptor that records what it sees and passes it on."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.log = log
+
+    def inbound(self, frame, session):
+        self.log.append((self.name, frame.command))
+        return frame
+
+
+class Rejecting:
+    """An interceptor that raises ``error`` for SENDs and passes everything else."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def inbound(self, frame, session):
+        if frame.command == "SEND":
+            raise self.error
+        return frame
+
+
+class Waiting:
+    """An interceptor that holds every SEND until its Deferred is fired by the test."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    def inbound(self, frame, session):
+        if frame.command != "SEND":
+            return frame
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d.addCallback(lambda _: frame)
+
+
+def subscribed_watcher(context, destination: str = "/topic/t") -> Client:
+    watcher = connected(make_context(broker=context.broker))
+    watcher.send("SUBSCRIBE", {"destination": destination, "id": "w"})
+    return watcher
+
+
+def test_interceptors_see_every_frame_in_order(clock):
+    """Every frame, CONNECT included, passes each interceptor in the configured order."""
+    seen: list[tuple[str, str]] = []
+    context = make_context(clock=clock, interceptors=[Recording("a", seen), Recording("b", seen)])
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert seen == [("a", "CONNECT"), ("b", "CONNECT"), ("a", "SEND"), ("b", "SEND")]
+
+
+def test_interceptor_may_change_the_frame(clock):
+    """A frame an interceptor returns changed is what the broker receives."""
+
+    class Stamping:
+        def inbound(self, frame, session):
+            if frame.command != "SEND":
+                return frame
+            return Frame(frame.command, {**frame.headers, "stamped": session.session_id},
+                         frame.body)
+
+    context = make_context(clock=clock, interceptors=[Stamping()])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    (message,) = watcher.frames()
+    assert message.headers["stamped"] == client.session.session_id
+
+
+def test_interceptor_protocol_error_is_error_then_close_with_receipt(clock):
+    """A ProtocolError from an interceptor ends in ERROR naming the receipt, then close."""
+    context = make_context(clock=clock, interceptors=[Rejecting(ProtocolError("forbidden"))])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t", "receipt": "r1"}, b"x")
+    error = assert_error_then_closed(client, **{"receipt-id": "r1"})
+    assert error.headers["message"] == "forbidden"
+    assert watcher.frames() == []
+
+
+def test_interceptor_auth_error_is_error_then_close(clock):
+    """An AuthError from an interceptor ends the connection with its message."""
+    context = make_context(clock=clock, interceptors=[Rejecting(AuthError("not allowed"))])
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert assert_error_then_closed(client).headers["message"] == "not allowed"
+
+
+def test_interceptor_application_error_is_reported_and_connection_stays(clock):
+    """An ApplicationError drops the frame, is reported on /user/queue/errors, no RECEIPT."""
+    error = ApplicationError("too chatty", code="slow-down")
+    context = make_context(clock=clock, interceptors=[Rejecting(error)])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send("SUBSCRIBE", {"destination": "/user/queue/errors", "id": "e"})
+    client.send("SEND", {"destination": "/topic/t", "receipt": "r1"}, b"x")
+    client.send("SUBSCRIBE", {"destination": "/topic/u", "id": "1", "receipt": "r2"})
+    frames = client.frames()
+    assert [f.command for f in frames] == ["MESSAGE", "RECEIPT"]
+    assert frames[0].headers["receipt-id"] == "r1"
+    assert json.loads(frames[0].body)["error"] == "slow-down"
+    assert frames[1].headers["receipt-id"] == "r2"
+    assert not client.closed
+    assert watcher.frames() == []
+
+
+def test_interceptor_unexpected_exception_is_internal_error(clock):
+    """An interceptor failing unexpectedly gives ERROR 'internal server error', not a traceback."""
+    context = make_context(clock=clock, interceptors=[Rejecting(KeyError("oops"))])
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert assert_error_then_closed(client).headers["message"] == "internal server error"
+
+
+def test_waiting_interceptor_pauses_reading_and_keeps_frame_order(clock):
+    """While an interceptor's Deferred waits, input pauses and later frames wait behind it."""
+    waiting = Waiting()
+    context = make_context(clock=clock, interceptors=[waiting])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send_bytes(
+        encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"1"), "1.2")
+        + encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/x", "id": "s",
+                                           "receipt": "r"}), "1.2")
+        + encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"2"), "1.2")
+    )
+    assert client.transport.reading_paused
+    assert len(waiting.pending) == 1
+    assert len(client.session._held) == 2
+    assert client.frames() == []
+    waiting.pending[0].callback(None)
+    # The SUBSCRIBE ran (its receipt is out) and the second SEND now waits in turn.
+    assert [f.headers.get("receipt-id") for f in client.frames()] == ["r"]
+    assert client.transport.reading_paused
+    waiting.pending[1].callback(None)
+    assert not client.transport.reading_paused
+    assert [m.body for m in watcher.frames()] == [b"1", b"2"]
+
+
+def test_waiting_interceptor_failure_closes_with_error(clock):
+    """A waiting interceptor's Deferred failing with ProtocolError gives ERROR then close."""
+    waiting = Waiting()
+    context = make_context(clock=clock, interceptors=[waiting])
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t", "receipt": "r9"}, b"x")
+    client.send("SEND", {"destination": "/topic/t"}, b"y")
+    waiting.pending[0].errback(ProtocolError("refused later"))
+    error = assert_error_then_closed(client, **{"receipt-id": "r9"})
+    assert error.headers["message"] == "refused later"
+    assert len(waiting.pending) == 1
+
+
+def test_already_fired_deferred_does_not_pause(clock):
+    """An interceptor returning a fired Deferred passes the frame without pausing input."""
+
+    class Immediate:
+        def inbound(self, frame, session):
+            return succeed(frame)
+
+    context = make_context(clock=clock, interceptors=[Immediate()])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert client.transport.pauses == 0
+    assert [m.body for m in watcher.frames()] == [b"x"]
+
+
+def test_session_is_the_interceptors_view(clock):
+    """Interceptors see the session id, version, connection and principal of the session."""
+    views = []
+
+    class Looking:
+        def inbound(self, frame, session):
+            views.append((frame.command, session.version, session.connection.peer,
+                          session.principal))
+            return frame
+
+    class Named:
+        def authenticate(self, frame, connection):
+            return Principal("u1", "Una")
+
+    context = make_context(clock=clock, authenticator=Named(), interceptors=[Looking()])
+    client = Client(context, peer="198.51.100.4:5000")
+    client.connect("1.2")
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    principal = Principal("u1", "Una")
+    assert views == [("CONNECT", "1.0", "198.51.100.4:5000", principal),
+                     ("SEND", "1.2", "198.51.100.4:5000", principal)]
+
+
+def test_authenticated_is_refused_after_connect(clock):
+    """Calling authenticated() outside CONNECT is a protocol error that closes the session."""
+
+    class Rebinding:
+        def inbound(self, frame, session):
+            if frame.command == "SEND":
+                session.authenticated(Principal("root", "root"))
+            return frame
+
+    context = make_context(clock=clock, interceptors=[Rebinding()])
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert_error_then_closed(client)
+    assert client.session.principal is None
+
+
+def test_principal_routes_user_destinations_by_user_id(clock):
+    """An authenticated session's /user/queue/... is keyed by its principal's user id."""
+
+    class Named:
+        def authenticate(self, frame, connection):
+            return Principal("u-" + frame.headers["login"], frame.headers["login"])
+
+    context = make_context(clock=clock, authenticator=Named())
+    alice = connected(context, login="alice")
+    alice.send("SUBSCRIBE", {"destination": "/user/queue/x", "id": "1"})
+    context.broker.send_to_user("u-alice", "/user/queue/x", b"hi")
+    (message,) = alice.frames()
+    assert message.body == b"hi"
+
+
+def test_no_interceptors_still_connects_anonymously(clock):
+    """With an empty chain CONNECT is accepted, without a principal."""
+    context = make_context(clock=clock)
+    context.interceptors.clear()
+    client = Client(context)
+    assert "user-name" not in client.connect("1.2").headers
+    assert client.session.principal is None
+
+
+def test_clock_comes_from_the_context():
+    """The session reads time from the context's clock, not from the heart-beat monitor."""
+    clock = Clock()
+    clock.advance(100)
+    context = make_context(clock=clock)
+    elsewhere = Clock()
+    elsewhere.advance(1000)
+    context.heartbeats.clock = elsewhere  # a clock the session must not read
+    client = Client(context)
+    clock.advance(context.settings.connect_timeout)
+    client.session.check_liveness(clock.seconds(), 1.0)
+    assert assert_error_then_closed(client).headers["message"] == "connect timeout"
+
+
+# -- per-connection limits -------------------------------------------------
+
+
+def test_too_many_open_transactions_is_error_then_close(clock):
+    """Opening one transaction more than max_transactions gives ERROR then close."""
+    context = make_context(clock=clock, max_transactions=3)
+    client = connected(context)
+    for name in ("a", "b", "c"):
+        client.send("BEGIN", {"transaction": name})
+    assert not client.closed
+    client.send("BEGIN", {"transaction": "d", "receipt": "r"})
+    error = assert_error_then_closed(client, **{"receipt-id": "r"})
+    assert error.headers["message"] == "too many transactions"
+
+
+def test_closed_transactions_free_their_slot(clock):
+    """Committed and aborted transactions no longer count against max_transactions."""
+    context = make_context(clock=clock, max_transactions=2)
+    client = connected(context)
+    for i in range(50):
+        client.send("BEGIN", {"transaction": f"t{i}"})
+        client.send("COMMIT" if i % 2 else "ABORT", {"transaction": f"t{i}"})
+    assert not client.closed
+
+
+def test_transaction_bytes_bound_is_error_then_close(clock):
+    """SENDs held in open transactions beyond max_transaction_bytes give ERROR then close."""
+    context = make_context(clock=clock, max_transaction_bytes=10_000)
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    client.send("BEGIN", {"transaction": "a"})
+    client.send("BEGIN", {"transaction": "b"})
+    for _ in range(4):
+        client.send("SEND", {"destination": "/topic/t", "transaction": "a"}, b"x" * 1000)
+    assert not client.closed
+    for _ in range(4):
+        client.send("SEND", {"destination": "/topic/t", "transaction": "b"}, b"x" * 1000)
+    error = assert_error_then_closed(client)
+    assert error.headers["message"] == "transaction too large"
+    assert client.session._transactions == {}
+    assert watcher.frames() == []
+
+
+def test_many_small_frames_count_against_the_transaction_bound(clock):
+    """Tiny frames in a transaction count their bookkeeping, so a flood of them is bounded."""
+    context = make_context(clock=clock, max_transaction_bytes=100_000)
+    client = connected(context)
+    client.send("BEGIN", {"transaction": "a"})
+    for _ in range(1000):
+        if client.closed:
+            break
+        client.send("SEND", {"destination": "/topic/t", "transaction": "a"})
+    assert client.closed
+    assert len(client.session._transactions) == 0
+
+
+def test_committed_bytes_are_given_back(clock):
+    """After COMMIT, the bytes a transaction held no longer count against the bound."""
+    context = make_context(clock=clock, max_transaction_bytes=5_000)
+    client = connected(context)
+    for i in range(20):
+        client.send("BEGIN", {"transaction": f"t{i}"})
+        client.send("SEND", {"destination": "/topic/t", "transaction": f"t{i}"}, b"x" * 3000)
+        client.send("COMMIT", {"transaction": f"t{i}"})
+    assert not client.closed
+    assert client.session._transaction_bytes == 0
+
+
+def test_unfinished_frames_time_out_with_heartbeats_off(clock):
+    """Ten connections each holding an unfinished 1 MiB frame are closed at the frame timeout."""
+    context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=60.0)
+    clients = [connected(context, heartbeat="0,0") for _ in range(10)]
+    for client in clients:
+        client.send_bytes(b"SEND\ndestination:/topic/t\n\n" + b"x" * (1024 * 1024))
+    clock.advance(59)
+    context.heartbeats.sweep()
+    assert not any(c.closed for c in clients)
+    clock.advance(1)
+    context.heartbeats.sweep()
+    for client in clients:
+        error = assert_error_then_closed(client)
+        assert error.headers["message"] == "frame timeout"
+        assert not client.session.parser.partial
+    assert len(context.heartbeats) == 0
+
+
+def test_frame_timeout_also_applies_with_heartbeats_flowing(clock):
+    """Bytes trickling in (EOLs a client sends as heart-beats) do not extend a frame's deadline."""
+    context = make_context(clock=clock, heartbeat=(1000, 1000), tick=0.25, frame_timeout=5.0)
+    client = connected(context, heartbeat="1000,1000")
+    client.send_bytes(b"SEND\ndestination:/topic/t\n\npartial")
+    for _ in range(4 * 6):
+        client.send_bytes(b"\n")
+        clock.advance(0.25)
+        context.heartbeats.sweep()
+    assert assert_error_then_closed(client).headers["message"] == "frame timeout"
+
+
+def test_frames_completed_in_time_reset_the_deadline(clock):
+    """A client whose frames each complete in time is never cut, however long it stays."""
+    context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=5.0)
+    client = connected(context, heartbeat="0,0")
+    frame = encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"y" * 100), "1.2")
+    for _ in range(30):
+        client.send_bytes(frame[:50])
+        clock.advance(2)
+        context.heartbeats.sweep()
+        client.send_bytes(frame[50:] + frame[:10])
+        clock.advance(2)
+        context.heartbeats.sweep()
+        client.send_bytes(frame[10:])
+    assert not client.closed
+
+
+def test_session_with_expired_principal_is_closed_at_expiry(clock):
+    """A principal whose expires_at passes is closed with ERROR 'token expired' by the sweep."""
+
+    class Expiring:
+        def authenticate(self, frame, connection):
+            return Principal("u1", "Una", expires_at=clock.seconds() + 30)
+
+    context = make_context(clock=clock, heartbeat=(0, 0), authenticator=Expiring())
+    client = connected(context, heartbeat="0,0")
+    anonymous = connected(make_context(clock=clock, broker=context.broker))
+    clock.advance(29.5)
+    context.heartbeats.sweep()
+    assert not client.closed
+    clock.advance(0.5)
+    context.heartbeats.sweep()
+    assert assert_error_then_closed(client).headers["message"] == "token expired"
+    assert not anonymous.closed
+
+
+class RaisingTransport:
+    """A transport that refuses writes, as a closing WebSocket does."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("Disconnected")
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_heartbeat_sweep_survives_a_session_whose_transport_raises(clock):
+    """A transport raising in the sweep closes that session only; others keep their heart-beats."""
+    context = make_context(clock=clock, heartbeat=(1000, 1000), tick=0.25)
+    healthy = connected(context, heartbeat="0,1000")
+    broken = connected(context, heartbeat="0,1000")
+    raising = RaisingTransport()
+    broken.session.transport = raising
+    context.heartbeats.startService()
+    before = healthy.heartbeats()
+    for _ in range(5 * 4):
+        clock.advance(0.25)
+    assert raising.closed
+    assert broken.session.state is State.CLOSED
+    assert healthy.heartbeats() >= before + 4
+    assert not healthy.closed
+    assert len(context.heartbeats) == 1
+    context.heartbeats.stopService()
+
+
+def test_fail_closes_even_when_the_error_cannot_be_written(clock):
+    """A session whose transport refuses the ERROR frame is still closed and released."""
+    context = make_context(clock=clock)
+    client = connected(context)
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "1"})
+    raising = RaisingTransport()
+    client.session.transport = raising
+    client.session.fail("going away")
+    assert raising.closed
+    assert context.broker.subscriber_count("/topic/t") == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Frame("ACK", {"id": "m@" + "9" * 5000}),
+        Frame("NACK", {"id": "9" * 3000 + "@" + "9" * 5000}),
+    ],
+    ids=["ack", "nack"],
+)
+def test_huge_numbers_in_ack_ids_are_a_clear_error(context, frame):
+    """A 5,000-digit serial in an ACK/NACK id ends in ERROR 'unknown ack id', not a traceback."""
+    client = connected(context)
+    client.send(frame.command, frame.headers)
+    error = assert_error_then_closed(client)
+    assert error.headers["message"] == "unknown ack id"
+    assert len(error.body) < 1000
+
+
+def test_huge_content_length_is_a_clear_error(context):
+    """A 5,000-digit content-length ends in an ERROR about the frame size."""
+    client = connected(context)
+    client.send_bytes(b"SEND\ndestination:/topic/t\ncontent-length:" + b"9" * 5000 + b"\n\n")
+    error = assert_error_then_closed(client)
+    assert "maximum size" in error.headers["message"]
+
+
+@pytest.mark.parametrize("value", ["9" * 5000 + ",0", "0," + "9" * 400, "1," + "9" * 20])
+def test_huge_heartbeat_numbers_are_a_clear_error(context, value):
+    """Heart-beat intervals with absurd numbers of digits end in ERROR, never a traceback."""
+    client = Client(context)
+    client.send("CONNECT", {"accept-version": "1.2", "heart-beat": value})
+    error = assert_error_then_closed(client)
+    assert "heart-beat" in error.headers["message"]
+    assert len(error.headers["message"]) < 200
+
+
+def test_send_rate_over_the_limit_is_error_then_close(clock):
+    """Past its burst, a connection sending too fast gets ERROR "rate limit exceeded"."""
+    context = make_context(clock=clock, interceptors=[SendRateInterceptor(10, 5, clock)])
+    watcher = subscribed_watcher(context)
+    client = connected(context)
+    other = connected(context)
+    for _ in range(5):
+        client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert not client.closed
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert assert_error_then_closed(client).headers["message"] == "rate limit exceeded"
+    assert len(watcher.frames()) == 5
+    other.send("SEND", {"destination": "/topic/t"}, b"y")
+    assert not other.closed
+
+
+def test_send_rate_refills_with_time(clock):
+    """A connection sending at the configured rate is never cut."""
+    context = make_context(clock=clock, interceptors=[SendRateInterceptor(10, 2, clock)])
+    client = connected(context)
+    for _ in range(100):
+        client.send("SEND", {"destination": "/topic/t"}, b"x")
+        clock.advance(0.1)
+    assert not client.closed
+
+
+def test_shut_down_sends_due_receipts_before_the_error(clock):
+    """shut_down stops reading, sends every RECEIPT still due, then ERROR, then closes."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.session.shut_down("server shutting down")
+    client.send("SEND", {"destination": "/app/slow", "receipt": "too-late"}, b"y")
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and error.headers["message"] == "server shutting down"
+    assert client.closed
+
+
+def test_shut_down_with_nothing_due_errors_at_once(context):
+    """With no RECEIPT due, shut_down sends ERROR and closes at once."""
+    client = connected(context)
+    client.session.shut_down("server shutting down")
+    assert_error_then_closed(client, message="server shutting down")

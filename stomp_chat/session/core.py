@@ -1,40 +1,40 @@
 """One client's STOMP session: the protocol's brain, without any socket.
 
-Bytes come in through ``data_received``; frames go out through a
-``FrameTransport`` (a TCP connection or a WebSocket, the session cannot tell).
-Every protocol violation raises a typed error that ``frame_received`` turns
-into ERROR-then-close in one place.
+Bytes come in through ``data_received``; each parsed frame passes the
+server's inbound interceptors (authentication first), then its handler;
+frames go out through a ``FrameTransport`` (a TCP connection or a WebSocket,
+the session cannot tell). Every protocol violation raises a typed error that
+``_refuse`` turns into ERROR-then-close in one place.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from stomp_chat import __version__
-from stomp_chat.app.routes import AppContext, AppRouter, NoHandler
+from stomp_chat.app.errors import report_application_error
+from stomp_chat.app.routes import AppContext, NoHandler
 from stomp_chat.broker import (
     ACK_AUTO,
-    ACK_CLIENT,
     ACK_MODES,
     APP_PREFIX,
     RESERVED_HEADERS,
-    Broker,
     BrokerError,
     Message,
     Subscription,
 )
-from stomp_chat.errors import ApplicationError, AuthError, ProtocolError
-from stomp_chat.heartbeat import HeartbeatMonitor
+from stomp_chat.broker.acks import AckTracker
+from stomp_chat.errors import ApplicationError, ProtocolError
+from stomp_chat.identity import ConnectionInfo, Principal
+from stomp_chat.session.context import FrameTransport, ServerContext
+from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
 from stomp_chat.stomp.frame import (
     SUPPORTED_VERSIONS,
     V1_0,
@@ -47,55 +47,16 @@ from stomp_chat.stomp.frame import (
     negotiate_version,
     parse_heartbeat,
 )
-from stomp_chat.stomp.parser import (
-    DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_MAX_HEADER_LENGTH,
-    DEFAULT_MAX_HEADERS,
-    FrameParser,
-)
+from stomp_chat.stomp.parser import FrameParser
 
 log = Logger()
 
 HEARTBEAT_EOL = b"\n"
 #: How far past the negotiated interval a silent client is still tolerated.
 HEARTBEAT_GRACE = 1.5
-
-
-class FrameTransport(Protocol):
-    """Where a session writes: one call, one whole frame."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None:
-        """Flush what was written, then close."""
-
-
-class Authenticator(Protocol):
-    """Turns CONNECT credentials into a principal (user name), or refuses."""
-
-    def authenticate(self, frame: Frame) -> Deferred[str | None] | str | None:
-        """Return the principal, ``None`` for anonymous, or raise ``AuthError``."""
-
-
-class AnonymousAuthenticator:
-    """Everyone may connect; nobody has a name."""
-
-    def authenticate(self, frame: Frame) -> str | None:
-        return None
-
-
-@dataclass(slots=True)
-class SessionSettings:
-    """Per-server settings every session reads."""
-
-    server_name: str = f"stomp-chat/{__version__}"
-    #: What the server can send and wants to receive, in ms (sx, sy).
-    heartbeat: tuple[int, int] = (10_000, 10_000)
-    connect_timeout: float = 30.0
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_headers: int = DEFAULT_MAX_HEADERS
-    max_header_length: int = DEFAULT_MAX_HEADER_LENGTH
-    max_subscriptions: int = 1_000
+#: What each frame held in a transaction counts for beyond its own bytes (the
+#: objects that hold it), so that many tiny frames cannot hide under the bound.
+TRANSACTION_FRAME_OVERHEAD = 256
 
 
 class State(enum.Enum):
@@ -105,77 +66,74 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(slots=True)
-class ServerContext:
-    """What every session of one server shares (the factory's state)."""
-
-    broker: Broker
-    router: AppRouter
-    settings: SessionSettings
-    heartbeats: HeartbeatMonitor
-    authenticator: Authenticator
-
-    @property
-    def clock(self) -> Any:
-        return self.heartbeats.clock
-
-
 class StompSession:
     """The protocol state of one connection."""
 
     # Thousands of these live at once, mostly idle: no per-instance dict.
     __slots__ = (
         "__weakref__",
+        "_acks",
         "_close_after_receipts",
+        "_shutdown_message",
         "_held",
         "_incoming",
         "_last_read",
         "_last_write",
-        "_next_serial",
+        "_negotiated",
         "_opened_at",
         "_outgoing",
+        "_partial_since",
         "_receipts",
         "_received",
         "_sent",
-        "_subscriptions_by_serial",
+        "_transaction_bytes",
         "_transactions",
+        "_waiting",
         "broker",
+        "connection",
         "context",
         "parser",
-        "peer",
         "principal",
         "session_id",
         "state",
-        "subscriptions",
         "transport",
         "version",
     )
 
-    def __init__(self, context: ServerContext, transport: FrameTransport, peer: str = "") -> None:
+    def __init__(
+        self,
+        context: ServerContext,
+        transport: FrameTransport,
+        connection: ConnectionInfo | None = None,
+    ) -> None:
         settings = context.settings
         self.context = context
         self.broker = context.broker
         self.transport = transport
-        self.peer = peer
+        self.connection = connection if connection is not None else ConnectionInfo()
         self.session_id = secrets.token_hex(8)
         self.state = State.AWAITING_CONNECT
+        #: The negotiated version once CONNECTED (``1.0`` before).
         self.version = V1_0
-        self.principal: str | None = None
+        self._negotiated = V1_0
+        self.principal: Principal | None = None
         self.parser = FrameParser(
             self.frame_received,
             max_frame_size=settings.max_frame_size,
             max_headers=settings.max_headers,
             max_header_length=settings.max_header_length,
         )
-        self.subscriptions: dict[str, Subscription] = {}
-        self._subscriptions_by_serial: dict[int, Subscription] = {}
-        self._next_serial = 0
+        self._acks = AckTracker(context.broker)
         self._transactions: dict[str, list[Frame]] = {}
-        #: Receipts waiting for an earlier, slower one: [receipt-id, ready].
-        self._receipts: deque[list[Any]] = deque()
+        #: What the open transactions hold, counted as ``_transaction_size`` says.
+        self._transaction_bytes = 0
+        self._receipts = OrderedReceipts(self._write_receipt, self._receipts_drained)
         self._close_after_receipts = False
-        #: Frames that arrived while CONNECT was being authenticated.
-        self._held: list[Frame] = []
+        self._shutdown_message: str | None = None
+        #: An interceptor's Deferred is pending: input is paused.
+        self._waiting = False
+        #: Frames parsed behind a waiting one (at most what one read held).
+        self._held: deque[Frame] = deque()
         # Liveness, sampled by the heart-beat monitor.
         now = context.clock.seconds()
         self._opened_at = now
@@ -185,54 +143,157 @@ class StompSession:
         self._sent = False
         self._incoming = 0.0
         self._outgoing = 0.0
+        #: When the unfinished frame in the parser began to arrive.
+        self._partial_since: float | None = None
         context.heartbeats.add(self)
+
+    @property
+    def peer(self) -> str:
+        """The peer's address, for logs."""
+        return self.connection.peer
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        return self._acks.subscriptions
+
+    @property
+    def user_key(self) -> str:
+        """The name ``/user/`` destinations of this session route by."""
+        principal = self.principal
+        return principal.user_id if principal is not None else self.session_id
+
+    def authenticated(self, principal: Principal) -> None:
+        """Record who the client is; only while its CONNECT passes the chain."""
+        if self.state is not State.AUTHENTICATING:
+            raise ProtocolError("not authenticating", "the client is already connected")
+        self.principal = principal
 
     # -- input -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         """Feed bytes from the client; any byte proves it is alive."""
         self._received = True
+        parser = self.parser
         try:
-            self.parser.feed(data)
+            parser.feed(data)
         except FrameError as error:
             self.fail(str(error), frame=error.frame)
+            return
+        if self._partial_since is None and parser.partial:
+            self._partial_since = self.context.clock.seconds()
 
     def frame_received(self, frame: Frame) -> None:
-        """Dispatch one frame; the one place errors become ERROR frames."""
+        """Pass one frame through the interceptors, then to its handler."""
+        self.context.stats.frame_received(frame.command)
+        self._partial_since = None  # whatever follows is a new frame
         state = self.state
         if state is State.CLOSED:
             return
-        if state is State.AUTHENTICATING:
+        if self._waiting:
             self._held.append(frame)
             return
         try:
             if state is State.AWAITING_CONNECT:
-                if frame.command not in ("CONNECT", "STOMP"):
-                    raise ProtocolError(
-                        "expected CONNECT", f"the first frame must be CONNECT, not {frame.command}"
-                    )
-                self._on_connect(frame)
+                self._begin_connect(frame)
+            elif frame.command in ("CONNECT", "STOMP"):
+                raise ProtocolError("already connected", "a second CONNECT is not allowed")
+            if self.context.interceptors:
+                self._intercept(frame, frame, 0)
+            else:
+                self._dispatch(frame)
+        except Exception as error:
+            self._refuse(error, frame)
+
+    def _intercept(self, frame: Frame, original: Frame, index: int) -> None:
+        """Run the chain from ``index``; a Deferred pauses input until it fires."""
+        interceptors = self.context.interceptors
+        while index < len(interceptors):
+            result = interceptors[index].inbound(frame, self)
+            index += 1
+            if isinstance(result, Deferred):
+                self._waiting = True
+                result.addCallback(self._resume_chain, original, index)
+                result.addErrback(self._chain_failed, original)
+                if self._waiting:  # not fired already
+                    self.transport.pause_reading()
                 return
-            handler = self._handlers.get(frame.command)
-            if handler is None:
-                if frame.command in ("CONNECT", "STOMP"):
-                    raise ProtocolError("already connected", "a second CONNECT is not allowed")
-                raise ProtocolError("unknown command", f"unknown command {frame.command[:80]!r}")
-            if frame.body and frame.command != "SEND":
-                raise ProtocolError(f"{frame.command} frames carry no body")
-            handler(self, frame)
-        except ProtocolError as error:
+            frame = result
+        self._dispatch(frame)
+
+    def _resume_chain(self, frame: Frame, original: Frame, index: int) -> None:
+        self._waiting = False
+        if self.state is State.CLOSED:
+            return
+        self._intercept(frame, original, index)
+        self._release_held()
+
+    def _chain_failed(self, failure: Failure, original: Frame) -> None:
+        self._waiting = False
+        if self.state is State.CLOSED:
+            return
+        error = failure.value
+        assert error is not None  # a Failure always wraps an exception
+        self._refuse(error, original, failure)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Handle frames parsed while the chain waited, then read again."""
+        held = self._held
+        # These frames were parsed long ago: they say nothing of the one that
+        # may be arriving now, whose deadline stands.
+        partial_since = self._partial_since
+        while held and not self._waiting and self.state is not State.CLOSED:
+            self.frame_received(held.popleft())
+        self._partial_since = partial_since
+        if not self._waiting and self.state is not State.CLOSED:
+            self.transport.resume_reading()
+
+    def _dispatch(self, frame: Frame) -> None:
+        command = frame.command
+        if command in ("CONNECT", "STOMP"):
+            self._connected()
+            return
+        handler = self._handlers.get(command)
+        if handler is None:
+            raise ProtocolError("unknown command", f"unknown command {command[:80]!r}")
+        if frame.body and command != "SEND":
+            raise ProtocolError(f"{command} frames carry no body")
+        handler(self, frame)
+
+    def _refuse(self, error: BaseException, frame: Frame, failure: Failure | None = None) -> None:
+        """The one place a refused frame becomes an ERROR or an application error."""
+        if isinstance(error, ApplicationError):
+            if self.state is State.CONNECTED:
+                self._report_app_error(frame, error)
+                self._receipts.add(frame.headers.get("receipt"), NOT_RECEIPTED)
+            else:  # nobody to report to before CONNECTED
+                self.fail(error.message, error.message, frame)
+        elif isinstance(error, ProtocolError):
             self.fail(error.message, error.detail, frame, error.headers)
-        except (BrokerError, FrameError) as error:
+        elif isinstance(error, (BrokerError, FrameError)):
             self.fail(str(error), str(error), frame)
-        except Exception:
-            log.failure("error handling {command} from {peer}", command=frame.command,
-                        peer=self.peer)
+        elif self.state is State.AUTHENTICATING:
+            log.failure("authentication failed unexpectedly", failure or Failure(error))
+            self.fail(
+                "authentication unavailable", "the server could not check credentials", frame
+            )
+        else:
+            log.failure(
+                "error handling {command} from {peer}",
+                failure or Failure(error),
+                command=frame.command,
+                peer=self.peer,
+            )
             self.fail("internal server error", "the server failed to handle this frame", frame)
 
     # -- CONNECT -----------------------------------------------------------
 
-    def _on_connect(self, frame: Frame) -> None:
+    def _begin_connect(self, frame: Frame) -> None:
+        """Check what CONNECT asks for before anyone looks at its credentials."""
+        if frame.command not in ("CONNECT", "STOMP"):
+            raise ProtocolError(
+                "expected CONNECT", f"the first frame must be CONNECT, not {frame.command}"
+            )
         version = negotiate_version(frame.headers.get("accept-version"))
         if version is None:
             raise ProtocolError(
@@ -247,46 +308,25 @@ class StompSession:
             )
             self._incoming = incoming / 1000.0
             self._outgoing = outgoing / 1000.0
+        self._negotiated = version
         self.state = State.AUTHENTICATING
         # Frames pipelined behind CONNECT are parsed while authentication
         # runs: they must already be unescaped as the negotiated version says.
         self.parser.version = version
-        d = maybeDeferred(self.context.authenticator.authenticate, frame)
-        d.addCallbacks(
-            self._connected, self._refused, callbackArgs=(version,), errbackArgs=(frame,)
-        )
 
-    def _connected(self, principal: str | None, version: str) -> None:
-        if self.state is State.CLOSED:
-            return
-        self.principal = principal
+    def _connected(self) -> None:
+        version = self._negotiated
         self.version = version
-        self.parser.version = version
         self.state = State.CONNECTED
         headers = {"version": version, "session": self.session_id}
         if version != V1_0:
             sx, sy = self.context.settings.heartbeat
             headers["heart-beat"] = f"{sx},{sy}"
         headers["server"] = self.context.settings.server_name
-        if principal is not None:
-            headers["user-name"] = principal
+        if self.principal is not None:
+            headers["user-name"] = self.principal.name
         self._write(encode_frame(Frame("CONNECTED", headers), version))
-        held, self._held = self._held, []
-        for frame in held:
-            self.frame_received(frame)
-
-    def _refused(self, failure: Failure, frame: Frame) -> None:
-        if self.state is State.CLOSED:
-            return
-        self.state = State.AWAITING_CONNECT
-        error = failure.value
-        if isinstance(error, AuthError):
-            self.fail(error.message, error.detail, frame)
-        else:
-            log.failure("authentication failed unexpectedly", failure)
-            self.fail(
-                "authentication unavailable", "the server could not check credentials", frame
-            )
+        self.context.stats.frames_sent["CONNECTED"] += 1
 
     # -- SEND ------------------------------------------------------------
 
@@ -295,9 +335,9 @@ class StompSession:
         if "transaction" in frame.headers:
             self._check_destination(destination)  # now, not at COMMIT: all or nothing
             self._buffered_in_transaction(frame)
-            self._receipt(frame)
+            self._receipts.add(frame.headers.get("receipt"))
             return
-        self._receipt(frame, self._apply_send(frame, destination))
+        self._receipts.add(frame.headers.get("receipt"), self._apply_send(frame, destination))
 
     def _check_destination(self, destination: str) -> None:
         """Refuse a SEND at once, even inside a transaction that commits later."""
@@ -325,7 +365,7 @@ class StompSession:
             raise ProtocolError("no such destination", str(error)) from None
         except ApplicationError as error:
             self._report_app_error(frame, error)
-            return _NOT_RECEIPTED
+            return NOT_RECEIPTED
         except (ProtocolError, BrokerError):
             raise
         except Exception:
@@ -341,20 +381,10 @@ class StompSession:
             log.failure("application handler failed for {destination}", failure,
                         destination=frame.headers.get("destination"))
             self._report_app_error(frame, ApplicationError("internal error", code="internal"))
-        return _NOT_RECEIPTED
+        return NOT_RECEIPTED
 
     def _report_app_error(self, frame: Frame, error: ApplicationError) -> None:
-        """Tell the client on /user/queue/errors; its connection stays open."""
-        headers = {"message": error.message, "code": error.code}
-        receipt = frame.headers.get("receipt")
-        if receipt is not None:
-            headers["receipt-id"] = receipt
-        body = _error_json(error, frame.headers.get("destination", ""), receipt)
-        self.broker.send_to_user(self._user_key, "/user/queue/errors", body, headers)
-
-    @property
-    def _user_key(self) -> str:
-        return self.principal if self.principal is not None else self.session_id
+        report_application_error(self.broker, self.user_key, frame, error)
 
     # -- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------
 
@@ -365,20 +395,19 @@ class StompSession:
             if self.version != V1_0:
                 raise ProtocolError("missing header 'id'", "SUBSCRIBE requires an 'id' header")
             sub_id = destination
-        if sub_id in self.subscriptions:
+        acks = self._acks
+        if sub_id in acks:
             raise ProtocolError("duplicate subscription", f"subscription id {sub_id!r} is in use")
-        if len(self.subscriptions) >= self.context.settings.max_subscriptions:
+        if len(acks) >= self.context.settings.max_subscriptions:
             raise ProtocolError("too many subscriptions")
         ack_mode = frame.headers.get("ack", ACK_AUTO)
         if ack_mode not in ACK_MODES:
             raise ProtocolError("invalid ack mode", f"ack must be one of {sorted(ACK_MODES)}")
-        self._next_serial += 1
-        sub = Subscription(self, sub_id, destination, ack_mode, self._next_serial)
+        sub = Subscription(self, sub_id, destination, ack_mode, acks.next_serial())
         sub.wire = f"subscription:{escape_header(sub_id, self.version)}\n".encode()
-        self.broker.subscribe(sub, self._user_key)
-        self.subscriptions[sub_id] = sub
-        self._subscriptions_by_serial[sub.serial] = sub
-        self._receipt(frame)
+        self.broker.subscribe(sub, self.user_key)
+        acks.add(sub)
+        self._receipts.add(frame.headers.get("receipt"))
 
     def _on_unsubscribe(self, frame: Frame) -> None:
         sub_id = frame.headers.get("id")
@@ -386,12 +415,11 @@ class StompSession:
             sub_id = frame.headers.get("destination")
         if sub_id is None:
             raise ProtocolError("missing header 'id'", "UNSUBSCRIBE requires an 'id' header")
-        sub = self.subscriptions.pop(sub_id, None)
+        sub = self._acks.remove(sub_id)
         if sub is None:
             raise ProtocolError("no such subscription", f"no subscription with id {sub_id!r}")
-        del self._subscriptions_by_serial[sub.serial]
         self.broker.unsubscribe(sub)
-        self._receipt(frame)
+        self._receipts.add(frame.headers.get("receipt"))
 
     # -- delivery ----------------------------------------------------------
 
@@ -413,67 +441,23 @@ class StompSession:
                 data = message.head(self.version) + subscription.wire + message.tail
         self._sent = True
         self.transport.write(data)
+        self.context.stats.delivered += 1
 
     # -- ACK / NACK --------------------------------------------------------
 
     def _on_ack(self, frame: Frame) -> None:
-        target = self._ack_target(frame)
+        sub, message_id = self._acks.target(frame, self.version)
         if not self._buffered_in_transaction(frame):
-            self._settle(*target, requeue=False)
-        self._receipt(frame)
+            self._acks.settle(sub, message_id, requeue=False)
+        self._receipts.add(frame.headers.get("receipt"))
 
     def _on_nack(self, frame: Frame) -> None:
         if self.version == V1_0:
             raise ProtocolError("unknown command", "NACK is not part of STOMP 1.0")
-        target = self._ack_target(frame)
+        sub, message_id = self._acks.target(frame, self.version)
         if not self._buffered_in_transaction(frame):
-            self._settle(*target, requeue=True)
-        self._receipt(frame)
-
-    def _ack_target(self, frame: Frame) -> tuple[Subscription, str]:
-        """Find which subscription and message an ACK or NACK names."""
-        if self.version == V1_2:
-            ack_id = _required(frame, "id")
-            message_id, _, serial = ack_id.rpartition("@")
-            valid = serial.isascii() and serial.isdigit()
-            sub = self._subscriptions_by_serial.get(int(serial)) if valid else None
-            if sub is None or message_id not in sub.pending:
-                raise ProtocolError(
-                    "unknown ack id", f"no unacknowledged message with id {ack_id!r}"
-                )
-            return sub, message_id
-        message_id = _required(frame, "message-id")
-        if self.version == V1_0:
-            candidates = list(self.subscriptions.values())
-        else:
-            sub_id = _required(frame, "subscription")
-            sub = self.subscriptions.get(sub_id)
-            if sub is None:
-                raise ProtocolError("no such subscription", f"no subscription with id {sub_id!r}")
-            candidates = [sub]
-        for sub in candidates:
-            if message_id in sub.pending:
-                return sub, message_id
-        raise ProtocolError(
-            "unknown message-id", f"no unacknowledged message with message-id {message_id!r}"
-        )
-
-    def _settle(self, sub: Subscription, message_id: str, *, requeue: bool) -> None:
-        """ACK or NACK one message, or every earlier one too in ``client`` mode."""
-        pending = sub.pending
-        if message_id not in pending:
-            return  # settled meanwhile, e.g. by an earlier cumulative ACK
-        if sub.ack_mode == ACK_CLIENT:
-            settled = []
-            while pending:
-                mid, message = pending.popitem(last=False)
-                settled.append(message)
-                if mid == message_id:
-                    break
-        else:
-            settled = [pending.pop(message_id)]
-        if requeue:
-            self.broker.requeue(sub.key, settled)
+            self._acks.settle(sub, message_id, requeue=True)
+        self._receipts.add(frame.headers.get("receipt"))
 
     # -- transactions ------------------------------------------------------
 
@@ -484,6 +468,14 @@ class StompSession:
         frames = self._transactions.get(name)
         if frames is None:
             raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
+        size = _transaction_size(frame)
+        limit = self.context.settings.max_transaction_bytes
+        if self._transaction_bytes + size > limit:
+            raise ProtocolError(
+                "transaction too large",
+                f"open transactions may hold at most {limit} bytes on one connection",
+            )
+        self._transaction_bytes += size
         frames.append(frame)
         return True
 
@@ -491,30 +483,39 @@ class StompSession:
         name = _required(frame, "transaction")
         if name in self._transactions:
             raise ProtocolError("transaction already begun", f"transaction {name!r} is active")
+        limit = self.context.settings.max_transactions
+        if len(self._transactions) >= limit:
+            raise ProtocolError(
+                "too many transactions",
+                f"at most {limit} transactions may be open at once on one connection",
+            )
         self._transactions[name] = []
-        self._receipt(frame)
+        self._receipts.add(frame.headers.get("receipt"))
 
     def _on_commit(self, frame: Frame) -> None:
         frames = self._take_transaction(frame)
         waits: list[Deferred[Any]] = []
+        acks = self._acks
         for queued in frames:
             if queued.command == "SEND":
                 result = self._apply_send(queued, queued.headers["destination"])
                 if isinstance(result, Deferred):
                     waits.append(result)
             else:
-                self._settle(*self._ack_target(queued), requeue=queued.command == "NACK")
-        self._receipt(frame, DeferredList(waits) if waits else None)
+                sub, message_id = acks.target(queued, self.version)
+                acks.settle(sub, message_id, requeue=queued.command == "NACK")
+        self._receipts.add(frame.headers.get("receipt"), DeferredList(waits) if waits else None)
 
     def _on_abort(self, frame: Frame) -> None:
         self._take_transaction(frame)
-        self._receipt(frame)
+        self._receipts.add(frame.headers.get("receipt"))
 
     def _take_transaction(self, frame: Frame) -> list[Frame]:
         name = _required(frame, "transaction")
         frames = self._transactions.pop(name, None)
         if frames is None:
             raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
+        self._transaction_bytes -= sum(_transaction_size(queued) for queued in frames)
         return frames
 
     # -- DISCONNECT and receipts -----------------------------------------
@@ -522,46 +523,34 @@ class StompSession:
     def _on_disconnect(self, frame: Frame) -> None:
         self.parser.stop()
         self._close_after_receipts = True
-        self._receipt(frame)
+        self._receipts.add(frame.headers.get("receipt"))
         if not self._receipts:
             self.close()
 
-    def _receipt(self, frame: Frame, waiting: Deferred[Any] | object | None = None) -> None:
-        """Acknowledge ``frame``; receipts leave in the order of their frames.
-
-        A receipt behind a slower one (a durable SEND) waits for it, since a
-        RECEIPT promises that every earlier frame was handled.
-        """
-        receipt_id = frame.headers.get("receipt")
-        if isinstance(waiting, Deferred):
-            # Even without a receipt of its own, a slow frame holds back
-            # the receipts of later frames (entry with no id: nothing sent).
-            entry: list[Any] = [receipt_id, _RECEIPT_PENDING]
-            self._receipts.append(entry)
-            waiting.addBoth(self._receipt_ready, entry)
-            return
-        if receipt_id is None:
-            return
-        status = _RECEIPT_SKIPPED if waiting is _NOT_RECEIPTED else _RECEIPT_READY
-        if self._receipts:
-            self._receipts.append([receipt_id, status])
-        elif status is _RECEIPT_READY:
-            self._write_receipt(receipt_id)
-
-    def _receipt_ready(self, result: object, entry: list[Any]) -> None:
-        entry[1] = _RECEIPT_SKIPPED if result is _NOT_RECEIPTED else _RECEIPT_READY
-        receipts = self._receipts
-        while receipts and receipts[0][1] is not _RECEIPT_PENDING:
-            receipt_id, status = receipts.popleft()
-            if receipt_id is None:
-                continue
-            if status is _RECEIPT_READY and self.state is State.CONNECTED:
-                self._write_receipt(receipt_id)
-        if not receipts and self._close_after_receipts:
-            self.close()
-
     def _write_receipt(self, receipt_id: str) -> None:
-        self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
+        if self.state is State.CONNECTED:
+            self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
+            self.context.stats.frames_sent["RECEIPT"] += 1
+
+    def _receipts_drained(self) -> None:
+        if self._close_after_receipts:
+            if self._shutdown_message is not None:
+                self.fail(self._shutdown_message)
+            else:
+                self.close()
+
+    @property
+    def pending_receipts(self) -> int:
+        """RECEIPTs owed to the client and not sent yet."""
+        return len(self._receipts)
+
+    def shut_down(self, message: str) -> None:
+        """Stop reading; once every RECEIPT due has gone out, send ERROR and close."""
+        self.parser.stop()
+        self._shutdown_message = message
+        self._close_after_receipts = True
+        if not self._receipts:
+            self.fail(message)
 
     # -- errors and closing ----------------------------------------------
 
@@ -588,7 +577,13 @@ class StompSession:
             peer=self.peer,
             message=message,
         )
-        self._write(encode_frame(Frame("ERROR", headers, body), self.version))
+        try:
+            self._write(encode_frame(Frame("ERROR", headers, body), self.version))
+            self.context.stats.frames_sent["ERROR"] += 1
+            self.context.stats.error_sent(message)
+        except Exception:
+            # A transport that refuses writes must not keep the session open.
+            log.failure("could not send ERROR to {peer}", peer=self.peer)
         self.close()
 
     def close(self) -> None:
@@ -608,18 +603,11 @@ class StompSession:
 
     def _release(self) -> None:
         self.context.heartbeats.discard(self)
-        subscriptions, self.subscriptions = self.subscriptions, {}
-        self._subscriptions_by_serial.clear()
-        # Unsubscribe everything first: a message given back must not land
-        # on another subscription of this same closing session.
-        unacked = [(sub.key, list(sub.pending.values())) for sub in subscriptions.values()]
-        for sub in subscriptions.values():
-            sub.pending.clear()
-            self.broker.unsubscribe(sub)
-        for key, messages in unacked:
-            self.broker.requeue(key, messages)
+        self._acks.release()
         self._transactions.clear()
+        self._transaction_bytes = 0
         self._held.clear()
+        self._partial_since = None
 
     # -- heart-beats -------------------------------------------------------
 
@@ -628,10 +616,23 @@ class StompSession:
         self.transport.write(data)
 
     def check_liveness(self, now: float, tick: float) -> None:
-        """Called every ``tick`` s: send a heart-beat, or drop a silent peer."""
+        """Called every ``tick`` s: send a heart-beat, or drop a silent or stale peer."""
+        settings = self.context.settings
         if self.state is State.AWAITING_CONNECT:
-            if now - self._opened_at >= self.context.settings.connect_timeout:
+            if now - self._opened_at >= settings.connect_timeout:
                 self.fail("connect timeout", "no CONNECT frame was received in time")
+                return
+        partial_since = self._partial_since
+        if partial_since is not None and now - partial_since >= settings.frame_timeout:
+            self.fail(
+                "frame timeout",
+                f"a frame was not complete {settings.frame_timeout:g} s after its first byte",
+            )
+            return
+        principal = self.principal
+        if principal is not None and principal.expires_at is not None:
+            if now >= principal.expires_at:
+                self.fail("token expired", "the credentials of this session have expired")
                 return
         if self._received:
             self._received = False
@@ -659,12 +660,12 @@ class StompSession:
     }
 
 
-#: What an application Deferred resolves to when its SEND failed and was
-#: reported on /user/queue/errors: no RECEIPT is due.
-_NOT_RECEIPTED = object()
-_RECEIPT_PENDING = "pending"
-_RECEIPT_READY = "ready"
-_RECEIPT_SKIPPED = "skipped"
+def _transaction_size(frame: Frame) -> int:
+    """What a frame held in a transaction counts against the connection's bound."""
+    size = TRANSACTION_FRAME_OVERHEAD + len(frame.command) + len(frame.body)
+    for name, value in frame.headers.items():
+        size += len(name) + len(value)
+    return size
 
 
 def _required(frame: Frame, name: str) -> str:
@@ -674,14 +675,3 @@ def _required(frame: Frame, name: str) -> str:
             f"missing header '{name}'", f"{frame.command} requires a '{name}' header"
         )
     return value
-
-
-def _error_json(error: ApplicationError, destination: str, receipt: str | None) -> bytes:
-    payload: dict[str, Any] = {
-        "error": error.code,
-        "message": error.message,
-        "destination": destination,
-    }
-    if receipt is not None:
-        payload["receipt"] = receipt
-    return json.dumps(payload, ensure_ascii=False).encode("utf-8")

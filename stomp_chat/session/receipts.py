@@ -1,0 +1,69 @@
+"""RECEIPTs in the order of their frames.
+
+A RECEIPT promises that every earlier frame was handled, so a receipt behind
+a slower frame (a durable SEND to ``/app``) waits for it. A frame without a
+receipt of its own still holds back the receipts of later frames.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+#: What a waiting frame's Deferred fires with when no RECEIPT is due (its
+#: failure was reported on /user/queue/errors instead).
+NOT_RECEIPTED = object()
+
+_PENDING = "pending"
+_READY = "ready"
+_SKIPPED = "skipped"
+
+
+class OrderedReceipts:
+    """Sends receipts through ``send`` in frame order; calls ``drained`` when none wait."""
+
+    __slots__ = ("_entries", "_send", "drained")
+
+    def __init__(self, send: Callable[[str], None], drained: Callable[[], None]) -> None:
+        self._send = send
+        self.drained = drained
+        #: Receipts waiting for an earlier, slower frame: [receipt-id, status].
+        self._entries: deque[list[Any]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, receipt_id: str | None, waiting: Deferred[Any] | object | None = None) -> None:
+        """Answer a frame: now, or once ``waiting`` (a Deferred) fires.
+
+        ``waiting`` may also be ``NOT_RECEIPTED``: the frame was refused
+        without closing the connection, and its receipt is not sent.
+        """
+        if isinstance(waiting, Deferred):
+            entry: list[Any] = [receipt_id, _PENDING]
+            self._entries.append(entry)
+            waiting.addBoth(self._ready, entry)
+            return
+        if receipt_id is None:
+            return
+        status = _SKIPPED if waiting is NOT_RECEIPTED else _READY
+        if self._entries:
+            self._entries.append([receipt_id, status])
+        elif status is _READY:
+            self._send(receipt_id)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _ready(self, result: object, entry: list[Any]) -> None:
+        entry[1] = _SKIPPED if result is NOT_RECEIPTED else _READY
+        entries = self._entries
+        while entries and entries[0][1] is not _PENDING:
+            receipt_id, status = entries.popleft()
+            if receipt_id is not None and status is _READY:
+                self._send(receipt_id)
+        if not entries:
+            self.drained()
