@@ -16,6 +16,7 @@ in the crash leave a gap, and no seq is ever reused.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -273,8 +274,7 @@ class ChatService:
         )
         self._last_timestamp: tuple[int, datetime, str] = (-1, _EPOCH, "")
         #: Requests for rooms being loaded or out of reserved seqs, kept in arrival order.
-        self._waiting: dict[int, list[_Waiting]] = {}
-        self._waiting_count = 0
+        self._waiting: dict[int, deque[_Waiting]] = {}
         #: Rooms being loaded.
         self._loading: set[int] = set()
         #: Cluster mode: other servers' messages for rooms being loaded.
@@ -466,8 +466,7 @@ class ChatService:
             )
         result: Deferred[Any] = Deferred()
         room_id = request.room_id
-        self._waiting.setdefault(room_id, []).append((request, durable, result))
-        self._waiting_count += 1
+        self._waiting.setdefault(room_id, deque()).append((request, durable, result))
         self.writer.expect(1)
         state = self._rooms.peek(room_id)
         if state is None:
@@ -538,8 +537,7 @@ class ChatService:
         self._fail_waiting(room_id, error)
 
     def _fail_waiting(self, room_id: int, error: ApplicationError) -> None:
-        waiting = self._waiting.pop(room_id, [])
-        self._waiting_count -= len(waiting)
+        waiting = self._waiting.pop(room_id, deque())
         self.writer.expect(-len(waiting))
         for _, _, result in waiting:
             result.errback(Failure(error))
@@ -549,8 +547,7 @@ class ChatService:
         room_id = state.room_id
         waiting = self._waiting.get(room_id)
         while waiting and (self.sequencer is not None or state.has_seq):
-            request, durable, result = waiting.pop(0)
-            self._waiting_count -= 1
+            request, durable, result = waiting.popleft()
             try:
                 message, stored = self._accept(state, request, durable)
             except ApplicationError as error:
