@@ -63,6 +63,10 @@ _USERS = "users: login accounts with password hashes and roles"
 #: Private rooms: read and written only by their members (room_members).
 _PRIVATE_ROOMS = "rooms: private flag (members only)"
 
+#: The last seq each user has read in each room, for unread counts (user_id is the
+#: principal's id, text: it may come from a token's subject).
+_READ_POSITIONS = "read_positions: the last seq each user read in each room"
+
 #: Each room's seq high-water mark. The chat hands out a seq only at or below it, and
 #: writes it ahead of need, so a restart after a crash starts every room past any seq
 #: that may have been broadcast.
@@ -150,6 +154,20 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        _READ_POSITIONS,
+        (
+            """CREATE TABLE read_positions (
+                user_id TEXT NOT NULL,
+                room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+                seq INTEGER NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (user_id, room_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
+    ),
+    Migration(
+        6,
         _SEQ_RESERVATIONS,
         (
             """CREATE TABLE room_seq_reservations (
@@ -225,6 +243,20 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
+        _READ_POSITIONS,
+        (
+            """CREATE TABLE read_positions (
+                user_id TEXT NOT NULL,
+                room_id BIGINT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+                seq BIGINT NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL,
+                PRIMARY KEY (user_id, room_id)
+            )""",
+            "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
+    ),
+    Migration(
+        6,
         _SEQ_RESERVATIONS,
         (
             """CREATE TABLE room_seq_reservations (
@@ -325,8 +357,6 @@ def _migrate_in_transaction(
 ) -> tuple[int, int]:
     """Runs in a pool thread, so it only touches the database (no logging)."""
     if dialect.is_postgres:
-        # A migration may take longer than any one chat statement may.
-        transaction.execute("SET LOCAL statement_timeout = 0")
         transaction.execute(
             dialect.sql("SELECT pg_advisory_xact_lock(?)"), (_POSTGRES_MIGRATION_LOCK_KEY,)
         )
