@@ -32,6 +32,7 @@ from stomp_chat.persistence import (
     parse_database_url,
 )
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
+from stomp_chat.retention import RetentionService
 from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
 from stomp_chat.startup import RedisCheckFailed, check_redis
 from stomp_chat.stats import TimedStore
@@ -300,6 +301,14 @@ class Options(usage.Options):
             "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
         ],
         [
+            "retention-days",
+            None,
+            0.0,
+            "Remove chat messages older than this many days, hourly, in batches "
+            "(0: keep every message). A room's newest message is always kept.",
+            _number("--retention-days", allow_zero=True),
+        ],
+        [
             "drain-window",
             None,
             5.0,
@@ -522,6 +531,9 @@ def makeService(options: Options) -> IService:
         listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
 
     logs = server_log(getattr(options, "parent", None), options["log-format"], reactor)
+    support: list[Any] = [ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL)]
+    if options["retention-days"] > 0:
+        support.append(RetentionService(store, reactor, options["retention-days"]))
     server = ChatServer(
         reactor,
         pool,
@@ -533,7 +545,7 @@ def makeService(options: Options) -> IService:
         drain_window=options["drain-window"],
         shutdown_timeout=options["shutdown-timeout"],
         on_drain=on_drain,
-        support=[ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL)],
+        support=support,
         server_log=logs,
         open_connections=lambda: context.stats.open_connections,
     )
