@@ -97,3 +97,45 @@ def test_metrics_off_serves_no_endpoint(start_server) -> None:
         assert error.code == 404
     else:
         raise AssertionError("/metrics answered with --metrics off")
+
+
+def test_disconnect_reasons_and_dependency_probes_are_exported() -> None:
+    """Slow-consumer and heart-beat disconnects get counters; Redis state and round trip too."""
+    from types import SimpleNamespace
+
+    from prometheus_client.exposition import generate_latest
+    from twisted.internet.task import Clock
+
+    from stomp_chat.probes import Probe, ProbeResult
+    from stomp_chat.stats import ServerStats
+    from stomp_chat.web.metrics import MetricSources, build_registry
+
+    stats = ServerStats()
+    stats.error_sent("slow consumer")
+    stats.error_sent("heart-beat timeout")
+    stats.error_sent("heart-beat timeout")
+    redis = Probe(Clock(), lambda: None, 1.0)
+    redis.last = ProbeResult(up=True, seconds=0.002, checked=True)
+    session = SimpleNamespace(subscriptions={"a": 1, "b": 2}, pending_receipts=4)
+    sources = MetricSources(
+        stats=stats,
+        broker=SimpleNamespace(published_count=0),
+        writer=SimpleNamespace(pending_count=7, saved_count=0, rejected_count=1),
+        sessions=lambda: [session],
+        redis=redis,
+    )
+    text = generate_latest(build_registry(sources)).decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert value(samples, "stomp_chat_slow_consumer_disconnects_total") == 1
+    assert value(samples, "stomp_chat_heartbeat_timeouts_total") == 2
+    assert value(samples, "stomp_chat_errors_sent_total", reason="heart-beat timeout") == 2
+    assert value(samples, "stomp_chat_redis_up") == 1
+    assert value(samples, "stomp_chat_redis_rtt_seconds") == 0.002
+    assert value(samples, "stomp_chat_subscriptions") == 2
+    assert value(samples, "stomp_chat_receipts_pending") == 4
+    assert value(samples, "stomp_chat_write_behind_pending_messages") == 7
+    assert value(samples, "stomp_chat_messages_rejected_total") == 1
+    assert "stomp_chat_database_up" not in text, "no database probe, no database metrics"
