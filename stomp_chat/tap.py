@@ -21,20 +21,19 @@ from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.interceptors import Interceptor
-from stomp_chat.lifecycle import ChatServer, Listener, StartupError
+from stomp_chat.lifecycle import ChatServer, Listener
 from stomp_chat.logs import parse_log_format, server_log
 from stomp_chat.persistence import (
     AdbapiChatStore,
     WriteBehindWriter,
     make_pool,
     migrate,
-    migrate_blocking,
     parse_database_url,
 )
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.retention import RetentionService
 from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
-from stomp_chat.startup import RedisCheckFailed, check_redis
+from stomp_chat.startup import migrate_before_start, redis_before_start
 from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
@@ -420,21 +419,9 @@ def makeService(options: Options) -> IService:
     database = options["database"]
     in_memory = database.database == ":memory:"  # it lives in the pool's one connection
     if not in_memory:
-        try:
-            version = migrate_blocking(database)
-        except Exception as error:  # any driver error: the message is what matters here
-            reason = " ".join(str(error).split())  # drivers' messages span lines
-            raise StartupError(
-                f"the database {database.redacted()} is not usable: {reason}"
-            ) from None
-        log.info("database schema at version {version}", version=version)
+        migrate_before_start(database)
     if options["redis"]:
-        try:
-            check_redis(options["redis"])
-        except RedisCheckFailed as error:
-            raise StartupError(
-                f"--redis {options['redis'].redacted()} is not usable: {error}"
-            ) from None
+        redis_before_start(options["redis"])
 
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
