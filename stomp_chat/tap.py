@@ -36,12 +36,17 @@ from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettin
 from stomp_chat.startup import migrate_before_start, redis_before_start
 from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
-from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+from stomp_chat.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ConnectionCounter
+from stomp_chat.transport.stomp import (
+    DEFAULT_MAX_CONNECT_BYTES,
+    DEFAULT_SLOW_CONSUMER_BYTES,
+    StompFactory,
+)
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
-from stomp_chat.web.site import build_site
+from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
 
 log = Logger()
 
@@ -57,6 +62,20 @@ def _positive_int(name: str) -> Any:
         return number
 
     coerce.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _non_negative_int(name: str) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+        if number < 0:
+            raise ValueError(f"{name} cannot be negative, not {number}")
+        return number
+
+    coerce.coerceDoc = "A whole number, 0 or more."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -203,6 +222,45 @@ class Options(usage.Options):
             "How many bytes a client may fall behind before it is disconnected as a "
             "slow consumer.",
             _positive_int("--slow-consumer-bytes"),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            "Most STOMP connections (raw TCP and WebSocket together) one IP address may hold; "
+            "over it a TCP client gets ERROR 'too many connections', a WebSocket handshake "
+            "HTTP 429. 0: no limit.",
+            _non_negative_int("--max-connections-per-address"),
+        ],
+        [
+            "max-connect-bytes",
+            None,
+            DEFAULT_MAX_CONNECT_BYTES,
+            "Most bytes a client may send before its CONNECT frame is complete; more gets "
+            "ERROR 'connect frame too large' and the connection is closed.",
+            _positive_int("--max-connect-bytes"),
+        ],
+        [
+            "connect-timeout",
+            None,
+            SessionSettings().connect_timeout,
+            "Seconds a client has to send its CONNECT frame; later gets ERROR 'connect timeout'.",
+            _number("--connect-timeout", allow_zero=False),
+        ],
+        [
+            "http-header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "Seconds an HTTP client has to send its request line and headers, however it "
+            "trickles them; later gets HTTP 408 and the connection is closed.",
+            _number("--http-header-timeout", allow_zero=False),
+        ],
+        [
+            "http-idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds an HTTP connection may stay idle between requests before it is closed.",
+            _number("--http-idle-timeout", allow_zero=False),
         ],
         [
             "max-transactions",
@@ -455,6 +513,7 @@ def makeService(options: Options) -> IService:
     settings = SessionSettings(
         heartbeat=heartbeat,
         max_frame_size=options["max-frame-size"],
+        connect_timeout=options["connect-timeout"],
         max_transactions=options["max-transactions"],
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
@@ -468,7 +527,12 @@ def makeService(options: Options) -> IService:
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
     context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
-    stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
+    stomp_factory = StompFactory(
+        context,
+        options["slow-consumer-bytes"],
+        max_connect_bytes=options["max-connect-bytes"],
+        connections=ConnectionCounter(options["max-connections-per-address"]),
+    )
 
     database_probe = Probe(reactor, lambda: pool.runQuery("SELECT 1"), DEFAULT_PROBE_TIMEOUT)
     probes = [database_probe]
@@ -514,6 +578,9 @@ def makeService(options: Options) -> IService:
             health=lambda: {"connections": len(monitor), "unsaved": writer.pending_count},
             api=api,
             resources=resources,
+            header_timeout=float(options["http-header-timeout"]),
+            idle_timeout=float(options["http-idle-timeout"]),
+            reactor=reactor,
         )
         listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
 

@@ -238,6 +238,48 @@ def test_make_service_wires_options_into_the_stomp_factory(build):
     assert any(s is monitor for s in _reachable(root))
 
 
+def test_transport_limits_have_sane_defaults():
+    """The per-connection limits default to 256 per address, 64 KiB and 10 s before
+    CONNECT, and 10 s for HTTP headers."""
+    options = parse()
+    assert options["max-connections-per-address"] == 256
+    assert options["max-connect-bytes"] == 64 * 1024
+    assert options["connect-timeout"] == 10.0
+    assert options["http-header-timeout"] == 10.0
+    assert options["http-idle-timeout"] == 60.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-connections-per-address", "-1"], "cannot be negative"),
+        (["--max-connections-per-address", "many"], "whole number"),
+        (["--connect-timeout", "0"], "must be positive"),
+        (["--http-header-timeout", "soon"], "must be a number"),
+        (["--http-idle-timeout", "inf"], "must be positive"),
+        (["--max-connect-bytes", "0"], "positive"),
+    ],
+)
+def test_transport_limit_options_refuse_bad_values(args, message):
+    """Bad limit values are usage errors that say what is expected."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_make_service_wires_the_transport_limits(build):
+    """The connection cap, CONNECT limits and HTTP deadlines reach the factory and site."""
+    root = build("--stomp", "tcp:0", "--http", "tcp:0", "--max-connections-per-address", "0",
+                 "--max-connect-bytes", "2048", "--connect-timeout", "2.5",
+                 "--http-header-timeout", "3", "--http-idle-timeout", "40")
+    factories = [listener.factory for listener in _listeners(root)]
+    (stomp,) = [f for f in factories if isinstance(f, StompFactory)]
+    (site,) = [f for f in factories if isinstance(f, Site)]
+    assert stomp.connections.max_per_address == 0
+    assert stomp.max_connect_bytes == 2048
+    assert stomp.context.settings.connect_timeout == 2.5
+    assert (site.header_timeout, site.timeOut) == (3.0, 40.0)
+
+
 def test_make_service_without_stomp_listener(build):
     """--stomp none leaves only the HTTP listener."""
     root = build("--stomp", "none", "--http", "tcp:0")

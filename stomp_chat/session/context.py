@@ -41,7 +41,7 @@ class SessionSettings:
     server_name: str = f"stomp-chat/{__version__}"
     #: What the server can send and wants to receive, in ms (sx, sy).
     heartbeat: tuple[int, int] = (10_000, 10_000)
-    connect_timeout: float = 30.0
+    connect_timeout: float = 10.0
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_headers: int = DEFAULT_MAX_HEADERS
     max_header_length: int = DEFAULT_MAX_HEADER_LENGTH
