@@ -23,6 +23,7 @@ from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.interceptors import Interceptor
 from stomp_chat.lifecycle import ChatServer, Listener
 from stomp_chat.logs import parse_log_format, server_log
+from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     AdbapiChatStore,
     WriteBehindWriter,
@@ -555,7 +556,12 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
-        api = ChatApi(chat, store, max_page=options["max-history-page"])
+        api = ChatApi(
+            chat,
+            store,
+            max_page=options["max-history-page"],
+            outage=OutageLog("REST requests", reactor),
+        )
         checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer)
         resources: dict[bytes, Any] = {
             b"health": Health(lambda: {"connections": len(monitor)}),

@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from stomp_chat.app.chat import ChatService
+from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     ChatMessage,
     ChatStore,
@@ -61,11 +62,20 @@ class ChatApi(Resource):
 
     isLeaf = True
 
-    def __init__(self, chat: ChatService, store: ChatStore, *, max_page: int = 100) -> None:
+    def __init__(
+        self,
+        chat: ChatService,
+        store: ChatStore,
+        *,
+        max_page: int = 100,
+        outage: OutageLog | None = None,
+    ) -> None:
         super().__init__()
         self.chat = chat
         self.store = store
         self.max_page = max_page
+        #: Unexpected failures (a database outage) are logged once per outage.
+        self.outage = outage
         self._routes: list[tuple[re.Pattern[str], dict[bytes, Handler]]] = []
         self._add(r"/rooms", GET=self.list_rooms, POST=self.create_room)
         self._add(r"/rooms/(?P<room_id>[^/]+)", GET=self.get_room)
@@ -104,6 +114,8 @@ class ChatApi(Resource):
 
     def _respond(self, result: tuple[int, Any], request: Request, gone: list[bool]) -> None:
         status, payload = result
+        if self.outage is not None:
+            self.outage.succeeded()
         self._finish(request, write_json(request, status, payload), gone)
 
     def _fail(self, failure: Failure, request: Request, gone: list[bool]) -> None:
@@ -117,8 +129,11 @@ class ChatApi(Resource):
         elif isinstance(error, RoomAlreadyExists):
             body = error_body(request, 409, "room-exists", str(error))
         else:
-            log.failure("REST request {method} {uri} failed", failure,
-                        method=request.method, uri=request.uri)
+            if self.outage is not None:
+                self.outage.failed(failure, f"{request.method.decode()} {request.uri.decode()}")
+            else:
+                log.failure("REST request {method} {uri} failed", failure,
+                            method=request.method, uri=request.uri)
             body = error_body(request, 503, "unavailable",
                               "the server could not complete the request; try again")
         self._finish(request, body, gone)
