@@ -506,6 +506,7 @@ def makeService(options: Options) -> IService:
         enter_template=options["enter-template"],
         history_size=options["history-size"],
         sequencer=relay,
+        outage=OutageLog("chat rooms loading", reactor),
     )
     chat.register(router)
     if relay is not None:

@@ -785,3 +785,29 @@ def test_own_relayed_messages_are_not_cached_twice() -> None:
     chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
     chat.relayed("/topic/chat/room/5", "this-node", _relayed_body(5, 1, "mine"))
     assert chat.active_room(5) is None
+
+
+def test_a_room_that_cannot_be_loaded_is_an_application_error_logged_once() -> None:
+    """With an OutageLog, a database failure while loading a room answers the sender with an
+    'unavailable' application error and counts toward one outage; a later load ends it."""
+    from stomp_chat.outage import OutageLog
+
+    clock = Clock()
+    store = MemoryChatStore()
+    working = store.ensure_room
+    store.ensure_room = (  # type: ignore[method-assign]
+        lambda room_id: fail(ConnectionError("database down"))
+    )
+    outage = OutageLog("chat rooms loading", clock)
+    chat = ChatService(store, WriteBehindWriter(store, clock), Broker(), clock, outage=outage)
+    errors = []
+    for room_id in (1, 2):
+        request = ChatRequest("TALK", room_id, 7, "hi")
+        chat.post(request).addErrback(lambda f: errors.append(f.value))
+    assert [type(e) for e in errors] == [ApplicationError, ApplicationError]
+    assert all(e.code == "unavailable" for e in errors)
+    assert outage.in_outage and outage.failures == 2
+    store.ensure_room = working  # type: ignore[method-assign]
+    posted = []
+    chat.post(ChatRequest("TALK", 3, 7, "back")).addCallback(posted.append)
+    assert posted and not outage.in_outage

@@ -132,6 +132,19 @@ def test_a_database_outage_is_logged_once_with_a_recovery_line(
         time.sleep(1)  # messages keep being accepted and broadcast, unsaved
         statuses = [_status(f"{server.http_url}/api/rooms") for _ in range(5)]
         assert statuses == [503] * 5
+        newcomer = subscriber(server.stomp_port, 99)
+        newcomer.send("SUBSCRIBE", {"id": "errors", "destination": "/user/queue/errors"})
+        for number in range(3):
+            body = json.dumps({"type": "TALK", "roomId": 90 + number, "senderId": 5,
+                               "detailMessage": "into a room not loaded yet"})
+            newcomer.send("SEND", {"destination": "/app/message", "receipt": f"new{number}"},
+                          body.encode())
+        while len(newcomer.of("MESSAGE")) < 3:
+            assert time.monotonic() < deadline + 20, newcomer.frames
+            time.sleep(0.05)
+        for error in newcomer.of("MESSAGE"):
+            assert json.loads(error.body)["error"] == "unavailable"
+        assert not newcomer.of("ERROR"), "the connection stays"
         proxy.unblock()
         while "Saving chat messages again" not in server.log() or (
             _status(f"{server.http_url}/api/rooms") != 200
@@ -145,7 +158,8 @@ def test_a_database_outage_is_logged_once_with_a_recovery_line(
     assert log.count("Saving a batch of") == 1, log
     assert log.count("Saving chat messages again") == 1
     assert log.count("REST requests failing") == 1
+    assert log.count("chat rooms loading failing") == 1
     assert log.count("REST requests working again") == 1
-    assert log.count("Traceback") <= 2, "at most the writer's and the REST API's first failure"
+    assert log.count("Traceback") <= 3, "only the first failure of writer, REST and rooms"
     stored = {text for (text,) in postgresql_database.query("SELECT text FROM messages")}
     assert set(chat_texts(reader)) <= stored

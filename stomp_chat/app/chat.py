@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
 from stomp_chat.broker import Broker
+from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     BufferFull,
     ChatMessage,
@@ -208,8 +209,12 @@ class ChatService:
         history_size: int = DEFAULT_HISTORY_SIZE,
         types: dict[str, TextRule] | None = None,
         sequencer: RoomSequencer | None = None,
+        outage: OutageLog | None = None,
     ) -> None:
         self.store = store
+        #: With one, a room that cannot be loaded (the database is down) is an
+        #: application error for the sender and one log line per outage.
+        self.outage = outage
         self.writer = writer
         self.broker = broker
         self.clock = clock
@@ -421,6 +426,15 @@ class ChatService:
     def _loaded(self, outcome: RoomState | None | Failure, room_id: int) -> None:
         waiting = self._waiting.pop(room_id, [])
         relayed = self._relayed_early.pop(room_id, [])
+        if self.outage is not None:
+            if isinstance(outcome, Failure):
+                self.outage.failed(outcome, f"loading room {room_id}")
+                outcome = Failure(ApplicationError(
+                    "the room could not be loaded: the database is unavailable; try again",
+                    code="unavailable",
+                ))
+            else:
+                self.outage.succeeded()
         if isinstance(outcome, RoomState):
             self._rooms[room_id] = outcome
             for early in relayed:
