@@ -444,6 +444,11 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
+        if self["drain-window"] >= self["shutdown-timeout"]:
+            raise usage.UsageError(
+                f"--drain-window ({self['drain-window']:g}s) must be shorter than "
+                f"--shutdown-timeout ({self['shutdown-timeout']:g}s), which bounds the whole stop"
+            )
         self.endpoints: dict[str, Any] = {}
         for name in ("stomp", "http"):
             parsed = _parse_endpoint(name, self[name])
