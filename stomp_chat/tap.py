@@ -16,6 +16,12 @@ from twisted.python import usage
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.auth.options import (
+    AUTH_PARAMETERS,
+    resolve_auth_options,
+    unauthenticated_warning,
+)
+from stomp_chat.auth.setup import build_authentication
 from stomp_chat.broker import Broker
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
@@ -33,7 +39,12 @@ from stomp_chat.persistence import (
 )
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.retention import RetentionService
-from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
+from stomp_chat.session import (
+    AuthenticationInterceptor,
+    SendRateInterceptor,
+    ServerContext,
+    SessionSettings,
+)
 from stomp_chat.startup import migrate_before_start, redis_before_start
 from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
@@ -45,6 +56,7 @@ from stomp_chat.transport.stomp import (
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
+from stomp_chat.web.auth import ApiGate, RestAuthenticator
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
 from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
@@ -186,11 +198,18 @@ class Options(usage.Options):
         [
             "stomp",
             None,
-            "tcp:61613",
+            None,
             "Endpoint for raw STOMP over TCP ('none' to disable). TCP and TLS endpoints "
-            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise.",
+            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise. Default: "
+            "tcp:61613, on 127.0.0.1 only with --auth none.",
         ],
-        ["http", None, "tcp:8080", "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api."],
+        [
+            "http",
+            None,
+            None,
+            "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api. Default: tcp:8080, "
+            "on 127.0.0.1 only with --auth none.",
+        ],
         [
             "allowed-origins",
             None,
@@ -405,6 +424,7 @@ class Options(usage.Options):
             "Environment variables STOMP_CHAT_<OPTION> (e.g. STOMP_CHAT_DATABASE) override "
             "it, and the command line overrides both.",
         ],
+        *AUTH_PARAMETERS,
     ]
 
     def opt_version(self) -> None:
@@ -450,8 +470,15 @@ class Options(usage.Options):
                 f"--shutdown-timeout ({self['shutdown-timeout']:g}s), which bounds the whole stop"
             )
         self.endpoints: dict[str, Any] = {}
+        # An endpoint Twisted rejects is reported as such before any rule about where it
+        # listens; the ones left unsaid get their defaults from the authentication mode.
+        given = [name for name in ("stomp", "http") if self[name] is not None]
+        parsed_given = {name: _parse_endpoint(name, self[name]) for name in given}
+        self["unauthenticated-listeners"] = resolve_auth_options(self)
         for name in ("stomp", "http"):
-            parsed = _parse_endpoint(name, self[name])
+            parsed = parsed_given[name] if name in parsed_given else _parse_endpoint(
+                name, self[name]
+            )
             if parsed is None:
                 self[name] = None
             else:
@@ -517,6 +544,10 @@ def makeService(options: Options) -> IService:
     if relay is not None:
         relay.listeners.append(chat.relayed)
 
+    authentication = build_authentication(options, reactor, pool)
+    warning = unauthenticated_warning(options["unauthenticated-listeners"], options)
+    if warning:
+        log.warn("{warning}", warning=warning)
     settings = SessionSettings(
         heartbeat=heartbeat,
         max_frame_size=options["max-frame-size"],
@@ -525,10 +556,11 @@ def makeService(options: Options) -> IService:
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
     )
-    # Anonymous access needs no link in the chain (an empty chain connects
-    # everyone anonymously), so the default hot path runs no interceptor.
-    # Authentication, when configured, is the chain's first link.
-    interceptors: list[Interceptor] = []
+    # Authentication is the chain's first link, in every mode: with --auth
+    # none it names the client after its login (or a guest name).
+    interceptors: list[Interceptor] = [
+        AuthenticationInterceptor(authentication.authenticator)
+    ]
     if options["send-rate"] > 0:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
@@ -562,11 +594,21 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
-        api = ChatApi(
-            chat,
-            store,
-            max_page=options["max-history-page"],
-            outage=OutageLog("REST requests", reactor),
+        api = ApiGate(
+            ChatApi(
+                chat,
+                store,
+                max_page=options["max-history-page"],
+                outage=OutageLog("REST requests", reactor),
+            ),
+            RestAuthenticator(
+                authentication.mode,
+                gate=authentication.gate,
+                jwt=authentication.jwt,
+                passwords=authentication.passwords,
+                login_tokens=authentication.login_tokens,
+            ),
+            options["allowed-origins"],
         )
         checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer)
         resources: dict[bytes, Any] = {
@@ -589,17 +631,19 @@ def makeService(options: Options) -> IService:
             ws_factory,
             health=lambda: {"connections": len(monitor), "unsaved": writer.pending_count},
             api=api,
-            resources=resources,
             header_timeout=float(options["http-header-timeout"]),
             idle_timeout=float(options["http-idle-timeout"]),
             reactor=reactor,
+            resources=resources,
         )
         listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
 
     logs = server_log(getattr(options, "parent", None), options["log-format"], reactor)
-    support: list[Any] = [ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL)]
-    if options["retention-days"] > 0:
-        support.append(RetentionService(store, reactor, options["retention-days"]))
+    retention = (
+        [RetentionService(store, reactor, options["retention-days"])]
+        if options["retention-days"] > 0
+        else []
+    )
     server = ChatServer(
         reactor,
         pool,
@@ -611,7 +655,12 @@ def makeService(options: Options) -> IService:
         drain_window=options["drain-window"],
         shutdown_timeout=options["shutdown-timeout"],
         on_drain=on_drain,
-        support=support,
+        # Started before the ports, stopped after them.
+        support=[
+            *authentication.services,
+            ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
+            *retention,
+        ],
         server_log=logs,
         open_connections=lambda: context.stats.open_connections,
     )
