@@ -53,6 +53,7 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
 
     assert value(during, "stomp_chat_connections_opened_total", transport="tcp") == 2
     assert value(during, "stomp_chat_connections", transport="tcp") == 1
+    assert value(during, "stomp_chat_connects_total", transport="tcp", outcome="none") == 2
     assert value(during, "stomp_chat_frames_received_total", command="SEND") == 3
     assert value(during, "stomp_chat_frames_received_total", command="CONNECT") == 2
     assert value(during, "stomp_chat_frames_received_total", command="other") == 1
