@@ -22,6 +22,10 @@ from stomp_chat.auth.options import (
     unauthenticated_warning,
 )
 from stomp_chat.auth.setup import build_authentication
+from stomp_chat.authz.chatgate import DEFAULT_MAX_WAITING
+from stomp_chat.authz.rooms import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL
+from stomp_chat.authz.rules import RuleError, RuleSet, load_rules
+from stomp_chat.authz.setup import build_authorization
 from stomp_chat.broker import Broker
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
@@ -56,7 +60,7 @@ from stomp_chat.transport.stomp import (
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
-from stomp_chat.web.auth import ApiGate, RestAuthenticator
+from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
 from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
@@ -417,6 +421,30 @@ class Options(usage.Options):
             parse_switch("--metrics"),
         ],
         [
+            "room-cache-size",
+            None,
+            DEFAULT_CACHE_SIZE,
+            "Authorization: how many answers (room privacy, membership, user to member) "
+            "are cached in memory.",
+            _positive_int("--room-cache-size"),
+        ],
+        [
+            "room-cache-ttl",
+            None,
+            int(DEFAULT_CACHE_TTL),
+            "Authorization: how long a cached membership answer is trusted, in seconds "
+            "(how long a join or leave made on another server of a cluster goes unseen).",
+            _positive_int("--room-cache-ttl"),
+        ],
+        [
+            "max-unchecked-messages",
+            None,
+            DEFAULT_MAX_WAITING,
+            "Authorization: how many chat messages of one connection may wait while the "
+            "server checks that the sender may speak; more are refused as busy.",
+            _positive_int("--max-unchecked-messages"),
+        ],
+        [
             "config",
             "c",
             None,
@@ -442,6 +470,10 @@ class Options(usage.Options):
         path = config_path(argv, os.environ)
         from_file = file_arguments(path, known) if path is not None else []
         from_env = environment_arguments(os.environ, known)
+        try:  # the file's destination [[rules]], which are not options
+            self["rules"] = load_rules(path) if path is not None else RuleSet()
+        except RuleError as error:
+            raise usage.UsageError(f"--config: {error}") from None
         super().parseOptions(from_file + from_env + argv)
 
     def postOptions(self) -> None:
@@ -528,6 +560,18 @@ def makeService(options: Options) -> IService:
     )
     broker = Broker()
     router = AppRouter()
+    authorization = build_authorization(
+        auth_mode=options.get("auth") or "none",
+        chat_store=store,
+        pool=pool,
+        clock=reactor,
+        router=router,
+        broker=broker,
+        rules=options["rules"],
+        cache_size=options["room-cache-size"],
+        cache_ttl=options["room-cache-ttl"],
+        max_waiting=options["max-unchecked-messages"],
+    )
     relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
     chat = ChatService(
         store,
@@ -539,6 +583,7 @@ def makeService(options: Options) -> IService:
         history_size=options["history-size"],
         sequencer=relay,
         outage=OutageLog("chat rooms loading", reactor),
+        gate=authorization.gate,
     )
     chat.register(router)
     if relay is not None:
@@ -565,6 +610,9 @@ def makeService(options: Options) -> IService:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
+    # Authorization in every mode: even with --auth none, no client may publish
+    # to a destination the application owns (the rooms' topics).
+    interceptors.append(authorization.interceptor)
     context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
     stomp_factory = StompFactory(
         context,
@@ -600,6 +648,7 @@ def makeService(options: Options) -> IService:
                 store,
                 max_page=options["max-history-page"],
                 outage=OutageLog("REST requests", reactor),
+                access=authorization.rest_policy(principal_of),
             ),
             RestAuthenticator(
                 authentication.mode,

@@ -12,6 +12,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from stomp_chat.auth.authenticators import NoneAuthenticator
+from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.session import AuthenticationInterceptor, SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
@@ -360,8 +361,8 @@ def test_bad_session_limits_are_usage_errors(args):
 
 
 def test_session_limits_reach_the_sessions(build):
-    """The limit options land in SessionSettings; no send rate means authentication (with
-    --auth none, naming clients after their login) is the chain's only link."""
+    """The limit options land in SessionSettings; no send rate means a chain of authentication
+    (with --auth none, naming clients after their login) and authorization only."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
                  "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
     (listener,) = _listeners(root)
@@ -369,9 +370,10 @@ def test_session_limits_reach_the_sessions(build):
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
-    (authentication,) = context.interceptors
+    authentication, authorization = context.interceptors
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(authentication.authenticator, NoneAuthenticator)
+    assert isinstance(authorization, AuthorizationInterceptor)
 
 
 def test_send_rate_adds_the_rate_interceptor(build):
@@ -379,9 +381,10 @@ def test_send_rate_adds_the_rate_interceptor(build):
     after authentication."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "50", "--send-burst", "7")
     (listener,) = _listeners(root)
-    authentication, interceptor = listener.factory.context.interceptors
+    authentication, interceptor, authorization = listener.factory.context.interceptors
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(interceptor, SendRateInterceptor)
+    assert isinstance(authorization, AuthorizationInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
 
 
@@ -448,3 +451,35 @@ def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case
         [line] = [line for line in output.splitlines() if cause in line]
         assert "cannot start" in line or "--" in line
     assert "Site starting on" not in log, "nothing may serve HTTP"
+
+
+def test_destination_rules_come_from_the_config_file(tmp_path: Path) -> None:
+    """The config file's [[rules]] become the authorization rules; options still parse."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text(
+        'history-size = 12\n\n[[rules]]\ndestination = "/topic/ops.**"\n'
+        'subscribe = ["role:ops"]\nsend = ["user:alice"]\n'
+    )
+    options = parse("--config", str(config))
+    assert options["history-size"] == 12
+    assert len(options["rules"]) == 1
+    assert options["rules"].rules[0].pattern.text == "/topic/ops.**"
+    assert len(parse()["rules"]) == 0
+
+
+def test_a_bad_rule_in_the_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A malformed rule stops start-up with a usage error naming the rule."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text('[[rules]]\ndestination = "/topic/x"\nsend = ["group:ops"]\n')
+    with pytest.raises(usage.UsageError, match="rule 1"):
+        parse("--config", str(config))
+
+
+def test_rules_come_from_a_config_file_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOMP_CHAT_CONFIG names the file whose [[rules]] are read, as --config does."""
+    config = tmp_path / "env.toml"
+    config.write_text('[[rules]]\ndestination = "/queue/jobs"\nsend = ["authenticated"]\n')
+    monkeypatch.setenv("STOMP_CHAT_CONFIG", str(config))
+    assert [r.pattern.text for r in parse()["rules"].rules] == ["/queue/jobs"]

@@ -504,7 +504,7 @@ def test_non_reading_subscriber_is_cut_and_the_server_holds_a_bounded_backlog(st
     publisher.sendall(send_frame("/topic/flood", b"still here", receipt="after"))
     assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "after"
     log = server.log()
-    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over tcp, user -, [\d.]+ s, "
+    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over tcp, user \S+, [\d.]+ s, "
                      r"\d+ bytes in, \d+ bytes out: slow consumer", log), log
 
 

@@ -153,6 +153,10 @@ class Broker:
                     self._topics[key] = [s for s in subs if s is not subscription]
         subscription.pending.clear()
 
+    def topic_subscriptions(self, key: str) -> tuple[Subscription, ...]:
+        """The subscriptions a topic's messages go to now (e.g. to end some of them)."""
+        return tuple(self._topics.get(key, ()))
+
     # -- publishing ------------------------------------------------------
 
     def new_message_id(self) -> str:

@@ -60,6 +60,9 @@ _DROP_MESSAGE_ID_UNIQUE = "messages: no unique index on message_id ((room_id, se
 #: hash in PHC form, and roles as a comma-separated list.
 _USERS = "users: login accounts with password hashes and roles"
 
+#: Private rooms: read and written only by their members (room_members).
+_PRIVATE_ROOMS = "rooms: private flag (members only)"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -135,6 +138,11 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        _PRIVATE_ROOMS,
+        ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT 0",),
+    ),
 )
 
 _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -194,6 +202,11 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 created_at TIMESTAMPTZ NOT NULL
             )""",
         ),
+    ),
+    Migration(
+        4,
+        _PRIVATE_ROOMS,
+        ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE",),
     ),
 )
 
