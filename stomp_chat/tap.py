@@ -26,7 +26,18 @@ from stomp_chat.authz.chatgate import DEFAULT_MAX_WAITING
 from stomp_chat.authz.rooms import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL
 from stomp_chat.authz.rules import RuleError, RuleSet, load_rules
 from stomp_chat.authz.setup import build_authorization
-from stomp_chat.broker import Broker
+from stomp_chat.broker import (
+    DEFAULT_DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_QUEUE_MESSAGES,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_MAX_UNACKED,
+    DEFAULT_PREFETCH,
+    QUEUE_PREFIX,
+    Broker,
+    BrokerLimits,
+)
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
@@ -246,6 +257,60 @@ class Options(usage.Options):
             "How many bytes a client may fall behind before it is disconnected as a "
             "slow consumer.",
             _positive_int("--slow-consumer-bytes"),
+        ],
+        [
+            "max-queued-bytes",
+            None,
+            DEFAULT_MAX_QUEUED_BYTES,
+            "Bytes of messages that may wait in all /queue/ destinations together; a SEND "
+            "that would wait beyond it is refused with ERROR.",
+            _positive_int("--max-queued-bytes"),
+        ],
+        [
+            "max-queue-messages",
+            None,
+            DEFAULT_MAX_QUEUE_MESSAGES,
+            "Messages that may wait in one /queue/ destination; a SEND beyond it is refused "
+            "with ERROR.",
+            _positive_int("--max-queue-messages"),
+        ],
+        [
+            "max-queues",
+            None,
+            DEFAULT_MAX_QUEUES,
+            "How many /queue/ destinations may exist at once (a queue exists while it has a "
+            "subscriber or a waiting message).",
+            _positive_int("--max-queues"),
+        ],
+        [
+            "max-redeliveries",
+            None,
+            DEFAULT_MAX_REDELIVERIES,
+            "How many times a queue message given back (NACK, disconnect without ACK) is "
+            "delivered again before it moves to the dead-letter queue.",
+            _positive_int("--max-redeliveries"),
+        ],
+        [
+            "prefetch",
+            None,
+            DEFAULT_PREFETCH,
+            "Unacknowledged messages one client/client-individual subscription may hold: a "
+            "queue sends it no more until it acks; a topic subscription past it gets ERROR.",
+            _positive_int("--prefetch"),
+        ],
+        [
+            "max-unacked",
+            None,
+            DEFAULT_MAX_UNACKED,
+            "Unacknowledged messages one connection may hold across all its subscriptions: "
+            "queues send it no more until it acks; a client-ack topic subscription gets ERROR.",
+            _positive_int("--max-unacked"),
+        ],
+        [
+            "dead-letter-queue",
+            None,
+            DEFAULT_DEAD_LETTER_QUEUE,
+            "The /queue/ destination where messages that came back too often go.",
         ],
         [
             "max-connections-per-address",
@@ -515,6 +580,11 @@ class Options(usage.Options):
                 self[name] = None
             else:
                 self[name], self.endpoints[name] = parsed
+        dead_letter_queue = self["dead-letter-queue"]
+        if not dead_letter_queue.startswith(QUEUE_PREFIX) or dead_letter_queue == QUEUE_PREFIX:
+            raise usage.UsageError(
+                f"--dead-letter-queue must be a /queue/ destination, not {dead_letter_queue!r}"
+            )
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
@@ -558,7 +628,17 @@ def makeService(options: Options) -> IService:
         max_batch=options["write-batch"],
         max_pending=options["write-buffer"],
     )
-    broker = Broker()
+    broker = Broker(
+        limits=BrokerLimits(
+            max_queued_bytes=options["max-queued-bytes"],
+            max_queue_messages=options["max-queue-messages"],
+            max_queues=options["max-queues"],
+            max_redeliveries=options["max-redeliveries"],
+            dead_letter_queue=options["dead-letter-queue"],
+            prefetch=options["prefetch"],
+            max_unacked=options["max-unacked"],
+        )
+    )
     router = AppRouter()
     authorization = build_authorization(
         auth_mode=options.get("auth") or "none",

@@ -28,7 +28,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from stomp_chat.app.routes import AppRouter
-from stomp_chat.broker import Broker
+from stomp_chat.broker import Broker, BrokerLimits
 from stomp_chat.errors import ApplicationError
 from stomp_chat.session import SendRateInterceptor, State
 from stomp_chat.stomp.frame import Frame, encode_frame
@@ -126,7 +126,7 @@ class SessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
-        self.broker = Broker(max_queue_backlog=MAX_QUEUE_BACKLOG)
+        self.broker = Broker(limits=BrokerLimits(max_queue_messages=MAX_QUEUE_BACKLOG))
         self.slow: list[Deferred[Any]] = []
         router = AppRouter()
         router.add("/echo", self._echo)

@@ -328,6 +328,43 @@ def test_an_endpoint_keeps_its_own_backlog() -> None:
     assert options["http"] == "unix:/tmp/stomp-chat.sock"
 
 
+# -- queue limits ------------------------------------------------------------
+
+
+def test_queue_limit_options_default_to_the_brokers_defaults():
+    """Without queue options the broker's documented queue limits apply."""
+    from stomp_chat.broker import BrokerLimits
+
+    options = parse()
+    defaults = BrokerLimits()
+    assert options["max-queued-bytes"] == defaults.max_queued_bytes == 64 * 1024 * 1024
+    assert options["max-queue-messages"] == defaults.max_queue_messages
+    assert options["max-queues"] == defaults.max_queues
+    assert options["max-redeliveries"] == defaults.max_redeliveries
+    assert options["dead-letter-queue"] == defaults.dead_letter_queue == "/queue/dead-letter"
+    assert options["prefetch"] == defaults.prefetch == 1000
+    assert options["max-unacked"] == defaults.max_unacked == 10_000
+
+
+@pytest.mark.parametrize("value", ["/topic/dlq", "dead-letter", "/queue/", ""])
+def test_dead_letter_queue_must_be_a_queue(value):
+    """--dead-letter-queue outside /queue/ is a usage error."""
+    with pytest.raises(usage.UsageError, match="--dead-letter-queue"):
+        parse("--dead-letter-queue", value)
+
+
+def test_make_service_wires_queue_limits_into_the_broker(build):
+    """The queue limit and prefetch options reach the broker every session shares."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--max-queued-bytes", "1000",
+                 "--max-queue-messages", "7", "--max-queues", "3", "--max-redeliveries", "2",
+                 "--dead-letter-queue", "/queue/dlq", "--prefetch", "9", "--max-unacked", "90")
+    (listener,) = _listeners(root)
+    limits = listener.factory.context.broker.limits
+    assert (limits.max_queued_bytes, limits.max_queue_messages, limits.max_queues,
+            limits.max_redeliveries, limits.dead_letter_queue, limits.prefetch,
+            limits.max_unacked) == (1000, 7, 3, 2, "/queue/dlq", 9, 90)
+
+
 # -- per-session limits ----------------------------------------------------
 
 

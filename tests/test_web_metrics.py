@@ -49,7 +49,12 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
         time.sleep(0.02)
     writer.send("BOGUS", {})
     assert writer.closed.wait(5)
+    # The client can see the close a moment before the server has let go of the connection.
     during = scrape(server)
+    while value(during, "stomp_chat_connections", transport="tcp") != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        during = scrape(server)
 
     assert value(during, "stomp_chat_connections_opened_total", transport="tcp") == 2
     assert value(during, "stomp_chat_connections", transport="tcp") == 1
@@ -100,6 +105,52 @@ def test_metrics_off_serves_no_endpoint(start_server) -> None:
         raise AssertionError("/metrics answered with --metrics off")
 
 
+def test_queue_metrics_follow_waiting_and_dead_lettered_messages(start_server,
+                                                                 tmp_path: Path) -> None:
+    """Queued bytes and queues rise while a message waits; NACKed past the limit, it is counted
+    as dead-lettered and arrives on the dead-letter queue with its headers."""
+    server = start_server(f"--database=sqlite:///{tmp_path / 'chat.db'}",
+                          "--max-redeliveries=1")
+    sender = RawStompClient(server.stomp_port)
+    sender.send("SEND", {"destination": "/queue/jobs", "receipt": "s"}, b"job")
+    deadline = time.monotonic() + 10
+    while "s" not in sender.receipts:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    waiting = scrape(server)
+    assert value(waiting, "stomp_chat_queues") == 1
+    assert value(waiting, "stomp_chat_queued_bytes") > len(b"job")
+
+    worker = RawStompClient(server.stomp_port)
+    worker.send("SUBSCRIBE", {"destination": "/queue/jobs", "id": "w",
+                              "ack": "client-individual"})
+    for delivery in (1, 2):
+        while len(worker.of("MESSAGE")) < delivery:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        worker.send("NACK", {"id": worker.of("MESSAGE")[-1].headers["ack"]})
+    first, again = worker.of("MESSAGE")
+    assert "redelivered" not in first.headers
+    assert (again.headers["redelivered"], again.headers["x-delivery-count"]) == ("true", "1")
+
+    reader = RawStompClient(server.stomp_port)
+    reader.send("SUBSCRIBE", {"destination": "/queue/dead-letter", "id": "d"})
+    while not reader.of("MESSAGE"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (letter,) = reader.of("MESSAGE")
+    assert letter.body == b"job"
+    assert letter.headers["x-original-destination"] == "/queue/jobs"
+    assert letter.headers["x-delivery-count"] == "2"
+    after = scrape(server)
+    assert value(after, "stomp_chat_messages_dead_lettered_total") == 1
+    assert value(after, "stomp_chat_dead_letters_dropped_total") == 0
+    assert value(after, "stomp_chat_delivery_failures_total") == 0
+    assert value(after, "stomp_chat_queued_bytes") == 0
+    for client in (sender, worker, reader):
+        client.close()
+
+
 def test_disconnect_reasons_and_dependency_probes_are_exported() -> None:
     """Slow-consumer and heart-beat disconnects get counters; Redis state and round trip too."""
     from types import SimpleNamespace
@@ -107,6 +158,7 @@ def test_disconnect_reasons_and_dependency_probes_are_exported() -> None:
     from prometheus_client.exposition import generate_latest
     from twisted.internet.task import Clock
 
+    from stomp_chat.broker import Broker
     from stomp_chat.probes import Probe, ProbeResult
     from stomp_chat.stats import ServerStats
     from stomp_chat.web.metrics import MetricSources, build_registry
@@ -120,7 +172,7 @@ def test_disconnect_reasons_and_dependency_probes_are_exported() -> None:
     session = SimpleNamespace(subscriptions={"a": 1, "b": 2}, pending_receipts=4)
     sources = MetricSources(
         stats=stats,
-        broker=SimpleNamespace(published_count=0),
+        broker=Broker(),
         writer=SimpleNamespace(pending_count=7, saved_count=0, rejected_count=1),
         sessions=lambda: [session],
         redis=redis,
@@ -139,4 +191,5 @@ def test_disconnect_reasons_and_dependency_probes_are_exported() -> None:
     assert value(samples, "stomp_chat_receipts_pending") == 4
     assert value(samples, "stomp_chat_write_behind_pending_messages") == 7
     assert value(samples, "stomp_chat_messages_rejected_total") == 1
+    assert value(samples, "stomp_chat_queues") == 0
     assert "stomp_chat_database_up" not in text, "no database probe, no database metrics"
