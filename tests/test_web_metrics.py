@@ -34,7 +34,11 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
     server = start_server(f"--database=sqlite:///{tmp_path / 'chat.db'}", "--write-interval=10")
     before = scrape(server)
     assert all(name.startswith("stomp_chat_") for name, _ in before)
-    assert value(before, "stomp_chat_database_up") == 1
+    deadline = time.monotonic() + 10
+    while value(before, "stomp_chat_database_up") != 1:  # the first probe is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        before = scrape(server)
     assert value(before, "stomp_chat_process_resident_memory_bytes") > 0
 
     reader = subscriber(server.stomp_port, 5)
