@@ -15,6 +15,9 @@ from twisted.python import usage
 
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
+from stomp_chat.app.presence import PresenceTracker
+from stomp_chat.app.readstate import ReadState
+from stomp_chat.app.recovery import DEFAULT_MAX_RECOVERY, RoomRecovery
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
@@ -52,6 +55,7 @@ from stomp_chat.persistence import (
     migrate,
     parse_database_url,
 )
+from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.retention import RetentionService
 from stomp_chat.session import (
@@ -59,6 +63,11 @@ from stomp_chat.session import (
     SendRateInterceptor,
     ServerContext,
     SessionSettings,
+)
+from stomp_chat.session.loading import (
+    InterceptorLoadError,
+    load_interceptor,
+    parse_interceptor_names,
 )
 from stomp_chat.startup import migrate_before_start, redis_before_start
 from stomp_chat.stats import TimedStore
@@ -74,6 +83,7 @@ from stomp_chat.web.api import ChatApi
 from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
+from stomp_chat.web.presence import PresenceApi
 from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
 
 log = Logger()
@@ -376,6 +386,14 @@ class Options(usage.Options):
             _number("--frame-timeout", allow_zero=False),
         ],
         [
+            "max-pending-receipts",
+            None,
+            10_000,
+            "How many frames of one connection may wait behind an earlier, slower one (a "
+            "durable SEND) before the server stops reading it until half are answered.",
+            _positive_int("--max-pending-receipts"),
+        ],
+        [
             "send-rate",
             None,
             0.0,
@@ -389,6 +407,14 @@ class Options(usage.Options):
             200,
             "With --send-rate: how many SENDs a connection may make at once.",
             _positive_int("--send-burst"),
+        ],
+        [
+            "interceptors",
+            None,
+            "",
+            "Comma-separated 'package.module:factory' names of inbound interceptors to "
+            "add, in order, after the built-in ones; each factory is called with no "
+            "arguments (a config file may give a list).",
         ],
         [
             "database",
@@ -432,6 +458,14 @@ class Options(usage.Options):
             100,
             "The most messages one history request returns.",
             _positive_int("--max-history-page"),
+        ],
+        [
+            "max-recovery",
+            None,
+            DEFAULT_MAX_RECOVERY,
+            "The most missed messages a re-subscribing client (SUBSCRIBE with since-seq) is "
+            "sent; beyond that it gets the newest ones, marked recovery:too-old.",
+            _positive_int("--max-recovery"),
         ],
         [
             "enter-template",
@@ -588,6 +622,11 @@ class Options(usage.Options):
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
+        try:
+            names = parse_interceptor_names(self["interceptors"])
+            self["interceptors"] = [load_interceptor(name) for name in names]
+        except InterceptorLoadError as error:
+            raise usage.UsageError(f"--interceptors: {error}") from None
 
 
 def _parse_endpoint(name: str, description: str) -> tuple[str, Any] | None:
@@ -641,7 +680,7 @@ def makeService(options: Options) -> IService:
     )
     router = AppRouter()
     authorization = build_authorization(
-        auth_mode=options.get("auth") or "none",
+        auth_mode=options["auth"],
         chat_store=store,
         pool=pool,
         clock=reactor,
@@ -669,6 +708,17 @@ def makeService(options: Options) -> IService:
     if relay is not None:
         relay.listeners.append(chat.relayed)
 
+    # The browser chat's features: recovery on re-subscribe, presence, unread counts.
+    presence = PresenceTracker(broker)
+    reads = ReadState(
+        AdbapiReadPositionStore(pool), chat, broker, reactor,
+        may_read=authorization.rooms.may_read if authorization.enforce else None,
+    )
+    reads.register(router)
+    recovery = RoomRecovery(chat, broker, max_recovery=options["max-recovery"])
+    if relay is not None:
+        relay.listeners.append(reads.relayed)
+
     authentication = build_authentication(options, reactor, pool)
     warning = unauthenticated_warning(options["unauthenticated-listeners"], options)
     if warning:
@@ -680,6 +730,7 @@ def makeService(options: Options) -> IService:
         max_transactions=options["max-transactions"],
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
+        max_pending_receipts=options["max-pending-receipts"],
     )
     # Authentication is the chain's first link, in every mode: with --auth
     # none it names the client after its login (or a guest name).
@@ -690,10 +741,14 @@ def makeService(options: Options) -> IService:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
+    # A deployment's own interceptors come before authorization, which then decides on
+    # the frame as they leave it: none of them can route around the rules.
+    interceptors.extend(options["interceptors"])
     # Authorization in every mode: even with --auth none, no client may publish
     # to a destination the application owns (the rooms' topics).
     interceptors.append(authorization.interceptor)
-    context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
+    context = ServerContext(broker, router, settings, monitor, reactor, interceptors,
+                            subscription_listeners=[recovery, presence, reads])
     stomp_factory = StompFactory(
         context,
         options["slow-consumer-bytes"],
@@ -722,14 +777,14 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
+        chat_api = ChatApi(
+            chat, store, max_page=options["max-history-page"],
+            access=authorization.rest_policy(principal_of),
+            outage=OutageLog("REST requests", reactor),
+        )
+        PresenceApi(presence, chat_api).register()
         api = ApiGate(
-            ChatApi(
-                chat,
-                store,
-                max_page=options["max-history-page"],
-                outage=OutageLog("REST requests", reactor),
-                access=authorization.rest_policy(principal_of),
-            ),
+            chat_api,
             RestAuthenticator(
                 authentication.mode,
                 gate=authentication.gate,

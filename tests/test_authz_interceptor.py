@@ -125,9 +125,21 @@ def test_room_topics_follow_the_room_rules() -> None:
         setup.run("SUBSCRIBE", f"/topic/chat/room/{room_id}", BOB)
     assert refused.value.message == "access denied"
     assert "private" not in refused.value.detail  # the client is not told why
-    for odd in ("/topic/chat/room/abc", "/topic/chat/room/0", "/topic/chat/room/1/x"):
+    for odd in ("/topic/chat/room/abc", "/topic/chat/room/0", "/topic/chat/room/1/x",
+                "/topic/chat/room/presence", f"/topic/chat/room/{room_id}/presence/x"):
         with pytest.raises(AuthError):
             setup.run("SUBSCRIBE", odd, ALICE)
+
+
+def test_a_rooms_presence_topic_is_read_like_the_room() -> None:
+    """Who is in a room may be watched by whoever may read the room, and by nobody else."""
+    setup = Setup()
+    private = setup.rooms.create_room("team", None, True, ALICE)
+    room_id = private.result.id  # type: ignore[attr-defined]
+    setup.run("SUBSCRIBE", "/topic/chat/room/50/presence", BOB)
+    setup.run("SUBSCRIBE", f"/topic/chat/room/{room_id}/presence", ALICE)
+    with pytest.raises(AuthError):
+        setup.run("SUBSCRIBE", f"/topic/chat/room/{room_id}/presence", BOB)
 
 
 def test_user_destinations() -> None:

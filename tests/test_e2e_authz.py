@@ -414,3 +414,81 @@ def test_twistd_refuses_forged_room_messages_by_default(start_server: Any, clien
     watcher.wait_chat(1, 1)
     time.sleep(QUIET)
     assert [(m["type"], m["seq"]) for m in watcher.chat(1)] == [("ENTER", 1)]
+
+
+def _http(method: str, url: str, token: str, body: Any = None) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_twistd_with_jwt_keeps_private_rooms_private(start_server: Any, tmp_path: Any) -> None:
+    """The real `twistd -n stomp-chat --auth jwt`: a private room made over REST with a token is
+    listed, read and spoken in by its creator only; another user's REST reads are 403, its
+    SUBSCRIBE is an ERROR, and the creator's messages carry the token's sub and name."""
+    from tests.authkeys import claims, hs256, write_secret
+
+    served = start_server("--auth", "jwt", f"--jwt-secret-file={write_secret(tmp_path)}",
+                          f"--database=sqlite:///{tmp_path}/chat.db")
+    alice = hs256(claims("alice", name="Alice A."))
+    bob = hs256(claims("bob", name="Bob"))
+    base = served.http_url + "/api"
+    status, room = _http("POST", f"{base}/rooms", alice, {"name": "team", "private": True})
+    assert status == 201 and room["private"] is True
+    assert _http("GET", f"{base}/rooms/{room['id']}/messages", bob, None)[0] == 403
+    assert _http("GET", f"{base}/rooms", bob, None)[1]["rooms"] == []
+
+    def client(token: str) -> Any:
+        recorder = _Recorder()
+        conn = stomp.WSStompConnection([("127.0.0.1", served.http_port)], ws_path="/ws/chat",
+                                       heartbeats=(0, 0))
+        conn.set_listener("r", recorder)
+        conn.connect("ignored", token, wait=True)
+        recorder.conn = conn
+        return recorder
+
+    writer, peeker = client(alice), client(bob)
+    try:
+        topic = ROOM.format(room["id"])
+        writer.conn.subscribe(topic, id="1", headers={"receipt": "s"})
+        assert writer.receipt.wait(TIMEOUT)
+        peeker.conn.subscribe(topic, id="1")
+        assert peeker.error.wait(TIMEOUT)
+        assert peeker.errors[0].headers["message"] == "access denied"
+        writer.conn.send("/app/message", json.dumps(
+            {"type": "TALK", "roomId": room["id"], "detailMessage": "hi team"}))
+        assert writer.message.wait(TIMEOUT)
+        said = json.loads(writer.messages[0].body)
+        assert (said["senderName"], said["detailMessage"]) == ("Alice A.", "hi team")
+    finally:
+        for recorder in (writer, peeker):
+            if recorder.conn.is_connected():
+                recorder.conn.disconnect()
+
+
+class _Recorder(stomp.ConnectionListener):
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.messages: list[Any] = []
+        self.errors: list[Any] = []
+        self.message, self.error, self.receipt = (threading.Event() for _ in range(3))
+
+    def on_message(self, frame: Any) -> None:
+        self.messages.append(frame)
+        self.message.set()
+
+    def on_error(self, frame: Any) -> None:
+        self.errors.append(frame)
+        self.error.set()
+
+    def on_receipt(self, frame: Any) -> None:
+        self.receipt.set()

@@ -33,6 +33,7 @@ TABLE_COLUMNS = {
     "rooms": ["id", "name", "created_at", "private"],
     "room_members": ["room_id", "member_id", "joined_at"],
     "messages": ["room_id", "seq", "message_id", "type", "sender_id", "text", "created_at"],
+    "read_positions": ["user_id", "room_id", "seq", "updated_at"],
 }
 
 

@@ -376,6 +376,7 @@ def test_session_limit_defaults():
     assert options["frame-timeout"] == 60.0
     assert options["send-rate"] == 0.0
     assert options["send-burst"] == 200
+    assert options["max-pending-receipts"] == 10_000
 
 
 @pytest.mark.parametrize(
@@ -401,12 +402,14 @@ def test_session_limits_reach_the_sessions(build):
     """The limit options land in SessionSettings; no send rate means a chain of authentication
     (with --auth none, naming clients after their login) and authorization only."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
-                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
+                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5",
+                 "--max-pending-receipts", "12")
     (listener,) = _listeners(root)
     context = listener.factory.context
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
+    assert settings.max_pending_receipts == 12
     authentication, authorization = context.interceptors
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(authentication.authenticator, NoneAuthenticator)
@@ -423,6 +426,36 @@ def test_send_rate_adds_the_rate_interceptor(build):
     assert isinstance(interceptor, SendRateInterceptor)
     assert isinstance(authorization, AuthorizationInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
+
+
+def test_interceptors_option_loads_them_in_order(build):
+    """--interceptors builds each named interceptor, in order, after authentication and the send
+    rate and before authorization, which decides on the frame as they leave it."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "9",
+                 "--interceptors",
+                 "tests.test_session_loading:Tagging, tests.test_session_loading:NoProfanity")
+    (listener,) = _listeners(root)
+    names = [type(i).__name__ for i in listener.factory.context.interceptors]
+    assert names == ["AuthenticationInterceptor", "SendRateInterceptor", "Tagging", "NoProfanity",
+                     "AuthorizationInterceptor"]
+
+
+def test_interceptors_from_a_config_file_list(tmp_path: Path):
+    """A config file may list interceptors as a TOML array; floats are accepted too."""
+    config = tmp_path / "c.toml"
+    config.write_text('interceptors = ["tests.test_session_loading:Tagging"]\n'
+                      "frame_timeout = 2.5\n")
+    options = parse("--config", str(config))
+    assert [type(i).__name__ for i in options["interceptors"]] == ["Tagging"]
+    assert options["frame-timeout"] == 2.5
+
+
+@pytest.mark.parametrize("value", ["nomodule", "tests.no_such_module:X",
+                                   "tests.test_session_loading:no_inbound"])
+def test_bad_interceptors_are_usage_errors(value):
+    """An interceptor that cannot be loaded stops start-up with a usage error naming it."""
+    with pytest.raises(usage.UsageError, match="--interceptors"):
+        parse("--interceptors", value)
 
 
 def test_none_beyond_loopback_warns_at_start_up(build):

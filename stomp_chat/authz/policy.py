@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stomp_chat.app.chat import ROOM_TOPIC_PREFIX
+from stomp_chat.app.presence import PRESENCE_SUFFIX
 from stomp_chat.app.routes import AppRouter, NoHandler
 from stomp_chat.authz.patterns import DestinationPattern
 from stomp_chat.authz.rooms import MaybeDeferred, RoomAccess
@@ -123,6 +124,7 @@ class DestinationPolicy:
     def _may_read_room(self, destination: str, principal: Principal) -> MaybeDeferred[str | None]:
         assert self.rooms is not None
         suffix = destination[len(ROOM_TOPIC_PREFIX) :]
+        suffix = suffix.removesuffix(PRESENCE_SUFFIX)  # who is in a room: read like the room
         if not (suffix.isascii() and suffix.isdigit()) or not 0 < int(suffix) < 2**63:
             return f"{destination} is not a room"
         room_id = int(suffix)

@@ -63,6 +63,10 @@ _USERS = "users: login accounts with password hashes and roles"
 #: Private rooms: read and written only by their members (room_members).
 _PRIVATE_ROOMS = "rooms: private flag (members only)"
 
+#: The last seq each user has read in each room, for unread counts (user_id is the
+#: principal's id, text: it may come from a token's subject).
+_READ_POSITIONS = "read_positions: the last seq each user read in each room"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -143,6 +147,20 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         _PRIVATE_ROOMS,
         ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT 0",),
     ),
+    Migration(
+        5,
+        _READ_POSITIONS,
+        (
+            """CREATE TABLE read_positions (
+                user_id TEXT NOT NULL,
+                room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+                seq INTEGER NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (user_id, room_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
+    ),
 )
 
 _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -207,6 +225,20 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         4,
         _PRIVATE_ROOMS,
         ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE",),
+    ),
+    Migration(
+        5,
+        _READ_POSITIONS,
+        (
+            """CREATE TABLE read_positions (
+                user_id TEXT NOT NULL,
+                room_id BIGINT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+                seq BIGINT NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL,
+                PRIMARY KEY (user_id, room_id)
+            )""",
+            "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
     ),
 )
 

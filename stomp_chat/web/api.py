@@ -95,6 +95,10 @@ class ChatApi(Resource):
                   DELETE=self.leave_room)
         self._add(r"/rooms/(?P<room_id>[^/]+)/messages", GET=self.list_messages)
 
+    def add_route(self, pattern: str, **methods: Handler) -> None:
+        """Serve one more path under ``/api``; a handler returns ``(status, payload)``."""
+        self._add(pattern, **methods)
+
     def _add(self, pattern: str, **methods: Handler) -> None:
         routes = {name.encode("ascii"): handler for name, handler in methods.items()}
         self._routes.append((re.compile(pattern + r"/?\Z"), routes))
@@ -208,6 +212,11 @@ class ChatApi(Resource):
             return room
 
         return self.store.get_room(room_id).addCallback(found)
+
+    def readable_room(self, request: Request, raw_id: str) -> Deferred[tuple[Room, bool]]:
+        """For routes added with ``add_route``: the room once the caller may read it (400 for
+        a bad id, 404 unknown, 401/403 under the room rules)."""
+        return self._readable_room(request, raw_id)
 
     def _readable_room(self, request: Request, raw_id: str) -> Deferred[tuple[Room, bool]]:
         """The room and its privacy, once the caller may read it (or no access rules)."""
