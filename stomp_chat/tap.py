@@ -7,6 +7,7 @@ the listening ports, and the order in which they stop.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import IService
@@ -18,6 +19,7 @@ from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, Ch
 from stomp_chat.app.presence import PresenceTracker
 from stomp_chat.app.readstate import ReadState
 from stomp_chat.app.recovery import DEFAULT_MAX_RECOVERY, RoomRecovery
+from stomp_chat.app.rooms import DEFAULT_MAX_ACTIVE_ROOMS, DEFAULT_ROOM_IDLE_SECONDS
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
@@ -49,6 +51,7 @@ from stomp_chat.lifecycle import ChatServer, Listener
 from stomp_chat.logs import parse_log_format, server_log
 from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
+    DEFAULT_DB_TIMEOUT,
     AdbapiChatStore,
     WriteBehindWriter,
     make_pool,
@@ -446,6 +449,30 @@ class Options(usage.Options):
             _positive_int("--write-buffer"),
         ],
         [
+            "db-timeout",
+            None,
+            DEFAULT_DB_TIMEOUT,
+            "The longest any database call may take, in seconds: PostgreSQL's statement, "
+            "connect and TCP timeouts, and the deadline after which a batch is abandoned and "
+            "retried on a fresh connection. The write-behind gives up on unsaved messages "
+            "3x this long after a stop begins.",
+            _positive_seconds("--db-timeout"),
+        ],
+        [
+            "room-idle-seconds",
+            None,
+            DEFAULT_ROOM_IDLE_SECONDS,
+            "A chat room idle this long leaves memory; its next message loads it again.",
+            _positive_seconds("--room-idle-seconds"),
+        ],
+        [
+            "max-active-rooms",
+            None,
+            DEFAULT_MAX_ACTIVE_ROOMS,
+            "The most chat rooms kept in memory; beyond it the least recently used leaves.",
+            _positive_int("--max-active-rooms"),
+        ],
+        [
             "history-size",
             None,
             DEFAULT_HISTORY_SIZE,
@@ -580,6 +607,7 @@ class Options(usage.Options):
             self["database"] = parse_database_url(self["database"])
         except ValueError as error:
             raise usage.UsageError(f"--database: {error}") from None
+        self["database"] = replace(self["database"], timeout=float(self["db-timeout"]))
         if self["redis"]:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -658,7 +686,7 @@ def makeService(options: Options) -> IService:
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
     pool = make_pool(database, reactor)
-    store = AdbapiChatStore(pool)
+    store = AdbapiChatStore(pool, timeout=database.timeout, clock=reactor)
     timed_store = TimedStore(store, reactor) if options["metrics"] else None
     writer = WriteBehindWriter(
         timed_store or store,
@@ -666,6 +694,7 @@ def makeService(options: Options) -> IService:
         flush_interval=options["write-interval"] / 1000.0,
         max_batch=options["write-batch"],
         max_pending=options["write-buffer"],
+        stop_timeout=3 * database.timeout,
     )
     broker = Broker(
         limits=BrokerLimits(
@@ -703,6 +732,8 @@ def makeService(options: Options) -> IService:
         sequencer=relay,
         outage=OutageLog("chat rooms loading", reactor),
         gate=authorization.gate,
+        room_idle_seconds=float(options["room-idle-seconds"]),
+        max_active_rooms=options["max-active-rooms"],
     )
     chat.register(router)
     if relay is not None:
@@ -754,6 +785,9 @@ def makeService(options: Options) -> IService:
         options["slow-consumer-bytes"],
         max_connect_bytes=options["max-connect-bytes"],
         connections=ConnectionCounter(options["max-connections-per-address"]),
+        # Above the writer's high-water mark every connection stops being read until the
+        # backlog drains to its low-water mark.
+        input_gate=writer,
     )
 
     database_probe = Probe(reactor, lambda: pool.runQuery("SELECT 1"), DEFAULT_PROBE_TIMEOUT)
@@ -839,6 +873,9 @@ def makeService(options: Options) -> IService:
         drain_window=options["drain-window"],
         shutdown_timeout=options["shutdown-timeout"],
         on_drain=on_drain,
+        # Unused reserved seqs back once everything is saved: the next run goes on without
+        # a gap.
+        on_flushed=[chat.release_reservations],
         # Started before the ports, stopped after them.
         support=[
             *authentication.services,

@@ -34,6 +34,7 @@ TABLE_COLUMNS = {
     "room_members": ["room_id", "member_id", "joined_at"],
     "messages": ["room_id", "seq", "message_id", "type", "sender_id", "text", "created_at"],
     "read_positions": ["user_id", "room_id", "seq", "updated_at"],
+    "room_seq_reservations": ["room_id", "reserved_through"],
 }
 
 

@@ -553,3 +553,41 @@ def test_rules_come_from_a_config_file_named_by_the_environment(
     config.write_text('[[rules]]\ndestination = "/queue/jobs"\nsend = ["authenticated"]\n')
     monkeypatch.setenv("STOMP_CHAT_CONFIG", str(config))
     assert [r.pattern.text for r in parse()["rules"].rules] == ["/queue/jobs"]
+
+
+# -- durability options ----------------------------------------------------------------------
+
+
+def test_durability_options_have_defaults_and_are_parsed():
+    """--db-timeout reaches the database config; the room eviction options are coerced."""
+    defaults = parse()
+    assert defaults["database"].timeout == 10.0
+    assert (defaults["room-idle-seconds"], defaults["max-active-rooms"]) == (600.0, 10_000)
+    options = parse("--db-timeout", "2.5", "--room-idle-seconds", "30", "--max-active-rooms", "7")
+    assert options["database"].timeout == 2.5
+    assert options["room-idle-seconds"] == 30.0
+    assert options["max-active-rooms"] == 7
+
+
+@pytest.mark.parametrize("name", ["db-timeout", "room-idle-seconds"])
+@pytest.mark.parametrize("value", ["0", "-1", "x", "inf", "nan"])
+def test_positive_number_options_refuse_bad_values(name, value):
+    """Timeouts and idle times must be positive, finite numbers."""
+    with pytest.raises(usage.UsageError):
+        parse(f"--{name}", value)
+
+
+def test_make_service_wires_the_durability_options(build):
+    """The database timeout bounds the store and the writer's stop; the writer gates every
+    connection's reading; the chat evicts rooms by the options."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--db-timeout", "3",
+                 "--room-idle-seconds", "45", "--max-active-rooms", "9")
+    (listener,) = _listeners(root)
+    factory = listener.factory
+    writer = root.writer  # type: ignore[attr-defined]
+    assert factory.input_gate is writer
+    assert writer._stop_timeout == 9
+    handler, _ = factory.context.router.resolve("/app/message")
+    chat = handler.__self__
+    assert chat.store._timeout == 3
+    assert (chat._rooms.idle_seconds, chat._rooms.max_rooms) == (45, 9)

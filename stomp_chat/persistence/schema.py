@@ -67,6 +67,11 @@ _PRIVATE_ROOMS = "rooms: private flag (members only)"
 #: principal's id, text: it may come from a token's subject).
 _READ_POSITIONS = "read_positions: the last seq each user read in each room"
 
+#: Each room's seq high-water mark. The chat hands out a seq only at or below it, and
+#: writes it ahead of need, so a restart after a crash starts every room past any seq
+#: that may have been broadcast.
+_SEQ_RESERVATIONS = "room_seq_reservations: the highest seq each room may have handed out"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -161,6 +166,16 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
         ),
     ),
+    Migration(
+        6,
+        _SEQ_RESERVATIONS,
+        (
+            """CREATE TABLE room_seq_reservations (
+                room_id INTEGER PRIMARY KEY,
+                reserved_through INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
 
 _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -238,6 +253,16 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (user_id, room_id)
             )""",
             "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
+    ),
+    Migration(
+        6,
+        _SEQ_RESERVATIONS,
+        (
+            """CREATE TABLE room_seq_reservations (
+                room_id BIGINT PRIMARY KEY,
+                reserved_through BIGINT NOT NULL
+            )""",
         ),
     ),
 )
@@ -332,6 +357,8 @@ def _migrate_in_transaction(
 ) -> tuple[int, int]:
     """Runs in a pool thread, so it only touches the database (no logging)."""
     if dialect.is_postgres:
+        # A migration may take longer than any one chat statement may.
+        transaction.execute("SET LOCAL statement_timeout = 0")
         transaction.execute(
             dialect.sql("SELECT pg_advisory_xact_lock(?)"), (_POSTGRES_MIGRATION_LOCK_KEY,)
         )

@@ -350,11 +350,24 @@ def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+#: Ids and seqs are 64-bit signed integers in both databases (BIGINT).
+MAX_ID = 2**63 - 1
+_MAX_ID_DIGITS = len(str(MAX_ID))
+
+
+def _small_digits(raw: str) -> int | None:
+    """A decimal string as an int, or None if it is not one or has more digits than any id
+    (int() of thousands of digits is slow, and refused past Python's limit)."""
+    if not (raw.isdigit() and raw.isascii()) or len(raw.lstrip("0")) > _MAX_ID_DIGITS:
+        return None
+    return int(raw.lstrip("0") or "0")
+
+
 def _positive(value: Any, name: str) -> int:
-    if isinstance(value, str) and value.isdigit() and value.isascii():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
-        raise ApiError(400, "invalid-id", f"{name} must be a positive integer")
+    if isinstance(value, str):
+        value = _small_digits(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise ApiError(400, "invalid-id", f"{name} must be a positive integer of at most {MAX_ID}")
     return value
 
 
@@ -364,8 +377,10 @@ def _query_int(
     values = request.args.get(name.encode("ascii"))
     if not values:
         return default
-    raw = values[0].decode("ascii", "replace")
-    if not raw.isdigit() or not raw.isascii() or not minimum <= int(raw) < 2**63:
-        raise ApiError(400, f"invalid-{name}", f"{name} must be an integer of at least {minimum}")
-    return int(raw)
+    number = _small_digits(values[0].decode("ascii", "replace"))
+    if number is None or not minimum <= number <= MAX_ID:
+        raise ApiError(
+            400, f"invalid-{name}", f"{name} must be an integer from {minimum} to {MAX_ID}"
+        )
+    return number
 
