@@ -18,6 +18,11 @@ Targets (all on 127.0.0.1):
                   database per run), raw path: SEND/SUBSCRIBE /topic/chat/room/N.
   stomp-chat-app  the same server, the chat path: SEND /app/message with a JSON TALK body,
                   SUBSCRIBE /topic/chat/room/N (persisted, broadcast as JSON).
+  stomp-chat-app-nometrics
+                  the chat path with ``--metrics off``: not run by default; with
+                  ``--targets stomp-chat-app,stomp-chat-app-nometrics --metrics-scrape 1``
+                  the two runs side by side give what metrics cost per delivery
+                  (the metrics-on server is scraped every second while measured).
 
 Scenarios:
   fanout      10 rooms x 10 subscribers, 10 publishers, closed loop, <= 200 messages in
@@ -60,12 +65,16 @@ GEN_BIN = GEN_DIR / "target" / "release" / "stompgen"
 RESULTS = BENCH / "results"
 
 ALL_TARGETS = ["rabbitmq", "floor", "floor-direct", "stomp-chat", "stomp-chat-app"]
+#: Targets only run when named in --targets.
+EXTRA_TARGETS = ["stomp-chat-app-nometrics"]
 ALL_SCENARIOS = ["fanout", "latency", "fanout-tcp", "idle"]
 # Which targets take part in which scenario.
 SCENARIO_TARGETS = {
-    "fanout": ["rabbitmq", "floor", "floor-direct", "stomp-chat", "stomp-chat-app"],
+    "fanout": ["rabbitmq", "floor", "floor-direct", "stomp-chat", "stomp-chat-app",
+               "stomp-chat-app-nometrics"],
     "latency": ["rabbitmq", "floor-direct", "stomp-chat", "stomp-chat-app"],
-    "fanout-tcp": ["rabbitmq", "floor", "stomp-chat", "stomp-chat-app"],
+    "fanout-tcp": ["rabbitmq", "floor", "stomp-chat", "stomp-chat-app",
+                   "stomp-chat-app-nometrics"],
     "idle": ["rabbitmq", "floor-direct", "stomp-chat"],
 }
 LABELS = {
@@ -74,6 +83,7 @@ LABELS = {
     "floor-direct": "floor (direct frames)",
     "stomp-chat": "stomp-chat raw topic",
     "stomp-chat-app": "stomp-chat /app/message",
+    "stomp-chat-app-nometrics": "stomp-chat /app/message, --metrics off",
 }
 
 
@@ -319,6 +329,42 @@ def wait_ports(proc: subprocess.Popen[bytes], ports: list[int], timeout: float, 
     raise RuntimeError(f"server did not listen on {ports} within {timeout}s")
 
 
+class MetricsScraper:
+    """Reads /metrics every ``interval`` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        import threading
+
+        self.url = url
+        self.interval = interval
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @classmethod
+    def start(cls, server: Server, interval: float) -> MetricsScraper | None:
+        if interval <= 0 or not server.name.startswith("stomp-chat"):
+            return None
+        if server.name.endswith("-nometrics"):
+            return None
+        scraper = cls(f"http://127.0.0.1:{server.ws_port}/metrics", interval)
+        scraper._thread.start()
+        return scraper
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError), urllib.request.urlopen(self.url, timeout=5) as r:
+                r.read()
+                self.scrapes += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        return self.scrapes
+
+
 class Targets:
     def __init__(self, opts: argparse.Namespace) -> None:
         self.opts = opts
@@ -403,9 +449,11 @@ class Targets:
                 f"sqlite:///{workdir}/bench.db",
                 *self.opts.stomp_chat_arg,
             ]
+            if name.endswith("-nometrics"):
+                cmd += ["--metrics", "off"]
             server = Server(name, 0, ws, "/ws/chat", tcp, "/topic/chat/room/{room}")
             server.vhost = "127.0.0.1"
-            if name == "stomp-chat-app":
+            if name.startswith("stomp-chat-app"):
                 server.send_dest = "/app/message"
                 server.body = "chat"
         env = dict(os.environ)
@@ -760,6 +808,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-threshold", type=float, default=0.3, help="cores busy by others")
     ap.add_argument("--quiet-wait", type=float, default=3.0, help="max seconds to wait per run")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument(
+        "--metrics-scrape",
+        type=float,
+        default=0.0,
+        help="scrape a stomp-chat server's /metrics every N seconds during each run (0: never)",
+    )
     ap.add_argument("--out", default=None, help="results file stem (default: a timestamp)")
     opts = ap.parse_args(argv)
     if opts.repeats is None:
@@ -773,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in opts.targets.split(",") if t]
     scenarios = [s for s in opts.scenarios.split(",") if s]
     for t in targets:
-        if t not in ALL_TARGETS:
+        if t not in ALL_TARGETS + EXTRA_TARGETS:
             ap.error(f"unknown target {t}")
     for s in scenarios:
         if s not in ALL_SCENARIOS:
@@ -812,7 +866,14 @@ def main(argv: list[str] | None = None) -> int:
                     if server.proc is not None:
                         time.sleep(0.5)  # let a fresh server finish starting up
                     log(f"repeat {rep + 1}/{opts.repeats} {scen:<10} {name}")
-                    r = run_one(scen, server, opts)
+                    scraper = MetricsScraper.start(server, opts.metrics_scrape)
+                    try:
+                        r = run_one(scen, server, opts)
+                    finally:
+                        if scraper is not None:
+                            r_scrapes = scraper.stop()
+                    if scraper is not None:
+                        r["metrics_scrapes"] = r_scrapes
                     server.stop()
                     if name.startswith("stomp-chat") and "failed" not in r:
                         check_stomp_chat(server, r)

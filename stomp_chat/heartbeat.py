@@ -63,6 +63,10 @@ class HeartbeatMonitor(Service):
         if self._loop.running:
             self._loop.stop()
 
+    def sessions(self) -> list[Monitored]:
+        """The sessions open now (a copy: closing one changes the set)."""
+        return list(self._sessions)
+
     def close_all(self, reason: str) -> None:
         """Tell every client why it is being disconnected, and disconnect it."""
         for session in list(self._sessions):

@@ -7,15 +7,11 @@ the listening ports, and the order in which they stop.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
 from typing import Any
 
-from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.logger import Logger, LogLevel
+from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
@@ -23,34 +19,47 @@ from stomp_chat.app.routes import AppRouter
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
     resolve_auth_options,
+    unauthenticated_listeners,
     unauthenticated_warning,
 )
 from stomp_chat.auth.setup import build_authentication
 from stomp_chat.broker import Broker
 from stomp_chat.cluster import RedisRelay, parse_redis_url
+from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.interceptors import Interceptor
+from stomp_chat.lifecycle import ChatServer, Listener, StartupError
+from stomp_chat.logs import parse_log_format, server_log
 from stomp_chat.persistence import (
     AdbapiChatStore,
-    ChatConnectionPool,
     WriteBehindWriter,
     make_pool,
     migrate,
     migrate_blocking,
     parse_database_url,
 )
+from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.session import (
     AuthenticationInterceptor,
     SendRateInterceptor,
     ServerContext,
     SessionSettings,
 )
+from stomp_chat.startup import RedisCheckFailed, check_redis
+from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
-from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+from stomp_chat.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ConnectionCounter
+from stomp_chat.transport.stomp import (
+    DEFAULT_MAX_CONNECT_BYTES,
+    DEFAULT_SLOW_CONSUMER_BYTES,
+    StompFactory,
+)
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.auth import ApiGate, RestAuthenticator
-from stomp_chat.web.site import build_site
+from stomp_chat.web.health import Health, Ready
+from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
+from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
 
 log = Logger()
 
@@ -69,6 +78,20 @@ def _positive_int(name: str) -> Any:
     return coerce
 
 
+def _non_negative_int(name: str) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+        if number < 0:
+            raise ValueError(f"{name} cannot be negative, not {number}")
+        return number
+
+    coerce.coerceDoc = "A whole number, 0 or more."  # type: ignore[attr-defined]
+    return coerce
+
+
 def _number(name: str, *, allow_zero: bool) -> Any:
     def coerce(value: str) -> float:
         try:
@@ -83,6 +106,48 @@ def _number(name: str, *, allow_zero: bool) -> Any:
 
     kind = "A number, 0 or more." if allow_zero else "A positive number."
     coerce.coerceDoc = kind  # type: ignore[attr-defined]
+    return coerce
+
+
+def _seconds(name: str, allow_zero: bool) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} is a number of seconds, not {value!r}") from None
+        if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+            bound = "zero or more" if allow_zero else "more than zero"
+            raise ValueError(f"{name} must be {bound} seconds, not {value}")
+        return number
+
+    coerce.coerceDoc = "Seconds, " + ("zero or more." if allow_zero else "more than zero.")  # type: ignore[attr-defined]
+    return coerce
+
+
+def _non_negative_seconds(name: str) -> Any:
+    return _seconds(name, allow_zero=True)
+
+
+def _positive_seconds(name: str) -> Any:
+    return _seconds(name, allow_zero=False)
+
+
+_SWITCH_VALUES = {"on": True, "true": True, "yes": True, "1": True,
+                  "off": False, "false": False, "no": False, "0": False}
+
+
+def parse_switch(name: str) -> Any:
+    """'on'/'off' (also true/false, yes/no, 1/0)."""
+
+    def coerce(value: str | bool) -> bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return _SWITCH_VALUES[value.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{name} is 'on' or 'off', not {value!r}") from None
+
+    coerce.coerceDoc = "on or off."  # type: ignore[attr-defined]
     return coerce
 
 
@@ -151,7 +216,9 @@ class Options(usage.Options):
             "",
             "Comma-separated browser origin patterns allowed to open WebSockets "
             "('*' for all). Default: only the server's own origin. Clients that send "
-            "no Origin header (stomp.py, Node) are always allowed.",
+            "no Origin header (Node's ws) are always allowed; stomp.py sends the origin of "
+            "the URL it connects to (http://HOST:PORT), so list that too when you set "
+            "patterns.",
         ],
         [
             "max-frame-size",
@@ -175,6 +242,45 @@ class Options(usage.Options):
             "How many bytes a client may fall behind before it is disconnected as a "
             "slow consumer.",
             _positive_int("--slow-consumer-bytes"),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            "Most STOMP connections (raw TCP and WebSocket together) one IP address may hold; "
+            "over it a TCP client gets ERROR 'too many connections', a WebSocket handshake "
+            "HTTP 429. 0: no limit.",
+            _non_negative_int("--max-connections-per-address"),
+        ],
+        [
+            "max-connect-bytes",
+            None,
+            DEFAULT_MAX_CONNECT_BYTES,
+            "Most bytes a client may send before its CONNECT frame is complete; more gets "
+            "ERROR 'connect frame too large' and the connection is closed.",
+            _positive_int("--max-connect-bytes"),
+        ],
+        [
+            "connect-timeout",
+            None,
+            SessionSettings().connect_timeout,
+            "Seconds a client has to send its CONNECT frame; later gets ERROR 'connect timeout'.",
+            _number("--connect-timeout", allow_zero=False),
+        ],
+        [
+            "http-header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "Seconds an HTTP client has to send its request line and headers, however it "
+            "trickles them; later gets HTTP 408 and the connection is closed.",
+            _number("--http-header-timeout", allow_zero=False),
+        ],
+        [
+            "http-idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds an HTTP connection may stay idle between requests before it is closed.",
+            _number("--http-idle-timeout", allow_zero=False),
         ],
         [
             "max-transactions",
@@ -272,11 +378,43 @@ class Options(usage.Options):
             "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
         ],
         [
+            "drain-window",
+            None,
+            5.0,
+            "On SIGTERM/SIGINT, the seconds over which connected clients are told to leave, "
+            "in batches, so they do not all reconnect elsewhere at once (0: all at once).",
+            _non_negative_seconds("--drain-window"),
+        ],
+        [
+            "shutdown-timeout",
+            None,
+            30.0,
+            "The longest a stop may take, in seconds: drain, flush unsaved messages, close. "
+            "Past it the server stops anyway and logs what was left.",
+            _positive_seconds("--shutdown-timeout"),
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "The log's format: 'text' (readable) or 'json' (one JSON object per line). "
+            "The log goes where twistd's --logfile says.",
+            parse_log_format,
+        ],
+        [
+            "metrics",
+            None,
+            "on",
+            "Serve Prometheus metrics at GET /metrics ('on' or 'off').",
+            parse_switch("--metrics"),
+        ],
+        [
             "config",
             "c",
             None,
-            "A TOML file of options (option names as keys, e.g. http = \"tcp:8080\"); "
-            "options given on the command line win.",
+            "A TOML file of options (option names as keys, e.g. http = \"tcp:8080\"). "
+            "Environment variables STOMP_CHAT_<OPTION> (e.g. STOMP_CHAT_DATABASE) override "
+            "it, and the command line overrides both.",
         ],
         *AUTH_PARAMETERS,
     ]
@@ -287,15 +425,16 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def parseOptions(self, options: Any = None) -> None:
-        """Read ``--config FILE`` first; the command line then overrides it."""
+        """Merge the sources: command line > environment > ``--config`` file > defaults."""
+        import os
         import sys
 
         argv = list(sys.argv[1:] if options is None else options)
-        path = _config_path(argv)
-        if path is not None:
-            known = {name for name, *_ in self.optParameters} - {"config"}
-            argv = config_arguments(path, known) + argv
-        super().parseOptions(argv)
+        known = coercions(self.optParameters, exclude={"config"})
+        path = config_path(argv, os.environ)
+        from_file = file_arguments(path, known) if path is not None else []
+        from_env = environment_arguments(os.environ, known)
+        super().parseOptions(from_file + from_env + argv)
 
     def postOptions(self) -> None:
         try:
@@ -315,51 +454,24 @@ class Options(usage.Options):
             ) from None
         if isinstance(self["heartbeat"], str):  # the default is not coerced
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
-        self["unauthenticated-listeners"] = resolve_auth_options(self)
+        if isinstance(self["metrics"], str):
+            self["metrics"] = parse_switch("--metrics")(self["metrics"])
+        resolve_auth_options(self)
+        self.endpoints: dict[str, Any] = {}
         for name in ("stomp", "http"):
-            self[name] = _check_endpoint(name, self[name])
+            parsed = _parse_endpoint(name, self[name])
+            if parsed is None:
+                self[name] = None
+            else:
+                self[name], self.endpoints[name] = parsed
+        self["unauthenticated-listeners"] = unauthenticated_listeners(self)
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
 
 
-def _config_path(argv: list[str]) -> str | None:
-    for index, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg in ("--config", "-c") and index + 1 < len(argv):
-            return argv[index + 1]
-    return None
-
-
-def config_arguments(path: str, known: set[str]) -> list[str]:
-    """Turn a TOML config file into ``--name=value`` arguments."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as error:
-        raise usage.UsageError(f"--config: cannot read {path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise usage.UsageError(f"--config: {path} is not valid TOML: {error}") from None
-    arguments = []
-    for key, value in data.items():
-        name = key.replace("_", "-")
-        if name not in known:
-            raise usage.UsageError(
-                f"--config: unknown option {key!r} in {path}; known: {', '.join(sorted(known))}"
-            )
-        if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        elif isinstance(value, bool) or not isinstance(value, str | int):
-            raise usage.UsageError(f"--config: {key} in {path} must be a string or a number")
-        arguments.append(f"--{name}={value}")
-    return arguments
-
-
-def _check_endpoint(name: str, description: str) -> str | None:
-    """Fail at start-up, as a usage error, on an endpoint string Twisted rejects."""
+def _parse_endpoint(name: str, description: str) -> tuple[str, Any] | None:
+    """The endpoint for a listener option, parsed once; a usage error if Twisted rejects it."""
     if description.strip().lower() == "none":
         return None
     from twisted.internet import endpoints, reactor
@@ -367,32 +479,42 @@ def _check_endpoint(name: str, description: str) -> str | None:
     description = with_default_backlog(description)
 
     try:
-        endpoints.serverFromString(reactor, description)
+        endpoint = endpoints.serverFromString(reactor, description)
     except Exception as error:  # parsing may fail anywhere: a TLS key file, a plugin
         raise usage.UsageError(f"--{name}: invalid endpoint {description!r}: {error}") from None
-    return description
+    return description, endpoint
 
 
 def makeService(options: Options) -> IService:
-    """Build the whole server from parsed options."""
+    """Build the whole server from parsed options: the one place parts are wired."""
     from twisted.internet import reactor
 
     database = options["database"]
-    if database.database != ":memory:":  # a memory database lives in the pool's connection
+    in_memory = database.database == ":memory:"  # it lives in the pool's one connection
+    if not in_memory:
         try:
             version = migrate_blocking(database)
         except Exception as error:  # any driver error: the message is what matters here
-            raise SystemExit(
-                f"stomp-chat: cannot start: the database {database.redacted()} is not usable: "
-                f"{error}".strip()
+            reason = " ".join(str(error).split())  # drivers' messages span lines
+            raise StartupError(
+                f"the database {database.redacted()} is not usable: {reason}"
             ) from None
         log.info("database schema at version {version}", version=version)
+    if options["redis"]:
+        try:
+            check_redis(options["redis"])
+        except RedisCheckFailed as error:
+            raise StartupError(
+                f"--redis {options['redis'].redacted()} is not usable: {error}"
+            ) from None
+
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
     pool = make_pool(database, reactor)
     store = AdbapiChatStore(pool)
+    timed_store = TimedStore(store, reactor) if options["metrics"] else None
     writer = WriteBehindWriter(
-        store,
+        timed_store or store,
         reactor,
         flush_interval=options["write-interval"] / 1000.0,
         max_batch=options["write-batch"],
@@ -422,6 +544,7 @@ def makeService(options: Options) -> IService:
     settings = SessionSettings(
         heartbeat=heartbeat,
         max_frame_size=options["max-frame-size"],
+        connect_timeout=options["connect-timeout"],
         max_transactions=options["max-transactions"],
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
@@ -436,19 +559,34 @@ def makeService(options: Options) -> IService:
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
     context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
-    stomp_factory = StompFactory(context, options["slow-consumer-bytes"])
+    stomp_factory = StompFactory(
+        context,
+        options["slow-consumer-bytes"],
+        max_connect_bytes=options["max-connect-bytes"],
+        connections=ConnectionCounter(options["max-connections-per-address"]),
+    )
 
-    listeners = MultiService()
-    for service in authentication.services:  # started before the ports, stopped after
-        service.setServiceParent(listeners)
+    database_probe = Probe(reactor, lambda: pool.runQuery("SELECT 1"), DEFAULT_PROBE_TIMEOUT)
+    probes = [database_probe]
+    redis_probe = None
+    if relay is not None:
+        redis_probe = Probe(reactor, relay.ping, DEFAULT_PROBE_TIMEOUT)
+        probes.append(redis_probe)
+
+    listeners: list[Listener] = []
+    on_drain = []
+    server_ref: list[ChatServer] = []
     if options["stomp"]:
-        strports.service(options["stomp"], stomp_factory).setServiceParent(listeners)
+        listeners.append(
+            Listener("stomp", options["stomp"], options.endpoints["stomp"], stomp_factory)
+        )
     if options["http"]:
         ws_factory = StompWebSocketFactory(
             stomp_factory,
             allowed_origins=options["allowed-origins"],
             reactor=reactor,
         )
+        on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
         api = ApiGate(
             ChatApi(chat, store, max_page=options["max-history-page"]),
             RestAuthenticator(
@@ -460,84 +598,100 @@ def makeService(options: Options) -> IService:
             ),
             options["allowed-origins"],
         )
+        checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer)
+        resources: dict[bytes, Any] = {
+            b"health": Health(lambda: {"connections": len(monitor)}),
+            b"ready": Ready(checks),
+        }
+        if options["metrics"]:
+            sources = MetricSources(
+                stats=context.stats,
+                broker=broker,
+                writer=writer,
+                sessions=monitor.sessions,
+                timed_store=timed_store,
+                database=database_probe,
+                redis=redis_probe,
+                draining=lambda: bool(server_ref) and server_ref[0].draining,
+            )
+            resources[b"metrics"] = Metrics(build_registry(sources))
         site = build_site(
             ws_factory,
             health=lambda: {"connections": len(monitor), "unsaved": writer.pending_count},
             api=api,
+            header_timeout=float(options["http-header-timeout"]),
+            idle_timeout=float(options["http-idle-timeout"]),
+            reactor=reactor,
+            resources=resources,
         )
-        strports.service(options["http"], site).setServiceParent(listeners)
-    return ChatServer(reactor, pool, writer, monitor, listeners, relay)
+        listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
+
+    logs = server_log(getattr(options, "parent", None), options["log-format"], reactor)
+    server = ChatServer(
+        reactor,
+        pool,
+        writer,
+        monitor,
+        listeners,
+        relay,
+        migrate_on_start=(lambda: migrate(pool)) if in_memory else None,
+        drain_window=options["drain-window"],
+        shutdown_timeout=options["shutdown-timeout"],
+        on_drain=on_drain,
+        # the password verifier's threads start before the listeners, stop after them
+        support=[ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL), *authentication.services],
+        server_log=logs,
+        open_connections=lambda: context.stats.open_connections,
+    )
+    server_ref.append(server)
+    return server
 
 
-#: How long start-up waits for the Redis relay before listening anyway.
-RELAY_READY_TIMEOUT = 5.0
+#: The WebSocket close code for "the server is going away".
+GOING_AWAY = 1001
 
 
-class ChatServer(MultiService):
-    """Starts and stops the server's parts in the order data safety needs.
+def readiness_checks(
+    server_ref: list[ChatServer],
+    database: Probe,
+    relay: RedisRelay | None,
+    redis: Probe | None,
+    writer: WriteBehindWriter,
+) -> dict[str, Any]:
+    """What ``/ready`` asks: listening, the database, Redis, the write-behind, draining."""
 
-    Start: migrate the schema, then the writer and heart-beats, then listen.
-    Stop: stop listening, close client sessions, flush the write-behind
-    buffer, and only then close the database pool. ``MultiService`` would
-    stop them all at once.
-    """
+    def listeners() -> dict[str, Any]:
+        up = bool(server_ref) and server_ref[0].listening
+        return {"ok": up, "state": "up" if up else "down"}
 
-    def __init__(
-        self,
-        reactor: Any,
-        pool: ChatConnectionPool,
-        writer: WriteBehindWriter,
-        monitor: HeartbeatMonitor,
-        listeners: MultiService,
-        relay: RedisRelay | None = None,
-    ) -> None:
-        super().__init__()
-        self.relay = relay
-        self.reactor = reactor
-        self.pool = pool
-        self.writer = writer
-        self.monitor = monitor
-        self.listeners = listeners
-        self._ready: Deferred[None] | None = None
+    def draining() -> dict[str, Any]:
+        now = bool(server_ref) and server_ref[0].draining
+        return {"ok": not now, "state": "draining" if now else "serving"}
 
-    def startService(self) -> None:
-        Service.startService(self)
-        self._ready = migrate(self.pool).addCallback(self._migrated)
-        self._ready.addErrback(self._cannot_start)
+    def write_behind() -> dict[str, Any]:
+        backlogged = writer.is_paused or writer.is_full
+        return {
+            "ok": not backlogged,
+            "state": "backlogged" if backlogged else "ok",
+            "pending": writer.pending_count,
+        }
 
-    @inlineCallbacks
-    def _migrated(self, version: int) -> Generator[Deferred[Any], Any, None]:
-        self.writer.startService()
-        if self.relay is not None:
-            self.relay.startService()
-            # Listen once relayed messages arrive, so that the first chat
-            # messages reach this server's own subscribers; a Redis that is
-            # down must not keep the server from serving its own clients.
-            ready = self.relay.ready()
-            ready.addTimeout(RELAY_READY_TIMEOUT, self.reactor)
-            try:
-                yield ready
-            except Exception:
-                log.warn("starting without the cluster relay: Redis is not answering yet")
-        self.monitor.startService()
-        self.listeners.startService()
+    def database_check() -> Any:
+        return database.check().addCallback(lambda result: result.as_check())
 
-    def _cannot_start(self, failure: Failure) -> None:
-        log.failure("cannot start", failure, log_level=LogLevel.critical)
-        self.reactor.stop()
+    checks: dict[str, Any] = {
+        "listeners": listeners,
+        "database": database_check,
+        "write_behind": write_behind,
+        "draining": draining,
+    }
+    if relay is not None and redis is not None:
+        probe = redis
 
-    @inlineCallbacks
-    def stopService(self) -> Generator[Deferred[Any], Any, None]:
-        Service.stopService(self)
-        if self._ready is not None:
-            yield self._ready
-        if self.listeners.running:
-            yield self.listeners.stopService()
-        self.monitor.close_all("server shutting down")
-        if self.monitor.running:
-            self.monitor.stopService()
-        if self.relay is not None and self.relay.running:
-            yield self.relay.stopService()
-        if self.writer.running:
-            yield self.writer.stopService()
-        self.pool.close()
+        def redis_check() -> Any:
+            if not relay.connected:
+                return {"ok": False, "state": "down", "error": "not connected"}
+            return probe.check().addCallback(lambda result: result.as_check())
+
+        checks["redis"] = redis_check
+    return checks

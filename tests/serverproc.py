@@ -34,6 +34,7 @@ class RunningServer:
 
     workdir: Path
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     stomp_port: int = 0
     http_port: int = 0
@@ -56,10 +57,7 @@ class RunningServer:
     def start(self, timeout: float = 20.0) -> RunningServer:
         if self.log_path.exists():
             self.log_path.unlink()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [_import_root(), *filter(None, [env.get("PYTHONPATH")])]
-        )
+        env = server_environment(self.env)
         command = [
             str(Path(sys.executable).parent / "twistd"),
             "--nodaemon",
@@ -88,6 +86,27 @@ class RunningServer:
         self.stop()
         raise RuntimeError(f"server did not start within {timeout}s:\n{self.log()}")
 
+    def signal(self, number: int) -> None:
+        """Send the server a signal."""
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the server to exit by itself; returns the exit code."""
+        process = self.process
+        assert process is not None
+        self.process = None
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"the server did not exit within {timeout}s") from None
+        finally:
+            if process.stdout:
+                process.stdout.close()
+        return process.returncode
+
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, as an init system would; returns the exit code."""
         process = self.process
@@ -104,6 +123,48 @@ class RunningServer:
         if process.stdout:
             process.stdout.close()
         return process.returncode
+
+
+def server_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server child: this checkout first on its import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_import_root(), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra or {})
+    return env
+
+
+def run_to_exit(
+    workdir: Path,
+    *args: str,
+    daemon: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, str, str]:
+    """Run ``twistd stomp-chat`` expecting it to exit; returns (code, terminal output, log)."""
+    log_path = workdir / "server.log"
+    mode = ["--pidfile", str(workdir / "twistd.pid")] if daemon else ["--nodaemon", "--pidfile="]
+    command = [
+        str(Path(sys.executable).parent / "twistd"),
+        *mode,
+        f"--logfile={log_path}",
+        "stomp-chat",
+        *args,
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=server_environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"twistd stomp-chat {' '.join(args)} did not exit") from None
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return process.returncode, output.decode(errors="replace"), log
 
 
 def assert_clean_stop(server: RunningServer) -> None:

@@ -220,6 +220,16 @@ def test_bad_tokens_are_refused(jwt_server):
     assert all(passcode not in log for passcode in bad)
 
 
+def test_token_on_the_websocket_handshake(jwt_server):
+    """A browser's token in ?access_token= or in the access_token cookie authenticates a CONNECT
+    that carries no credentials."""
+    reply = ws_connect(f"{jwt_server.ws_url}?access_token={token('web-1')}")
+    assert reply.startswith("CONNECTED\n"), reply
+    reply = ws_connect(jwt_server.ws_url, cookie=f"access_token={token('web-2')}")
+    assert reply.startswith("CONNECTED\n"), reply
+    assert_refused(ws_connect(jwt_server.ws_url))
+
+
 def test_stompjs_logs_in_with_a_jwt(jwt_server):
     """@stomp/stompjs connects with a token as its passcode; an expired one is refused."""
     good = run_js(jwt_server.ws_url, "", token("js-1"))

@@ -1776,3 +1776,28 @@ def test_send_rate_refills_with_time(clock):
         client.send("SEND", {"destination": "/topic/t"}, b"x")
         clock.advance(0.1)
     assert not client.closed
+
+
+def test_shut_down_sends_due_receipts_before_the_error(clock):
+    """shut_down stops reading, sends every RECEIPT still due, then ERROR, then closes."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.session.shut_down("server shutting down")
+    client.send("SEND", {"destination": "/app/slow", "receipt": "too-late"}, b"y")
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and error.headers["message"] == "server shutting down"
+    assert client.closed
+
+
+def test_shut_down_with_nothing_due_errors_at_once(context):
+    """With no RECEIPT due, shut_down sends ERROR and closes at once."""
+    client = connected(context)
+    client.session.shut_down("server shutting down")
+    assert_error_then_closed(client, message="server shutting down")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from stomp_chat.session import AuthenticationInterceptor, SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
+from tests.serverproc import run_to_exit
 
 #: A listener on a free loopback port (``--auth none`` listens nowhere else unless told).
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -243,6 +245,48 @@ def test_make_service_wires_options_into_the_stomp_factory(build):
     assert any(s is monitor for s in _reachable(root))
 
 
+def test_transport_limits_have_sane_defaults():
+    """The per-connection limits default to 256 per address, 64 KiB and 10 s before
+    CONNECT, and 10 s for HTTP headers."""
+    options = parse()
+    assert options["max-connections-per-address"] == 256
+    assert options["max-connect-bytes"] == 64 * 1024
+    assert options["connect-timeout"] == 10.0
+    assert options["http-header-timeout"] == 10.0
+    assert options["http-idle-timeout"] == 60.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-connections-per-address", "-1"], "cannot be negative"),
+        (["--max-connections-per-address", "many"], "whole number"),
+        (["--connect-timeout", "0"], "must be positive"),
+        (["--http-header-timeout", "soon"], "must be a number"),
+        (["--http-idle-timeout", "inf"], "must be positive"),
+        (["--max-connect-bytes", "0"], "positive"),
+    ],
+)
+def test_transport_limit_options_refuse_bad_values(args, message):
+    """Bad limit values are usage errors that say what is expected."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_make_service_wires_the_transport_limits(build):
+    """The connection cap, CONNECT limits and HTTP deadlines reach the factory and site."""
+    root = build("--stomp", LOOPBACK, "--http", LOOPBACK, "--max-connections-per-address", "0",
+                 "--max-connect-bytes", "2048", "--connect-timeout", "2.5",
+                 "--http-header-timeout", "3", "--http-idle-timeout", "40")
+    factories = [listener.factory for listener in _listeners(root)]
+    (stomp,) = [f for f in factories if isinstance(f, StompFactory)]
+    (site,) = [f for f in factories if isinstance(f, Site)]
+    assert stomp.connections.max_per_address == 0
+    assert stomp.max_connect_bytes == 2048
+    assert stomp.context.settings.connect_timeout == 2.5
+    assert (site.header_timeout, site.timeOut) == (3.0, 40.0)
+
+
 def test_make_service_without_stomp_listener(build):
     """--stomp none leaves only the HTTP listener."""
     root = build("--stomp", "none", "--http", LOOPBACK)
@@ -353,3 +397,55 @@ def test_none_beyond_loopback_warns_at_start_up(build):
         globalLogPublisher.removeObserver(events.append)
     warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
     assert any("--auth none: anyone who reaches tcp:0" in text for text in warnings), warnings
+
+
+# -- start-up failures on the real twistd ------------------------------------------------
+
+
+def _busy_port() -> tuple[socket.socket, int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    return holder, holder.getsockname()[1]
+
+
+STARTUP_FAILURES = {
+    "port clash": (["--http=tcp:{busy}:interface=127.0.0.1"], "Address already in use"),
+    "port out of range": (["--http=tcp:70000:interface=127.0.0.1"], "port must be 0-65535"),
+    "bad interface": (["--auth=none", "--http=tcp:0:interface=192.0.2.1"],
+                      "Cannot assign requested address"),
+    "none beyond loopback": (["--http=tcp:0:interface=192.0.2.1"],
+                             "listens beyond loopback while nobody is authenticated"),
+    "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),
+    "unreachable redis": (["--redis=redis://127.0.0.1:1/0"], "--redis"),
+    "bad config": (["--config=bad.toml"], "unknown option 'bogus'"),
+}
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
+@pytest.mark.parametrize("case", list(STARTUP_FAILURES))
+def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case, daemon):
+    """Each start-up failure exits non-zero, names its cause in one line, and logs no traceback."""
+    args, cause = STARTUP_FAILURES[case]
+    (tmp_path / "bad.toml").write_text('http = "tcp:0"\nbogus = 1\n')
+    holder, busy = _busy_port()
+    with holder:
+        code, output, log = run_to_exit(
+            tmp_path,
+            "--stomp=tcp:0:interface=127.0.0.1",
+            "--http=tcp:0:interface=127.0.0.1",
+            f"--database=sqlite:///{tmp_path / 'chat.db'}",
+            *(arg.format(busy=busy) for arg in args),
+            daemon=daemon,
+        )
+    assert code != 0, output + log
+    assert "Traceback" not in output + log
+    if daemon and "cannot listen" in log:
+        # The daemon's parent shows the first 100 bytes of the reason; the log has it all.
+        assert "cannot listen" in output
+        [line] = [line for line in log.splitlines() if "cannot start" in line]
+        assert cause in line
+    else:
+        [line] = [line for line in output.splitlines() if cause in line]
+        assert "cannot start" in line or "--" in line
+    assert "Site starting on" not in log, "nothing may serve HTTP"

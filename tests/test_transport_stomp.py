@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import time
+
+import pytest_twisted
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from stomp_chat.identity import Principal
 from stomp_chat.session import State
 from stomp_chat.stomp.frame import Frame, encode_frame
+from stomp_chat.transport.limits import ConnectionCounter
 from stomp_chat.transport.stomp import StompFactory, StompProtocol
+from tests.rawclients import (
+    SMALL_RCVBUF,
+    open_socket,
+    read_until_closed,
+    send_frame,
+    stomp_connect,
+    stomp_frames,
+    subscribe_frame,
+    ws_handshake,
+)
 from tests.stompfakes import OutputReader, make_context
 
 
@@ -25,10 +45,10 @@ class AbortRecordingTransport(StringTransport):
         super().abortConnection()
 
 
-def connect(slow_consumer_bytes: int = 1000, close_linger: float = 5.0):
+def connect(slow_consumer_bytes: int = 1000, close_linger: float = 5.0, **factory_kwargs):
     clock = Clock()
     context = make_context(clock=clock)
-    factory = StompFactory(context, slow_consumer_bytes, close_linger)
+    factory = StompFactory(context, slow_consumer_bytes, close_linger, **factory_kwargs)
     protocol = factory.buildProtocol(None)
     transport = AbortRecordingTransport()
     protocol.makeConnection(transport)
@@ -142,6 +162,49 @@ def test_no_abort_when_connection_closes_in_time():
     assert clock.getDelayedCalls() == []
 
 
+def test_repeated_pause_does_not_reset_the_backlog():
+    """Twisted pauses again on every write while its buffer is full: the count goes on."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    protocol.pauseProducing()
+    for _ in range(20):
+        publish(context, 100)
+        protocol.pauseProducing()
+    frames = frames_of(transport.value())
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].headers["message"] == "slow consumer"
+    assert transport.disconnecting
+
+
+def test_a_frame_larger_than_the_bound_in_flight_is_not_falling_behind():
+    """Two frames each larger than the bound, back to back, reach a client that is reading."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    publish(context, 5000)
+    protocol.pauseProducing()  # the first frame filled the buffer
+    publish(context, 5000)
+    protocol.pauseProducing()  # and again, on the second write
+    frames = frames_of(transport.value())
+    assert [f.command for f in frames] == ["MESSAGE", "MESSAGE"]
+    assert not transport.disconnecting
+    protocol.resumeProducing()  # the client read both
+    publish(context, 5000)
+    assert not transport.disconnecting
+
+
+def test_falling_behind_beyond_the_largest_frame_is_cut():
+    """Past the bound plus the largest frame written while paused, the client is cut."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    protocol.pauseProducing()
+    publish(context, 5000)
+    publish(context, 500)
+    assert not transport.disconnecting
+    publish(context, 600)
+    assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
+    assert transport.disconnecting
+
+
 def test_resume_resets_the_backlog():
     """resumeProducing forgets what was written while paused."""
     _, context, protocol, transport = connect(slow_consumer_bytes=1000)
@@ -252,6 +315,275 @@ def test_connection_lost_while_slicing_stops_handling_input():
     assert len(watcher) == handled < 200
 
 
+# -- bytes before CONNECT ------------------------------------------------------
+
+
+def test_garbage_before_connect_is_cut_at_the_limit():
+    """More than max_connect_bytes without a complete CONNECT gets ERROR, then close."""
+    _, context, protocol, transport = connect(max_connect_bytes=1024)
+    protocol.dataReceived(b"CONNECT\naccept-version:1.2\nx:" + b"y" * 900)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"y" * 200)
+    (frame,) = frames_of(transport.value())
+    assert frame.command == "ERROR"
+    assert frame.headers["message"] == "connect frame too large"
+    assert transport.disconnecting
+    assert protocol.session.state is State.CLOSED
+
+
+def test_frames_after_connect_do_not_count_against_the_connect_limit():
+    """A CONNECT within the limit, then a large SEND in the same read, is served."""
+    _, _, protocol, transport = connect(max_connect_bytes=256, slow_consumer_bytes=10**9)
+    protocol.dataReceived(
+        encode_frame(Frame("CONNECT", {"accept-version": "1.2"}))
+        + encode_frame(Frame("SEND", {"destination": "/topic/t", "receipt": "r"}, b"z" * 4000))
+    )
+    frames = frames_of(transport.value())
+    assert [f.command for f in frames] == ["CONNECTED", "RECEIPT"]
+    protocol.dataReceived(encode_frame(Frame("SEND", {"destination": "/topic/t"}, b"z" * 4000)))
+    assert not transport.disconnecting
+
+
+def test_a_connect_frame_exactly_at_the_limit_is_accepted():
+    """A CONNECT frame whose size equals max_connect_bytes is accepted."""
+    connect_frame = encode_frame(Frame("CONNECT", {"accept-version": "1.2"}))
+    _, _, protocol, transport = connect(max_connect_bytes=len(connect_frame))
+    for i in range(len(connect_frame)):
+        protocol.dataReceived(connect_frame[i : i + 1])
+    assert frames_of(transport.value())[0].command == "CONNECTED"
+
+
+# -- the per-address connection cap ---------------------------------------------
+
+
+def _tcp_peer(host: str = "192.0.2.7", port: int = 40000) -> IPv4Address:
+    return IPv4Address("TCP", host, port)
+
+
+def test_connections_over_the_cap_get_an_error_and_are_closed():
+    """Over the per-address cap a TCP client gets ERROR 'too many connections', then close."""
+    context = make_context()
+    factory = StompFactory(context, connections=ConnectionCounter(2))
+    open_ = []
+    for port in range(2):
+        protocol = factory.buildProtocol(_tcp_peer(port=port))
+        protocol.makeConnection(StringTransport(peerAddress=_tcp_peer(port=port)))
+        open_.append(protocol)
+    refused = factory.buildProtocol(_tcp_peer(port=99))
+    transport = StringTransport(peerAddress=_tcp_peer(port=99))
+    refused.makeConnection(transport)
+    (frame,) = frames_of(transport.value())
+    assert frame.command == "ERROR"
+    assert frame.headers["message"] == "too many connections"
+    assert transport.disconnecting
+    assert len(context.heartbeats) == 2, "the refused connection started no session"
+    other = factory.buildProtocol(_tcp_peer("192.0.2.8"))
+    assert isinstance(other, StompProtocol), "another address is not limited"
+    open_[0].connectionLost(Failure(ConnectionError("gone")))
+    assert isinstance(factory.buildProtocol(_tcp_peer(port=100)), StompProtocol)
+
+
+def test_connections_are_counted_until_lost():
+    """The factory's counter holds each open connection's address until it is lost."""
+    context = make_context()
+    factory = StompFactory(context, connections=ConnectionCounter(10))
+    protocol = factory.buildProtocol(_tcp_peer())
+    protocol.makeConnection(StringTransport(peerAddress=_tcp_peer()))
+    assert factory.connections.count("192.0.2.7") == 1
+    protocol.connectionLost(Failure(ConnectionError("gone")))
+    assert factory.connections.count("192.0.2.7") == 0
+
+
+# -- connection info and log lines ----------------------------------------------
+
+
+def test_raw_tcp_connection_info_is_built_from_the_socket():
+    """A raw TCP connection carries a ConnectionInfo naming its peer and transport."""
+    _, _, protocol, _ = connect()
+    info = protocol.connection
+    assert (info.peer, info.peer_host, info.transport, info.secure) == (
+        "192.0.2.7:40000", "192.0.2.7", "tcp", False,
+    )
+
+
+def _events(observer_events: list[dict]) -> list[str]:
+    return [formatEvent(event) for event in observer_events]
+
+
+def test_open_and_close_are_logged_with_reason_and_figures():
+    """One line when a connection opens and one when it closes: id, peer, user, bytes, why."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, _, protocol, transport = connect()
+        protocol.dataReceived(b"CONNECT\naccept-version:1.2\npasscode:secret\n\n\x00")
+        clock.advance(2.5)
+        protocol.dataReceived(b"BOGUS\n\n\x00")
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [line for line in _events(events) if line.startswith("connection ")]
+    session_id = protocol.session.session_id
+    assert lines[0] == f"connection {session_id} opened: 192.0.2.7:40000 over tcp"
+    closed = lines[-1]
+    assert closed.startswith(f"connection {session_id} closed: 192.0.2.7:40000 over tcp, user -")
+    assert "2.5 s" in closed
+    assert f"{len(transport.value())} bytes out" in closed
+    assert closed.endswith(": unknown command")
+    assert "secret" not in "\n".join(_events(events))
+
+
+def test_close_after_disconnect_and_after_peer_loss_are_told_apart():
+    """The close line says whether the client said DISCONNECT or just went away."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, _, polite, _ = connect()
+        polite.dataReceived(b"CONNECT\naccept-version:1.2\n\n\x00DISCONNECT\n\n\x00")
+        polite.connectionLost(Failure(ConnectionDone("bye")))
+        _, _, rude, _ = connect()
+        rude.connectionLost(Failure(ConnectionLost("reset by peer")))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    closed = [line for line in _events(events) if " closed: " in line]
+    assert closed[0].endswith("closed by the server after DISCONNECT")
+    assert "connection lost (" in closed[1] and closed[1].endswith("reset by peer.)")
+
+
+# -- against a real server, over real sockets -----------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_non_reading_subscriber_is_cut_and_the_server_holds_a_bounded_backlog(start_server):
+    """A TCP subscriber that stops reading is cut with ERROR 'slow consumer'; what the server
+    buffered for it stays near the bound while 40 MiB are published, and the publisher is
+    served throughout."""
+    server = start_server()
+    slow, slow_reader = stomp_connect(server.stomp_port, rcvbuf=SMALL_RCVBUF)
+    slow.sendall(subscribe_frame("/topic/flood"))
+    slow_reader.until("RECEIPT")
+    publisher, publisher_reader = stomp_connect(server.stomp_port)
+    body = b"p" * MiB
+    for i in range(40):
+        publisher.sendall(send_frame("/topic/flood", body, receipt=str(i) if i == 39 else None))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "39"
+    received = read_until_closed(slow)
+    frames = stomp_frames(received)
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].headers["message"] == "slow consumer"
+    # Bound (4 MiB) + the largest frame in flight + the frame that filled the buffer, plus
+    # what the kernels hold (send buffer up to 4 MiB, the small receive buffer).
+    assert len(received) < 11 * MiB, f"{len(received)} bytes were buffered for a non-reader"
+    assert sum(f.command == "MESSAGE" for f in frames) < 11
+    publisher.sendall(send_frame("/topic/flood", b"still here", receipt="after"))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "after"
+    log = server.log()
+    # with --auth none a client without a login is named guest-<hex>
+    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over tcp, user guest-[0-9a-f]{8}, "
+                     r"[\d.]+ s, "
+                     r"\d+ bytes in, \d+ bytes out: slow consumer", log), log
+
+
+def test_reader_at_a_realistic_pace_gets_two_8_mib_messages_back_to_back(start_server):
+    """Under default options a subscriber that keeps reading (64 KiB per read, parsing each,
+    a millisecond between reads) receives two 8 MiB messages sent back to back."""
+    server = start_server()
+    reader_sock, reader = stomp_connect(server.stomp_port, rcvbuf=SMALL_RCVBUF)
+    reader_sock.sendall(subscribe_frame("/topic/big"))
+    reader.until("RECEIPT")
+    publisher, publisher_reader = stomp_connect(server.stomp_port)
+    bodies = [bytes([65 + i]) * (8 * MiB) for i in range(2)]
+    publisher.sendall(b"".join(send_frame("/topic/big", body) for body in bodies))
+    first = reader.until("MESSAGE", chunk=1 << 16, pause=0.001)
+    second = reader.until("MESSAGE", chunk=1 << 16, pause=0.001)
+    assert (first.body, second.body) == (bodies[0], bodies[1])
+    reader_sock.sendall(send_frame("/topic/big", b"", receipt="alive"))
+    assert reader.until("RECEIPT").headers["receipt-id"] == "alive"
+    publisher.close()
+    reader_sock.close()
+
+
+def test_garbage_before_connect_is_cut_at_the_byte_limit(start_server):
+    """Bytes that never make a CONNECT frame get ERROR and close as soon as the limit is
+    passed, not after the CONNECT timeout."""
+    server = start_server("--max-connect-bytes=4096", "--connect-timeout=30")
+    sock = open_socket(server.stomp_port)
+    started = time.monotonic()
+    sock.sendall(b"CONNECT\naccept-version:1.2\nx:" + b"y" * 8192)
+    frames = stomp_frames(read_until_closed(sock))
+    assert time.monotonic() - started < 5
+    assert [f.headers.get("message") for f in frames] == ["connect frame too large"]
+
+
+def test_silent_connection_is_cut_after_the_connect_timeout_option(start_server):
+    """--connect-timeout sets how long a connection may go without CONNECT."""
+    server = start_server("--connect-timeout=1")
+    sock = open_socket(server.stomp_port)
+    started = time.monotonic()
+    frames = stomp_frames(read_until_closed(sock))
+    assert [f.headers.get("message") for f in frames] == ["connect timeout"]
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_per_address_cap_counts_tcp_and_websocket_together(start_server):
+    """With --max-connections-per-address=3, a 4th connection from 127.0.0.1 is refused:
+    over TCP with ERROR 'too many connections', over WebSocket with HTTP 429."""
+    server = start_server("--max-connections-per-address=3")
+    tcp = [stomp_connect(server.stomp_port)[0] for _ in range(2)]
+    ws, status, _ = ws_handshake(server.http_port)
+    assert status == 101
+    refused = open_socket(server.stomp_port)
+    frames = stomp_frames(read_until_closed(refused))
+    assert [f.headers.get("message") for f in frames] == ["too many connections"]
+    refused_ws, status, _ = ws_handshake(server.http_port)
+    assert status == 429
+    tcp[0].close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        again, status, _ = ws_handshake(server.http_port)
+        if status == 101:
+            break
+        time.sleep(0.05)
+    assert status == 101, "a closed connection frees its place"
+    for sock in (*tcp, ws, refused_ws, again):
+        sock.close()
+    log = server.log()
+    assert log.count("refusing connections from 127.0.0.1") == 1, log
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_delay_is_set_on_an_accepted_stomp_socket():
+    """An accepted raw STOMP socket has TCP_NODELAY set (read back with getsockopt)."""
+    from twisted.internet import reactor
+
+    factory = StompFactory(make_context(clock=reactor))
+    built: list[StompProtocol] = []
+    build = factory.buildProtocol
+
+    def record(addr):
+        protocol = build(addr)
+        built.append(protocol)
+        return protocol
+
+    factory.buildProtocol = record  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        for _ in range(200):
+            if built and built[0].connected:
+                break
+            await deferLater(reactor, 0.01)
+        handle = built[0].transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+        await port.stopListening()
+        for protocol in built:
+            protocol.transport.abortConnection()
+        await deferLater(reactor, 0.01)
+
+
 def test_session_gets_tcp_connection_info():
     """The session's ConnectionInfo names the TCP peer, its host and the tcp transport."""
     _, _, protocol, _ = connect()
@@ -292,3 +624,54 @@ def test_pause_during_slicing_stops_the_slices():
         clock.advance(0)
     assert len(frames_of(transport.value())) == 20
     assert transport.producerState == "producing"
+
+
+class _SlowAuthenticator:
+    """Answers CONNECT later, as a database or a token check would."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred] = []
+
+    def authenticate(self, frame, connection):
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def test_input_behind_connect_waits_for_a_slow_authenticator_within_the_connect_limit():
+    """Frames pipelined behind CONNECT past the byte limit wait for authentication, in order."""
+    authenticator = _SlowAuthenticator()
+    context = make_context(clock=Clock(), authenticator=authenticator)
+    protocol = StompFactory(context, 10**9, max_connect_bytes=200).buildProtocol(None)
+    transport = AbortRecordingTransport()
+    protocol.makeConnection(transport)
+    connect_frame = encode_frame(Frame("CONNECT", {"accept-version": "1.2"}))
+    subscribe = encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0",
+                                                 "receipt": "s"}))
+    protocol.dataReceived(connect_frame + subscribe + b"\n" * 300)
+    assert not transport.disconnecting
+    authenticator.pending[0].callback(Principal("u1", "alice"))
+    frames = frames_of(transport.value())
+    assert [f.command for f in frames] == ["CONNECTED", "RECEIPT"]
+    assert not transport.disconnecting
+
+
+def test_the_close_line_names_the_authenticated_user():
+    """Once the session has a principal, the close line names the user, not '-'."""
+    authenticator = _SlowAuthenticator()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        context = make_context(clock=Clock(), authenticator=authenticator)
+        protocol = StompFactory(context).buildProtocol(None)
+        protocol.makeConnection(AbortRecordingTransport())
+        protocol.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2",
+                                                             "passcode": "hunter2"})))
+        authenticator.pending[0].callback(Principal("u1", "alice"))
+        protocol.connectionLost(Failure(ConnectionDone("bye")))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = _events(events)
+    (closed,) = [line for line in lines if " closed: " in line]
+    assert ", user alice, " in closed
+    assert not any("hunter2" in line for line in lines)

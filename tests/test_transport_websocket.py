@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import struct
+import time
 from collections import deque
 
 import pytest
 import txaio
+from autobahn.exception import Disconnected
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address
@@ -17,12 +20,23 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from stomp_chat.stomp.frame import Frame, encode_frame
+from stomp_chat.transport.limits import ConnectionCounter
 from stomp_chat.transport.stomp import StompFactory
 from stomp_chat.transport.websocket import (
     STOMP_SUBPROTOCOLS,
     StompWebSocketFactory,
     WebSocketFrameTransport,
     origin_matches,
+)
+from tests.rawclients import (
+    SMALL_RCVBUF,
+    read_until_closed,
+    send_frame,
+    stomp_connect,
+    subscribe_frame,
+    ws_close_frame,
+    ws_frame,
+    ws_stomp_connect,
 )
 from tests.stompfakes import OutputReader, make_context
 
@@ -125,6 +139,7 @@ def request(protocols=(), origin=None, host="chat.example.com") -> ConnectionReq
 
 def handshake(factory: StompWebSocketFactory, req: ConnectionRequest):
     protocol = factory.buildProtocol(None)
+    protocol.transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.9", 4000))
     return protocol.onConnect(req)
 
 
@@ -254,18 +269,27 @@ def client_frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
 
 
 class FakeWebSocket:
-    """Stands in for an open Autobahn protocol: records sendMessage and raw TCP writes."""
+    """Stands in for an Autobahn protocol: records sendMessage and raw TCP writes.
 
-    def __init__(self, open_: bool = True) -> None:
+    Like Autobahn, it refuses ``sendMessage`` unless the WebSocket is open.
+    """
+
+    def __init__(self, state: int = WebSocketProtocol.STATE_OPEN) -> None:
         self.sent: list[tuple[bytes, bool]] = []
         self.closes: list[int] = []
+        self.pongs: list[bytes] = []
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.1", 5555))
-        self.state = WebSocketProtocol.STATE_OPEN if open_ else WebSocketProtocol.STATE_CLOSING
+        self.state = state
         self.send_queue: deque = deque()
         self._perMessageCompress = None
 
     def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            raise Disconnected("Attempt to send on a closed protocol")
         self.sent.append((payload, isBinary))
+
+    def send_held_pong(self) -> None:
+        self.pongs.append(b"held")
 
     def sendClose(self, code: int | None = None) -> None:
         self.closes.append(code)
@@ -275,9 +299,13 @@ class FakeWebSocket:
         return self.sent + server_messages(self.transport.value())
 
 
-@pytest.fixture(params=[True, False], ids=["open", "closing"])
+@pytest.fixture(params=[False, True], ids=["direct", "behind-queued-data"])
 def fake_ws(request) -> FakeWebSocket:
-    return FakeWebSocket(open_=request.param)
+    """An open WebSocket; with queued data, frames go through Autobahn's sendMessage."""
+    ws = FakeWebSocket()
+    if request.param:
+        ws.send_queue.append(b"")
+    return ws
 
 
 def test_write_sends_utf8_as_text(fake_ws):
@@ -334,13 +362,48 @@ def test_abort_connection_aborts_the_tcp_transport():
     assert ws.transport.disconnected
 
 
-def test_register_producer_replaces_a_previous_one():
-    """registerProducer takes over from a producer the HTTP channel left registered."""
+@pytest.mark.parametrize(
+    "state", [WebSocketProtocol.STATE_CLOSING, WebSocketProtocol.STATE_CLOSED]
+)
+@pytest.mark.parametrize("queued", [False, True])
+def test_write_to_a_closing_websocket_is_dropped(state, queued):
+    """Once a Close was sent or received, writes are dropped: nothing is sent, nothing raises."""
+    ws = FakeWebSocket(state)
+    if queued:
+        ws.send_queue.append(b"earlier")
+    transport = WebSocketFrameTransport(ws)
+    transport.write(encode_frame(Frame("MESSAGE", {"destination": "/topic/t"}, b"late")))
+    transport.writeSequence([b"\n"])
+    assert ws.sent == []
+    assert ws.transport.value() == b""
+
+
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:
+        self.calls.append("stop")
+
+
+def test_register_producer_replaces_a_previous_one_and_relays_to_it():
+    """registerProducer takes over from the HTTP channel's producer and relays every call."""
     ws = FakeWebSocket()
     ws.transport.registerProducer(object(), True)
-    producer = object()
+    producer = RecordingProducer()
     WebSocketFrameTransport(ws).registerProducer(producer, True)
-    assert ws.transport.producer is producer
+    registered = ws.transport.producer
+    registered.pauseProducing()
+    registered.resumeProducing()
+    registered.stopProducing()
+    assert producer.calls == ["pause", "resume", "stop"]
+    assert ws.pongs == [b"held"], "a held pong goes out when the socket drains"
 
 
 def test_peer_and_host_come_from_tcp():
@@ -378,11 +441,12 @@ class WSConnection:
     """One server-side StompWebSocketProtocol on a StringTransport, after its handshake."""
 
     def __init__(self, clock: Clock, protocols=("v12.stomp",), origin: str | None = None,
-                 host: str = "chat.example.com", context=None, **factory_kwargs) -> None:
+                 host: str = "chat.example.com", context=None, stomp_factory=None,
+                 **factory_kwargs) -> None:
         self.clock = clock
         self.context = context or make_context(clock=clock)
-        self.factory = StompWebSocketFactory(StompFactory(self.context), reactor=clock,
-                                             **factory_kwargs)
+        self.factory = StompWebSocketFactory(stomp_factory or StompFactory(self.context),
+                                             reactor=clock, **factory_kwargs)
         peer = IPv4Address("TCP", "203.0.113.5", 40000)
         self.protocol = self.factory.buildProtocol(peer)
         self.transport = StringTransport(peerAddress=peer)
@@ -580,6 +644,124 @@ def test_oversized_frame_over_websocket_gets_stomp_error(clock):
     assert close_codes(conn.wire()) == [1000]
 
 
+# -- ConnectionInfo from a real Autobahn handshake ------------------------------
+
+
+def test_the_stomp_connection_carries_the_handshake_as_connection_info(clock):
+    """Headers (lower-cased), cookies, query, Origin and peer reach the STOMP protocol."""
+    conn = WSConnection(clock, origin="https://app.example.com",
+                        allowed_origins=["https://*.example.com"])
+    info = conn.protocol.stomp.connection
+    assert info.transport == "ws"
+    assert (info.peer, info.peer_host, info.secure) == ("203.0.113.5:40000", "203.0.113.5", False)
+    assert info.origin == "https://app.example.com"
+    assert info.headers["sec-websocket-protocol"] == "v12.stomp"
+    assert info.headers["host"] == "chat.example.com"
+
+
+def test_handshake_over_the_per_address_cap_gets_429(clock):
+    """A handshake from an address at its cap is refused with 429, before any session."""
+    context = make_context(clock=clock)
+    stomp_factory = StompFactory(context, connections=ConnectionCounter(1))
+    first = WSConnection(clock, context=context, stomp_factory=stomp_factory)
+    assert first.status == 101
+    second = WSConnection(clock, context=context, stomp_factory=stomp_factory)
+    assert second.status == 429
+    assert len(context.heartbeats) == 1
+
+
+# -- against a real server, over real sockets -----------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_non_reading_websocket_subscriber_is_cut_with_a_bounded_backlog(start_server):
+    """A WebSocket subscriber that stops reading is cut with ERROR 'slow consumer' while the
+    server buffers a bounded amount for it and keeps serving the publisher."""
+    server = start_server()
+    slow, slow_reader = ws_stomp_connect(server.http_port, rcvbuf=SMALL_RCVBUF)
+    slow.sendall(ws_frame(subscribe_frame("/topic/flood")))
+    slow_reader.until("RECEIPT")
+    publisher, publisher_reader = stomp_connect(server.stomp_port)
+    body = b"p" * MiB
+    for i in range(40):
+        publisher.sendall(send_frame("/topic/flood", body, receipt=str(i) if i == 39 else None))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "39"
+    received = read_until_closed(slow)
+    slow_reader.feed(received)
+    frames = slow_reader.stomp.frames
+    assert frames[-1].command == "ERROR"
+    assert frames[-1].headers["message"] == "slow consumer"
+    assert len(received) < 11 * MiB, f"{len(received)} bytes were buffered for a non-reader"
+    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over ws, .*: slow consumer",
+                     server.log())
+
+
+def test_closing_websocket_subscriber_never_disconnects_the_publisher(start_server):
+    """A subscriber whose WebSocket sent Close but whose TCP connection lingers (it reads
+    nothing) is skipped: the publisher keeps its connection and later subscribers receive."""
+    server = start_server("--slow-consumer-bytes=67108864")
+    closing, closing_reader = ws_stomp_connect(server.http_port, rcvbuf=SMALL_RCVBUF)
+    closing.sendall(ws_frame(subscribe_frame("/topic/room")))
+    closing_reader.until("RECEIPT")
+    later, later_reader = ws_stomp_connect(server.http_port)
+    later.sendall(ws_frame(subscribe_frame("/topic/room")))
+    later_reader.until("RECEIPT")
+    publisher, publisher_reader = stomp_connect(server.stomp_port)
+
+    # Fill what the server holds for the first subscriber beyond the kernel's buffers, so
+    # that its TCP connection cannot close once its WebSocket is closing.
+    body = b"f" * (256 * 1024)
+    count = 48
+    for i in range(count):
+        publisher.sendall(send_frame("/topic/room", body, receipt="filled" if i == count - 1
+                                     else None))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "filled"
+    for _ in range(count):
+        later_reader.until("MESSAGE")
+    closing.sendall(ws_close_frame(1001))
+    time.sleep(0.3)  # the server reads the Close and starts its closing handshake
+
+    publisher.sendall(send_frame("/topic/room", b"after the close", receipt="after"))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "after"
+    assert later_reader.until("MESSAGE").body == b"after the close"
+    publisher.sendall(send_frame("/topic/room", b"and again", receipt="again"))
+    assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "again"
+    assert later_reader.until("MESSAGE").body == b"and again"
+    # The closing subscriber's session ended with its Close; its TCP connection, which it
+    # never let close, is cut after the close linger (5 s).
+    deadline = time.monotonic() + 10
+    pattern = r"connection \w+ closed: 127\.0\.0\.1:\d+ over ws, .*: websocket closed by the " \
+              r"client \(1001\); cut after 5.0 s unread"
+    while not re.search(pattern, server.log()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = server.log()
+    assert re.search(pattern, log), log
+    assert "internal server error" not in log and "Traceback" not in log, log
+    for sock in (closing, later, publisher):
+        sock.close()
+
+
+def test_ping_flood_from_a_client_that_never_reads_is_bounded(start_server):
+    """Pings from a client that never reads its pongs are answered only while the socket
+    drains: the server holds a bounded number of pongs, and the connection still works."""
+    server = start_server()
+    sock, reader = ws_stomp_connect(server.http_port, rcvbuf=SMALL_RCVBUF)
+    ping = ws_frame(b"x" * 125, 0x9)
+    pings = 200_000  # 25 MiB of pings; unbounded, the pongs would take as much again
+    batch = ping * 1000
+    for _ in range(pings // 1000):
+        sock.sendall(batch)
+    sock.sendall(ws_frame(encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0",
+                                                           "receipt": "still-served"}))))
+    reader.until("RECEIPT", timeout=30)
+    # Everything before the RECEIPT has been read: the pongs the server held and sent. The
+    # kernel's buffers (a send buffer of up to 4 MiB) hold most of them.
+    pong_bytes = reader.pongs * (2 + 125)
+    assert 0 < pong_bytes < 6 * MiB, f"{reader.pongs} pongs for {pings} pings"
+    sock.close()
+
+
 def test_session_connection_info_says_websocket(clock):
     """A session opened over WebSocket carries a ws ConnectionInfo with the TCP peer's host."""
     conn = WSConnection(clock)
@@ -587,3 +769,19 @@ def test_session_connection_info_says_websocket(clock):
     assert connection.transport == "ws"
     assert connection.peer_host == "203.0.113.5"
     assert connection.secure is False
+
+
+def test_close_from_the_client_ends_the_session_at_once(clock):
+    """A client's Close releases its subscriptions now; a peer that never lets TCP close is cut
+    after the close linger."""
+    conn = WSConnection(clock)
+    conn.send(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    conn.send(encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0"})))
+    assert conn.context.broker.subscriber_count("/topic/t") == 1
+    conn.receive(client_frame(struct.pack("!H", 1001), 0x8))
+    assert conn.context.broker.subscriber_count("/topic/t") == 0
+    assert close_codes(conn.wire()) == [1000]  # Autobahn answers with a normal close
+    conn.context.broker.publish("/topic/t", b"nobody listens")  # nothing raises
+    assert not conn.transport.disconnected
+    clock.advance(5.0)
+    assert conn.transport.disconnected

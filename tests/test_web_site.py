@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 
+import pytest_twisted
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -67,3 +73,129 @@ def test_the_api_is_mounted_under_api() -> None:
 def test_tracebacks_are_never_shown() -> None:
     """The site never puts a Python traceback into an HTTP answer."""
     assert build_site(object()).displayTracebacks is False
+
+
+# -- the request-header deadline and idle timeout --------------------------------
+
+
+def _channel(header_timeout: float = 10.0, idle_timeout: float = 60.0):
+    clock = Clock()
+    site = build_site(object(), header_timeout=header_timeout, idle_timeout=idle_timeout,
+                      reactor=clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1234))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 1234))
+    channel.makeConnection(transport)
+    return clock, channel, transport
+
+
+def test_headers_trickled_past_the_deadline_get_408_and_close() -> None:
+    """A request line and headers sent a byte at a time are cut at the deadline with 408."""
+    clock, channel, transport = _channel(header_timeout=10.0)
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 60:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(0.3)  # each byte resets twisted.web's own idle timeout
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting
+    assert 9.9 < clock.seconds() < 10.3
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"] == "request-timeout"
+
+
+def test_a_silent_connection_is_closed_at_the_header_deadline() -> None:
+    """A connection that sends nothing is closed when the header deadline passes."""
+    clock, _, transport = _channel(header_timeout=2.0)
+    clock.advance(1.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting
+
+
+def test_headers_in_time_are_served_and_the_deadline_restarts_per_request() -> None:
+    """A prompt request is answered; on keep-alive the next deadline starts at its first byte."""
+    clock, channel, transport = _channel(header_timeout=2.0, idle_timeout=60.0)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    clock.advance(30)  # idle between requests: only the idle timeout applies
+    assert not transport.disconnecting
+    channel.dataReceived(b"GET /hea")
+    clock.advance(2.1)
+    assert transport.disconnecting
+    assert b"HTTP/1.1 408 " in transport.value()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() -> None:
+    """Between requests a connection may idle for idle_timeout, not twisted.web's 12 hours."""
+    clock, channel, transport = _channel(header_timeout=2.0, idle_timeout=60.0)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    clock.advance(59)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting
+
+
+def test_the_site_logs_as_site() -> None:
+    """The listening line stays 'Site starting on PORT', which tooling reads."""
+    assert build_site(object()).logPrefix() == "Site"
+
+
+def test_slow_headers_over_a_real_socket_are_cut(start_server) -> None:
+    """Against a real server with --http-header-timeout=1, a client trickling one header
+    byte every 0.2 s gets 408 and is closed within about a second, not after minutes."""
+    server = start_server("--http-header-timeout=1")
+    sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=5)
+    started = time.monotonic()
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"z" * 100
+    received = b""
+    try:
+        for byte in request:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.2)
+            if time.monotonic() - started > 4:
+                break
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    sock.settimeout(2)
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    elapsed = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    assert elapsed < 5
+    sock.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_delay_is_set_on_an_accepted_http_socket() -> None:
+    """An accepted HTTP (and so WebSocket) socket has TCP_NODELAY set, read with getsockopt."""
+    from twisted.internet import reactor
+
+    site = build_site(object(), reactor=reactor)
+    channels = []
+    build = site.buildProtocol
+
+    def record(addr):
+        channel = build(addr)
+        channels.append(channel)
+        return channel
+
+    site.buildProtocol = record  # type: ignore[method-assign]
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        for _ in range(200):
+            if channels and channels[0].transport is not None:
+                break
+            await deferLater(reactor, 0.01)
+        handle = channels[0].transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+        await port.stopListening()
+        for channel in channels:
+            if channel.transport is not None:
+                channel.transport.abortConnection()
+        await deferLater(reactor, 0.01)

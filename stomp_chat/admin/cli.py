@@ -109,10 +109,12 @@ class UserOptions(usage.Options):
             raise usage.UsageError("say what to do: add, list, remove or passwd")
 
 
-def _server_option_names() -> set[str]:
+def _server_options() -> dict[str, Any]:
+    """The server's options (name -> coercion), which its config file and environment set."""
+    from stomp_chat.config import coercions
     from stomp_chat.tap import Options
 
-    return {parameter[0] for parameter in Options.optParameters}
+    return coercions(Options.optParameters, exclude={"config"})
 
 
 def _default_database() -> str:
@@ -130,8 +132,11 @@ class AdminOptions(usage.Options):
         "Give the same --database or --config as the server."
     )
     optParameters = [
-        ["config", "c", None, "The server's TOML config file; its database key is used."],
-        ["database", None, None, "Database URL (default: the server's default)."],
+        ["config", "c", None,
+         "The server's TOML config file (or STOMP_CHAT_CONFIG); its database key is used."],
+        ["database", None, None,
+         "Database URL (default: STOMP_CHAT_DATABASE, the config file's, or the server's "
+         "default)."],
     ]
     subCommands = [["user", None, UserOptions, "Manage users."]]
 
@@ -146,10 +151,17 @@ class AdminOptions(usage.Options):
         if self.subCommand is None:
             raise usage.UsageError("say what to manage: user")
         url = self["database"]
-        if url is None and self["config"]:
-            from stomp_chat.tap import config_arguments
+        if url is None:
+            # as the server: STOMP_CHAT_DATABASE, else the config file, else the default
+            import os
 
-            for argument in config_arguments(self["config"], _server_option_names()):
+            from stomp_chat.config import config_path, environment_arguments, file_arguments
+
+            known = _server_options()
+            path = self["config"] or config_path([], os.environ)
+            arguments = file_arguments(path, known) if path else []
+            arguments += environment_arguments(os.environ, known)
+            for argument in arguments:
                 if argument.startswith("--database="):
                     url = argument.split("=", 1)[1]
         try:

@@ -109,6 +109,8 @@ class Broker:
         #: Called with every message published locally, e.g. to relay it to
         #: other server processes.
         self.published_listeners: list[Callable[[str, Message], object]] = []
+        #: Messages published here (a counter for metrics).
+        self.published_count = 0
 
     # -- subscriptions ---------------------------------------------------
 
@@ -193,6 +195,7 @@ class Broker:
             # A message for /user/{name}/queue/x shows as /user/queue/x.
             shown = USER_PREFIX + destination[len(USER_PREFIX) :].partition("/")[2]
         message = Message(shown, self.new_message_id(), body, headers)
+        self.published_count += 1
         self.route(destination, message)
         for listener in self.published_listeners:
             listener(destination, message)

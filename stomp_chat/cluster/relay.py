@@ -228,6 +228,12 @@ class RedisRelay(Service):
         """Whether commands can be sent to Redis right now."""
         return self._commands_up
 
+    def ping(self) -> Deferred[Any]:
+        """PING over the commands link: how health checks time Redis."""
+        if self._commands is None:
+            raise RedisUnavailable("the relay is not started")
+        return self._commands.ping()  # type: ignore[no-any-return]
+
     def ready(self) -> Deferred[None]:
         """Fires when this server receives relayed messages."""
         if self._is_ready:

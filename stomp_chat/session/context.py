@@ -12,6 +12,7 @@ from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor
 from stomp_chat.interceptors import Interceptor
+from stomp_chat.stats import ServerStats
 from stomp_chat.stomp.parser import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_HEADER_LENGTH,
@@ -40,7 +41,7 @@ class SessionSettings:
     server_name: str = f"stomp-chat/{__version__}"
     #: What the server can send and wants to receive, in ms (sx, sy).
     heartbeat: tuple[int, int] = (10_000, 10_000)
-    connect_timeout: float = 30.0
+    connect_timeout: float = 10.0
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_headers: int = DEFAULT_MAX_HEADERS
     max_header_length: int = DEFAULT_MAX_HEADER_LENGTH
@@ -65,3 +66,5 @@ class ServerContext:
     #: The inbound chain, in order; authentication comes first. Empty: every
     #: CONNECT is accepted anonymously and frames go straight to the handlers.
     interceptors: list[Interceptor] = field(default_factory=list)
+    #: Counters read by /metrics.
+    stats: ServerStats = field(default_factory=ServerStats)

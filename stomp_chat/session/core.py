@@ -74,6 +74,7 @@ class StompSession:
         "__weakref__",
         "_acks",
         "_close_after_receipts",
+        "_shutdown_message",
         "_held",
         "_incoming",
         "_last_read",
@@ -128,6 +129,7 @@ class StompSession:
         self._transaction_bytes = 0
         self._receipts = OrderedReceipts(self._write_receipt, self._receipts_drained)
         self._close_after_receipts = False
+        self._shutdown_message: str | None = None
         #: An interceptor's Deferred is pending: input is paused.
         self._waiting = False
         #: Frames parsed behind a waiting one (at most what one read held).
@@ -182,6 +184,7 @@ class StompSession:
 
     def frame_received(self, frame: Frame) -> None:
         """Pass one frame through the interceptors, then to its handler."""
+        self.context.stats.frame_received(frame.command)
         self._partial_since = None  # whatever follows is a new frame
         state = self.state
         if state is State.CLOSED:
@@ -323,6 +326,7 @@ class StompSession:
         if self.principal is not None:
             headers["user-name"] = self.principal.name
         self._write(encode_frame(Frame("CONNECTED", headers), version))
+        self.context.stats.frames_sent["CONNECTED"] += 1
 
     # -- SEND ------------------------------------------------------------
 
@@ -437,6 +441,7 @@ class StompSession:
                 data = message.head(self.version) + subscription.wire + message.tail
         self._sent = True
         self.transport.write(data)
+        self.context.stats.delivered += 1
 
     # -- ACK / NACK --------------------------------------------------------
 
@@ -525,10 +530,27 @@ class StompSession:
     def _write_receipt(self, receipt_id: str) -> None:
         if self.state is State.CONNECTED:
             self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
+            self.context.stats.frames_sent["RECEIPT"] += 1
 
     def _receipts_drained(self) -> None:
         if self._close_after_receipts:
-            self.close()
+            if self._shutdown_message is not None:
+                self.fail(self._shutdown_message)
+            else:
+                self.close()
+
+    @property
+    def pending_receipts(self) -> int:
+        """RECEIPTs owed to the client and not sent yet."""
+        return len(self._receipts)
+
+    def shut_down(self, message: str) -> None:
+        """Stop reading; once every RECEIPT due has gone out, send ERROR and close."""
+        self.parser.stop()
+        self._shutdown_message = message
+        self._close_after_receipts = True
+        if not self._receipts:
+            self.fail(message)
 
     # -- errors and closing ----------------------------------------------
 
@@ -557,6 +579,8 @@ class StompSession:
         )
         try:
             self._write(encode_frame(Frame("ERROR", headers, body), self.version))
+            self.context.stats.frames_sent["ERROR"] += 1
+            self.context.stats.error_sent(message)
         except Exception:
             # A transport that refuses writes must not keep the session open.
             log.failure("could not send ERROR to {peer}", peer=self.peer)

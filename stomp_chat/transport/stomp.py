@@ -1,29 +1,44 @@
 """The STOMP protocol on a byte stream (raw TCP, or a WebSocket's messages).
 
 A thin Twisted protocol: bytes go to the session, whose frames come back
-through ``write``. It owns the one thing the session must not know about,
-the socket's back-pressure: it registers itself as the transport's push
-producer, so Twisted says when the peer stops reading, and it closes a peer
-that falls further behind than ``slow_consumer_bytes``.
+through ``write``. It owns what the session must not know about sockets:
+
+* back-pressure: it is the transport's push producer, so Twisted says when
+  the peer stops reading, and it closes a peer that falls further behind than
+  ``slow_consumer_bytes`` beyond the largest frame in flight;
+* the bytes a client may send before its CONNECT frame is complete;
+* the per-address connection count, and one log line when a connection
+  opens and one when it closes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from stomp_chat.identity import TRANSPORT_TCP, ConnectionInfo
-from stomp_chat.session import ServerContext, StompSession
+from stomp_chat.identity import ConnectionInfo
+from stomp_chat.session import ServerContext, State, StompSession
+from stomp_chat.stomp.frame import V1_0, Frame, FrameError, encode_frame, unescape_header
+from stomp_chat.transport.connection import connection_info_from_transport
+from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS, ConnectionCounter
+
+log = Logger()
 
 DEFAULT_SLOW_CONSUMER_BYTES = 4 * 1024 * 1024
+#: A CONNECT frame with a JWT is a few KiB; a client sending more before its
+#: CONNECT is complete is not speaking STOMP.
+DEFAULT_MAX_CONNECT_BYTES = 64 * 1024
 #: The most input handled in one go before the reactor gets a turn.
 DEFAULT_INPUT_SLICE = 8 * 1024
 #: How long a closing connection may take to flush before it is cut.
 DEFAULT_CLOSE_LINGER = 5.0
+
+_ERROR_PREFIX = b"ERROR"
 
 
 @implementer(IPushProducer)
@@ -38,13 +53,23 @@ class StompProtocol(Protocol):
         context: ServerContext,
         slow_consumer_bytes: int = DEFAULT_SLOW_CONSUMER_BYTES,
         close_linger: float = DEFAULT_CLOSE_LINGER,
+        *,
+        max_connect_bytes: int = DEFAULT_MAX_CONNECT_BYTES,
+        connections: ConnectionCounter | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
         self.close_linger = close_linger
+        self.max_connect_bytes = max_connect_bytes
+        self.connections = connections
+        #: Set by the WebSocket adapter before the connection is made; built
+        #: from the socket otherwise.
+        self.connection: ConnectionInfo | None = None
         self._paused = False
-        #: Bytes written since the transport said its buffer was full.
+        #: Bytes written since the transport said its buffer was full, and the
+        #: largest single frame among them.
         self._backlog = 0
+        self._largest = 0
         self._overflowed = False
         self._abort_call: IDelayedCall | None = None
         self.input_slice = DEFAULT_INPUT_SLICE
@@ -52,19 +77,37 @@ class StompProtocol(Protocol):
         self._unread: list[bytes] = []
         #: The session asked for no input (an interceptor is waiting).
         self._reading_paused = False
+        #: Bytes received while no CONNECT frame was complete yet; None after.
+        self._connect_bytes: int | None = 0
+        self._opened_at = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Why the connection ended, for its log line.
+        self.close_reason: str | None = None
+
+    @property
+    def writes_paused(self) -> bool:
+        """Whether the transport's write buffer is full (the peer is not keeping up)."""
+        return self._paused
 
     def connectionMade(self) -> None:
+        if self.connection is None:
+            self.connection = connection_info_from_transport(self.transport)
+            set_no_delay(self.transport)
+        connection = self.connection
+        self.kind = connection.transport
+        self.context.stats.connection_opened(self.kind)
         self.transport.registerProducer(self, True)
-        peer = self.transport.getPeer()
-        host = getattr(peer, "host", None)
-        label = f"{host}:{getattr(peer, 'port', '')}" if host is not None else str(peer)
-        connection = ConnectionInfo(
-            peer=label,
-            peer_host=host or "",
-            transport=getattr(self.transport, "stomp_transport", TRANSPORT_TCP),
-            secure=ISSLTransport.providedBy(getattr(self.transport, "socket", self.transport)),
-        )
+        if self.connections is not None:
+            self.connections.opened(connection.peer_host)
+        self._opened_at = self.context.clock.seconds()
         self.session = StompSession(self.context, self, connection)
+        log.info(
+            "connection {session} opened: {peer} over {transport}",
+            session=self.session.session_id,
+            peer=connection.peer,
+            transport=connection.transport,
+        )
 
     def dataReceived(self, data: bytes) -> None:
         """Handle input in slices, letting the reactor flush writes in between.
@@ -74,11 +117,12 @@ class StompProtocol(Protocol):
         the write buffers until the last SEND was routed. Past a slice, the
         rest waits for the next reactor turn and the socket stops reading.
         """
+        self.bytes_in += len(data)
         if self._unread or self._reading_paused:
             self._unread.append(data)
             return
         if len(data) <= self.input_slice:
-            self.session.data_received(data)
+            self._feed(data)
             return
         self._unread.append(data)
         self.transport.pauseProducing()
@@ -90,7 +134,7 @@ class StompProtocol(Protocol):
         data = b"".join(self._unread)
         self._unread.clear()
         limit = self.input_slice
-        self.session.data_received(data[:limit])
+        self._feed(data[:limit])
         if len(data) > limit and self.connected:
             self._unread.insert(0, data[limit:])
             if self._reading_paused:
@@ -100,26 +144,83 @@ class StompProtocol(Protocol):
         elif self.connected and not self._reading_paused:
             self.transport.resumeProducing()
 
+    def _feed(self, data: bytes) -> None:
+        if self._connect_bytes is None:
+            self.session.data_received(data)
+        else:
+            self._feed_before_connect(data)
+
+    def _feed_before_connect(self, data: bytes) -> None:
+        """Give the session at most ``max_connect_bytes`` before a CONNECT frame."""
+        session = self.session
+        allowance = self.max_connect_bytes - (self._connect_bytes or 0)
+        head, rest = data[:allowance], data[allowance:]
+        self._connect_bytes = (self._connect_bytes or 0) + len(head)
+        if head:
+            session.data_received(head)
+        if session.state is not State.AWAITING_CONNECT:
+            self._connect_bytes = None
+            if rest and self._reading_paused:
+                self._unread.insert(0, rest)  # the session waits: resume_reading feeds it
+            elif rest:
+                session.data_received(rest)
+        elif rest:
+            self.close_reason = "connect frame too large"
+            session.fail(
+                "connect frame too large",
+                f"no complete CONNECT frame within the first {self.max_connect_bytes} bytes",
+            )
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.connected:
+            self.context.stats.connection_closed(self.kind)
         self.connected = False
         self._unread.clear()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+        if self.close_reason is None:
+            self.close_reason = _lost_reason(reason)
         self.session.connection_lost()
+        connection = self.connection
+        assert connection is not None
+        if self.connections is not None:
+            self.connections.closed(connection.peer_host)
+        principal = self.session.principal
+        log.info(
+            "connection {session} closed: {peer} over {transport}, user {user}, "
+            "{duration} s, {bytes_in} bytes in, {bytes_out} bytes out: {reason}",
+            session=self.session.session_id,
+            peer=connection.peer,
+            transport=connection.transport,
+            user=getattr(principal, "name", principal) or "-",
+            duration=round(self.context.clock.seconds() - self._opened_at, 3),
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            reason=self.close_reason,
+        )
 
     # -- what the session writes to -----------------------------------
 
     def write(self, data: bytes) -> None:
+        size = len(data)
         if self._paused:
-            self._backlog += len(data)
-            if self._backlog > self.slow_consumer_bytes and not self._overflowed:
+            self._backlog += size
+            if size > self._largest:
+                self._largest = size
+            if (
+                self._backlog > self.slow_consumer_bytes + self._largest
+                and not self._overflowed
+            ):
                 self._overflowed = True
                 self.session.fail(
                     "slow consumer",
                     f"the client fell more than {self.slow_consumer_bytes} bytes behind",
                 )
                 return
+        if data.startswith(_ERROR_PREFIX) and self.close_reason is None:
+            self.close_reason = _error_message(data, self.session.version)
+        self.bytes_out += size
         self.transport.write(data)
 
     def pause_reading(self) -> None:
@@ -139,6 +240,8 @@ class StompProtocol(Protocol):
 
     def close(self) -> None:
         """Flush and close; cut the connection if the peer will not read."""
+        if self.close_reason is None:
+            self.close_reason = "closed by the server after DISCONNECT"
         self.transport.loseConnection()
         if self._abort_call is None:
             clock: Any = self.context.clock
@@ -146,6 +249,7 @@ class StompProtocol(Protocol):
 
     def _abort(self) -> None:
         self._abort_call = None
+        self.close_reason = f"{self.close_reason}; cut after {self.close_linger} s unread"
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -153,29 +257,110 @@ class StompProtocol(Protocol):
     # -- IPushProducer: the transport's verdict on our output ----------
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        self._backlog = 0
+        # Twisted calls this again on every write while its buffer is full:
+        # only the first call starts counting.
+        if not self._paused:
+            self._paused = True
+            self._backlog = 0
+            self._largest = 0
 
     def resumeProducing(self) -> None:
         self._paused = False
         self._backlog = 0
+        self._largest = 0
 
     def stopProducing(self) -> None:
-        self._paused = True
+        self.pauseProducing()
+
+
+def _lost_reason(reason: Failure) -> str:
+    message = reason.getErrorMessage() if reason is not None else ""
+    return f"connection lost ({message})" if message else "connection lost"
+
+
+def _error_message(data: bytes, version: str) -> str:
+    """The ``message`` header of an encoded ERROR frame, for the log."""
+    head = data.split(b"\n\n", 1)[0]
+    for line in head.split(b"\n")[1:]:
+        if line.startswith(b"message:"):
+            value = line[len(b"message:") :].rstrip(b"\r").decode("utf-8", "replace")
+            try:
+                return unescape_header(value, version)
+            except FrameError:
+                return value
+    return "ERROR"
+
+
+def set_no_delay(transport: Any) -> None:
+    """Send small frames at once: Nagle's algorithm meeting delayed ACKs costs 40 ms."""
+    set_option = getattr(transport, "setTcpNoDelay", None)
+    if set_option is not None:
+        set_option(True)
+
+
+class RefusedConnection(Protocol):
+    """Tells a client over the per-address cap so in a STOMP ERROR, then closes."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        body = b"this address holds the most connections the server allows"
+        frame = Frame(
+            "ERROR", {"message": TOO_MANY_CONNECTIONS, "content-type": "text/plain"}, body
+        )
+        self.transport.write(encode_frame(frame, V1_0))
+        self.transport.loseConnection()
 
 
 class StompFactory(Factory):
-    """Builds STOMP connections that share one server context."""
+    """Builds STOMP connections that share one server context and connection count."""
 
     def __init__(
         self,
         context: ServerContext,
         slow_consumer_bytes: int = DEFAULT_SLOW_CONSUMER_BYTES,
         close_linger: float = DEFAULT_CLOSE_LINGER,
+        *,
+        max_connect_bytes: int = DEFAULT_MAX_CONNECT_BYTES,
+        connections: ConnectionCounter | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
         self.close_linger = close_linger
+        self.max_connect_bytes = max_connect_bytes
+        self.connections = connections if connections is not None else ConnectionCounter()
 
-    def buildProtocol(self, addr: Any) -> StompProtocol:
-        return StompProtocol(self.context, self.slow_consumer_bytes, self.close_linger)
+    def admits(self, host: str) -> bool:
+        """Whether the per-address cap lets one more connection from ``host`` in."""
+        return self.connections.admits(host)
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        host = getattr(addr, "host", None)
+        if host is not None and not self.admits(host):
+            refused = RefusedConnection()
+            refused.factory = self
+            return refused
+        return self.build_stomp()
+
+    def build_stomp(self) -> StompProtocol:
+        """A STOMP protocol for a connection already admitted (a WebSocket after its handshake)."""
+        protocol = StompProtocol(
+            self.context,
+            self.slow_consumer_bytes,
+            self.close_linger,
+            max_connect_bytes=self.max_connect_bytes,
+            connections=self.connections,
+        )
+        protocol.factory = self
+        return protocol
+
+
+__all__ = [
+    "DEFAULT_CLOSE_LINGER",
+    "DEFAULT_MAX_CONNECT_BYTES",
+    "DEFAULT_SLOW_CONSUMER_BYTES",
+    "RefusedConnection",
+    "StompFactory",
+    "StompProtocol",
+    "set_no_delay",
+]

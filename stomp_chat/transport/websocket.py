@@ -4,6 +4,12 @@ Incoming messages are one byte stream for the STOMP parser (a message may
 hold several frames, a frame may span messages); every frame the STOMP
 protocol writes leaves as one WebSocket message, text when it is valid UTF-8
 and binary otherwise.
+
+A WebSocket that is closing (a Close was sent or received, the TCP connection
+not gone yet) drops what is written to it: delivering to it must never fail
+the publisher. While the socket's write buffer is full, only the most recent
+ping is answered, once it drains (RFC 6455, 5.5.3), so a client that floods
+pings and reads nothing cannot grow the server's memory.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from stomp_chat.auth.origins import origin_allowed as auth_origin_allowed
-from stomp_chat.identity import TRANSPORT_WEBSOCKET
-from stomp_chat.transport.stomp import StompFactory, StompProtocol
+from stomp_chat.identity import ConnectionInfo
+from stomp_chat.transport.connection import connection_info_from_request, peer_of
+from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS
+from stomp_chat.transport.stomp import StompFactory, StompProtocol, set_no_delay
 
 log = Logger()
 
@@ -33,6 +42,8 @@ STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 _OPCODE_TEXT = 0x1
 _OPCODE_BINARY = 0x2
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+#: HTTP status of a handshake refused by the per-address connection cap.
+TOO_MANY_REQUESTS = 429
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
@@ -40,20 +51,13 @@ _HEADER_64 = struct.Struct("!BBQ")
 class WebSocketFrameTransport:
     """What the STOMP protocol sees as its transport on a WebSocket."""
 
-    #: Tells the session's ConnectionInfo which transport it came through.
-    stomp_transport = TRANSPORT_WEBSOCKET
-
-    def __init__(self, ws: WebSocketServerProtocol) -> None:
+    def __init__(self, ws: StompWebSocketProtocol) -> None:
         self._ws = ws
         self.disconnecting = False
 
     @property
     def _socket(self) -> Any:
         """The connection under the WebSocket (TCP, or TLS over TCP)."""
-        return self._ws.transport
-
-    @property
-    def socket(self) -> Any:
         return self._ws.transport
 
     def write(self, data: bytes) -> None:
@@ -64,14 +68,16 @@ class WebSocketFrameTransport:
         more than everything else a delivery does. Autobahn still owns the
         handshake, incoming frames, pings and the closing handshake.
         """
+        ws = self._ws
+        if ws.state != _STATE_OPEN:
+            return  # closing: the peer will read no more STOMP frames
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
             opcode = _OPCODE_BINARY
         else:
             opcode = _OPCODE_TEXT
-        ws = self._ws
-        if ws.state != _STATE_OPEN or ws.send_queue or ws._perMessageCompress is not None:
+        if ws.send_queue or ws._perMessageCompress is not None:
             ws.sendMessage(data, isBinary=opcode == _OPCODE_BINARY)
             return
         size = len(data)
@@ -90,7 +96,11 @@ class WebSocketFrameTransport:
     def loseConnection(self) -> None:
         if not self.disconnecting:
             self.disconnecting = True
-            self._ws.sendClose(1000)
+            code = getattr(getattr(self._ws, "factory", None), "close_code", 1000)
+            if code == 1000:
+                self._ws.sendClose(code)
+            else:  # sendClose refuses the protocol's own codes, such as 1001 "going away"
+                self._ws.sendCloseFrame(code=code, isReply=False)
 
     def abortConnection(self) -> None:
         transport = self._socket
@@ -104,6 +114,8 @@ class WebSocketFrameTransport:
         self._socket.resumeProducing()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        """Register ``producer`` with the socket, through a relay that also sends held pongs."""
+        producer = _SocketProducer(self._ws, producer)
         transport = self._socket
         try:
             transport.registerProducer(producer, streaming)
@@ -123,24 +135,88 @@ class WebSocketFrameTransport:
         return self._socket.getHost()
 
 
+@implementer(IPushProducer)
+class _SocketProducer:
+    """Relays the socket's back-pressure to the STOMP protocol.
+
+    When the socket's buffer has drained, the pong held back while it was
+    full goes out first.
+    """
+
+    def __init__(self, ws: StompWebSocketProtocol, producer: IPushProducer) -> None:
+        self.ws = ws
+        self.producer = producer
+
+    def pauseProducing(self) -> None:
+        self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.ws.send_held_pong()
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.producer.stopProducing()
+
+
 class StompWebSocketProtocol(WebSocketServerProtocol):
     """Negotiates STOMP on the handshake, then carries its bytes."""
 
     factory: StompWebSocketFactory
     stomp: StompProtocol | None = None
+    connection_info: ConnectionInfo | None = None
+    #: The payload of the latest ping not answered yet (the socket was full).
+    _held_pong: bytes | None = None
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        super().connectionMade()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         if not self.factory.origin_allowed(request, self.transport):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        _, host = peer_of(self.transport)
+        if not self.factory.stomp_factory.admits(host):
+            raise ConnectionDeny(TOO_MANY_REQUESTS, TOO_MANY_CONNECTIONS)
+        self.connection_info = connection_info_from_request(request, self.transport)
         for subprotocol in STOMP_SUBPROTOCOLS:
             if subprotocol in request.protocols:
                 return subprotocol
         return None
 
     def onOpen(self) -> None:
-        stomp = self.factory.stomp_factory.buildProtocol(self.peer)
+        stomp = self.factory.stomp_factory.build_stomp()
+        stomp.connection = self.connection_info
         self.stomp = stomp
         stomp.makeConnection(WebSocketFrameTransport(self))
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer at once, or, while the socket's buffer is full, hold only the latest ping."""
+        stomp = self.stomp
+        if stomp is not None and stomp.writes_paused:
+            self._held_pong = payload
+            return
+        self._held_pong = None
+        super().onPing(payload)
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """The peer sent Close: end its STOMP session now, not when TCP goes.
+
+        A peer that sends Close and then reads nothing keeps its TCP
+        connection open while the server's reply waits in the buffer; the
+        session's close cuts it after the close linger.
+        """
+        failed = super().onCloseFrame(code, reasonRaw)
+        stomp = self.stomp
+        if stomp is not None and self.state != _STATE_OPEN:
+            if stomp.close_reason is None:
+                stomp.close_reason = f"websocket closed by the client ({code})"
+            stomp.session.close()
+        return failed
+
+    def send_held_pong(self) -> None:
+        payload, self._held_pong = self._held_pong, None
+        if payload is not None and self.state == _STATE_OPEN:
+            self.sendPong(payload)
 
     # Autobahn's streaming API: payload goes to the STOMP parser as it
     # arrives, so Autobahn never buffers a whole message; the parser's own
@@ -166,13 +242,16 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         stomp, self.stomp = self.stomp, None
         if stomp is not None:
-            stomp.connectionLost(Failure(ConnectionError(f"websocket closed ({code})")))
+            reason = f"websocket closed ({code}{', ' + reason if reason else ''})"
+            stomp.connectionLost(Failure(ConnectionError(reason)))
 
 
 class StompWebSocketFactory(WebSocketServerFactory):
     """Accepts STOMP WebSocket connections from allowed origins."""
 
     protocol = StompWebSocketProtocol  # type: ignore[assignment]
+    #: The code of the closes this server starts: 1001 (going away) once it shuts down.
+    close_code = 1000
 
     def __init__(
         self,

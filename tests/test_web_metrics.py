@@ -1,0 +1,99 @@
+"""Tests for stomp_chat.web.metrics: /metrics on a real server moves as traffic flows."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stompload import RawStompClient, subscriber
+
+
+def scrape(server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, keyed by name and labels."""
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
+    """Scrape, act, scrape: connections, frames, messages, saves and batches all move."""
+    server = start_server(f"--database=sqlite:///{tmp_path / 'chat.db'}", "--write-interval=10")
+    before = scrape(server)
+    assert all(name.startswith("stomp_chat_") for name, _ in before)
+    assert value(before, "stomp_chat_database_up") == 1
+    assert value(before, "stomp_chat_process_resident_memory_bytes") > 0
+
+    reader = subscriber(server.stomp_port, 5)
+    writer = RawStompClient(server.stomp_port)
+    body = json.dumps({"type": "TALK", "roomId": 5, "senderId": 1, "detailMessage": "hi"})
+    for number in range(3):
+        writer.send("SEND", {"destination": "/app/message", "receipt": f"r{number}"},
+                    body.encode())
+    deadline = time.monotonic() + 10
+    while len(writer.receipts) < 3 or len(reader.of("MESSAGE")) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    writer.send("BOGUS", {})
+    assert writer.closed.wait(5)
+    during = scrape(server)
+
+    assert value(during, "stomp_chat_connections_opened_total", transport="tcp") == 2
+    assert value(during, "stomp_chat_connections", transport="tcp") == 1
+    assert value(during, "stomp_chat_frames_received_total", command="SEND") == 3
+    assert value(during, "stomp_chat_frames_received_total", command="CONNECT") == 2
+    assert value(during, "stomp_chat_frames_received_total", command="other") == 1
+    assert value(during, "stomp_chat_frames_sent_total", command="RECEIPT") == 4
+    assert value(during, "stomp_chat_frames_sent_total", command="MESSAGE") == 3
+    assert value(during, "stomp_chat_messages_published_total") == 3
+    assert value(during, "stomp_chat_messages_delivered_total") == 3
+    assert value(during, "stomp_chat_messages_saved_total") == 3
+    assert value(during, "stomp_chat_errors_sent_total", reason="unknown command") == 1
+    assert value(during, "stomp_chat_subscriptions") == 1
+    assert value(during, "stomp_chat_write_behind_pending_messages") == 0
+    assert value(during, "stomp_chat_write_behind_batch_size_count") >= 1
+    assert value(during, "stomp_chat_write_behind_batch_size_sum") == 3
+    assert value(during, "stomp_chat_write_behind_flush_seconds_count") >= 1
+    assert value(during, "stomp_chat_process_cpu_seconds_total") >= value(
+        before, "stomp_chat_process_cpu_seconds_total")
+
+    reader.close()
+    deadline = time.monotonic() + 10
+    while value(scrape(server), "stomp_chat_connections", transport="tcp") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    after = scrape(server)
+    assert value(after, "stomp_chat_subscriptions") == 0
+
+
+def test_websocket_connections_are_counted_apart(start_server, clients) -> None:
+    """A stomp.py WebSocket client counts under transport="ws"."""
+    server = start_server()
+    clients(server)
+    samples = scrape(server)
+    assert value(samples, "stomp_chat_connections_opened_total", transport="ws") == 1
+    assert value(samples, "stomp_chat_connections", transport="ws") == 1
+
+
+def test_metrics_off_serves_no_endpoint(start_server) -> None:
+    """--metrics off leaves /metrics unserved (404)."""
+    server = start_server("--metrics", "off")
+    try:
+        urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10)
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+    else:
+        raise AssertionError("/metrics answered with --metrics off")
