@@ -144,3 +144,12 @@ def test_environment_names_the_database(tmp_path: Path, monkeypatch: pytest.Monk
     explicit = tmp_path / "explicit.db"
     assert admin(f"--database=sqlite:///{explicit}", "user", "list") == (0, "", "")
     assert explicit.exists()
+
+
+def test_console_script_is_declared() -> None:
+    """pyproject.toml installs stomp-chat-admin, pointing at this module's main()."""
+    import tomllib
+
+    pyproject = Path(stomp_chat.__file__).resolve().parent.parent / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert scripts["stomp-chat-admin"] == "stomp_chat.admin.cli:main"
