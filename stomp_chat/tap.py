@@ -19,7 +19,6 @@ from stomp_chat.app.routes import AppRouter
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
     resolve_auth_options,
-    unauthenticated_listeners,
     unauthenticated_warning,
 )
 from stomp_chat.auth.setup import build_authentication
@@ -456,15 +455,20 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
-        resolve_auth_options(self)
         self.endpoints: dict[str, Any] = {}
+        # An endpoint Twisted rejects is reported as such before any rule about where it
+        # listens; the ones left unsaid get their defaults from the authentication mode.
+        given = [name for name in ("stomp", "http") if self[name] is not None]
+        parsed_given = {name: _parse_endpoint(name, self[name]) for name in given}
+        self["unauthenticated-listeners"] = resolve_auth_options(self)
         for name in ("stomp", "http"):
-            parsed = _parse_endpoint(name, self[name])
+            parsed = parsed_given[name] if name in parsed_given else _parse_endpoint(
+                name, self[name]
+            )
             if parsed is None:
                 self[name] = None
             else:
                 self[name], self.endpoints[name] = parsed
-        self["unauthenticated-listeners"] = unauthenticated_listeners(self)
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
@@ -638,8 +642,11 @@ def makeService(options: Options) -> IService:
         drain_window=options["drain-window"],
         shutdown_timeout=options["shutdown-timeout"],
         on_drain=on_drain,
-        # the password verifier's threads start before the listeners, stop after them
-        support=[ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL), *authentication.services],
+        # Started before the ports, stopped after them.
+        support=[
+            *authentication.services,
+            ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
+        ],
         server_log=logs,
         open_connections=lambda: context.stats.open_connections,
     )

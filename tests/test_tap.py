@@ -412,8 +412,9 @@ def _busy_port() -> tuple[socket.socket, int]:
 STARTUP_FAILURES = {
     "port clash": (["--http=tcp:{busy}:interface=127.0.0.1"], "Address already in use"),
     "port out of range": (["--http=tcp:70000:interface=127.0.0.1"], "port must be 0-65535"),
-    "bad interface": (["--auth=none", "--http=tcp:0:interface=192.0.2.1"],
-                      "Cannot assign requested address"),
+    "bad interface": (
+        ["--auth=none", "--http=tcp:0:interface=192.0.2.1"], "Cannot assign requested address"
+    ),
     "none beyond loopback": (["--http=tcp:0:interface=192.0.2.1"],
                              "listens beyond loopback while nobody is authenticated"),
     "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import getopt
 import getpass
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -109,17 +110,21 @@ class UserOptions(usage.Options):
             raise usage.UsageError("say what to do: add, list, remove or passwd")
 
 
-def _server_options() -> dict[str, Any]:
-    """The server's options (name -> coercion), which its config file and environment set."""
-    from stomp_chat.config import coercions
+def _database_url(given: str | None, config: str | None, environ: Mapping[str, str]) -> str:
+    """The database the server would use: command line, environment, config file, default."""
+    from stomp_chat.config import coercions, env_name, file_arguments
     from stomp_chat.tap import Options
 
-    return coercions(Options.optParameters, exclude={"config"})
-
-
-def _default_database() -> str:
-    from stomp_chat.tap import Options
-
+    if given:
+        return given
+    if environ.get(env_name("database")):
+        return environ[env_name("database")]
+    path = config or environ.get(env_name("config"))
+    if path:
+        known = coercions(Options.optParameters, {"config"})
+        for argument in file_arguments(path, known):
+            if argument.startswith("--database="):
+                return argument.split("=", 1)[1]
     return next(str(p[2]) for p in Options.optParameters if p[0] == "database")
 
 
@@ -132,11 +137,8 @@ class AdminOptions(usage.Options):
         "Give the same --database or --config as the server."
     )
     optParameters = [
-        ["config", "c", None,
-         "The server's TOML config file (or STOMP_CHAT_CONFIG); its database key is used."],
-        ["database", None, None,
-         "Database URL (default: STOMP_CHAT_DATABASE, the config file's, or the server's "
-         "default)."],
+        ["config", "c", None, "The server's TOML config file; its database key is used."],
+        ["database", None, None, "Database URL (default: the server's default)."],
     ]
     subCommands = [["user", None, UserOptions, "Manage users."]]
 
@@ -150,22 +152,9 @@ class AdminOptions(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("say what to manage: user")
-        url = self["database"]
-        if url is None:
-            # as the server: STOMP_CHAT_DATABASE, else the config file, else the default
-            import os
-
-            from stomp_chat.config import config_path, environment_arguments, file_arguments
-
-            known = _server_options()
-            path = self["config"] or config_path([], os.environ)
-            arguments = file_arguments(path, known) if path else []
-            arguments += environment_arguments(os.environ, known)
-            for argument in arguments:
-                if argument.startswith("--database="):
-                    url = argument.split("=", 1)[1]
+        url = _database_url(self["database"], self["config"], os.environ)
         try:
-            self["database"] = parse_database_url(url or _default_database())
+            self["database"] = parse_database_url(url)
         except ValueError as error:
             raise usage.UsageError(f"--database: {error}") from None
 

@@ -158,11 +158,13 @@ def listens_beyond_loopback(description: str) -> bool:
         return interface.lower() != "localhost"
 
 
-def resolve_auth_options(options: MutableMapping[str, Any]) -> None:
+def resolve_auth_options(options: MutableMapping[str, Any]) -> list[str]:
     """Check the authentication options and fill in the listener defaults.
 
     Runs before the endpoints are parsed (a ``stomp``/``http`` of ``None``
-    means "not given"). Raises ``usage.UsageError`` for anything that cannot work.
+    means "not given"). Returns the listeners open beyond loopback while
+    nobody is authenticated, which the server warns about at start-up.
+    Raises ``usage.UsageError`` for anything that cannot work.
     """
     mode = options.get("auth")
     explicit = mode is not None
@@ -195,21 +197,14 @@ def resolve_auth_options(options: MutableMapping[str, Any]) -> None:
             load_secret_file(secret)
         except KeyFileError as error:
             raise usage.UsageError(f"--jwt-secret-file: {error}") from None
-    options["auth-explicit"] = explicit
-
-
-def unauthenticated_listeners(options: Mapping[str, Any]) -> list[str]:
-    """The listeners open beyond loopback while nobody is authenticated (for the start-up
-    warning); a usage error unless ``--auth none`` was said explicitly. Runs once the
-    endpoints are parsed, so that a bad endpoint is reported as such first."""
-    if options["auth"] != AUTH_NONE:
+    if mode != AUTH_NONE:
         return []
     exposed = [
         name for name in ("stomp", "http")
         if options.get(name) and options[name].strip().lower() != "none"
         and listens_beyond_loopback(options[name])
     ]
-    if exposed and not options.get("auth-explicit"):
+    if exposed and not explicit:
         listed = ", ".join(f"--{name}={options[name]}" for name in exposed)
         raise usage.UsageError(
             f"{listed} listens beyond loopback while nobody is authenticated; choose "

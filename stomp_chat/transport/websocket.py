@@ -32,7 +32,8 @@ from stomp_chat.auth.origins import origin_allowed as auth_origin_allowed
 from stomp_chat.identity import ConnectionInfo
 from stomp_chat.transport.connection import connection_info_from_request, peer_of
 from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS
-from stomp_chat.transport.stomp import StompFactory, StompProtocol, set_no_delay
+from stomp_chat.transport.sockets import set_no_delay
+from stomp_chat.transport.stomp import StompFactory, StompProtocol
 
 log = Logger()
 
@@ -58,6 +59,11 @@ class WebSocketFrameTransport:
     @property
     def _socket(self) -> Any:
         """The connection under the WebSocket (TCP, or TLS over TCP)."""
+        return self._ws.transport
+
+    @property
+    def socket_transport(self) -> Any:
+        """The same, for flow control that measures what the socket holds."""
         return self._ws.transport
 
     def write(self, data: bytes) -> None:
@@ -242,8 +248,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         stomp, self.stomp = self.stomp, None
         if stomp is not None:
-            reason = f"websocket closed ({code}{', ' + reason if reason else ''})"
-            stomp.connectionLost(Failure(ConnectionError(reason)))
+            # The code only: the reason text is the client's, unfit for a log line.
+            stomp.connectionLost(Failure(ConnectionError(f"websocket closed ({code})")))
 
 
 class StompWebSocketFactory(WebSocketServerFactory):
