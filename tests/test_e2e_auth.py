@@ -335,6 +335,18 @@ def test_repeated_failures_are_slowed(tmp_path):
         server.stop()
 
 
+def test_every_response_says_nosniff(jwt_server):
+    """Health, metrics, unknown paths and the API all carry X-Content-Type-Options: nosniff."""
+    for path in ("/health", "/healthz", "/metrics", "/no/such/thing", "/api/rooms"):
+        request = urllib.request.Request(f"{jwt_server.http_url}{path}")
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT) as response:
+                headers = response.headers
+        except urllib.error.HTTPError as error:
+            headers = error.headers
+        assert headers.get("X-Content-Type-Options") == "nosniff", path
+
+
 # -- origins --------------------------------------------------------------------------------
 
 
