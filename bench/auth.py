@@ -21,6 +21,7 @@ since every generator connection comes from 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ import run  # noqa: E402  (bench/run.py: targets, generator, scenarios)
 MODES = ["none", "jwt", "password"]
 BENCH_USER = "bench"
 BENCH_PASSWORD = secrets.token_urlsafe(16)
+#: The chat path's rooms (bench/run.py's fanout: 10 rooms from id 1).
+BENCH_ROOMS = 10
 
 
 def add_user(server: run.Server) -> None:
@@ -72,7 +76,27 @@ def start(targets: run.Targets, mode: str, secret_file: Path, secret: bytes) -> 
     elif mode == "password":
         add_user(server)
         server.login, server.passcode = BENCH_USER, BENCH_PASSWORD
+    if mode != "none":
+        # Outside --auth none the sender is the signed-in user and only members speak:
+        # the bench user creates the rooms (so is a member of each) and names no senderId.
+        credentials = (f"Bearer {server.passcode}" if mode == "jwt" else "Basic " +
+                       base64.b64encode(f"{BENCH_USER}:{BENCH_PASSWORD}".encode()).decode())
+        join_rooms(server, credentials)
+        server.gen_extra = ["--sender-id", "none"]
     return server
+
+
+def join_rooms(server: run.Server, credentials: str, rooms: int = BENCH_ROOMS) -> None:
+    """Create the rooms the chat path uses, each with the bench user as its member."""
+    for room in range(1, rooms + 1):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.ws_port}/api/rooms",
+            data=json.dumps({"name": f"bench {room}", "id": room}).encode(),
+            headers={"Authorization": credentials, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 201, response.status
 
 
 def summary(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:

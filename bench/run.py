@@ -296,6 +296,8 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    #: Extra generator options for this server (e.g. ``--sender-id none``).
+    gen_extra: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -482,7 +484,7 @@ def gen_args(server: Server, transport: str) -> list[str]:
     else:
         a += ["--port", str(server.tcp_port)]
     a += ["--vhost", server.vhost, "--login", server.login, "--passcode", server.passcode]
-    return a
+    return a + server.gen_extra
 
 
 def run_one(scenario: str, server: Server, opts: argparse.Namespace) -> dict[str, Any]:

@@ -134,6 +134,7 @@ class ChatServer(MultiService):
         drain_window: float = 0.0,
         shutdown_timeout: float = 30.0,
         on_drain: Iterable[Callable[[], None]] = (),
+        on_flushed: Iterable[Callable[[], Deferred[None] | None]] = (),
         support: Iterable[IService] = (),
         server_log: ServerLog | None = None,
         open_connections: Callable[[], int] = lambda: 0,
@@ -150,6 +151,7 @@ class ChatServer(MultiService):
         self.draining = False
         self.started = False
         self._on_drain = list(on_drain)
+        self._on_flushed = list(on_flushed)
         self._migrate_on_start = migrate_on_start
         self.server_log = server_log
         self._open_connections = open_connections
@@ -232,6 +234,8 @@ class ChatServer(MultiService):
             yield self.relay.stopService()
         if self.writer.running:
             yield self.writer.stopService()
+        for after_flush in self._on_flushed:
+            yield maybeDeferred(after_flush)
         log.info("drained: every accepted message is saved")
         if self.server_log is not None and self.server_log.running:
             self.server_log.stopService()

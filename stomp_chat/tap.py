@@ -7,6 +7,7 @@ the listening ports, and the order in which they stop.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import IService
@@ -15,6 +16,10 @@ from twisted.python import usage
 
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
+from stomp_chat.app.presence import PresenceTracker
+from stomp_chat.app.readstate import ReadState
+from stomp_chat.app.recovery import DEFAULT_MAX_RECOVERY, RoomRecovery
+from stomp_chat.app.rooms import DEFAULT_MAX_ACTIVE_ROOMS, DEFAULT_ROOM_IDLE_SECONDS
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
@@ -22,7 +27,22 @@ from stomp_chat.auth.options import (
     unauthenticated_warning,
 )
 from stomp_chat.auth.setup import build_authentication
-from stomp_chat.broker import Broker
+from stomp_chat.authz.chatgate import DEFAULT_MAX_WAITING
+from stomp_chat.authz.rooms import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL
+from stomp_chat.authz.rules import RuleError, RuleSet, load_rules
+from stomp_chat.authz.setup import build_authorization
+from stomp_chat.broker import (
+    DEFAULT_DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_QUEUE_MESSAGES,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_MAX_UNACKED,
+    DEFAULT_PREFETCH,
+    QUEUE_PREFIX,
+    Broker,
+    BrokerLimits,
+)
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
@@ -30,6 +50,7 @@ from stomp_chat.interceptors import Interceptor
 from stomp_chat.lifecycle import ChatServer, Listener, StartupError
 from stomp_chat.logs import parse_log_format, server_log
 from stomp_chat.persistence import (
+    DEFAULT_DB_TIMEOUT,
     AdbapiChatStore,
     WriteBehindWriter,
     make_pool,
@@ -37,12 +58,18 @@ from stomp_chat.persistence import (
     migrate_blocking,
     parse_database_url,
 )
+from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
 from stomp_chat.session import (
     AuthenticationInterceptor,
     SendRateInterceptor,
     ServerContext,
     SessionSettings,
+)
+from stomp_chat.session.loading import (
+    InterceptorLoadError,
+    load_interceptor,
+    parse_interceptor_names,
 )
 from stomp_chat.startup import RedisCheckFailed, check_redis
 from stomp_chat.stats import TimedStore
@@ -55,9 +82,10 @@ from stomp_chat.transport.stomp import (
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
-from stomp_chat.web.auth import ApiGate, RestAuthenticator
+from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
+from stomp_chat.web.presence import PresenceApi
 from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
 
 log = Logger()
@@ -243,6 +271,60 @@ class Options(usage.Options):
             _positive_int("--slow-consumer-bytes"),
         ],
         [
+            "max-queued-bytes",
+            None,
+            DEFAULT_MAX_QUEUED_BYTES,
+            "Bytes of messages that may wait in all /queue/ destinations together; a SEND "
+            "that would wait beyond it is refused with ERROR.",
+            _positive_int("--max-queued-bytes"),
+        ],
+        [
+            "max-queue-messages",
+            None,
+            DEFAULT_MAX_QUEUE_MESSAGES,
+            "Messages that may wait in one /queue/ destination; a SEND beyond it is refused "
+            "with ERROR.",
+            _positive_int("--max-queue-messages"),
+        ],
+        [
+            "max-queues",
+            None,
+            DEFAULT_MAX_QUEUES,
+            "How many /queue/ destinations may exist at once (a queue exists while it has a "
+            "subscriber or a waiting message).",
+            _positive_int("--max-queues"),
+        ],
+        [
+            "max-redeliveries",
+            None,
+            DEFAULT_MAX_REDELIVERIES,
+            "How many times a queue message given back (NACK, disconnect without ACK) is "
+            "delivered again before it moves to the dead-letter queue.",
+            _positive_int("--max-redeliveries"),
+        ],
+        [
+            "prefetch",
+            None,
+            DEFAULT_PREFETCH,
+            "Unacknowledged messages one client/client-individual subscription may hold: a "
+            "queue sends it no more until it acks; a topic subscription past it gets ERROR.",
+            _positive_int("--prefetch"),
+        ],
+        [
+            "max-unacked",
+            None,
+            DEFAULT_MAX_UNACKED,
+            "Unacknowledged messages one connection may hold across all its subscriptions: "
+            "queues send it no more until it acks; a client-ack topic subscription gets ERROR.",
+            _positive_int("--max-unacked"),
+        ],
+        [
+            "dead-letter-queue",
+            None,
+            DEFAULT_DEAD_LETTER_QUEUE,
+            "The /queue/ destination where messages that came back too often go.",
+        ],
+        [
             "max-connections-per-address",
             None,
             DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -306,6 +388,14 @@ class Options(usage.Options):
             _number("--frame-timeout", allow_zero=False),
         ],
         [
+            "max-pending-receipts",
+            None,
+            10_000,
+            "How many frames of one connection may wait behind an earlier, slower one (a "
+            "durable SEND) before the server stops reading it until half are answered.",
+            _positive_int("--max-pending-receipts"),
+        ],
+        [
             "send-rate",
             None,
             0.0,
@@ -319,6 +409,14 @@ class Options(usage.Options):
             200,
             "With --send-rate: how many SENDs a connection may make at once.",
             _positive_int("--send-burst"),
+        ],
+        [
+            "interceptors",
+            None,
+            "",
+            "Comma-separated 'package.module:factory' names of inbound interceptors to "
+            "add, in order, after the built-in ones; each factory is called with no "
+            "arguments (a config file may give a list).",
         ],
         [
             "database",
@@ -350,6 +448,30 @@ class Options(usage.Options):
             _positive_int("--write-buffer"),
         ],
         [
+            "db-timeout",
+            None,
+            DEFAULT_DB_TIMEOUT,
+            "The longest any database call may take, in seconds: PostgreSQL's statement, "
+            "connect and TCP timeouts, and the deadline after which a batch is abandoned and "
+            "retried on a fresh connection. The write-behind gives up on unsaved messages "
+            "3x this long after a stop begins.",
+            _positive_seconds("--db-timeout"),
+        ],
+        [
+            "room-idle-seconds",
+            None,
+            DEFAULT_ROOM_IDLE_SECONDS,
+            "A chat room idle this long leaves memory; its next message loads it again.",
+            _positive_seconds("--room-idle-seconds"),
+        ],
+        [
+            "max-active-rooms",
+            None,
+            DEFAULT_MAX_ACTIVE_ROOMS,
+            "The most chat rooms kept in memory; beyond it the least recently used leaves.",
+            _positive_int("--max-active-rooms"),
+        ],
+        [
             "history-size",
             None,
             DEFAULT_HISTORY_SIZE,
@@ -362,6 +484,14 @@ class Options(usage.Options):
             100,
             "The most messages one history request returns.",
             _positive_int("--max-history-page"),
+        ],
+        [
+            "max-recovery",
+            None,
+            DEFAULT_MAX_RECOVERY,
+            "The most missed messages a re-subscribing client (SUBSCRIBE with since-seq) is "
+            "sent; beyond that it gets the newest ones, marked recovery:too-old.",
+            _positive_int("--max-recovery"),
         ],
         [
             "enter-template",
@@ -408,6 +538,30 @@ class Options(usage.Options):
             parse_switch("--metrics"),
         ],
         [
+            "room-cache-size",
+            None,
+            DEFAULT_CACHE_SIZE,
+            "Authorization: how many answers (room privacy, membership, user to member) "
+            "are cached in memory.",
+            _positive_int("--room-cache-size"),
+        ],
+        [
+            "room-cache-ttl",
+            None,
+            int(DEFAULT_CACHE_TTL),
+            "Authorization: how long a cached membership answer is trusted, in seconds "
+            "(how long a join or leave made on another server of a cluster goes unseen).",
+            _positive_int("--room-cache-ttl"),
+        ],
+        [
+            "max-unchecked-messages",
+            None,
+            DEFAULT_MAX_WAITING,
+            "Authorization: how many chat messages of one connection may wait while the "
+            "server checks that the sender may speak; more are refused as busy.",
+            _positive_int("--max-unchecked-messages"),
+        ],
+        [
             "config",
             "c",
             None,
@@ -433,6 +587,10 @@ class Options(usage.Options):
         path = config_path(argv, os.environ)
         from_file = file_arguments(path, known) if path is not None else []
         from_env = environment_arguments(os.environ, known)
+        try:  # the file's destination [[rules]], which are not options
+            self["rules"] = load_rules(path) if path is not None else RuleSet()
+        except RuleError as error:
+            raise usage.UsageError(f"--config: {error}") from None
         super().parseOptions(from_file + from_env + argv)
 
     def postOptions(self) -> None:
@@ -440,6 +598,7 @@ class Options(usage.Options):
             self["database"] = parse_database_url(self["database"])
         except ValueError as error:
             raise usage.UsageError(f"--database: {error}") from None
+        self["database"] = replace(self["database"], timeout=float(self["db-timeout"]))
         if self["redis"]:
             try:
                 self["redis"] = parse_redis_url(self["redis"])
@@ -469,9 +628,19 @@ class Options(usage.Options):
                 self[name] = None
             else:
                 self[name], self.endpoints[name] = parsed
+        dead_letter_queue = self["dead-letter-queue"]
+        if not dead_letter_queue.startswith(QUEUE_PREFIX) or dead_letter_queue == QUEUE_PREFIX:
+            raise usage.UsageError(
+                f"--dead-letter-queue must be a /queue/ destination, not {dead_letter_queue!r}"
+            )
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
+        try:
+            names = parse_interceptor_names(self["interceptors"])
+            self["interceptors"] = [load_interceptor(name) for name in names]
+        except InterceptorLoadError as error:
+            raise usage.UsageError(f"--interceptors: {error}") from None
 
 
 def _parse_endpoint(name: str, description: str) -> tuple[str, Any] | None:
@@ -515,7 +684,7 @@ def makeService(options: Options) -> IService:
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
     pool = make_pool(database, reactor)
-    store = AdbapiChatStore(pool)
+    store = AdbapiChatStore(pool, timeout=database.timeout, clock=reactor)
     timed_store = TimedStore(store, reactor) if options["metrics"] else None
     writer = WriteBehindWriter(
         timed_store or store,
@@ -523,9 +692,32 @@ def makeService(options: Options) -> IService:
         flush_interval=options["write-interval"] / 1000.0,
         max_batch=options["write-batch"],
         max_pending=options["write-buffer"],
+        stop_timeout=3 * database.timeout,
     )
-    broker = Broker()
+    broker = Broker(
+        limits=BrokerLimits(
+            max_queued_bytes=options["max-queued-bytes"],
+            max_queue_messages=options["max-queue-messages"],
+            max_queues=options["max-queues"],
+            max_redeliveries=options["max-redeliveries"],
+            dead_letter_queue=options["dead-letter-queue"],
+            prefetch=options["prefetch"],
+            max_unacked=options["max-unacked"],
+        )
+    )
     router = AppRouter()
+    authorization = build_authorization(
+        auth_mode=options["auth"],
+        chat_store=store,
+        pool=pool,
+        clock=reactor,
+        router=router,
+        broker=broker,
+        rules=options["rules"],
+        cache_size=options["room-cache-size"],
+        cache_ttl=options["room-cache-ttl"],
+        max_waiting=options["max-unchecked-messages"],
+    )
     relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
     chat = ChatService(
         store,
@@ -536,10 +728,24 @@ def makeService(options: Options) -> IService:
         enter_template=options["enter-template"],
         history_size=options["history-size"],
         sequencer=relay,
+        gate=authorization.gate,
+        room_idle_seconds=float(options["room-idle-seconds"]),
+        max_active_rooms=options["max-active-rooms"],
     )
     chat.register(router)
     if relay is not None:
         relay.listeners.append(chat.relayed)
+
+    # The browser chat's features: recovery on re-subscribe, presence, unread counts.
+    presence = PresenceTracker(broker)
+    reads = ReadState(
+        AdbapiReadPositionStore(pool), chat, broker, reactor,
+        may_read=authorization.rooms.may_read if authorization.enforce else None,
+    )
+    reads.register(router)
+    recovery = RoomRecovery(chat, broker, max_recovery=options["max-recovery"])
+    if relay is not None:
+        relay.listeners.append(reads.relayed)
 
     authentication = build_authentication(options, reactor, pool)
     warning = unauthenticated_warning(options["unauthenticated-listeners"], options)
@@ -552,6 +758,7 @@ def makeService(options: Options) -> IService:
         max_transactions=options["max-transactions"],
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
+        max_pending_receipts=options["max-pending-receipts"],
     )
     # Authentication is the chain's first link, in every mode: with --auth
     # none it names the client after its login (or a guest name).
@@ -562,12 +769,22 @@ def makeService(options: Options) -> IService:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
-    context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
+    # A deployment's own interceptors come before authorization, which then decides on
+    # the frame as they leave it: none of them can route around the rules.
+    interceptors.extend(options["interceptors"])
+    # Authorization in every mode: even with --auth none, no client may publish
+    # to a destination the application owns (the rooms' topics).
+    interceptors.append(authorization.interceptor)
+    context = ServerContext(broker, router, settings, monitor, reactor, interceptors,
+                            subscription_listeners=[recovery, presence, reads])
     stomp_factory = StompFactory(
         context,
         options["slow-consumer-bytes"],
         max_connect_bytes=options["max-connect-bytes"],
         connections=ConnectionCounter(options["max-connections-per-address"]),
+        # Above the writer's high-water mark every connection stops being read until the
+        # backlog drains to its low-water mark.
+        input_gate=writer,
     )
 
     database_probe = Probe(reactor, lambda: pool.runQuery("SELECT 1"), DEFAULT_PROBE_TIMEOUT)
@@ -591,8 +808,13 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
+        chat_api = ChatApi(
+            chat, store, max_page=options["max-history-page"],
+            access=authorization.rest_policy(principal_of),
+        )
+        PresenceApi(presence, chat_api).register()
         api = ApiGate(
-            ChatApi(chat, store, max_page=options["max-history-page"]),
+            chat_api,
             RestAuthenticator(
                 authentication.mode,
                 gate=authentication.gate,
@@ -642,6 +864,9 @@ def makeService(options: Options) -> IService:
         drain_window=options["drain-window"],
         shutdown_timeout=options["shutdown-timeout"],
         on_drain=on_drain,
+        # Unused reserved seqs back once everything is saved: the next run goes on without
+        # a gap.
+        on_flushed=[chat.release_reservations],
         # Started before the ports, stopped after them.
         support=[
             *authentication.services,

@@ -170,6 +170,8 @@ class _ToBackend(protocol.Protocol):
         self.client_side.backend_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.client_side.blackholed:
+            return  # the server's answer is lost on the way
         self.client_side.transport.write(data)
 
     def connectionLost(self, reason: object = None) -> None:
@@ -182,12 +184,17 @@ class _FromClient(protocol.Protocol):
     def __init__(self, proxy: CuttableProxy) -> None:
         self.proxy = proxy
         self.backend: _ToBackend | None = None
+        #: Everything sent either way is read and dropped, never answered.
+        self.blackholed = False
 
     def connectionMade(self) -> None:
         if self.proxy.is_down:
             self.transport.abortConnection()
             return
         self.proxy.connections.add(self)
+        if self.proxy.is_blackholed:
+            self.blackholed = True  # accepted, then silence: no backend at all
+            return
         self.transport.pauseProducing()
         factory = protocol.Factory.forProtocol(lambda: _ToBackend(self))
         connecting = self.proxy.backend_endpoint.connect(factory)
@@ -198,6 +205,9 @@ class _FromClient(protocol.Protocol):
         self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.blackholed:
+            self.proxy.blackholed_bytes += len(data)
+            return
         assert self.backend is not None, "reading is paused until the backend is connected"
         self.backend.transport.write(data)
 
@@ -214,13 +224,18 @@ class _FromClient(protocol.Protocol):
 
 class CuttableProxy:
     """Forwards 127.0.0.1:<port> to a backend; `cut()` aborts every connection and refuses new
-    ones (accepted and reset at once) until `restore()`."""
+    ones (accepted and reset at once) until `restore()`; `blackhole()` keeps every connection
+    open but answers nothing, ever (a server that stops answering, packets dropped), until
+    `restore()` resets the connections it silenced."""
 
     def __init__(self, reactor: IReactorCore, backend_host: str, backend_port: int) -> None:
         self._reactor = reactor
         self.backend_endpoint = TCP4ClientEndpoint(reactor, backend_host, backend_port)
         self.connections: set[_FromClient] = set()
         self.is_down = False
+        self.is_blackholed = False
+        #: Bytes clients sent into the blackhole.
+        self.blackholed_bytes = 0
         self._listening: IListeningPort | None = None
 
     async def start(self) -> int:
@@ -235,8 +250,18 @@ class CuttableProxy:
         for connection in list(self.connections):
             connection.cut()
 
+    def blackhole(self) -> None:
+        self.is_blackholed = True
+        for connection in self.connections:
+            connection.blackholed = True
+
     def restore(self) -> None:
         self.is_down = False
+        if self.is_blackholed:
+            self.is_blackholed = False
+            for connection in list(self.connections):
+                if connection.blackholed:
+                    connection.cut()
 
     async def stop(self) -> None:
         self.cut()

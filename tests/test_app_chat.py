@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+import pytest_twisted
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -27,6 +28,11 @@ from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.persistence import ChatMessage, MemoryChatStore, WriteBehindWriter
 from stomp_chat.stomp.frame import Frame
+
+if TYPE_CHECKING:
+    from tests.conftest_db import TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
 
 #: 2023-11-14T22:13:20.250Z
 START = 1_700_000_000.25
@@ -352,6 +358,21 @@ INVALID_BODIES: list[tuple[str, bytes, str]] = [
         "invalid-message",
     ),
     (
+        "roomId of 5,000 digits",
+        json.dumps({**_TALK, "roomId": "9" * 5000}).encode(),
+        "invalid-message",
+    ),
+    (
+        "lone surrogate",
+        b'{"type": "TALK", "roomId": 1, "senderId": 42, "detailMessage": "a\\ud800b"}',
+        "bad-request",
+    ),
+    (
+        "NUL in the text",
+        json.dumps({**_TALK, "detailMessage": "a\u0000b"}).encode(),
+        "bad-request",
+    ),
+    (
         "ENTER text too long",
         json.dumps(
             {**_TALK, "type": "ENTER", "detailMessage": "x" * (MAX_TEXT_LENGTH + 1)}
@@ -460,15 +481,13 @@ def test_messages_sent_while_the_room_loads_keep_their_order() -> None:
 
 
 def test_a_room_that_fails_to_load_refuses_its_waiting_messages_then_retries() -> None:
-    """If loading a room fails, its waiting messages fail and the next message loads it anew."""
+    """If loading a room fails, its waiting messages fail as unavailable and the next message
+    loads it anew."""
     h = Harness()
     waiting = [h.talk(1, "a", release=False), h.talk(1, "b", release=False)]
     h.store.release(RuntimeError("database down"))
     for d in waiting:
-        failures: list[Failure] = []
-        assert isinstance(d, Deferred)
-        d.addErrback(failures.append)
-        assert failures and failures[0].check(RuntimeError)
+        assert _refusal(lambda d=d: d).code == "unavailable"
     assert h.broadcasts() == []
     h.talk(1, "c")
     assert [(b["seq"], b["detailMessage"]) for b in h.broadcasts(1)] == [(1, "c")]
@@ -707,12 +726,14 @@ def test_history_of_a_room_not_yet_active_reads_the_store() -> None:
 
 
 def test_a_restarted_service_continues_each_room_from_its_stored_last_seq() -> None:
-    """A new ChatService over the same store numbers on from the stored seqs."""
+    """After a clean stop (reservations given back), a new ChatService over the same store
+    numbers on from the stored seqs without a gap."""
     first = Harness(history_size=2)
     for room_id, text in [(1, "a"), (1, "b"), (2, "c"), (1, "d")]:
         first.talk(room_id, text)
     first.flush()
     first.writer.stopService()
+    _result(first.chat.release_reservations())
 
     second = Harness(first.store, clock=first.clock, history_size=2)
     second.talk(1, "e")
@@ -785,3 +806,360 @@ def test_own_relayed_messages_are_not_cached_twice() -> None:
     chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
     chat.relayed("/topic/chat/room/5", "this-node", _relayed_body(5, 1, "mine"))
     assert chat.active_room(5) is None
+
+
+def test_a_speakers_name_is_part_of_the_broadcast_json() -> None:
+    """With a sender name the broadcast adds senderName after senderId, still byte-equal to
+    json.dumps of the message; without one the seed's fields are unchanged."""
+    from stomp_chat.app.chat import encode_message
+    from stomp_chat.persistence import utc_isoformat
+
+    moment = datetime.fromtimestamp(1764000000.5, UTC)
+    named = ChatMessage(3, 9, "3-9", "TALK", 7, "hi", moment, 'Zoë "Z" \u2028')
+    encoded = encode_message(named, utc_isoformat(moment))
+    assert encoded == json.dumps(named.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    assert list(json.loads(encoded))[3:5] == ["senderId", "senderName"]
+    plain = ChatMessage(3, 9, "3-9", "TALK", 7, "hi", moment)
+    assert "senderName" not in json.loads(encode_message(plain, utc_isoformat(moment)))
+
+
+def test_a_gated_request_may_leave_the_sender_out() -> None:
+    """senderId is required unless a gate fills it in; when given it is still validated."""
+    from stomp_chat.app.chat import parse_chat_request
+
+    body = json.dumps({"type": "TALK", "roomId": 1, "detailMessage": "x"}).encode()
+    with pytest.raises(ApplicationError, match="senderId"):
+        parse_chat_request(body)
+    assert parse_chat_request(body, sender_required=False).sender_id == 0
+    bad = json.dumps({"type": "TALK", "roomId": 1, "senderId": "me"}).encode()
+    with pytest.raises(ApplicationError, match="senderId"):
+        parse_chat_request(bad, sender_required=False)
+
+
+def test_a_relayed_message_keeps_its_senders_name() -> None:
+    """A message another server numbered keeps its senderName in this server's cache."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock)
+    writer.startService()
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
+    message = ChatMessage(5, 1, "5-1", "TALK", 9, "hi", datetime.fromtimestamp(1764000000, UTC),
+                          "Nina")
+    body = json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    chat.relayed("/topic/chat/room/5", "other-node", body)
+    state = chat.active_room(5)
+    assert state is not None and state.recent[-1].sender_name == "Nina"
+
+
+# -- storable text and room loading ----------------------------------------------------------
+
+_UNSTORABLE = [
+    b'{"type": "TALK", "roomId": 1, "senderId": 42, "detailMessage": "\\ud800"}',
+    b'{"type": "TALK", "roomId": 1, "senderId": 42, "detailMessage": "x\\u0000y"}',
+]
+
+
+@pytest.mark.parametrize("body", _UNSTORABLE, ids=["lone surrogate", "NUL"])
+def test_unstorable_text_to_a_loading_room_fails_alone(body: bytes) -> None:
+    """Unstorable text sent while its room loads is refused as bad-request, and a valid
+    message sent to the same room at the same moment is numbered, stored and receipted."""
+    h = Harness()
+    h.watch(1)
+    before = h.talk(1, "before", receipt="r1", release=False)
+    assert _refusal(lambda: h.send(body, receipt="bad", release=False)).code == "bad-request"
+    after = h.talk(1, "after", receipt="r2", release=False)
+    h.store.release()
+    h.flush()
+    assert [(b["seq"], b["detailMessage"]) for b in h.broadcasts(1)] == [
+        (1, "before"), (2, "after")
+    ]
+    assert [_result(d).seq for d in (before, after)] == [1, 2]
+    assert [(m.seq, m.text) for m in h.stored(1)] == [(1, "before"), (2, "after")]
+
+
+@pytest.mark.parametrize("body", _UNSTORABLE, ids=["lone surrogate", "NUL"])
+def test_unstorable_text_to_a_loaded_room_consumes_no_seq(body: bytes) -> None:
+    """In an active room unstorable text is refused as bad-request, not an internal error,
+    and the next message takes the next seq."""
+    h = Harness()
+    h.talk(1, "one")
+    assert _refusal(lambda: h.send(body)).code == "bad-request"
+    h.talk(1, "two")
+    h.flush()
+    assert _seqs(h.stored(1)) == [1, 2]
+
+
+def test_an_unexpected_error_while_a_room_loads_fails_only_its_own_request() -> None:
+    """A request that breaks unexpectedly while its room loads gets an internal error; the
+    requests queued with it are still numbered and stored, in order."""
+
+    def explode(request: ChatRequest, service: ChatService) -> str:
+        raise RuntimeError("a bug in one message type")
+
+    from stomp_chat.app.chat import MESSAGE_TYPES
+
+    h = Harness(types={**MESSAGE_TYPES, "BOOM": explode})
+    h.watch(1)
+    first = h.talk(1, "first", release=False)
+    broken = h.send({"type": "BOOM", "roomId": 1, "senderId": 1}, release=False)
+    last = h.talk(1, "last", release=False)
+    h.store.release()
+    assert isinstance(broken, Deferred)
+    assert _refusal(lambda: broken).code == "internal"
+    assert [_result(d).seq for d in (first, last)] == [1, 2]
+    h.flush()
+    assert [m.text for m in h.stored(1)] == ["first", "last"]
+
+
+# -- seq reservations ------------------------------------------------------------------------
+
+
+class ReservationLog(MemoryChatStore):
+    """The in-memory store, counting reservation writes, and holding them on request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reservations: list[int] = []
+        self.hold = False
+        self._held: list[tuple[Deferred[int], int, int]] = []
+
+    def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
+        self.reservations.append(through)
+        if not self.hold:
+            return super().extend_seq_reservation(room_id, through)
+        held: Deferred[int] = Deferred()
+        self._held.append((held, room_id, through))
+        return held
+
+    def release_held(self) -> None:
+        self.hold = False
+        while self._held:
+            held, room_id, through = self._held.pop(0)
+            super().extend_seq_reservation(room_id, through).chainDeferred(held)
+
+
+def test_seqs_are_reserved_in_blocks_ahead_of_need() -> None:
+    """A busy room writes its reservation once per block, ahead of need, and blocks grow
+    while the room stays busy; no message waits for the database."""
+    store = ReservationLog()
+    h = Harness(store)
+    h.talk(1, "opens the room")
+    for i in range(999):
+        assert h.talk(1, f"m{i}") is None, "a message waited for the database"
+    assert [b["seq"] for b in h.broadcasts(1)] == list(range(1, 1001))
+    assert len(store.reservations) < 10, store.reservations
+    state = h.chat.active_room(1)
+    assert state is not None and state.reserved_through > state.last_seq == 1000
+    assert _result(store.seq_floor(1)) == state.reserved_through
+
+
+def test_messages_beyond_the_reservation_wait_for_it_in_order() -> None:
+    """When the reserved seqs run out before the next reservation is written, messages wait
+    for it, keep their order, and are numbered once it is durable."""
+    store = ReservationLog()
+    h = Harness(store)
+    h.talk(1, "opens the room")
+    state = h.chat.active_room(1)
+    assert state is not None
+    store.hold = True
+    sent = [h.talk(1, f"m{i}") for i in range(state.reserved_through)]
+    waiting = [d for d in sent if isinstance(d, Deferred)]
+    assert waiting and not any(d.called for d in waiting)
+    assert h.broadcasts(1)[-1]["seq"] == state.reserved_through
+    store.release_held()
+    seqs = [b["seq"] for b in h.broadcasts(1)]
+    assert seqs == list(range(1, len(sent) + 2))
+    assert all(d.called for d in waiting)
+
+
+def test_a_crashed_service_never_reuses_a_seq_it_may_have_broadcast() -> None:
+    """A ChatService that dies without storing its last messages (nor giving back its
+    reservation): the next one over the same database starts past every seq handed out."""
+    first = Harness(MemoryChatStore())
+    for i in range(5):
+        first.talk(1, f"stored {i}")
+    first.flush()
+    for i in range(3):
+        first.talk(1, f"lost {i}")  # broadcast, never stored: the process dies here
+    broadcast_before = {b["seq"]: b["detailMessage"] for b in first.broadcasts(1)}
+
+    second = Harness(first.store, clock=first.clock)
+    second.talk(1, "after the crash")
+    [after] = second.broadcasts(1)
+    assert after["seq"] > max(broadcast_before)
+    second.flush()
+    stored = {m.seq: m.text for m in second.stored(1)}
+    for seq, text in stored.items():
+        assert broadcast_before.get(seq, text) == text, f"seq {seq} was reused"
+
+
+# -- room eviction ---------------------------------------------------------------------------
+
+
+def test_an_idle_room_leaves_memory_and_comes_back_with_its_seq() -> None:
+    """A room idle longer than room_idle_seconds is evicted; its next message reloads it and
+    takes the next seq without a gap."""
+    h = Harness(MemoryChatStore(), room_idle_seconds=600)
+    h.talk(1, "one")
+    h.talk(1, "two")
+    h.clock.advance(599)
+    h.talk(2, "keeps room 1 warm? no: room 1 was used 599 s ago")
+    assert h.chat.active_room(1) is not None
+    h.clock.advance(2)
+    h.talk(2, "sweeps")
+    assert h.chat.active_room(1) is None
+    assert h.chat.active_room(2) is not None
+    h.talk(1, "three")
+    assert [b["seq"] for b in h.broadcasts(1)] == [1, 2, 3]
+    h.flush()
+    assert _seqs(h.stored(1)) == [1, 2, 3]
+
+
+def test_rooms_beyond_max_active_rooms_are_evicted_least_recently_used_first() -> None:
+    """With max_active_rooms=2 a third room evicts the least recently used one (by the
+    second), whose next message continues its seq (its unsaved messages included)."""
+    h = Harness(MemoryChatStore(), max_active_rooms=2)
+    h.talk(1, "a1")
+    h.talk(2, "b1")
+    h.clock.advance(1)
+    h.talk(1, "a2")
+    h.talk(3, "c1")  # room 2 is the least recently used
+    assert h.chat.active_room(2) is None
+    assert h.chat.active_room(1) is not None and h.chat.active_room(3) is not None
+    assert h.chat.active_room_count == 2
+    h.talk(2, "b2")  # nothing stored yet: seq 1 is only in the writer's buffer
+    assert [(b["seq"], b["detailMessage"]) for b in h.broadcasts(2)] == [(1, "b1"), (2, "b2")]
+    page = _result(h.chat.history(2, 10))
+    assert [(m.seq, m.text) for m in page] == [(1, "b1"), (2, "b2")]
+    h.flush()
+    assert _seqs(h.stored(2)) == [1, 2]
+
+
+def test_a_room_with_waiting_messages_is_never_evicted() -> None:
+    """A room whose messages wait for a reservation stays in memory past the room cap."""
+    store = ReservationLog()
+    h = Harness(store, max_active_rooms=1)
+    h.talk(1, "opens room 1")
+    state = h.chat.active_room(1)
+    assert state is not None
+    store.hold = True
+    reserved = state.reserved_through
+    waiting = [h.talk(1, f"m{i}") for i in range(reserved)][-1]
+    assert isinstance(waiting, Deferred) and not waiting.called
+    h.talk(2, "another room")
+    assert h.chat.active_room(1) is state
+    store.release_held()
+    assert waiting.called
+    assert [b["seq"] for b in h.broadcasts(1)] == list(range(1, reserved + 2))
+
+
+@pytest.mark.parametrize("body", _UNSTORABLE, ids=["lone surrogate", "NUL"])
+@pytest_twisted.ensureDeferred
+async def test_unstorable_text_leaves_no_gap_in_a_real_database(
+    database: TestDatabase, body: bytes
+) -> None:
+    """On SQLite and PostgreSQL, unstorable text is refused before numbering, to a room not
+    yet loaded and to a loaded one, and the stored seqs have no gap."""
+    from twisted.internet import reactor
+
+    from stomp_chat.persistence import AdbapiChatStore, migrate
+
+    pool = database.open_pool()
+    await migrate(pool)
+    store = AdbapiChatStore(pool)
+    writer = WriteBehindWriter(store, reactor, flush_interval=0.01)
+    writer.startService()
+    chat = ChatService(store, writer, Broker(), reactor)
+    context = AppContext("session-1", None, chat.broker)
+
+    def send(raw: bytes) -> Deferred[Any] | None:
+        frame = Frame("SEND", {"destination": "/app/message", "receipt": "r"}, raw)
+        return chat.handle_message(frame, context, {})
+
+    valid = json.dumps({**_TALK, "detailMessage": "valid"}).encode()
+    with pytest.raises(ApplicationError) as refused:
+        send(body)
+    assert refused.value.code == "bad-request"
+    first = send(valid)
+    assert first is not None
+    await first
+    with pytest.raises(ApplicationError):
+        send(body)
+    second = send(valid)
+    assert second is not None
+    await second
+    await writer.stopService()
+    assert database.query("SELECT seq, text FROM messages ORDER BY seq") == [
+        (1, "valid"), (2, "valid")
+    ]
+
+
+def test_a_reservation_the_database_refuses_is_retried_and_nothing_is_refused() -> None:
+    """While the database refuses a room's next reservation, messages beyond the reserved
+    seqs wait (none refused, none numbered); the reservation is retried with backoff, and
+    once it is written they are numbered in order."""
+
+    class DownStore(MemoryChatStore):
+        down = False
+        attempts = 0
+
+        def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
+            self.attempts += 1
+            if self.down:
+                return fail(ConnectionError("database down"))
+            return super().extend_seq_reservation(room_id, through)
+
+    store = DownStore()
+    h = Harness(store)
+    h.talk(1, "opens the room")
+    state = h.chat.active_room(1)
+    assert state is not None
+    store.down = True
+    sent = [h.talk(1, f"m{i}", receipt=f"r{i}") for i in range(200)]
+    numbered = len(h.broadcasts(1))
+    assert numbered == state.reserved_through < 201
+    h.clock.pump([0.1] * 30)
+    assert store.attempts > 2, "the reservation is retried"
+    assert len(h.broadcasts(1)) == numbered
+    store.down = False
+    h.clock.pump([0.1] * 50)
+    assert [b["seq"] for b in h.broadcasts(1)] == list(range(1, 202))
+    h.flush()
+    for d in sent:
+        assert isinstance(d, Deferred)
+        _result(d)  # fired, and not with a refusal
+    assert _seqs(h.stored(1)) == list(range(1, 202))
+
+
+class _FixedSequencer:
+    """Stands for Redis handing out a seq another message already holds."""
+
+    node_id = "this-node"
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def sequence_and_publish(self, *args: Any, **kwargs: Any) -> Deferred[int]:
+        return succeed(self.seq)
+
+
+def test_a_seq_collision_is_an_error_to_its_sender_never_a_receipt() -> None:
+    """A durable message numbered with a seq the database already holds for another message
+    is not stored; its sender gets a not-stored error instead of a receipt, and the other
+    message stays."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock, flush_interval=FLUSH)
+    writer.startService()
+    original = ChatMessage(1, 7, "1-7", "TALK", 5, "first", datetime.fromtimestamp(1, UTC))
+    store.save_messages([original])
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_FixedSequencer(7))
+    body = json.dumps({**_TALK, "detailMessage": "second"}).encode()
+    frame = Frame("SEND", {"destination": "/app/message", "receipt": "r"}, body)
+    d = chat.handle_message(frame, AppContext("s", None, chat.broker), {})
+    assert isinstance(d, Deferred) and not d.called
+    clock.advance(FLUSH)
+    assert _refusal(lambda: d).code == "not-stored"
+    assert _result(store.load_messages(1, 10)) == [original]
+    state = chat.active_room(1)
+    assert state is not None and all(m.text != "second" for m in state.recent)

@@ -145,3 +145,20 @@ def test_release_gives_unacked_messages_to_another_subscriber():
     assert len(tracker) == 0
     assert [m.message_id for m in other.delivered] == [message.message_id]
     assert len(holder.delivered) == 1
+
+
+def test_ack_at_the_prefetch_lets_the_queue_send_the_next_message():
+    """Settling a message of a subscription at its prefetch hands it the next waiting one."""
+    from stomp_chat.broker import BrokerLimits
+
+    broker = Broker(limits=BrokerLimits(prefetch=1))
+    tracker = AckTracker(broker)
+    holder = Holder()
+    sub = Subscription(holder, "s1", "/queue/q", ACK_CLIENT_INDIVIDUAL, tracker.next_serial())
+    broker.subscribe(sub, "anon")
+    tracker.add(sub)
+    first = broker.publish("/queue/q", b"1")
+    broker.publish("/queue/q", b"2")
+    assert [m.body for m in holder.delivered] == [b"1"]
+    tracker.settle(sub, first.message_id, requeue=False)
+    assert [m.body for m in holder.delivered] == [b"1", b"2"]

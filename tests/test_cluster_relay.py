@@ -136,11 +136,11 @@ class FailureLog:
 class Node:
     """One server process's cluster parts: a broker, its relay and, optionally, a chat."""
 
-    def __init__(self, url: str, with_chat: bool) -> None:
+    def __init__(self, url: str, with_chat: bool, store: MemoryChatStore | None = None) -> None:
         self.broker = Broker()
         self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor)
         self.probe = subscribe(self.broker, PROBE_TOPIC)
-        self.store = MemoryChatStore()
+        self.store = store if store is not None else MemoryChatStore()
         self.writer = WriteBehindWriter(self.store, reactor, flush_interval=0.01)
         self.chat: ChatService | None = None
         if with_chat:
@@ -184,8 +184,11 @@ class Cluster:
         self.redis = redis
         self.nodes: list[Node] = []
 
-    async def node(self, with_chat: bool = False, url: str | None = None) -> Node:
-        node = Node(url or self.url, with_chat)
+    async def node(
+        self, with_chat: bool = False, url: str | None = None,
+        store: MemoryChatStore | None = None,
+    ) -> Node:
+        node = Node(url or self.url, with_chat, store)
         self.nodes.append(node)
         node.start()
         if url is None:
@@ -503,9 +506,9 @@ async def test_chat_messages_on_two_nodes_share_one_gap_free_order(cluster: Clus
 
 @pytest_twisted.ensureDeferred
 async def test_a_lost_redis_counter_never_reuses_a_seq(cluster: Cluster) -> None:
-    """When the Redis seq counter is lower than what a node knows (Redis lost it), the next
-    message still gets last_seq + 1, on the sender's node and on one that learnt the seqs
-    through the relay."""
+    """When the Redis seq counter is lower than what a node knows, the next message still
+    gets last_seq + 1; when Redis lost the counter, the next message starts past the
+    database's high-water mark, never at one node's memory."""
     room = 3
     a, b = await cluster.node(with_chat=True), await cluster.node(with_chat=True)
     watcher = subscribe(b.broker, f"/topic/chat/room/{room}")
@@ -522,10 +525,12 @@ async def test_a_lost_redis_counter_never_reuses_a_seq(cluster: Cluster) -> None
     assert int(await cluster.redis.get(cluster.seq_key(room))) == 5
 
     await cluster.redis.delete(cluster.seq_key(room))
+    floor = await b.store.seq_floor(room)
+    assert floor >= 5, "B's database reserves past every seq B has seen"
     on_b = await outcome(b.talk(room, "after the counter vanished"), "post on B")
-    assert on_b.seq == 6, "B knows seq 5 from the relay"
+    assert on_b.seq == floor + 1, "a lost counter restarts past the durable floor"
     await eventually(lambda: len(watcher.messages) == 6, "6 messages on B")
-    assert [m["seq"] for m in chat_bodies(watcher)] == [1, 2, 3, 4, 5, 6]
+    assert [m["seq"] for m in chat_bodies(watcher)] == [1, 2, 3, 4, 5, floor + 1]
 
 
 @pytest_twisted.ensureDeferred
@@ -588,3 +593,38 @@ async def test_relay_stop_waits_for_messages_being_sequenced(cluster: Cluster) -
     assert [m.seq for m in await a.stored(room)] == [1, 2]
     await eventually(lambda: len(on_b.messages) == 2, "both messages on the other node")
     assert a.broker.published_listeners == [], "a stopped relay relays nothing"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_missed_messages_never_reuses_a_stored_seq_after_redis_loses_the_counter(
+    cluster: Cluster,
+) -> None:
+    """Two nodes on one database; B misses A's relayed messages, then Redis loses the room's
+    counter: B's next message is numbered past the database's high-water mark, stored under
+    its own seq, and only then receipted; A's stored messages are untouched."""
+    room = 9
+    shared = MemoryChatStore()
+    a = await cluster.node(with_chat=True, store=shared)
+    b = await cluster.node(with_chat=True, store=shared)
+    assert a.chat is not None and b.chat is not None
+    assert (await outcome(b.talk(room, "B opens the room"), "B's first post")).seq == 1
+    b.relay.listeners.remove(b.chat.relayed)  # B hears no more of A's messages
+    for i in range(3):
+        assert (await outcome(a.talk(room, f"a{i}"), f"A's post {i}")).seq == 2 + i
+    await a.writer.flush()
+    state = b.chat.active_room(room)
+    assert state is not None and state.last_seq == 1, "B missed seqs 2-4"
+
+    await cluster.redis.delete(cluster.seq_key(room))
+    body = json.dumps({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": "B again"})
+    frame = Frame("SEND", {"destination": "/app/message", "receipt": "r"}, body.encode())
+    receipted = b.chat.handle_message(frame, AppContext("session-b", None, b.broker), {})
+    assert isinstance(receipted, Deferred)
+    message = await outcome(receipted, "B's durable post")
+    assert isinstance(message, ChatMessage), message
+    assert message.seq > 4
+    stored = await b.stored(room)
+    assert [(m.seq, m.text) for m in stored] == [
+        (1, "B opens the room"), (2, "a0"), (3, "a1"), (4, "a2"), (message.seq, "B again")
+    ]
+    assert a.writer.collided_count == b.writer.collided_count == 0

@@ -344,3 +344,192 @@ def test_an_unusable_database_makes_the_server_exit_with_an_error(tmp_path: Path
     assert "cannot start" in output
     assert "starting on" not in output, "nothing may listen"
     assert code != 0, "a supervisor must see that the server failed to start"
+
+
+# -- crashes and a database that stops answering ---------------------------------------------
+
+
+def _kill(server: RunningServer) -> None:
+    """SIGKILL: no shutdown code runs, whatever was buffered is lost."""
+    process = server.process
+    assert process is not None
+    server.process = None
+    process.kill()
+    process.wait(10)
+    if process.stdout:
+        process.stdout.close()
+
+
+def _wait_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_server_killed_with_sigkill_never_reuses_a_seq(chat_db: ChatDatabase, clients) -> None:
+    """After SIGKILL with broadcast messages not yet stored, a server restarted on the same
+    database never gives a seq seen before the kill to a different message."""
+    room = 5
+    # Batches of 10 are written at once; a smaller rest waits a minute, so it dies unsaved.
+    server = chat_db.start("--write-batch", "10", "--write-interval", "60000")
+    client = clients(server.http_port)
+    client.subscribe(ROOM_TOPIC.format(room))
+    for i in range(107):
+        if i == 100:
+            _wait_until(lambda: len(chat_db.rows(room)) == 100, "the full batches to be stored")
+        client.send_chat({"type": "TALK", "roomId": room, "senderId": 1, "detailMessage": f"b{i}"})
+    seen = {m["seq"]: m["detailMessage"] for m in client.wait_chat(room, 107)}
+    assert sorted(seen) == list(range(1, 108))
+    client.close()
+    _kill(server)
+    assert [row[0] for row in chat_db.rows(room)] == list(range(1, 101)), "7 died unsaved"
+
+    restarted = chat_db.start()
+    again = clients(restarted.http_port)
+    again.subscribe(ROOM_TOPIC.format(room))
+    for i in range(5):
+        again.send_chat(
+            {"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": f"a{i}"},
+            receipt=f"r{i}",
+        )
+    after = again.wait_chat(room, 5)
+    again.wait_for(lambda: "r4" in again.receipts, "the last receipt")
+    for message in after:
+        assert seen.get(message["seq"], message["detailMessage"]) == message["detailMessage"], (
+            f"seq {message['seq']} was {seen.get(message['seq'])!r} before the kill"
+        )
+    assert [m["seq"] for m in after] == sorted(m["seq"] for m in after)
+    for seq, _, text, _ in chat_db.rows(room):
+        assert seen.get(seq, text) == text, f"seq {seq} names two messages"
+    assert_clean_stop(restarted)
+
+
+def _server_url_through(proxy_port: int, database: TestDatabase) -> str:
+    config = database.config
+    query = urlencode({"options": config.options["options"]})
+    return f"postgresql://{config.user}@127.0.0.1:{proxy_port}/{config.database}?{query}"
+
+
+def test_a_silent_database_loses_nothing_and_sigterm_stays_bounded(
+    postgresql_database: TestDatabase, start_server, clients
+) -> None:
+    """PostgreSQL stops answering mid-stream (packets dropped): the write-behind abandons the
+    stuck batch and retries it, every accepted message is stored exactly once and in order
+    once the database answers again, every receipt arrives, and a SIGTERM during a second
+    silence ends the server within its stop bound."""
+    from tests.blackholeproxy import ThreadedProxy
+    from tests.conftest_db import parse_database_url
+
+    base = parse_database_url(_postgres_server_url(postgresql_database))
+    proxy = ThreadedProxy(base.host or "127.0.0.1", base.port or 5432).start()
+    try:
+        url = _server_url_through(proxy.port, postgresql_database)
+        server = start_server(
+            "--database", url, "--db-timeout", "1", "--write-interval", "20",
+            "--shutdown-timeout", "4",
+        )
+        client = clients(server.http_port)
+        client.subscribe(ROOM_TOPIC.format(1))
+        sent = 0
+
+        def send(count: int) -> None:
+            nonlocal sent
+            for _ in range(count):
+                sent += 1
+                client.send_chat(
+                    {"type": "TALK", "roomId": 1, "senderId": 1, "detailMessage": f"m{sent}"},
+                    receipt=f"r{sent}",
+                )
+
+        send(50)
+        client.wait_for(lambda: "r50" in client.receipts, "the first receipts")
+        proxy.blackhole()
+        for _ in range(10):
+            send(20)
+            time.sleep(0.2)  # about 2 s of silence, twice the database timeout
+        status, health = http_get(server.http_url, "/healthz")
+        assert status == 200 and health["unsaved"] > 0, health
+        assert proxy.dropped_bytes > 0, "the server's writes went into the blackhole"
+        proxy.restore()
+        send(50)
+        client.wait_for(lambda: f"r{sent}" in client.receipts, "every receipt", timeout=30)
+        broadcast = client.wait_chat(1, sent)
+        assert [m["seq"] for m in broadcast] == list(range(1, sent + 1))
+        assert {f"r{n}" for n in range(1, sent + 1)} <= set(client.receipts)
+        rows = postgresql_database.query(
+            "SELECT seq, text FROM messages WHERE room_id = 1 ORDER BY seq"
+        )
+        assert rows == [(n, f"m{n}") for n in range(1, sent + 1)], "exactly once, in order"
+
+        proxy.blackhole()
+        send(20)
+        client.wait_chat(1, sent)
+        process = server.process
+        assert process is not None
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        elapsed = time.monotonic() - started
+        server.process = None
+        if process.stdout:
+            process.stdout.close()
+        assert elapsed < 12, f"SIGTERM took {elapsed:.1f}s with the database silent"
+        assert "stopping with 20 message(s) unsaved" in server.log()
+    finally:
+        proxy.stop()
+
+
+def test_publishers_are_pushed_back_while_the_database_is_silent(
+    postgresql_database: TestDatabase, start_server, clients
+) -> None:
+    """With PostgreSQL silent and the write buffer past its high-water mark, the server
+    stops reading its connections instead of refusing: the publisher's messages wait in
+    the socket, none is refused, and all are stored once the database answers."""
+    from tests.blackholeproxy import ThreadedProxy
+    from tests.conftest_db import parse_database_url
+
+    base = parse_database_url(_postgres_server_url(postgresql_database))
+    proxy = ThreadedProxy(base.host or "127.0.0.1", base.port or 5432).start()
+    try:
+        url = _server_url_through(proxy.port, postgresql_database)
+        server = start_server(
+            "--database", url, "--db-timeout", "1", "--write-interval", "20",
+            "--write-buffer", "200",
+        )
+        publisher = clients(server.http_port)
+        publisher.subscribe(ERRORS)
+        watcher = clients(server.http_port)
+        watcher.subscribe(ROOM_TOPIC.format(2))
+        publisher.send_chat(
+            {"type": "TALK", "roomId": 2, "senderId": 1, "detailMessage": "m0"}, receipt="open"
+        )
+        publisher.wait_for(lambda: "open" in publisher.receipts, "the room to be open")
+        proxy.blackhole()
+        for n in range(1, 301):
+            publisher.send_chat(
+                {"type": "TALK", "roomId": 2, "senderId": 1, "detailMessage": f"m{n}"}
+            )
+        time.sleep(2)
+        held = len(watcher.chat(2)) - 1
+        assert held < 300, f"{held} broadcast: reading should stop at the high-water mark"
+        _, health = http_get(server.http_url, "/healthz")
+        assert 0 < health["unsaved"] < 200, health
+        proxy.restore()
+        broadcast = watcher.wait_chat(2, 301, timeout=30)
+        assert [m["detailMessage"] for m in broadcast] == [f"m{n}" for n in range(301)]
+        assert publisher.at(ERRORS) == [], "nothing was refused"
+        _wait_until(
+            lambda: postgresql_database.query(
+                "SELECT COUNT(*) FROM messages WHERE room_id = 2"
+            ) == [(301,)],
+            "all 301 stored",
+            timeout=30,
+        )
+        assert "Pausing 2 publishers" in server.log()
+        assert server.stop() == STOPPED_BY_SIGTERM
+    finally:
+        proxy.stop()

@@ -270,3 +270,50 @@ def test_a_bad_redis_url_is_a_usage_error(tmp_path: Path, url: str, complaint: s
     assert "--redis: " in output and complaint in output, output
     assert "Traceback" not in output, output
     assert not (tmp_path / "chat.db").exists(), "nothing may start on a usage error"
+
+
+def test_a_lost_redis_counter_restarts_past_the_shared_database(
+    postgresql_database, redis_url: str, start_node, clients
+) -> None:
+    """Two servers on one PostgreSQL: when Redis loses a room's counter (as a Redis restart
+    does), the next message is numbered past every seq the database holds or reserves, so
+    each stored message keeps its own seq and every receipt means stored."""
+    from tests.conftest_db import POSTGRES_URL
+
+    query = urlencode({"options": postgresql_database.config.options["options"]})
+    url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}{query}"
+    room = 12
+    server_a = start_node("a", "--redis", redis_url, "--database", url)
+    server_b = start_node("b", "--redis", redis_url, "--database", url)
+    on_a, on_b = clients(server_a), clients(server_b)
+    for client in (on_a, on_b):
+        client.subscribe(ROOM_TOPIC.format(room))
+        client.subscribe(ERRORS)
+    for i in range(6):
+        sender = (on_a, on_b)[i % 2]
+        sender.send_chat(
+            {"type": "TALK", "roomId": room, "senderId": 1, "detailMessage": f"before {i}"},
+            receipt=f"r-{i}",
+        )
+    before = on_a.wait_chat(room, 6)
+    assert [m["seq"] for m in before] == list(range(1, 7))
+
+    namespace = redis_url.rpartition("namespace=")[2]
+    assert redis_command("DEL", f"{namespace}:seq:{room}") == 1
+    on_b.send_chat(
+        {"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": "after"},
+        receipt="r-after",
+    )
+    on_b.wait_for(lambda: "r-after" in on_b.receipts, "the receipt after the counter was lost")
+    after = on_a.wait_chat(room, 7)[-1]
+    assert after["detailMessage"] == "after" and after["seq"] > 6
+    for client in (on_a, on_b):
+        assert client.at(ERRORS) == []
+    on_a.close()
+    on_b.close()
+    assert_clean_stop(server_a)
+    assert_clean_stop(server_b)
+    rows = postgresql_database.query(
+        f"SELECT seq, text FROM messages WHERE room_id = {room} ORDER BY seq"
+    )
+    assert rows == [(m["seq"], m["detailMessage"]) for m in [*before, after]]

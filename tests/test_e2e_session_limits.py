@@ -1,5 +1,5 @@
-"""End to end: the per-connection limits of a real `twistd -n stomp-chat` over raw TCP sockets,
-and the inbound chain pausing a real reactor's TCP transport."""
+"""End to end: the per-connection limits of a real `twistd -n stomp-chat` over raw sockets,
+interceptors it loads from its options, and the chain pausing a real reactor's TCP transport."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from stomp_chat.identity import Principal
 from stomp_chat.session import AuthenticationInterceptor
 from stomp_chat.stomp.frame import Frame, encode_frame
 from stomp_chat.transport.stomp import StompFactory
+from tests.e2e_interceptors import SLOW_SECONDS
+from tests.rawclients import send_frame, subscribe_frame, ws_frame, ws_stomp_connect
 from tests.serverproc import RunningServer, assert_clean_stop
 from tests.stompfakes import OutputReader, make_context
 
@@ -227,3 +229,49 @@ def _wait_until(condition, timeout: float = TIMEOUT) -> defer.Deferred[None]:
     return result
 
 
+
+
+def test_configured_interceptors_wait_and_refuse_over_a_real_websocket(start_server) -> None:
+    """Interceptors from --interceptors run in a real server: a waiting one holds the frames
+    behind it in order over a real WebSocket, and one can refuse a frame with ERROR."""
+    server = limited_server(
+        start_server, "--interceptors",
+        "tests.e2e_interceptors:SlowSends,tests.e2e_interceptors:RefuseForbidden",
+    )
+    sock, reader = ws_stomp_connect(server.http_port)
+    try:
+        sock.sendall(ws_frame(subscribe_frame("/topic/t")))
+        reader.until("RECEIPT")
+        slow = encode_frame(Frame("SEND", {"destination": "/topic/t", "x-slow": "1",
+                                           "receipt": "r1"}, b"first"), "1.2")
+        started = time.monotonic()
+        sock.sendall(ws_frame(slow + send_frame("/topic/t", b"second", "r2")
+                              + send_frame("/topic/t", b"third", "r3")))
+        receipts, bodies = [], []
+        while len(receipts) < 3:
+            frame = _next(reader)
+            if frame.command == "RECEIPT":
+                receipts.append(frame.headers["receipt-id"])
+            elif frame.command == "MESSAGE":
+                bodies.append(frame.body)
+        assert time.monotonic() - started >= SLOW_SECONDS
+        assert receipts == ["r1", "r2", "r3"]
+        assert bodies == [b"first", b"second", b"third"]
+        sock.sendall(ws_frame(send_frame("/topic/t", b"forbidden", "r4")))
+        error = reader.until("ERROR")
+        assert error.headers["message"] == "forbidden word"
+        assert error.headers["receipt-id"] == "r4"
+    finally:
+        sock.close()
+    assert "Traceback" not in server.log()
+
+
+def _next(reader) -> Frame:
+    """The next STOMP frame a WebSocketReader decodes, whatever its command."""
+    deadline = time.monotonic() + TIMEOUT
+    while not reader.stomp.frames:
+        assert time.monotonic() < deadline, "no frame arrived"
+        data = reader.sock.recv(1 << 16)
+        assert data, "the server closed the connection"
+        reader.feed(data)
+    return reader.stomp.frames.pop(0)

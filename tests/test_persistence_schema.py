@@ -30,9 +30,11 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 TABLE_COLUMNS = {
     "members": ["id", "name", "password_hash", "created_at"],
-    "rooms": ["id", "name", "created_at"],
+    "rooms": ["id", "name", "created_at", "private"],
     "room_members": ["room_id", "member_id", "joined_at"],
     "messages": ["room_id", "seq", "message_id", "type", "sender_id", "text", "created_at"],
+    "read_positions": ["user_id", "room_id", "seq", "updated_at"],
+    "room_seq_reservations": ["room_id", "reserved_through"],
 }
 
 

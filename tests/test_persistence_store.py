@@ -15,6 +15,7 @@ from stomp_chat.persistence import (
     AdbapiChatStore,
     ChatMessage,
     ChatStore,
+    DatabaseTimeout,
     MemberNameTaken,
     MemberNotFound,
     MessagesRejected,
@@ -547,3 +548,74 @@ async def test_generated_ids_skip_rows_inserted_behind_the_sequence(
     assert member.id == 2
     with pytest.raises(MemberNameTaken):
         await store.create_member("restored")
+
+
+# -- seq reservations and collisions ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_seq_reservations_only_ever_rise_unless_given_back(store: ChatStore) -> None:
+    """reserve_seqs starts past everything stored or reserved; extending never lowers the
+    mark; giving back lowers it only from the value the caller reserved."""
+    assert await store.seq_floor(1) == 0
+    assert await store.reserve_seqs(1, 5) == (0, 0, 5)
+    await store.save_messages([chat_message(1, seq) for seq in range(1, 9)])
+    assert await store.reserve_seqs(1, 5) == (8, 5, 13)
+    assert await store.extend_seq_reservation(1, 10) == 13
+    assert await store.extend_seq_reservation(1, 20) == 20
+    assert await store.release_seq_reservation(1, 19, 15) is False
+    assert await store.seq_floor(1) == 20
+    assert await store.release_seq_reservation(1, 20, 15) is True
+    assert await store.seq_floor(1) == 15
+    await store.save_messages([chat_message(1, 16)])
+    assert await store.seq_floor(1) == 16
+    assert await store.seq_floor(2) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_reservations_keep_the_highest(store: ChatStore) -> None:
+    """Reservations written at once (two servers) end at the highest one asked for."""
+    await gatherResults([store.extend_seq_reservation(1, n) for n in (40, 90, 10, 70)])
+    assert await store.seq_floor(1) == 90
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_different_message_under_a_stored_seq_is_reported(store: ChatStore) -> None:
+    """Saving a message whose (room, seq) holds a different message stores nothing for it
+    and reports it; the rest of the batch is stored, and re-saving a stored message is no
+    collision."""
+    first = [chat_message(1, 1), chat_message(1, 2)]
+    assert await store.save_messages(first) == []
+    assert await store.save_messages([chat_message(1, 2), chat_message(1, 3)]) == []
+    intruder = chat_message(1, 2, text="another message, same seq", sender_id=9)
+    assert await store.save_messages([intruder, chat_message(1, 4)]) == [intruder]
+    assert await store.load_messages(1, limit=10) == [chat_message(1, s) for s in range(1, 5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_postgres_times_out_and_frees_the_only_connection(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With PostgreSQL answering nothing (packets dropped), a call fails with
+    DatabaseTimeout after the timeout, and once it answers again the next call succeeds
+    at once on a fresh connection, though the pool has a single one."""
+    from twisted.internet import reactor
+
+    routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
+    pool = postgresql_database.open_pool(routed)
+    await migrate(pool)
+    store = AdbapiChatStore(pool, timeout=0.5, clock=reactor)
+    await store.save_messages([chat_message(1, 1)])
+    postgres_proxy.blackhole()
+    started = reactor.seconds()
+    with pytest.raises(DatabaseTimeout):
+        await store.save_messages([chat_message(1, 2)])
+    assert 0.4 < reactor.seconds() - started < 2
+    assert postgres_proxy.blackholed_bytes > 0, "the call reached the silent server"
+    with pytest.raises(DatabaseTimeout):
+        await store.last_seq(1)
+    postgres_proxy.restore()
+    started = reactor.seconds()
+    await store.save_messages([chat_message(1, 2)])
+    assert await store.last_seq(1) == 2
+    assert reactor.seconds() - started < 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -13,11 +14,17 @@ import pytest_twisted
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from stomp_chat.persistence import DatabaseConfig, make_pool, parse_database_url
-from stomp_chat.persistence.url import DEFAULT_POSTGRES_CONNECT_TIMEOUT
+from stomp_chat.persistence import (
+    ChatConnectionPool,
+    DatabaseConfig,
+    DatabaseTimeout,
+    make_pool,
+    parse_database_url,
+)
+from stomp_chat.persistence.url import DEFAULT_DB_TIMEOUT
 
 if TYPE_CHECKING:
-    from tests.conftest_db import TestDatabase
+    from tests.conftest_db import CuttableProxy, TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
 
@@ -74,9 +81,42 @@ def test_postgres_ipv6_host_and_query_options() -> None:
 def test_postgres_connect_timeout_default_and_override() -> None:
     """A connect timeout is always set, and the URL can change it."""
     default = parse_database_url("postgresql://h/db").connect_kwargs()
-    assert default["connect_timeout"] == DEFAULT_POSTGRES_CONNECT_TIMEOUT
+    assert default["connect_timeout"] == DEFAULT_DB_TIMEOUT
     custom = parse_database_url("postgresql://h/db?connect_timeout=2").connect_kwargs()
     assert custom["connect_timeout"] == "2"
+
+
+def test_postgres_calls_are_bounded_by_the_database_timeout() -> None:
+    """The database timeout sets the statement timeout, the connect timeout, TCP keepalives
+    and the TCP user timeout, keeping any libpq options the URL gives."""
+    config = replace(
+        parse_database_url("postgresql://h/db?options=-csearch_path%3Dx&keepalives_count=9"),
+        timeout=4.5,
+    )
+    kwargs = config.connect_kwargs()
+    assert kwargs["options"] == "-c statement_timeout=4500 -csearch_path=x"
+    assert kwargs["connect_timeout"] == 5
+    assert kwargs["tcp_user_timeout"] == 4500
+    assert kwargs["keepalives"] == 1 and kwargs["keepalives_idle"] == 2
+    assert kwargs["keepalives_count"] == "9", "the URL's own setting wins"
+
+
+def test_the_timeouts_are_accepted_by_the_real_postgres() -> None:
+    """libpq and the server accept every timeout setting: a real connection reports them."""
+    import psycopg2
+
+    from tests.conftest_db import require_postgres
+
+    config = replace(require_postgres(), timeout=3)
+    connection = psycopg2.connect(**config.connect_kwargs())
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            assert cursor.fetchone() == ("3s",)
+            cursor.execute("SHOW tcp_keepalives_idle")
+            assert cursor.fetchone() is not None
+    finally:
+        connection.close()
 
 
 def test_postgres_without_host_uses_the_local_socket() -> None:
@@ -201,3 +241,34 @@ async def test_sqlite_memory_database_lives_as_long_as_the_pool() -> None:
         assert await pool.runQuery("SELECT x FROM t") == [(1,)]
     finally:
         pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_queued_behind_a_silent_server_are_abandoned_not_run_later(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With the pool's only connection stuck on a silent server, calls queued behind it time
+    out too and never run once a thread is free; the stuck call's connection is severed, so
+    the pool answers again as soon as the server does."""
+    from twisted.internet import reactor
+
+    routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
+    pool = postgresql_database.open_pool(routed)
+    assert isinstance(pool, ChatConnectionPool)
+    ran: list[int] = []
+
+    def interaction(transaction: Any, number: int) -> int:
+        ran.append(number)
+        transaction.execute("SELECT 1")
+        return number
+
+    assert await pool.run_within(1, reactor, interaction, 0) == 0
+    postgres_proxy.blackhole()
+    stuck = pool.run_within(0.5, reactor, interaction, 1)
+    calls = [stuck, *(pool.run_within(0.2, reactor, interaction, n) for n in (2, 3))]
+    for call in calls:
+        with pytest.raises(DatabaseTimeout):
+            await call
+    postgres_proxy.restore()
+    assert await pool.run_within(2, reactor, interaction, 4) == 4
+    assert ran == [0, 1, 4], "the calls abandoned while queued never ran"

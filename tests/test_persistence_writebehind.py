@@ -13,6 +13,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 
 from stomp_chat.persistence import (
     AdbapiChatStore,
@@ -20,6 +21,7 @@ from stomp_chat.persistence import (
     ChatMessage,
     MemoryChatStore,
     MessagesRejected,
+    SeqCollision,
     WriteBehindWriter,
     WriterStopped,
     migrate,
@@ -492,3 +494,104 @@ async def test_postgres_outage_loses_and_duplicates_nothing(
     assert writer.saved_count == seq and writer.rejected_count == 0
     errors = [e for e in events if e.get("log_level", LogLevel.info) >= LogLevel.error]
     assert len(errors) == 1, "the pool stays quiet; the writer reports the outage once"
+
+
+# -- seq collisions, stop deadline, flush order ----------------------------------------------
+
+
+def test_a_seq_collision_fails_only_that_durable_message() -> None:
+    """A message whose (room, seq) already holds a different message is not counted as
+    saved: its durable Deferred fails with SeqCollision and listeners hear of it, while the
+    rest of the batch is stored and acknowledged."""
+    clock, store = task.Clock(), MemoryChatStore()
+    store.save_messages([chat_message(2, text="stored first")])
+    writer = started_writer(store, clock, flush_interval=1)
+    heard: list[ChatMessage] = []
+    writer.collision_listeners.append(heard.append)
+    durable = [writer.append_durable(chat_message(seq, text="new")) for seq in (1, 2, 3)]
+    outcomes: list[object] = []
+    for d in durable:
+        d.addBoth(outcomes.append)
+    with capturedLogs() as events:
+        clock.advance(1)
+    assert outcomes[0] is None and outcomes[2] is None
+    failure = outcomes[1]
+    assert isinstance(failure, Failure) and failure.check(SeqCollision)
+    assert heard == [chat_message(2, text="new")]
+    assert writer.saved_count == 2 and writer.collided_count == 1
+    assert [m.text for m in store.load_messages(1, 10).result] == ["new", "stored first", "new"]
+    assert any(e.get("log_level") == LogLevel.error for e in events), "never silent"
+
+
+def test_a_retried_batch_meeting_its_own_rows_is_no_collision() -> None:
+    """A batch saved again after an unknown outcome finds its own messages: no collision."""
+    clock, store = task.Clock(), MemoryChatStore()
+    store.save_messages([chat_message(1), chat_message(2)])
+    writer = started_writer(store, clock, flush_interval=1)
+    durable = writer.append_durable(chat_message(2))
+    clock.advance(1)
+    assert durable.called and durable.result is None
+    assert writer.collided_count == 0
+
+
+def test_stop_gives_up_after_stop_timeout_when_the_database_never_answers() -> None:
+    """With the database silent, stopping gives up after stop_timeout: the unsaved messages
+    are reported lost, durable waiters fail (no receipt), and the stop completes."""
+    clock, store = task.Clock(), ControlledStore()
+    writer = started_writer(store, clock, flush_interval=0.1, stop_timeout=5)
+    writer.append(chat_message(1))
+    durable = writer.append_durable(chat_message(2))
+    clock.advance(0.1)
+    assert store.busy
+    stopped = writer.stopService()
+    with capturedLogs() as events:
+        clock.advance(4.9)
+        assert not stopped.called
+        clock.advance(0.1)
+    assert stopped.called
+    failures: list[Failure] = []
+    durable.addErrback(failures.append)
+    assert failures and failures[0].check(WriterStopped)
+    assert writer.lost_count == 2 and writer.pending_count == 0
+    assert any(e.get("log_level") == LogLevel.critical for e in events)
+    with pytest.raises(WriterStopped):
+        writer.append(chat_message(3))
+
+
+def test_flush_fires_after_every_receipt_callback_of_earlier_messages() -> None:
+    """flush() fires after the callbacks of every durable message appended before it ran,
+    so a shutdown that waits for it has sent every receipt that is due."""
+    clock, store = task.Clock(), ControlledStore()
+    writer = started_writer(store, clock, flush_interval=10, max_batch=2)
+    events: list[str] = []
+    for seq in range(1, 6):
+        writer.append_durable(chat_message(seq)).addCallback(
+            lambda _, seq=seq: events.append(f"receipt {seq}")
+        )
+    writer.flush().addCallback(lambda _: events.append("flushed"))
+    writer.append_durable(chat_message(6)).addCallback(lambda _: events.append("receipt 6"))
+    for _ in range(2):
+        clock.advance(0)
+        store.commit()
+    assert events == [f"receipt {seq}" for seq in range(1, 5)]
+    clock.advance(0)
+    store.commit()  # messages 5 and 6 in one batch: 5's receipt, the flush, then 6's
+    assert events == [f"receipt {seq}" for seq in range(1, 6)] + ["flushed", "receipt 6"]
+
+
+def test_expected_messages_count_towards_the_water_marks_and_the_limit() -> None:
+    """Messages announced with expect() (waiting for their room) pause publishers at the
+    high-water mark and count against has_room_for, until they are appended or dropped."""
+    clock, producer = task.Clock(), RecordingProducer()
+    writer = started_writer(MemoryChatStore(), clock, max_pending=10, high_water=6, low_water=2)
+    writer.register_producer(producer)
+    writer.append(chat_message(1))
+    writer.expect(4)
+    assert producer.events == []
+    writer.expect(1)
+    assert producer.events == ["pause"]
+    assert writer.has_room_for(4) and not writer.has_room_for(5)
+    writer.expect(-3)
+    assert producer.events == ["pause"], "still above the low-water mark"
+    writer.expect(-2)
+    assert producer.events == ["pause", "resume"]

@@ -1573,7 +1573,7 @@ def test_transaction_bytes_bound_is_error_then_close(clock):
         client.send("SEND", {"destination": "/topic/t", "transaction": "b"}, b"x" * 1000)
     error = assert_error_then_closed(client)
     assert error.headers["message"] == "transaction too large"
-    assert client.session._transactions == {}
+    assert len(client.session._transactions) == 0
     assert watcher.frames() == []
 
 
@@ -1599,7 +1599,7 @@ def test_committed_bytes_are_given_back(clock):
         client.send("SEND", {"destination": "/topic/t", "transaction": f"t{i}"}, b"x" * 3000)
         client.send("COMMIT", {"transaction": f"t{i}"})
     assert not client.closed
-    assert client.session._transaction_bytes == 0
+    assert client.session._transactions.held_bytes == 0
 
 
 def test_unfinished_frames_time_out_with_heartbeats_off(clock):
@@ -1778,6 +1778,25 @@ def test_send_rate_refills_with_time(clock):
     assert not client.closed
 
 
+def test_authentication_that_never_answers_hits_the_connect_timeout(clock):
+    """A CONNECT whose authentication never completes is closed at the connect timeout."""
+
+    class Hanging:
+        def authenticate(self, frame, connection):
+            return Deferred()
+
+    context = make_context(clock=clock, authenticator=Hanging(), connect_timeout=10.0)
+    client = Client(context)
+    client.send("CONNECT", {"accept-version": "1.2"})
+    assert client.transport.reading_paused
+    clock.advance(9.5)
+    client.session.check_liveness(clock.seconds(), 1.0)
+    assert not client.closed
+    clock.advance(0.5)
+    client.session.check_liveness(clock.seconds(), 1.0)
+    assert assert_error_then_closed(client).headers["message"] == "connect timeout"
+
+
 def test_shut_down_sends_due_receipts_before_the_error(clock):
     """shut_down stops reading, sends every RECEIPT still due, then ERROR, then closes."""
     router = AppRouter()
@@ -1801,3 +1820,22 @@ def test_shut_down_with_nothing_due_errors_at_once(context):
     client = connected(context)
     client.session.shut_down("server shutting down")
     assert_error_then_closed(client, message="server shutting down")
+
+
+def test_too_many_frames_behind_a_slow_one_pause_reading(clock):
+    """Past max_pending_receipts frames waiting behind a slow SEND, the session stops reading
+    until half of them are answered; every receipt still arrives, in order."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = make_context(clock=clock, router=router, max_pending_receipts=4)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "slow"}, b"x")
+    for i in range(2):
+        client.send("SUBSCRIBE", {"destination": "/topic/t", "id": str(i), "receipt": f"s{i}"})
+    assert not client.transport.reading_paused
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "2", "receipt": "s2"})
+    assert client.transport.reading_paused
+    pending.callback(None)
+    assert not client.transport.reading_paused
+    assert [f.headers["receipt-id"] for f in client.frames()] == ["slow", "s0", "s1", "s2"]

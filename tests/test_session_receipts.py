@@ -89,3 +89,30 @@ def test_failed_wait_still_releases_later_receipts():
     ordered.add("next")
     slow.errback(RuntimeError("x"))
     assert sent == ["slow", "next"]
+
+
+def test_backlog_is_reported_full_at_the_limit_and_free_at_half():
+    """At ``limit`` waiting entries the caller is told to stop reading; at half, to go on."""
+    states: list[bool] = []
+    sent: list[str] = []
+    ordered = OrderedReceipts(sent.append, lambda: None, limit=4, backlog=states.append)
+    slow: list[Deferred[object]] = [Deferred() for _ in range(4)]
+    for i, d in enumerate(slow):
+        ordered.add(f"r{i}", d)
+    assert states == [True] and ordered.full
+    slow[0].callback(None)
+    assert states == [True], "three still wait: more than half"
+    slow[1].callback(None)
+    assert states == [True, False] and not ordered.full
+    assert sent == ["r0", "r1"]
+
+
+def test_ready_receipts_behind_a_slow_one_count_toward_the_limit():
+    """Receipts queued behind a slow frame fill the backlog too, not only slow frames."""
+    states: list[bool] = []
+    ordered = OrderedReceipts(lambda r: None, lambda: None, limit=3, backlog=states.append)
+    ordered.add("slow", Deferred())
+    ordered.add("a")
+    assert states == []
+    ordered.add("b")
+    assert states == [True]

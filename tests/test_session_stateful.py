@@ -28,7 +28,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from stomp_chat.app.routes import AppRouter
-from stomp_chat.broker import Broker
+from stomp_chat.broker import Broker, BrokerLimits
 from stomp_chat.errors import ApplicationError
 from stomp_chat.session import SendRateInterceptor, State
 from stomp_chat.stomp.frame import Frame, encode_frame
@@ -42,6 +42,7 @@ LIMITS: dict[str, Any] = {
     "max_headers": 16,
     "max_header_length": 512,
     "frame_timeout": 20.0,
+    "max_pending_receipts": 4,
     "heartbeat": (0, 0),
 }
 MAX_QUEUE_BACKLOG = 20
@@ -126,7 +127,7 @@ class SessionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
-        self.broker = Broker(max_queue_backlog=MAX_QUEUE_BACKLOG)
+        self.broker = Broker(limits=BrokerLimits(max_queue_messages=MAX_QUEUE_BACKLOG))
         self.slow: list[Deferred[Any]] = []
         router = AppRouter()
         router.add("/echo", self._echo)
@@ -338,7 +339,9 @@ class SessionMachine(RuleBasedStateMachine):
             return
         if kind == "ack":
             frame = Frame("ACK", {"id": forged, "message-id": forged, "subscription": "s0"})
-        headers = {**frame.headers, **self._receipt(client, receipt)}
+        # STOMP answers no receipt on CONNECT: CONNECTED (or ERROR) is the answer.
+        wants_receipt = receipt and frame.command != "CONNECT"
+        headers = {**frame.headers, **self._receipt(client, wants_receipt)}
         self._send(client, Frame(frame.command, headers, frame.body))
 
     @rule(client=CLIENT, destination=st.sampled_from(SEND_TO),
@@ -390,13 +393,14 @@ class SessionMachine(RuleBasedStateMachine):
         for client in self.all_clients:
             session = client.session
             assert len(session._transactions) <= LIMITS["max_transactions"]
-            assert session._transaction_bytes <= LIMITS["max_transaction_bytes"]
+            assert session._transactions.held_bytes <= LIMITS["max_transaction_bytes"]
             assert len(session.subscriptions) <= LIMITS["max_subscriptions"]
             assert len(session._held) <= MAX_FRAMES_PER_READ
             assert len(session.parser._buffer) <= LIMITS["max_frame_size"] + 4_096
-            assert len(session._receipts) <= len(client.receipts_asked) + 64
+            # Past the bound the connection stops reading; what one read held still counts.
+            assert len(session._receipts) <= LIMITS["max_pending_receipts"] + MAX_FRAMES_PER_READ
             if session.state is State.CLOSED:
-                assert not session.subscriptions and not session._transactions
+                assert not session.subscriptions and not len(session._transactions)
         for destination in ("/queue/q",):
             assert self.broker.queue_depth(destination) <= MAX_QUEUE_BACKLOG
 

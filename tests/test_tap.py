@@ -12,6 +12,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from stomp_chat.auth.authenticators import NoneAuthenticator
+from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.session import AuthenticationInterceptor, SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
@@ -327,6 +328,43 @@ def test_an_endpoint_keeps_its_own_backlog() -> None:
     assert options["http"] == "unix:/tmp/stomp-chat.sock"
 
 
+# -- queue limits ------------------------------------------------------------
+
+
+def test_queue_limit_options_default_to_the_brokers_defaults():
+    """Without queue options the broker's documented queue limits apply."""
+    from stomp_chat.broker import BrokerLimits
+
+    options = parse()
+    defaults = BrokerLimits()
+    assert options["max-queued-bytes"] == defaults.max_queued_bytes == 64 * 1024 * 1024
+    assert options["max-queue-messages"] == defaults.max_queue_messages
+    assert options["max-queues"] == defaults.max_queues
+    assert options["max-redeliveries"] == defaults.max_redeliveries
+    assert options["dead-letter-queue"] == defaults.dead_letter_queue == "/queue/dead-letter"
+    assert options["prefetch"] == defaults.prefetch == 1000
+    assert options["max-unacked"] == defaults.max_unacked == 10_000
+
+
+@pytest.mark.parametrize("value", ["/topic/dlq", "dead-letter", "/queue/", ""])
+def test_dead_letter_queue_must_be_a_queue(value):
+    """--dead-letter-queue outside /queue/ is a usage error."""
+    with pytest.raises(usage.UsageError, match="--dead-letter-queue"):
+        parse("--dead-letter-queue", value)
+
+
+def test_make_service_wires_queue_limits_into_the_broker(build):
+    """The queue limit and prefetch options reach the broker every session shares."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--max-queued-bytes", "1000",
+                 "--max-queue-messages", "7", "--max-queues", "3", "--max-redeliveries", "2",
+                 "--dead-letter-queue", "/queue/dlq", "--prefetch", "9", "--max-unacked", "90")
+    (listener,) = _listeners(root)
+    limits = listener.factory.context.broker.limits
+    assert (limits.max_queued_bytes, limits.max_queue_messages, limits.max_queues,
+            limits.max_redeliveries, limits.dead_letter_queue, limits.prefetch,
+            limits.max_unacked) == (1000, 7, 3, 2, "/queue/dlq", 9, 90)
+
+
 # -- per-session limits ----------------------------------------------------
 
 
@@ -338,6 +376,7 @@ def test_session_limit_defaults():
     assert options["frame-timeout"] == 60.0
     assert options["send-rate"] == 0.0
     assert options["send-burst"] == 200
+    assert options["max-pending-receipts"] == 10_000
 
 
 @pytest.mark.parametrize(
@@ -360,18 +399,21 @@ def test_bad_session_limits_are_usage_errors(args):
 
 
 def test_session_limits_reach_the_sessions(build):
-    """The limit options land in SessionSettings; no send rate means authentication (with
-    --auth none, naming clients after their login) is the chain's only link."""
+    """The limit options land in SessionSettings; no send rate means a chain of authentication
+    (with --auth none, naming clients after their login) and authorization only."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
-                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
+                 "--max-transaction-bytes", "5000", "--frame-timeout", "7.5",
+                 "--max-pending-receipts", "12")
     (listener,) = _listeners(root)
     context = listener.factory.context
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
-    (authentication,) = context.interceptors
+    assert settings.max_pending_receipts == 12
+    authentication, authorization = context.interceptors
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(authentication.authenticator, NoneAuthenticator)
+    assert isinstance(authorization, AuthorizationInterceptor)
 
 
 def test_send_rate_adds_the_rate_interceptor(build):
@@ -379,10 +421,41 @@ def test_send_rate_adds_the_rate_interceptor(build):
     after authentication."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "50", "--send-burst", "7")
     (listener,) = _listeners(root)
-    authentication, interceptor = listener.factory.context.interceptors
+    authentication, interceptor, authorization = listener.factory.context.interceptors
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(interceptor, SendRateInterceptor)
+    assert isinstance(authorization, AuthorizationInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
+
+
+def test_interceptors_option_loads_them_in_order(build):
+    """--interceptors builds each named interceptor, in order, after authentication and the send
+    rate and before authorization, which decides on the frame as they leave it."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "9",
+                 "--interceptors",
+                 "tests.test_session_loading:Tagging, tests.test_session_loading:NoProfanity")
+    (listener,) = _listeners(root)
+    names = [type(i).__name__ for i in listener.factory.context.interceptors]
+    assert names == ["AuthenticationInterceptor", "SendRateInterceptor", "Tagging", "NoProfanity",
+                     "AuthorizationInterceptor"]
+
+
+def test_interceptors_from_a_config_file_list(tmp_path: Path):
+    """A config file may list interceptors as a TOML array; floats are accepted too."""
+    config = tmp_path / "c.toml"
+    config.write_text('interceptors = ["tests.test_session_loading:Tagging"]\n'
+                      "frame_timeout = 2.5\n")
+    options = parse("--config", str(config))
+    assert [type(i).__name__ for i in options["interceptors"]] == ["Tagging"]
+    assert options["frame-timeout"] == 2.5
+
+
+@pytest.mark.parametrize("value", ["nomodule", "tests.no_such_module:X",
+                                   "tests.test_session_loading:no_inbound"])
+def test_bad_interceptors_are_usage_errors(value):
+    """An interceptor that cannot be loaded stops start-up with a usage error naming it."""
+    with pytest.raises(usage.UsageError, match="--interceptors"):
+        parse("--interceptors", value)
 
 
 def test_none_beyond_loopback_warns_at_start_up(build):
@@ -450,3 +523,73 @@ def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case
         [line] = [line for line in output.splitlines() if cause in line]
         assert "cannot start" in line or "--" in line
     assert "Site starting on" not in log, "nothing may serve HTTP"
+
+
+def test_destination_rules_come_from_the_config_file(tmp_path: Path) -> None:
+    """The config file's [[rules]] become the authorization rules; options still parse."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text(
+        'history-size = 12\n\n[[rules]]\ndestination = "/topic/ops.**"\n'
+        'subscribe = ["role:ops"]\nsend = ["user:alice"]\n'
+    )
+    options = parse("--config", str(config))
+    assert options["history-size"] == 12
+    assert len(options["rules"]) == 1
+    assert options["rules"].rules[0].pattern.text == "/topic/ops.**"
+    assert len(parse()["rules"]) == 0
+
+
+def test_a_bad_rule_in_the_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A malformed rule stops start-up with a usage error naming the rule."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text('[[rules]]\ndestination = "/topic/x"\nsend = ["group:ops"]\n')
+    with pytest.raises(usage.UsageError, match="rule 1"):
+        parse("--config", str(config))
+
+
+def test_rules_come_from_a_config_file_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOMP_CHAT_CONFIG names the file whose [[rules]] are read, as --config does."""
+    config = tmp_path / "env.toml"
+    config.write_text('[[rules]]\ndestination = "/queue/jobs"\nsend = ["authenticated"]\n')
+    monkeypatch.setenv("STOMP_CHAT_CONFIG", str(config))
+    assert [r.pattern.text for r in parse()["rules"].rules] == ["/queue/jobs"]
+
+
+# -- durability options ----------------------------------------------------------------------
+
+
+def test_durability_options_have_defaults_and_are_parsed():
+    """--db-timeout reaches the database config; the room eviction options are coerced."""
+    defaults = parse()
+    assert defaults["database"].timeout == 10.0
+    assert (defaults["room-idle-seconds"], defaults["max-active-rooms"]) == (600.0, 10_000)
+    options = parse("--db-timeout", "2.5", "--room-idle-seconds", "30", "--max-active-rooms", "7")
+    assert options["database"].timeout == 2.5
+    assert options["room-idle-seconds"] == 30.0
+    assert options["max-active-rooms"] == 7
+
+
+@pytest.mark.parametrize("name", ["db-timeout", "room-idle-seconds"])
+@pytest.mark.parametrize("value", ["0", "-1", "x", "inf", "nan"])
+def test_positive_number_options_refuse_bad_values(name, value):
+    """Timeouts and idle times must be positive, finite numbers."""
+    with pytest.raises(usage.UsageError):
+        parse(f"--{name}", value)
+
+
+def test_make_service_wires_the_durability_options(build):
+    """The database timeout bounds the store and the writer's stop; the writer gates every
+    connection's reading; the chat evicts rooms by the options."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--db-timeout", "3",
+                 "--room-idle-seconds", "45", "--max-active-rooms", "9")
+    (listener,) = _listeners(root)
+    factory = listener.factory
+    writer = root.writer  # type: ignore[attr-defined]
+    assert factory.input_gate is writer
+    assert writer._stop_timeout == 9
+    handler, _ = factory.context.router.resolve("/app/message")
+    chat = handler.__self__
+    assert chat.store._timeout == 3
+    assert (chat._rooms.idle_seconds, chat._rooms.max_rooms) == (45, 9)

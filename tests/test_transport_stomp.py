@@ -698,3 +698,85 @@ def test_the_close_line_names_the_authenticated_user():
     (closed,) = [line for line in lines if " closed: " in line]
     assert ", user alice, " in closed
     assert not any("hunter2" in line for line in lines)
+
+
+# -- back-pressure from storage ----------------------------------------------------------
+
+
+def chat_message(seq: int):
+    from datetime import UTC, datetime
+
+    from stomp_chat.persistence import ChatMessage
+
+    return ChatMessage(1, seq, f"1-{seq}", "TALK", 1, "hi", datetime(2024, 1, 1, tzinfo=UTC))
+
+
+def _gated_connection(high_water: int = 3, low_water: int = 1):
+    """A connection registered with a real write-behind writer as its input gate."""
+    from stomp_chat.persistence import MemoryChatStore, WriteBehindWriter
+
+    clock = Clock()
+    context = make_context(clock=clock)
+    writer = WriteBehindWriter(
+        MemoryChatStore(), clock, flush_interval=1.0, max_pending=10,
+        high_water=high_water, low_water=low_water,
+    )
+    writer.startService()
+    factory = StompFactory(context, 1000, 5.0, input_gate=writer)
+    protocol = factory.buildProtocol(None)
+    transport = AbortRecordingTransport()
+    protocol.makeConnection(transport)
+    return clock, writer, protocol, transport
+
+
+def test_connections_stop_being_read_above_the_writers_high_water_mark():
+    """Above the writer's high-water mark every registered connection is paused, and it is
+    read again once the backlog drains to the low-water mark."""
+    clock, writer, protocol, transport = _gated_connection()
+    assert transport.producerState == "producing"
+    for seq in range(1, 4):
+        writer.append(chat_message(seq))
+    assert transport.producerState == "paused"
+    clock.advance(1.0)
+    assert writer.pending_count == 0
+    assert transport.producerState == "producing"
+
+
+def test_a_gate_pause_survives_the_end_of_a_sliced_read():
+    """A large read handled in slices resumes reading only if the gate does not hold it."""
+    clock, writer, protocol, transport = _gated_connection()
+    protocol.input_slice = 10
+    protocol.dataReceived(b"\n" * 25)  # heart-beats, read over three turns
+    assert transport.producerState == "paused"
+    for seq in range(1, 4):
+        writer.append(chat_message(seq))
+    clock.advance(0)
+    clock.advance(0)
+    assert transport.producerState == "paused", "the slicing must not resume a gated read"
+    clock.advance(1.0)
+    assert transport.producerState == "producing"
+
+
+def test_a_closed_connection_leaves_the_gate():
+    """A connection that closes is no longer paused or resumed by the writer."""
+    clock, writer, protocol, transport = _gated_connection()
+    protocol.connectionLost(Failure(ConnectionError("gone")))
+    for seq in range(1, 4):
+        writer.append(chat_message(seq))
+    assert transport.producerState == "producing"
+
+
+def test_input_read_before_the_gate_closed_waits_until_it_opens():
+    """Frames that arrive while the gate is closed (already read from the socket) reach the
+    session only once it opens again, in order."""
+    clock, writer, protocol, transport = _gated_connection()
+    for seq in range(1, 4):
+        writer.append(chat_message(seq))
+    assert transport.producerState == "paused"
+    protocol.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    clock.advance(0)
+    assert transport.value() == b"", "the session has not seen the CONNECT yet"
+    clock.advance(1.0)  # the writer saves the backlog and opens the gate
+    clock.advance(0)
+    assert frames_of(transport.value())[0].command == "CONNECTED"
+    assert transport.producerState == "producing"

@@ -123,9 +123,22 @@ def assert_error(response: Response, status: int, code: str) -> dict[str, Any]:
 @pytest_twisted.async_yield_fixture
 async def api(sqlite_database: TestDatabase) -> Any:
     """The API on a listening loopback port, over a migrated SQLite store."""
+    async for client in _serve_api(sqlite_database):
+        yield client
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "postgresql"])
+async def api_on_each_database(request: pytest.FixtureRequest) -> Any:
+    """The API over a migrated store on SQLite, then on PostgreSQL."""
+    database: TestDatabase = request.getfixturevalue(f"{request.param}_database")
+    async for client in _serve_api(database):
+        yield client
+
+
+async def _serve_api(database: TestDatabase) -> Any:
     from twisted.internet import reactor
 
-    pool = sqlite_database.open_pool()
+    pool = database.open_pool()
     await migrate(pool)
     store = AdbapiChatStore(pool)
     writer = WriteBehindWriter(store, reactor, flush_interval=0.01)
@@ -355,6 +368,66 @@ async def test_history_with_an_invalid_query_is_400(api: ApiClient, query: str, 
     """Bad history parameters are a 400 naming the parameter."""
     await api.say(4, "hello")
     assert_error(await api.get(f"/api/rooms/4/messages?{query}"), 400, code)
+
+
+_HUGE = "9" * 5000
+
+HUGE_NUMBER_REQUESTS = [
+    ("GET", f"/api/rooms/{_HUGE}", None, "invalid-id"),
+    ("GET", f"/api/rooms/{'0' * 5000}1", None, None),
+    ("GET", f"/api/rooms/{_HUGE}/members", None, "invalid-id"),
+    ("POST", f"/api/rooms/{_HUGE}/members", {"memberId": 1}, "invalid-id"),
+    ("POST", "/api/rooms/1/members", {"memberId": _HUGE}, "invalid-id"),
+    ("POST", "/api/rooms", {"name": "x", "id": _HUGE}, "invalid-id"),
+    ("DELETE", f"/api/rooms/1/members/{_HUGE}", None, "invalid-id"),
+    ("GET", f"/api/rooms/{_HUGE}/messages", None, "invalid-id"),
+    ("GET", f"/api/rooms/1/messages?limit={_HUGE}", None, "invalid-limit"),
+    ("GET", f"/api/rooms/1/messages?before={_HUGE}", None, "invalid-before"),
+    ("GET", f"/api/rooms/1/messages?after={_HUGE}", None, "invalid-after"),
+    ("GET", f"/api/rooms/{2**63}", None, "invalid-id"),
+    ("GET", f"/api/rooms/1/messages?before={2**63}", None, "invalid-before"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "code"),
+    HUGE_NUMBER_REQUESTS,
+    ids=[f"{m} {p[:40]} {b}" for m, p, b, _ in HUGE_NUMBER_REQUESTS],
+)
+@pytest_twisted.ensureDeferred
+async def test_thousands_of_digits_in_an_id_are_a_400(
+    api: ApiClient, method: str, path: str, body: Any, code: str | None
+) -> None:
+    """A 5,000-digit (or beyond 64-bit) id in a path, query or body is a JSON 400 naming
+    it, never a traceback or a 503; zeros before a small id are only zeros."""
+    await api.say(1, "hello")
+    response = await api.request(method, path, body)
+    if code is None:
+        assert response.status == 200 and response.json["id"] == 1
+    else:
+        assert_error(response, 400, code)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_at_the_edge_of_the_database_integer_range(
+    api_on_each_database: ApiClient,
+) -> None:
+    """The largest 64-bit id is a 404 (or a working room) on both databases, one more is a
+    400: no id reaches the database out of its BIGINT range."""
+    api = api_on_each_database
+    largest = 2**63 - 1
+    await api.say(1, "hello")
+    assert_error(await api.get(f"/api/rooms/{largest}"), 404, "unknown-room")
+    assert_error(await api.get(f"/api/rooms/{largest}/messages"), 404, "unknown-room")
+    assert_error(await api.get(f"/api/rooms/{2**63}/messages"), 400, "invalid-id")
+    page = await api.get(f"/api/rooms/1/messages?before={largest}")
+    assert page.status == 200 and [m["seq"] for m in page.json["messages"]] == [1]
+    page = await api.get(f"/api/rooms/1/messages?after={largest}")
+    assert page.status == 200 and page.json["messages"] == []
+    created = await api.post("/api/rooms", {"name": "edge", "id": largest})
+    assert created.status == 201 and created.json["id"] == largest
+    left = await api.request("DELETE", f"/api/rooms/{largest}/members/{largest}")
+    assert_error(left, 404, "not-a-member")
 
 
 @pytest_twisted.ensureDeferred

@@ -58,7 +58,8 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
     assert value(during, "stomp_chat_frames_received_total", command="other") == 1
     assert value(during, "stomp_chat_frames_sent_total", command="RECEIPT") == 4
     assert value(during, "stomp_chat_frames_sent_total", command="MESSAGE") == 3
-    assert value(during, "stomp_chat_messages_published_total") == 3
+    # Three chat messages, and the presence event of the reader entering room 5.
+    assert value(during, "stomp_chat_messages_published_total") == 4
     assert value(during, "stomp_chat_messages_delivered_total") == 3
     assert value(during, "stomp_chat_messages_saved_total") == 3
     assert value(during, "stomp_chat_errors_sent_total", reason="unknown command") == 1
@@ -97,3 +98,49 @@ def test_metrics_off_serves_no_endpoint(start_server) -> None:
         assert error.code == 404
     else:
         raise AssertionError("/metrics answered with --metrics off")
+
+
+def test_queue_metrics_follow_waiting_and_dead_lettered_messages(start_server,
+                                                                 tmp_path: Path) -> None:
+    """Queued bytes and queues rise while a message waits; NACKed past the limit, it is counted
+    as dead-lettered and arrives on the dead-letter queue with its headers."""
+    server = start_server(f"--database=sqlite:///{tmp_path / 'chat.db'}",
+                          "--max-redeliveries=1")
+    sender = RawStompClient(server.stomp_port)
+    sender.send("SEND", {"destination": "/queue/jobs", "receipt": "s"}, b"job")
+    deadline = time.monotonic() + 10
+    while "s" not in sender.receipts:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    waiting = scrape(server)
+    assert value(waiting, "stomp_chat_queues") == 1
+    assert value(waiting, "stomp_chat_queued_bytes") > len(b"job")
+
+    worker = RawStompClient(server.stomp_port)
+    worker.send("SUBSCRIBE", {"destination": "/queue/jobs", "id": "w",
+                              "ack": "client-individual"})
+    for delivery in (1, 2):
+        while len(worker.of("MESSAGE")) < delivery:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        worker.send("NACK", {"id": worker.of("MESSAGE")[-1].headers["ack"]})
+    first, again = worker.of("MESSAGE")
+    assert "redelivered" not in first.headers
+    assert (again.headers["redelivered"], again.headers["x-delivery-count"]) == ("true", "1")
+
+    reader = RawStompClient(server.stomp_port)
+    reader.send("SUBSCRIBE", {"destination": "/queue/dead-letter", "id": "d"})
+    while not reader.of("MESSAGE"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    (letter,) = reader.of("MESSAGE")
+    assert letter.body == b"job"
+    assert letter.headers["x-original-destination"] == "/queue/jobs"
+    assert letter.headers["x-delivery-count"] == "2"
+    after = scrape(server)
+    assert value(after, "stomp_chat_messages_dead_lettered_total") == 1
+    assert value(after, "stomp_chat_dead_letters_dropped_total") == 0
+    assert value(after, "stomp_chat_delivery_failures_total") == 0
+    assert value(after, "stomp_chat_queued_bytes") == 0
+    for client in (sender, worker, reader):
+        client.close()

@@ -199,3 +199,12 @@ async def test_no_delay_is_set_on_an_accepted_http_socket() -> None:
             if channel.transport is not None:
                 channel.transport.abortConnection()
         await deferLater(reactor, 0.01)
+
+
+def test_the_chat_page_is_at_the_root_and_its_files_under_static() -> None:
+    """/ is the chat page and /static/ serves its files, beside the API and the WebSocket."""
+    from stomp_chat.web.page import ChatPage, StaticFiles
+
+    site = build_site(object())
+    assert isinstance(site.getResourceFor(DummyRequest([b""])), ChatPage)
+    assert isinstance(site.getResourceFor(DummyRequest([b"static", b"app.js"])), StaticFiles)

@@ -1,11 +1,16 @@
 """The chat controller: ``SEND /app/message``, rooms, sequence numbers, history.
 
 The seed's ``MessageController`` + ``MessageService``, done so that no
-accepted message is lost: every message gets its room's next ``seq`` (no
-gaps), is broadcast at once on ``/topic/chat/room/{roomId}``, and is written
-behind in batches; a client that asked for a receipt gets it only once its
-message is stored. The last messages of every active room stay in memory, so
-opening a room costs no database round trip.
+accepted message is lost: every message gets its room's next ``seq``, is
+broadcast at once on ``/topic/chat/room/{roomId}``, and is written behind in
+batches; a client that asked for a receipt gets it only once its message is
+stored under its own seq. The last messages of every active room stay in
+memory, so opening a room costs no database round trip.
+
+Seqs have no gaps while the server runs. A seq is handed out only below a
+high-water mark already written to the database, so a server killed
+mid-stream restarts past every seq it may have broadcast: the messages lost
+in the crash leave a gap, and no seq is ever reused.
 """
 
 from __future__ import annotations
@@ -18,17 +23,29 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stomp_chat.app.rooms import (
+    DEFAULT_MAX_ACTIVE_ROOMS,
+    DEFAULT_ROOM_IDLE_SECONDS,
+    MIN_SEQ_BLOCK,
+    ActiveRooms,
+    RoomState,
+)
+from stomp_chat.app.rooms import (
+    ROOM_TOPIC as ROOM_TOPIC,  # re-exported: other modules name rooms' topics from here
+)
 from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.persistence import (
     BufferFull,
     ChatMessage,
     ChatStore,
+    MessagesRejected,
+    SeqCollision,
     WriteBehindWriter,
     utc_isoformat,
 )
@@ -39,9 +56,10 @@ log = Logger()
 DEFAULT_ENTER_TEMPLATE = "{senderId}님이 입장하였습니다."
 DEFAULT_HISTORY_SIZE = 30
 MAX_TEXT_LENGTH = 10_000
-ROOM_TOPIC = "/topic/chat/room/{room_id}"
 ROOM_TOPIC_PREFIX = "/topic/chat/room/"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+#: The longest wait between two attempts to write a room's seq reservation, in seconds.
+RESERVATION_RETRY_MAX = 5.0
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
@@ -52,7 +70,12 @@ SEQ_PLACEHOLDER = b"\x00"
 
 
 def encode_template(
-    room_id: int, kind: str, sender_id: int, text: str, created_iso: str
+    room_id: int,
+    kind: str,
+    sender_id: int,
+    text: str,
+    created_iso: str,
+    sender_name: str | None = None,
 ) -> bytes:
     """The broadcast JSON of a message, with ``seq`` still to be filled in.
 
@@ -60,9 +83,10 @@ def encode_template(
     hand because it runs once per chat message on the hot path. In cluster
     mode Redis fills in the seq (see stomp_chat.cluster).
     """
+    name = "" if sender_name is None else f'"senderName": {_json_string(sender_name)}, '
     return (
         f'{{"type": {_json_string(kind)}, "roomId": {room_id}, '
-        f'"detailMessage": {_json_string(text)}, "senderId": {sender_id}, '
+        f'"detailMessage": {_json_string(text)}, "senderId": {sender_id}, {name}'
         f'"messageId": "{room_id}-\x00", "seq": \x00, "createdAt": "{created_iso}"}}'
     ).encode()
 
@@ -74,7 +98,8 @@ def fill_seq(template: bytes, seq: int) -> bytes:
 def encode_message(message: ChatMessage, created_iso: str) -> bytes:
     """The broadcast JSON, the same as ``json.dumps(message.to_json_dict())``."""
     template = encode_template(
-        message.room_id, message.type, message.sender_id, message.text, created_iso
+        message.room_id, message.type, message.sender_id, message.text, created_iso,
+        message.sender_name,
     )
     return fill_seq(template, message.seq)
 
@@ -85,8 +110,17 @@ class RoomSequencer(Protocol):
     node_id: str
 
     def sequence_and_publish(
-        self, room_id: int, key: str, headers: dict[str, str], template: bytes, floor: int
-    ) -> Deferred[int]: ...
+        self,
+        room_id: int,
+        key: str,
+        headers: dict[str, str],
+        template: bytes,
+        floor: int,
+        durable_floor: Callable[[int], Deferred[int]] | None = None,
+    ) -> Deferred[int]:
+        """Number and broadcast; `floor` is the highest seq this server has seen, and
+        `durable_floor` reads the database's, for a counter that Redis lost."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +129,22 @@ class ChatRequest:
 
     type: str
     room_id: int
+    #: 0 when the body named nobody (allowed only where a ChatGate fills it in).
     sender_id: int
     text: str
+    #: Set by a ChatGate: the authenticated speaker's name.
+    sender_name: str | None = None
+
+
+class RequestGate(Protocol):
+    """Checks each request before it is numbered: who speaks, and may they.
+
+    Returns the request to handle (e.g. with the speaker filled in), or a
+    Deferred of it, or raises ApplicationError; requests of one session come
+    out in the order they went in.
+    """
+
+    def admit(self, request: ChatRequest, context: AppContext) -> Any: ...
 
 
 #: How a message type turns a request into the stored text. Adding a type
@@ -117,7 +165,9 @@ def _talk_text(request: ChatRequest, service: ChatService) -> str:
 MESSAGE_TYPES: dict[str, TextRule] = {"ENTER": _enter_text, "TALK": _talk_text}
 
 
-def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) -> ChatRequest:
+def parse_chat_request(
+    body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES, *, sender_required: bool = True
+) -> ChatRequest:
     """Validate a chat message body; every problem is an ApplicationError."""
     try:
         data = json.loads(body.decode("utf-8"))
@@ -131,7 +181,10 @@ def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) 
             f"type must be one of {', '.join(sorted(types))}", code="invalid-message"
         )
     room_id = _integer(data, "roomId")
-    sender_id = _integer(data, "senderId")
+    if sender_required or data.get("senderId") is not None:
+        sender_id = _integer(data, "senderId")
+    else:
+        sender_id = 0
     text = data.get("detailMessage", "")
     if text is None:
         text = ""
@@ -141,7 +194,28 @@ def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) 
         raise ApplicationError(
             f"detailMessage is longer than {MAX_TEXT_LENGTH} characters", code="invalid-message"
         )
+    if not text.isascii() or "\x00" in text:  # the common case skips the call
+        check_storable_text(text, "detailMessage")
     return ChatRequest(kind, room_id, sender_id, text)
+
+
+def check_storable_text(text: str, name: str) -> None:
+    """Refuse text that some database cannot store, before anything is numbered.
+
+    JSON can carry a lone UTF-16 surrogate (``"\\ud800"``), which has no UTF-8
+    form, and NUL, which PostgreSQL text cannot hold: either would be broadcast
+    under a seq and then never stored.
+    """
+    if "\x00" in text:
+        raise ApplicationError(f"{name} must not contain NUL characters", code="bad-request")
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApplicationError(
+            f"{name} must be valid Unicode text (it holds a lone surrogate)", code="bad-request"
+        ) from None
 
 
 def _integer(data: dict[str, Any], name: str) -> int:
@@ -149,48 +223,15 @@ def _integer(data: dict[str, Any], name: str) -> int:
     value = data.get(name)
     if isinstance(value, bool):
         value = None
-    if isinstance(value, str) and value.isdigit() and value.isascii():
+    if isinstance(value, str) and value.isdigit() and value.isascii() and len(value) <= 19:
         value = int(value)
     if not isinstance(value, int) or value <= 0 or value > 2**63 - 1:
         raise ApplicationError(f"{name} must be a positive integer", code="invalid-message")
     return value
 
 
-class RoomState:
-    """An active room: its last sequence number and its recent messages."""
-
-    __slots__ = ("last_seq", "recent", "room_id", "topic")
-
-    def __init__(self, room_id: int, last_seq: int, recent: list[ChatMessage], size: int) -> None:
-        self.room_id = room_id
-        self.last_seq = last_seq
-        self.recent: deque[ChatMessage] = deque(recent, maxlen=size)
-        self.topic = ROOM_TOPIC.format(room_id=room_id)
-
-    def page(self, limit: int, before: int | None, after: int | None) -> list[ChatMessage] | None:
-        """The requested history page if the cache holds all of it, else None.
-
-        Sequence numbers have no gaps, so the cache covers a range of seqs
-        exactly when its oldest message is at or below the range's start.
-        """
-        recent = self.recent
-        if recent and (
-            recent[-1].seq != self.last_seq or recent[-1].seq - recent[0].seq + 1 != len(recent)
-        ):
-            return None  # a hole (cluster mode can miss a relayed message): ask the database
-        oldest = recent[0].seq if recent else self.last_seq + 1
-        complete = oldest <= 1
-        if after is not None:
-            wanted_from = after + 1
-            upto = min(self.last_seq, after + limit)
-        else:
-            upto = self.last_seq if before is None else min(self.last_seq, before - 1)
-            wanted_from = max(1, upto - limit + 1)
-        if upto < wanted_from:
-            return []
-        if not complete and wanted_from < oldest:
-            return None
-        return [m for m in recent if wanted_from <= m.seq <= upto]
+#: Requests waiting for their room: (request, durable, the Deferred to fire).
+_Waiting = tuple[ChatRequest, bool, "Deferred[Any]"]
 
 
 class ChatService:
@@ -208,6 +249,9 @@ class ChatService:
         history_size: int = DEFAULT_HISTORY_SIZE,
         types: dict[str, TextRule] | None = None,
         sequencer: RoomSequencer | None = None,
+        gate: RequestGate | None = None,
+        room_idle_seconds: float = DEFAULT_ROOM_IDLE_SECONDS,
+        max_active_rooms: int = DEFAULT_MAX_ACTIVE_ROOMS,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -218,14 +262,24 @@ class ChatService:
         self.history_size = history_size
         self.types = dict(MESSAGE_TYPES if types is None else types)
         self.sequencer = sequencer
+        #: Outside ``--auth none``: who speaks is the principal (see stomp_chat.authz).
+        self.gate = gate
         #: Cluster mode: messages sent to Redis for a seq, not yet buffered.
         self._sequencing = 0
-        self._rooms: dict[int, RoomState] = {}
+        self._rooms = ActiveRooms(
+            room_idle_seconds,
+            max_active_rooms,
+            evictable=self._evictable,
+            on_evict=self._evicted,
+        )
         self._last_timestamp: tuple[int, datetime, str] = (-1, _EPOCH, "")
-        #: Requests for rooms being loaded, kept in arrival order.
-        self._waiting: dict[int, list[tuple[ChatRequest, bool, Deferred[Any]]]] = {}
+        #: Requests for rooms being loaded or out of reserved seqs, kept in arrival order.
+        self._waiting: dict[int, deque[_Waiting]] = {}
+        #: Rooms being loaded.
+        self._loading: set[int] = set()
         #: Cluster mode: other servers' messages for rooms being loaded.
         self._relayed_early: dict[int, list[ChatMessage]] = {}
+        self.writer.collision_listeners.append(self._collided)
 
     def register(self, router: AppRouter) -> None:
         """Mount the seed-compatible ``/app/message`` handler."""
@@ -237,23 +291,40 @@ class ChatService:
         self, frame: Frame, context: AppContext, variables: dict[str, str]
     ) -> Deferred[Any] | None:
         """``SEND /app/message``: None when done, a Deferred when a receipt must wait."""
-        request = parse_chat_request(frame.body, self.types)
+        request = parse_chat_request(frame.body, self.types, sender_required=self.gate is None)
         durable = "receipt" in frame.headers
-        state = self._rooms.get(request.room_id)
-        if state is not None:
+        if self.gate is not None:
+            admitted = self.gate.admit(request, context)
+            if isinstance(admitted, Deferred):
+                return admitted.addCallback(self._handle_admitted, durable)
+            request = admitted
+        return self._handle_admitted(request, durable)
+
+    def _handle_admitted(self, request: ChatRequest, durable: bool) -> Deferred[Any] | None:
+        state = self._rooms.use(request.room_id, self.clock.seconds())
+        if state is not None and (
+            (state.last_seq < state.reserved_through or self.sequencer is not None)
+            and not (self._waiting and state.room_id in self._waiting)
+        ):
             return self._accept(state, request, durable)[1]
-        return self._when_loaded(request, durable)
+        return self._wait_for_room(request, durable)
 
     def post(self, request: ChatRequest) -> Deferred[ChatMessage]:
         """Accept a message from any caller (REST, tests); fires once it is broadcast."""
-        state = self._rooms.get(request.room_id)
-        if state is None:
-            return self._when_loaded(request, durable=False)
+        state = self._rooms.use(request.room_id, self.clock.seconds())
         try:
+            if state is None or not self._ready(state):
+                return self._wait_for_room(request, durable=False)
             message, sequenced = self._accept(state, request, durable=False)
         except ApplicationError:
             return fail()
         return succeed(message) if message is not None else sequenced  # type: ignore[return-value]
+
+    def _ready(self, state: RoomState) -> bool:
+        """Whether a message to this room can be numbered now, behind nothing."""
+        if self._waiting and state.room_id in self._waiting:
+            return False
+        return state.last_seq < state.reserved_through or self.sequencer is not None
 
     def _accept(
         self, state: RoomState, request: ChatRequest, durable: bool
@@ -267,7 +338,8 @@ class ChatService:
         text = self.types[request.type](request, self)
         created_at, created_iso = self._timestamp()
         template = encode_template(
-            state.room_id, request.type, request.sender_id, text, created_iso
+            state.room_id, request.type, request.sender_id, text, created_iso,
+            request.sender_name,
         )
         if self.sequencer is not None:
             return None, self._accept_clustered(state, request, text, created_at, template,
@@ -275,17 +347,19 @@ class ChatService:
         seq = state.last_seq + 1
         message = ChatMessage(
             state.room_id, seq, f"{state.room_id}-{seq}", request.type, request.sender_id,
-            text, created_at,
+            text, created_at, request.sender_name,
         )
         stored = self._store(message, durable)
-        self._remember(state, message)
+        state.remember(message)
         self.broker.publish(state.topic, fill_seq(template, seq), _JSON_HEADERS)
+        if state.reserved_through - seq <= state.block >> 1 and not state.reserving:
+            self._reserve(state)  # ahead of need: the next block is written in the background
         return message, stored
 
     def _store(self, message: ChatMessage, durable: bool) -> Deferred[None] | None:
         try:
             if durable:
-                return self.writer.append_durable(message)
+                return self.writer.append_durable(message).addErrback(_not_stored, message)
             self.writer.append(message)
             return None
         except BufferFull as error:
@@ -312,9 +386,9 @@ class ChatService:
         def sequenced(seq: int) -> Any:
             self._sequencing -= 1
             message = ChatMessage(room_id, seq, f"{room_id}-{seq}", request.type,
-                                  request.sender_id, text, created_at)
+                                  request.sender_id, text, created_at, request.sender_name)
             stored = self._store(message, durable)  # room was reserved: cannot be full
-            self._remember(state, message)
+            self._seen_clustered(state, message)
             if stored is None:
                 return message
             return stored.addCallback(_replace_result, message)
@@ -328,21 +402,28 @@ class ChatService:
             ))
 
         d = self.sequencer.sequence_and_publish(
-            room_id, state.topic, _JSON_HEADERS, template, state.last_seq
+            room_id, state.topic, _JSON_HEADERS, template, state.last_seq,
+            durable_floor=self._durable_floor,
         )
         return d.addCallbacks(sequenced, unavailable)
 
-    def _remember(self, state: RoomState, message: ChatMessage) -> None:
-        """Keep a message in its room's cache, in seq order."""
-        recent = state.recent
-        if not recent or message.seq > recent[-1].seq:
-            recent.append(message)
-        elif all(m.seq != message.seq for m in recent):
-            ordered = sorted([*recent, message], key=lambda m: m.seq)
-            recent.clear()
-            recent.extend(ordered[-(recent.maxlen or len(ordered)) :])
-        if message.seq > state.last_seq:
-            state.last_seq = message.seq
+    def _durable_floor(self, room_id: int) -> Deferred[int]:
+        """Cluster mode: the highest seq the database holds or reserves for a room, for a
+        Redis counter that was lost."""
+        return self.store.seq_floor(room_id)
+
+    def _seen_clustered(self, state: RoomState, message: ChatMessage) -> None:
+        """Cluster mode: cache a numbered message and keep the durable reservation ahead of
+        the highest seq seen, so a lost Redis counter restarts past it."""
+        state.remember(message)
+        if state.wants_reservation():
+            self._reserve(state)
+
+    def _collided(self, message: ChatMessage) -> None:
+        """The store found another message under this one's seq: drop it from the cache."""
+        state = self._rooms.peek(message.room_id)
+        if state is not None and message in state.recent:
+            state.recent.remove(message)
 
     def relayed(self, key: str, origin: str, body: bytes) -> None:
         """A chat message another server numbered: keep it in this server's cache."""
@@ -351,7 +432,7 @@ class ChatService:
         if not key.startswith(ROOM_TOPIC_PREFIX):
             return
         suffix = key[len(ROOM_TOPIC_PREFIX) :]
-        if not suffix.isdigit():
+        if not (suffix.isdigit() and suffix.isascii() and len(suffix) < 20):
             return
         room_id = int(suffix)
         try:
@@ -359,91 +440,194 @@ class ChatService:
             message = ChatMessage(
                 data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
                 data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
+                data.get("senderName"),
             )
         except (ValueError, KeyError, TypeError):
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
             return
-        state = self._rooms.get(room_id)
+        state = self._rooms.use(room_id, self.clock.seconds())
         if state is not None:
-            self._remember(state, message)
+            self._seen_clustered(state, message)
             return
         # A room active elsewhere becomes active here too, so that this
         # server's cache and history see every message from now on.
-        self._load_with(room_id, relayed=message)
+        self._relayed_early.setdefault(room_id, []).append(message)
+        self._start_loading(room_id)
 
     # -- rooms ---------------------------------------------------------
 
-    def _when_loaded(self, request: ChatRequest, durable: bool) -> Deferred[Any]:
-        """Queue a request behind its room's loading, keeping arrival order."""
+    def _wait_for_room(self, request: ChatRequest, durable: bool) -> Deferred[Any]:
+        """Queue a request until its room is loaded or has seqs reserved, keeping arrival
+        order; the queue counts against the writer's buffer, so it stays bounded and pushes
+        back on publishers as the buffer does."""
+        if not self.writer.has_room_for(self._sequencing + 1):
+            raise ApplicationError(
+                "too many chat messages are waiting to be saved; try again later", code="busy"
+            )
         result: Deferred[Any] = Deferred()
-        self._load_with(request.room_id, request=(request, durable, result))
+        room_id = request.room_id
+        self._waiting.setdefault(room_id, deque()).append((request, durable, result))
+        self.writer.expect(1)
+        state = self._rooms.peek(room_id)
+        if state is None:
+            self._start_loading(room_id)
+        elif not state.reserving:
+            self._reserve(state)
         return result
 
-    def _load_with(
-        self,
-        room_id: int,
-        request: tuple[ChatRequest, bool, Deferred[Any]] | None = None,
-        relayed: ChatMessage | None = None,
-    ) -> None:
-        """Queue a request or a relayed message behind a room's loading.
-
-        Queued before loading starts: a store that answers at once finishes
-        loading right here.
-        """
-        waiting = self._waiting.get(room_id)
-        fresh = waiting is None
-        if waiting is None:
-            waiting = self._waiting[room_id] = []
-            self._relayed_early[room_id] = []
-        if request is not None:
-            waiting.append(request)
-        if relayed is not None:
-            self._relayed_early[room_id].append(relayed)
-        if fresh:
-            self._load(room_id).addBoth(self._loaded, room_id)
+    def _start_loading(self, room_id: int) -> None:
+        if room_id in self._loading:
+            return
+        self._loading.add(room_id)
+        self._load(room_id).addBoth(self._loaded, room_id)
 
     def _load(self, room_id: int) -> Deferred[RoomState | None]:
         store = self.store
         d = store.ensure_room(room_id) if self.auto_create_rooms else store.get_room(room_id)
+        numbering: list[tuple[int, int]] = []
 
         def found(room: Any) -> Any:
             if room is None:
                 return None
-            return store.last_seq(room_id).addCallback(recent_of)
+            if self.sequencer is not None:
+                # Redis numbers, from the highest seq stored; the durable mark is kept
+                # ahead of the seqs seen, for a counter Redis loses.
+                return store.last_seq(room_id).addCallback(
+                    lambda stored: store.seq_floor(room_id).addCallback(
+                        lambda floor: numbering.append((stored, floor))
+                    )
+                ).addCallback(recent_of)
+            # Alone, this server starts past every seq a previous run may have handed out.
+            return store.reserve_seqs(room_id, MIN_SEQ_BLOCK).addCallback(
+                lambda reserved: numbering.append(
+                    (max(reserved[0], reserved[1]), reserved[2])
+                )
+            ).addCallback(recent_of)
 
-        def recent_of(last_seq: int) -> Deferred[RoomState]:
-            return store.load_messages(room_id, self.history_size).addCallback(
-                lambda recent: RoomState(room_id, last_seq, list(recent), self.history_size)
-            )
+        def recent_of(_: object) -> Deferred[RoomState]:
+            return store.load_messages(room_id, self.history_size).addCallback(build)
+
+        def build(stored: list[ChatMessage]) -> RoomState:
+            last_seq, reserved_through = numbering[0]
+            state = RoomState(room_id, last_seq, list(stored), self.history_size,
+                              reserved_through)
+            for message in self.writer.unsaved_messages(room_id):
+                state.remember(message)  # still buffered from before an eviction
+            return state
 
         return d.addCallback(found)
 
     def _loaded(self, outcome: RoomState | None | Failure, room_id: int) -> None:
-        waiting = self._waiting.pop(room_id, [])
+        """Serve the requests that waited for a room; each fails or succeeds on its own."""
+        self._loading.discard(room_id)
         relayed = self._relayed_early.pop(room_id, [])
         if isinstance(outcome, RoomState):
-            self._rooms[room_id] = outcome
+            self._rooms.add(outcome, self.clock.seconds())
             for early in relayed:
-                self._remember(outcome, early)
-        for request, durable, result in waiting:
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            elif outcome is None:
-                result.errback(
-                    ApplicationError(f"room {room_id} does not exist", code="unknown-room")
-                )
+                outcome.remember(early)
+            self._drain(outcome)
+            return
+        if isinstance(outcome, Failure):
+            log.failure("cannot load chat room {room}", outcome, room=room_id)
+            error = ApplicationError(
+                f"room {room_id} cannot be opened now; try again", code="unavailable"
+            )
+        else:
+            error = ApplicationError(f"room {room_id} does not exist", code="unknown-room")
+        self._fail_waiting(room_id, error)
+
+    def _fail_waiting(self, room_id: int, error: ApplicationError) -> None:
+        waiting = self._waiting.pop(room_id, deque())
+        self.writer.expect(-len(waiting))
+        for _, _, result in waiting:
+            result.errback(Failure(error))
+
+    def _drain(self, state: RoomState) -> None:
+        """Accept a room's waiting requests, in order, while it has seqs to hand out."""
+        room_id = state.room_id
+        waiting = self._waiting.get(room_id)
+        while waiting and (self.sequencer is not None or state.has_seq):
+            request, durable, result = waiting.popleft()
+            try:
+                message, stored = self._accept(state, request, durable)
+            except ApplicationError as error:
+                result.errback(Failure(error))
+                continue
+            except Exception:
+                log.failure("cannot accept a chat message for room {room}", room=room_id)
+                result.errback(Failure(ApplicationError("internal error", code="internal")))
+                continue
+            finally:
+                self.writer.expect(-1)
+            if stored is None:
+                result.callback(message)
+            elif message is not None:
+                stored.addCallback(_replace_result, message).chainDeferred(result)
             else:
-                try:
-                    message, stored = self._accept(outcome, request, durable)
-                except ApplicationError as error:
-                    result.errback(error)
-                    continue
-                if stored is None:
-                    result.callback(message)
-                elif message is not None:
-                    stored.addCallback(_replace_result, message).chainDeferred(result)
-                else:
-                    stored.chainDeferred(result)
+                stored.chainDeferred(result)
+        if not waiting:
+            self._waiting.pop(room_id, None)
+        elif not state.reserving:
+            self._reserve(state)
+
+    def _reserve(self, state: RoomState) -> None:
+        """Write the room's next seq reservation; waiting requests go on once it is durable."""
+        state.reserving = True
+        through = state.next_reservation(self.clock.seconds())
+        d = self.store.extend_seq_reservation(state.room_id, through)
+        d.addBoth(self._reserved, state)
+
+    def _reserved(self, outcome: int | Failure, state: RoomState) -> None:
+        if isinstance(outcome, Failure):
+            # Messages beyond the reservation wait (bounded by the writer's buffer, then
+            # refused as busy) until the database takes the reservation: retry with backoff.
+            state.reservation_failures += 1
+            delay = min(RESERVATION_RETRY_MAX, 0.1 * 2 ** min(state.reservation_failures, 16))
+            if state.reservation_failures == 1:
+                log.warn("cannot reserve seqs for chat room {room}: {error}; retrying",
+                         room=state.room_id, error=outcome.getErrorMessage())
+            self.clock.callLater(delay, self._retry_reservation, state)
+            return
+        state.reserving = False
+        if state.reservation_failures:
+            log.info("reserved seqs for chat room {room} again", room=state.room_id)
+            state.reservation_failures = 0
+        state.reserved_through = max(state.reserved_through, outcome)
+        self._drain(state)
+
+    def _retry_reservation(self, state: RoomState) -> None:
+        through = max(state.reserved_through, state.last_seq) + state.block
+        d = self.store.extend_seq_reservation(state.room_id, through)
+        d.addBoth(self._reserved, state)
+
+    def _evictable(self, state: RoomState) -> bool:
+        return not state.reserving and state.room_id not in self._waiting
+
+    def _evicted(self, state: RoomState) -> None:
+        """A room left memory: give back the seqs reserved beyond its last one, so its next
+        message continues without a gap (alone only: in cluster mode others number too)."""
+        if self.sequencer is None and state.reserved_through > state.last_seq:
+            d = self.store.release_seq_reservation(
+                state.room_id, state.reserved_through, state.last_seq
+            )
+            d.addErrback(_release_failed, state.room_id)
+
+    def release_reservations(self) -> Deferred[None]:
+        """Give back every active room's unused seqs, for a clean stop, so a restart goes
+        on without a gap. Safe at any time: a room numbers nothing more until it reserves
+        again. A crash skips this; the rooms then continue past their reservations,
+        leaving a gap but reusing no seq."""
+        if self.sequencer is not None:
+            return succeed(None)
+        releases = []
+        for state in self._rooms:
+            if state.reserving or state.reserved_through <= state.last_seq:
+                continue
+            reserved, state.reserved_through = state.reserved_through, state.last_seq
+            releases.append(self.store.release_seq_reservation(
+                state.room_id, reserved, state.last_seq
+            ).addErrback(_release_failed, state.room_id))
+        return gatherResults(releases).addCallback(lambda _: None)
 
     def _timestamp(self) -> tuple[datetime, str]:
         """Now, as a datetime and as ``createdAt``; formatted once per millisecond."""
@@ -454,12 +638,16 @@ class ChatService:
             cached = self._last_timestamp = (millis, moment, utc_isoformat(moment))
         return cached[1], cached[2]
 
+    @property
+    def active_room_count(self) -> int:
+        return len(self._rooms)
+
     def active_room(self, room_id: int) -> RoomState | None:
-        return self._rooms.get(room_id)
+        return self._rooms.peek(room_id)
 
     def forget_room(self, room_id: int) -> None:
         """Drop a room's cache (e.g. after it was deleted)."""
-        self._rooms.pop(room_id, None)
+        self._rooms.remove(room_id)
 
     # -- history -------------------------------------------------------
 
@@ -471,7 +659,7 @@ class ChatService:
         Messages still waiting for the write-behind are only in the cache, so
         a page read from the database is completed from it.
         """
-        state = self._rooms.get(room_id)
+        state = self._rooms.peek(room_id)
         if state is not None:
             cached = state.page(limit, before, after)
             if cached is not None:
@@ -492,3 +680,24 @@ class ChatService:
 
 def _replace_result(_: object, value: Any) -> Any:
     return value
+
+
+def _not_stored(failure: Failure, message: ChatMessage) -> Failure:
+    """A durable message the database refused, or whose seq another message holds: its
+    sender is told, never sent a receipt."""
+    if failure.check(SeqCollision):
+        return Failure(ApplicationError(
+            f"message {message.message_id} was not stored: another message holds its seq",
+            code="not-stored",
+        ))
+    if failure.check(MessagesRejected):
+        return Failure(ApplicationError(
+            f"message {message.message_id} was not stored: the database refused it",
+            code="not-stored",
+        ))
+    return failure
+
+
+def _release_failed(failure: Failure, room_id: int) -> None:
+    log.warn("cannot give back the unused seqs of chat room {room}: {error}",
+             room=room_id, error=failure.getErrorMessage())

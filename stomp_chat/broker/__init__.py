@@ -16,7 +16,22 @@ from stomp_chat.broker.broker import (
     Subscription,
     user_destination_key,
 )
-from stomp_chat.broker.message import Message
+from stomp_chat.broker.message import (
+    DELIVERY_COUNT_HEADER,
+    ORIGINAL_DESTINATION_HEADER,
+    REDELIVERED_HEADER,
+    Message,
+)
+from stomp_chat.broker.queues import (
+    DEFAULT_DEAD_LETTER_QUEUE,
+    DEFAULT_MAX_QUEUE_MESSAGES,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_MAX_REDELIVERIES,
+    DEFAULT_MAX_UNACKED,
+    DEFAULT_PREFETCH,
+    BrokerLimits,
+)
 
 __all__ = [
     "ACK_AUTO",
@@ -30,7 +45,18 @@ __all__ = [
     "USER_PREFIX",
     "Broker",
     "BrokerError",
+    "DEFAULT_DEAD_LETTER_QUEUE",
+    "DEFAULT_MAX_QUEUED_BYTES",
+    "DEFAULT_MAX_QUEUES",
+    "DEFAULT_MAX_QUEUE_MESSAGES",
+    "DEFAULT_MAX_REDELIVERIES",
+    "DEFAULT_MAX_UNACKED",
+    "DEFAULT_PREFETCH",
+    "DELIVERY_COUNT_HEADER",
     "Message",
+    "ORIGINAL_DESTINATION_HEADER",
+    "BrokerLimits",
+    "REDELIVERED_HEADER",
     "Subscriber",
     "Subscription",
     "user_destination_key",

@@ -103,6 +103,8 @@ class AckTracker:
             settled = [pending.pop(message_id)]
         if requeue:
             self._broker.requeue(sub.key, settled)
+        # Room under the prefetch again: the queue may send the next message.
+        self._broker.settled(sub)
 
     def release(self) -> None:
         """Unsubscribe everything and give every unacked message back to the broker.
@@ -113,6 +115,9 @@ class AckTracker:
         subscriptions = list(self.subscriptions.values())
         self.subscriptions.clear()
         self._by_serial.clear()
+        for sub in subscriptions:
+            # No queue picks this session for a message while it goes.
+            sub.pending.total.closed = True
         unacked = [(sub.key, list(sub.pending.values())) for sub in subscriptions]
         for sub in subscriptions:
             sub.pending.clear()

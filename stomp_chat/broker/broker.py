@@ -3,18 +3,34 @@
 ``/topic/...`` fans out to every subscriber; ``/queue/...`` gives each message
 to one subscriber (round-robin) and keeps it until a subscriber exists;
 ``/user/...`` reaches the sessions of one user. The broker is pure: it knows
-subscribers only through ``Subscriber.deliver``, and keeps no timers.
+subscribers only through ``Subscriber.deliver`` and ``Subscriber.fail``, and
+keeps no timers.
+
+Every loop over subscribers is isolated: a subscriber whose delivery raises
+(say, a transport that is already closing) is failed and unsubscribed, and
+the loop goes on, so the publisher and the other subscribers never see it.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
-from stomp_chat.broker.message import Message
+from twisted.logger import Logger
+
+from stomp_chat.broker.message import (
+    DELIVERY_COUNT_HEADER,
+    ORIGINAL_DESTINATION_HEADER,
+    REDELIVERED_HEADER,
+    Message,
+)
+from stomp_chat.broker.queues import BrokerLimits, QueueFull, QueueSet
+from stomp_chat.broker.unacked import PendingMessages, UnackedTotal
+
+log = Logger()
 
 TOPIC_PREFIX = "/topic/"
 QUEUE_PREFIX = "/queue/"
@@ -37,6 +53,9 @@ RESERVED_HEADERS = frozenset(
         "receipt",
         "transaction",
         "receipt-id",
+        REDELIVERED_HEADER,
+        DELIVERY_COUNT_HEADER,
+        ORIGINAL_DESTINATION_HEADER,
     }
 )
 
@@ -49,6 +68,9 @@ class Subscriber(Protocol):
     """What the broker needs of a session."""
 
     def deliver(self, subscription: Subscription, message: Message) -> None: ...
+
+    def fail(self, message: str, detail: str = "") -> None:
+        """Tell the client what went wrong, if it can still hear, and close."""
 
 
 class Subscription:
@@ -73,39 +95,30 @@ class Subscription:
         self.ack_mode = ack_mode
         self.serial = serial
         #: Unacked messages by message-id, oldest first (client ack modes only).
-        self.pending: OrderedDict[str, Message] = OrderedDict()
+        self.pending = PendingMessages()
         #: The encoded ``subscription:`` header line, set by the session.
         self.wire = b""
-
-
-class _Queue:
-    """A point-to-point destination: competing consumers and a backlog."""
-
-    __slots__ = ("backlog", "next_index", "subscriptions")
-
-    def __init__(self) -> None:
-        self.subscriptions: list[Subscription] = []
-        self.backlog: deque[Message] = deque()
-        self.next_index = 0
-
-    def next_subscription(self) -> Subscription:
-        subs = self.subscriptions
-        if self.next_index >= len(subs):
-            self.next_index = 0
-        sub = subs[self.next_index]
-        self.next_index += 1
-        return sub
 
 
 class Broker:
     """Destinations and their subscriptions; one per server process."""
 
-    def __init__(self, *, max_queue_backlog: int = 10_000, node_id: str | None = None) -> None:
-        self.max_queue_backlog = max_queue_backlog
+    def __init__(
+        self,
+        *,
+        limits: BrokerLimits | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.limits = limits if limits is not None else BrokerLimits()
         self.node_id = node_id or secrets.token_hex(4)
         self._ids = itertools.count(1)
         self._topics: dict[str, list[Subscription]] = {}
-        self._queues: dict[str, _Queue] = {}
+        #: Every queue destination (read it, do not change it).
+        self.queues = QueueSet(self.limits, self._deliver, self._has_room)
+        #: Each session's unacked total, shared by its subscriptions.
+        self._unacked: WeakKeyDictionary[Any, UnackedTotal] = WeakKeyDictionary()
+        #: Subscribers failed because a delivery to them raised.
+        self.failed_deliveries = 0
         #: Called with every message published locally, e.g. to relay it to
         #: other server processes.
         self.published_listeners: list[Callable[[str, Message], object]] = []
@@ -124,12 +137,12 @@ class Broker:
                 f"cannot subscribe to {destination!r}: destinations start with "
                 "/topic/, /queue/ or /user/"
             )
+        self._share_total(subscription)
         if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            if queue is None:
-                queue = self._queues[destination] = _Queue()
-            queue.subscriptions.append(subscription)
-            self._drain(queue)
+            try:
+                self.queues.add_subscription(destination, subscription)
+            except QueueFull as error:
+                raise BrokerError(str(error)) from None
         else:
             self._topics.setdefault(subscription.key, []).append(subscription)
 
@@ -137,12 +150,9 @@ class Broker:
         """Stop routing to ``subscription``; its unacked queue messages go back."""
         key = subscription.key
         if key.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(key)
-            if queue is not None and subscription in queue.subscriptions:
-                queue.subscriptions.remove(subscription)
-                self.requeue(key, list(subscription.pending.values()))
-                if not queue.subscriptions and not queue.backlog:
-                    del self._queues[key]
+            pending = list(subscription.pending.values())
+            if self.queues.remove_subscription(key, subscription, pending):
+                subscription.pending.clear()
         else:
             subs = self._topics.get(key)
             if subs is not None and subscription in subs:
@@ -152,22 +162,28 @@ class Broker:
                     # Copy on write: a fan-out in progress keeps its list.
                     self._topics[key] = [s for s in subs if s is not subscription]
         subscription.pending.clear()
+        total = subscription.pending.total
+        total.starved.pop(subscription, None)
+        self._wake(total)
+
+    def topic_subscriptions(self, key: str) -> tuple[Subscription, ...]:
+        """The subscriptions a topic's messages go to now (e.g. to end some of them)."""
+        return tuple(self._topics.get(key, ()))
 
     # -- publishing ------------------------------------------------------
 
     def new_message_id(self) -> str:
         return f"{self.node_id}-{next(self._ids)}"
 
-    def check_destination(self, destination: str) -> None:
-        """Raise BrokerError unless messages can be sent to ``destination``."""
+    def check_destination(self, destination: str, size: int = 0) -> None:
+        """Raise BrokerError unless a message of ``size`` bytes can go to ``destination``."""
         if destination.startswith(TOPIC_PREFIX):
             return
         if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            if queue is not None and len(queue.backlog) >= self.max_queue_backlog:
-                raise BrokerError(
-                    f"queue {destination} is full ({self.max_queue_backlog} messages waiting)"
-                )
+            try:
+                self.queues.check(destination, size)
+            except QueueFull as error:
+                raise BrokerError(str(error)) from None
             return
         if destination.startswith(USER_PREFIX):
             name, _, rest = destination[len(USER_PREFIX) :].partition("/")
@@ -188,7 +204,11 @@ class Broker:
         body: bytes,
         headers: dict[str, str] | None = None,
     ) -> Message:
-        """Route a message to its destination's subscribers now."""
+        """Route a message to its destination's subscribers now.
+
+        A queue that cannot hold the message raises BrokerError: a SEND is
+        refused, never silently dropped.
+        """
         self.check_destination(destination)
         shown = destination
         if destination.startswith(USER_PREFIX):
@@ -204,16 +224,22 @@ class Broker:
     def route(self, key: str, message: Message) -> None:
         """Deliver a message to the local subscribers of routing ``key``."""
         if key.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue()
-            queue.backlog.append(message)
-            self._drain(queue)
+            try:
+                self.queues.put(key, message)
+            except QueueFull as error:
+                raise BrokerError(str(error)) from None
             return
         subs = self._topics.get(key)
         if subs:
             for sub in subs:
-                sub.subscriber.deliver(sub, message)
+                # Inlined _deliver: this loop is the chat path's hottest.
+                if sub.ack_mode != ACK_AUTO and not self._has_room(sub):
+                    self._overflowed(sub)
+                    continue
+                try:
+                    sub.subscriber.deliver(sub, message)
+                except Exception:
+                    self._delivery_failed(sub, message)
 
     def send_to_user(
         self, principal: str, destination: str, body: bytes, headers: dict[str, str] | None = None
@@ -222,35 +248,142 @@ class Broker:
         return self.publish(user_destination_key(principal, destination), body, headers)
 
     def requeue(self, destination: str, messages: Iterable[Message]) -> None:
-        """Put unacked queue messages back at the head of their queue, in order."""
+        """Give unacked queue messages back to the head of their queue, in order.
+
+        Each is delivered again marked ``redelivered``; one that has come back
+        more than ``max_redeliveries`` times goes to the dead-letter queue.
+        """
         if not destination.startswith(QUEUE_PREFIX):
             return
         messages = list(messages)
-        if not messages:
-            return
-        queue = self._queues.get(destination)
-        if queue is None:
-            queue = self._queues[destination] = _Queue()
-        queue.backlog.extendleft(reversed(messages))
-        self._drain(queue)
+        if messages:
+            self.queues.give_back(destination, messages)
 
-    def _drain(self, queue: _Queue) -> None:
-        backlog = queue.backlog
-        while backlog and queue.subscriptions:
-            sub = queue.next_subscription()
-            sub.subscriber.deliver(sub, backlog.popleft())
+    def settled(self, subscription: Subscription) -> None:
+        """``subscription`` acknowledged messages: its queue may give it more now."""
+        self._drain_for(subscription)
+        self._wake(subscription.pending.total)
+
+    def _drain_for(self, subscription: Subscription) -> None:
+        if subscription.key.startswith(QUEUE_PREFIX):
+            queue = self.queues.get(subscription.key)
+            if queue is not None and queue.backlog:
+                self.queues.drain(queue)
+
+    def _share_total(self, subscription: Subscription) -> None:
+        """Count ``subscription``'s unacked messages in its session's total."""
+        subscriber = subscription.subscriber
+        try:
+            total = self._unacked.get(subscriber)
+            if total is None:
+                total = self._unacked[subscriber] = UnackedTotal()
+        except TypeError:  # a subscriber that cannot be weakly referenced keeps its own
+            return
+        subscription.pending.share(total)
+
+    def _has_room(self, sub: Subscription) -> bool:
+        """Whether ``sub`` may take one more message under the prefetch and the session total."""
+        pending = sub.pending
+        total = pending.total
+        if total.closed:
+            return False
+        if sub.ack_mode == ACK_AUTO:
+            return True
+        if len(pending) >= self.limits.prefetch:
+            return False
+        if total.count >= self.limits.max_unacked:
+            if sub.key.startswith(QUEUE_PREFIX):
+                total.starved[sub] = None
+            return False
+        return True
+
+    def _wake(self, total: UnackedTotal) -> None:
+        """Drain again the queues a session was passed over in, once its total falls."""
+        if total.starved and total.count < self.limits.max_unacked and not total.closed:
+            starved = list(total.starved)
+            total.starved.clear()
+            for sub in starved:
+                self._drain_for(sub)
+
+    def _overflowed(self, sub: Subscription) -> None:
+        """A topic subscription that stopped acknowledging: topics do not buffer, so close it."""
+        self.unsubscribe(sub)
+        limits = self.limits
+        try:
+            sub.subscriber.fail(
+                "too many unacknowledged messages",
+                f"subscription {sub.id} on {sub.destination} reached its limit of unacknowledged "
+                f"messages ({limits.prefetch} per subscription, {limits.max_unacked} per "
+                "connection); acknowledge messages as they arrive",
+            )
+        except Exception:
+            log.failure("failing the session of subscription {subscription} failed",
+                        subscription=sub.id)
+
+    # -- isolation -------------------------------------------------------
+
+    def _deliver(self, sub: Subscription, message: Message) -> bool:
+        """Hand ``message`` to one subscriber; a failure stays that subscriber's."""
+        try:
+            sub.subscriber.deliver(sub, message)
+        except Exception:
+            self._delivery_failed(sub, message)
+            return False
+        return True
+
+    def _delivery_failed(self, sub: Subscription, message: Message) -> None:
+        """Fail the subscriber whose delivery raised, give the message back, go on."""
+        self.failed_deliveries += 1
+        log.failure(
+            "delivery of {message_id} to subscription {subscription} on {destination} "
+            "failed: closing that session",
+            message_id=message.message_id,
+            subscription=sub.id,
+            destination=sub.key,
+        )
+        # The message did not (surely) arrive: a queue gives it to someone
+        # else, ahead of the subscriber's other unacked messages.
+        sub.pending.pop(message.message_id, None)
+        self.requeue(sub.key, (message,))
+        try:
+            sub.subscriber.fail(
+                "delivery failed", "the server could not deliver a message to this connection"
+            )
+        except Exception:
+            log.failure("failing the session of subscription {subscription} failed too",
+                        subscription=sub.id)
+        # Whatever the session managed, this subscription gets nothing more.
+        self.unsubscribe(sub)
 
     # -- introspection ---------------------------------------------------
 
     def subscriber_count(self, destination: str) -> int:
         if destination.startswith(QUEUE_PREFIX):
-            queue = self._queues.get(destination)
-            return len(queue.subscriptions) if queue else 0
+            return self.queues.subscriber_count(destination)
         return len(self._topics.get(destination, ()))
 
     def queue_depth(self, destination: str) -> int:
-        queue = self._queues.get(destination)
-        return len(queue.backlog) if queue else 0
+        return self.queues.depth(destination)
+
+    @property
+    def queue_count(self) -> int:
+        """How many queue destinations exist now."""
+        return len(self.queues)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in every queue, as the limits count them."""
+        return self.queues.queued_bytes
+
+    @property
+    def dead_lettered(self) -> int:
+        """Messages moved to the dead-letter queue."""
+        return self.queues.dead_lettered
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        """Dead letters dropped because the dead-letter queue was full."""
+        return self.queues.dead_letters_dropped
 
 
 def user_destination_key(principal: str, destination: str) -> str:

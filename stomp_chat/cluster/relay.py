@@ -42,31 +42,38 @@ DEFAULT_NAMESPACE = "stomp-chat"
 
 #: Number chat messages and publish them, in one atomic step. Per message,
 #: ARGV holds: the room's counter key, ``floor`` (the highest seq the caller
-#: has seen: Redis keeps nothing on disk, and a counter lost in a restart
-#: must not hand out a seq twice), the channel, the record's metadata up to
-#: the body length, and the body template. Each channel gets one PUBLISH
-#: with all its records, in order.
+#: knows of), whether that floor was just read from the database, the
+#: channel, the record's metadata up to the body length, and the body
+#: template. Each channel gets one PUBLISH with all its records, in order.
+#:
+#: Redis keeps nothing on disk: a counter that is missing was lost (or never
+#: made), and one server's memory is no safe floor for it (that server may
+#: have missed messages). Such a message gets seq -1 and is not published;
+#: its server reads the floor from the database and sends it again.
 _SEQUENCE_AND_PUBLISH = """
 local n = tonumber(ARGV[1])
 local seqs = {}
 local records = {}
 local channels = {}
 for i = 0, n - 1 do
-  local b = 2 + i * 5
-  local seq = redis.call('INCR', ARGV[b])
-  local floor = tonumber(ARGV[b + 1])
-  if seq <= floor then
-    seq = floor + 1
-    redis.call('SET', ARGV[b], seq)
+  local b = 2 + i * 6
+  local seq = -1
+  if ARGV[b + 2] == '1' or redis.call('EXISTS', ARGV[b]) == 1 then
+    seq = redis.call('INCR', ARGV[b])
+    local floor = tonumber(ARGV[b + 1])
+    if seq <= floor then
+      seq = floor + 1
+      redis.call('SET', ARGV[b], seq)
+    end
+    -- the NULs of the template (see stomp_chat.app.chat.SEQ_PLACEHOLDER) become seq
+    local body = string.gsub(ARGV[b + 5], '%z', tostring(seq))
+    local channel = ARGV[b + 3]
+    if records[channel] == nil then
+      records[channel] = {}
+      channels[#channels + 1] = channel
+    end
+    table.insert(records[channel], ARGV[b + 4] .. #body .. ']\\n' .. body)
   end
-  -- the NULs of the template (see stomp_chat.app.chat.SEQ_PLACEHOLDER) become seq
-  local body = string.gsub(ARGV[b + 4], '%z', tostring(seq))
-  local channel = ARGV[b + 2]
-  if records[channel] == nil then
-    records[channel] = {}
-    channels[#channels + 1] = channel
-  end
-  table.insert(records[channel], ARGV[b + 3] .. #body .. ']\\n' .. body)
   seqs[#seqs + 1] = seq
 end
 for _, channel in ipairs(channels) do
@@ -74,6 +81,26 @@ for _, channel in ipairs(channels) do
 end
 return seqs
 """
+
+#: The seq the script answers for a message whose counter Redis lost.
+_NEEDS_FLOOR = -1
+
+
+@dataclass(slots=True)
+class _ChatEntry:
+    """A chat message waiting for Redis to number it."""
+
+    room_id: int
+    seq_key: str
+    floor: int
+    channel: str
+    meta: bytes
+    template: bytes
+    deferred: Deferred[int]
+    durable_floor: Callable[[int], Deferred[int]] | None
+    #: Whether `floor` was read from the database just now.
+    fresh: bool = False
+
 
 #: The most chat messages numbered by one script call.
 MAX_SCRIPT_BATCH = 500
@@ -213,7 +240,10 @@ class RedisRelay(Service):
         self._sequencing: set[Deferred[Any]] = set()
         #: What this reactor turn relays, sent together at its end: chat
         #: messages to number, and other records by channel.
-        self._chat_batch: list[tuple[str, int, str, bytes, bytes, Deferred[int]]] = []
+        self._chat_batch: list[_ChatEntry] = []
+        #: Rooms whose counter Redis lost, by counter key: messages parked while the
+        #: floor is read from the database, in arrival order.
+        self._awaiting_floor: dict[str, list[_ChatEntry]] = {}
         self._raw_batch: dict[str, list[bytes]] = {}
         self._flush_call: Any = None
         self._is_ready = False
@@ -381,20 +411,53 @@ class RedisRelay(Service):
         for start in range(0, len(chat), MAX_SCRIPT_BATCH):
             chunk = chat[start : start + MAX_SCRIPT_BATCH]
             args: list[Any] = [len(chunk)]
-            for seq_key, floor, channel, meta, template, _ in chunk:
-                args += [seq_key, floor, channel, meta, template]
+            for entry in chunk:
+                args += [entry.seq_key, entry.floor, "1" if entry.fresh else "0",
+                         entry.channel, entry.meta, entry.template]
             numbered = self._commands.eval(_SEQUENCE_AND_PUBLISH, [], args)
             numbered.addCallbacks(
                 self._numbered, self._not_numbered, callbackArgs=(chunk,), errbackArgs=(chunk,)
             )
 
-    def _numbered(self, seqs: list[Any], chunk: list[Any]) -> None:
+    def _numbered(self, seqs: list[Any], chunk: list[_ChatEntry]) -> None:
         for entry, seq in zip(chunk, seqs, strict=True):
-            entry[-1].callback(int(seq))
+            if int(seq) == _NEEDS_FLOOR:
+                self._park_for_floor(entry)
+            else:
+                entry.deferred.callback(int(seq))
 
-    def _not_numbered(self, failure: Any, chunk: list[Any]) -> None:
+    def _not_numbered(self, failure: Any, chunk: list[_ChatEntry]) -> None:
         for entry in chunk:
-            entry[-1].errback(failure)
+            entry.deferred.errback(failure)
+
+    def _park_for_floor(self, entry: _ChatEntry) -> None:
+        """Redis lost the room's counter: read the durable floor once, then number the
+        room's parked messages, in order, from above it."""
+        parked = self._awaiting_floor.get(entry.seq_key)
+        if parked is not None:
+            parked.append(entry)
+            return
+        self._awaiting_floor[entry.seq_key] = [entry]
+        if entry.durable_floor is None:
+            self._floor_read(entry.floor, entry.seq_key)
+            return
+        log.info("the seq counter of chat room {room} is missing from Redis; reading its "
+                 "floor from the database", room=entry.room_id)
+        reading = entry.durable_floor(entry.room_id)
+        reading.addCallbacks(self._floor_read, self._floor_failed, callbackArgs=(entry.seq_key,),
+                             errbackArgs=(entry.seq_key,))
+
+    def _floor_read(self, floor: int, seq_key: str) -> None:
+        for entry in self._awaiting_floor.pop(seq_key, []):
+            entry.floor = max(entry.floor, floor)
+            entry.fresh = True
+            self._chat_batch.append(entry)
+        self._schedule_flush()
+
+    def _floor_failed(self, failure: Any, seq_key: str) -> None:
+        log.warn("cannot read a chat room's seq floor: {error}", error=failure.getErrorMessage())
+        for entry in self._awaiting_floor.pop(seq_key, []):
+            entry.deferred.errback(failure)
 
     def sequence_and_publish(
         self,
@@ -403,24 +466,27 @@ class RedisRelay(Service):
         headers: dict[str, str],
         template: bytes,
         floor: int,
+        durable_floor: Callable[[int], Deferred[int]] | None = None,
     ) -> Deferred[int]:
         """Number a chat message and publish it to every server, this one included.
 
         Fails at once while Redis is unreachable: the message is refused
         rather than queued for a publication the sender was not told about.
+        `durable_floor` reads the highest seq the database holds or reserves
+        for the room, for when Redis has lost the room's counter.
         """
         if not self.connected:
             self._report_outage("not connected")
             return fail(RedisUnavailable(f"Redis at {self.address.redacted()} is unreachable"))
         d: Deferred[int] = Deferred()
-        self._chat_batch.append((
-            self.sequence_key.format(room_id=room_id),
-            floor,
-            self.channel_prefix + key,
-            _meta_prefix(self.node_id, True, headers),
-            template,
-            d,
-        ))
+        seq_key = self.sequence_key.format(room_id=room_id)
+        entry = _ChatEntry(room_id, seq_key, floor, self.channel_prefix + key,
+                           _meta_prefix(self.node_id, True, headers), template, d, durable_floor)
+        parked = self._awaiting_floor.get(seq_key)
+        if parked is not None:
+            parked.append(entry)  # behind the messages waiting for the same floor
+        else:
+            self._chat_batch.append(entry)
         self._sequencing.add(d)
         d.addBoth(self._sequenced, d)
         self._schedule_flush()

@@ -19,10 +19,13 @@ from stomp_chat.persistence.store import (
     MessagesRejected,
     RoomAlreadyExists,
     RoomNotFound,
+    SeqCollision,
 )
 from stomp_chat.persistence.url import (
+    DEFAULT_DB_TIMEOUT,
     ChatConnectionPool,
     DatabaseConfig,
+    DatabaseTimeout,
     DialectName,
     make_pool,
     parse_database_url,
@@ -35,6 +38,7 @@ from stomp_chat.persistence.writebehind import (
 )
 
 __all__ = [
+    "DEFAULT_DB_TIMEOUT",
     "MIGRATIONS",
     "AdbapiChatStore",
     "BufferFull",
@@ -42,6 +46,7 @@ __all__ = [
     "ChatMessage",
     "ChatStore",
     "DatabaseConfig",
+    "DatabaseTimeout",
     "DialectName",
     "Member",
     "MemberNameTaken",
@@ -54,6 +59,7 @@ __all__ = [
     "RoomAlreadyExists",
     "RoomNotFound",
     "SchemaTooNew",
+    "SeqCollision",
     "WriteBehindWriter",
     "WriterStopped",
     "current_version",

@@ -60,6 +60,18 @@ _DROP_MESSAGE_ID_UNIQUE = "messages: no unique index on message_id ((room_id, se
 #: hash in PHC form, and roles as a comma-separated list.
 _USERS = "users: login accounts with password hashes and roles"
 
+#: Private rooms: read and written only by their members (room_members).
+_PRIVATE_ROOMS = "rooms: private flag (members only)"
+
+#: The last seq each user has read in each room, for unread counts (user_id is the
+#: principal's id, text: it may come from a token's subject).
+_READ_POSITIONS = "read_positions: the last seq each user read in each room"
+
+#: Each room's seq high-water mark. The chat hands out a seq only at or below it, and
+#: writes it ahead of need, so a restart after a crash starts every room past any seq
+#: that may have been broadcast.
+_SEQ_RESERVATIONS = "room_seq_reservations: the highest seq each room may have handed out"
+
 _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -135,6 +147,35 @@ _SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        _PRIVATE_ROOMS,
+        ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT 0",),
+    ),
+    Migration(
+        5,
+        _READ_POSITIONS,
+        (
+            """CREATE TABLE read_positions (
+                user_id TEXT NOT NULL,
+                room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+                seq INTEGER NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (user_id, room_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
+    ),
+    Migration(
+        6,
+        _SEQ_RESERVATIONS,
+        (
+            """CREATE TABLE room_seq_reservations (
+                room_id INTEGER PRIMARY KEY,
+                reserved_through INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
 
 _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -192,6 +233,35 @@ _POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
                 password_hash TEXT NOT NULL,
                 roles TEXT NOT NULL DEFAULT '',
                 created_at TIMESTAMPTZ NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        4,
+        _PRIVATE_ROOMS,
+        ("ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE",),
+    ),
+    Migration(
+        5,
+        _READ_POSITIONS,
+        (
+            """CREATE TABLE read_positions (
+                user_id TEXT NOT NULL,
+                room_id BIGINT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+                seq BIGINT NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL,
+                PRIMARY KEY (user_id, room_id)
+            )""",
+            "CREATE INDEX read_positions_by_room ON read_positions (room_id)",
+        ),
+    ),
+    Migration(
+        6,
+        _SEQ_RESERVATIONS,
+        (
+            """CREATE TABLE room_seq_reservations (
+                room_id BIGINT PRIMARY KEY,
+                reserved_through BIGINT NOT NULL
             )""",
         ),
     ),
@@ -287,6 +357,8 @@ def _migrate_in_transaction(
 ) -> tuple[int, int]:
     """Runs in a pool thread, so it only touches the database (no logging)."""
     if dialect.is_postgres:
+        # A migration may take longer than any one chat statement may.
+        transaction.execute("SET LOCAL statement_timeout = 0")
         transaction.execute(
             dialect.sql("SELECT pg_advisory_xact_lock(?)"), (_POSTGRES_MIGRATION_LOCK_KEY,)
         )

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from stomp_chat.persistence._dialect import (
@@ -19,6 +20,7 @@ from stomp_chat.persistence._dialect import (
     epoch_microseconds,
 )
 from stomp_chat.persistence.model import ChatMessage, Member, Room
+from stomp_chat.persistence.url import ChatConnectionPool, DatabaseTimeout
 
 
 class RoomNotFound(LookupError):
@@ -43,6 +45,20 @@ class MemberNameTaken(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(f"the member name {name!r} is taken")
         self.name = name
+
+
+class SeqCollision(Exception):
+    """Another message is already stored under this message's (room_id, seq).
+
+    Never silent: the message was not stored, so its sender must not get a receipt.
+    """
+
+    def __init__(self, message: ChatMessage) -> None:
+        super().__init__(
+            f"message {message.message_id} not stored: room {message.room_id} already holds "
+            f"another message with seq {message.seq}"
+        )
+        self.message = message
 
 
 class MessagesRejected(Exception):
@@ -125,13 +141,36 @@ class ChatStore(Protocol):
         """The highest stored seq of a room, 0 if it has no messages."""
         ...
 
-    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         """Store a batch atomically; messages already stored are skipped, so retries are safe.
 
         A message is identified by (room_id, seq): its message_id is not checked for
         uniqueness (the chat derives it from those two). Rooms the messages name are created
-        if missing.
+        if missing. Fires with the messages NOT stored because a different message already
+        holds their (room_id, seq) (a seq collision), in batch order; normally none.
         """
+        ...
+
+    def reserve_seqs(self, room_id: int, count: int) -> Deferred[tuple[int, int, int]]:
+        """Reserve `count` seqs past everything stored or reserved for a room, durably.
+
+        Fires with (highest stored seq, reservation before, reservation now).
+        """
+        ...
+
+    def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
+        """Raise a room's reservation to at least `through`; fires with the reservation."""
+        ...
+
+    def release_seq_reservation(
+        self, room_id: int, reserved_through: int, last_seq: int
+    ) -> Deferred[bool]:
+        """Lower a room's reservation from `reserved_through` to `last_seq`, unless it moved
+        meanwhile (then nothing changes); True if lowered."""
+        ...
+
+    def seq_floor(self, room_id: int) -> Deferred[int]:
+        """The highest seq of a room stored or reserved, 0 if none."""
         ...
 
     def load_messages(
@@ -173,18 +212,23 @@ def _flatten(rows: Sequence[tuple[Any, ...]]) -> list[Any]:
     return [value for row in rows for value in row]
 
 
-def _insert_sqlite(dialect: Dialect, rows: list[tuple[Any, ...]], transaction: Any) -> None:
+def _insert_sqlite(dialect: Dialect, rows: list[tuple[Any, ...]], transaction: Any) -> int:
+    """Insert a batch, skipping rows already stored; returns how many were inserted."""
     size = _MESSAGES_PER_STATEMENT
     full_chunks, remainder = divmod(len(rows), size)
+    inserted = 0
     if full_chunks:
         transaction.executemany(
             _insert_messages_sql(dialect, size),
             [_flatten(rows[start : start + size]) for start in range(0, full_chunks * size, size)],
         )
+        inserted += transaction.rowcount
     if remainder:
         transaction.execute(
             _insert_messages_sql(dialect, remainder), _flatten(rows[full_chunks * size :])
         )
+        inserted += transaction.rowcount
+    return int(inserted)
 
 
 #: PostgreSQL: a whole batch is ONE statement with one array parameter per column, sent as
@@ -263,18 +307,28 @@ def _postgres_message_arrays(messages: Sequence[ChatMessage]) -> tuple[str, ...]
     )
 
 
-def _insert_postgres(arrays: tuple[str, ...], maybe_stored: bool, transaction: Any) -> None:
-    """Insert a batch, skipping messages already stored. `maybe_stored` (after a failed
-    attempt, which may have committed) goes straight to the skipping INSERT."""
+def _insert_postgres(
+    arrays: tuple[str, ...], count: int, maybe_stored: bool, transaction: Any
+) -> int:
+    """Insert a batch, skipping messages already stored; returns how many were inserted.
+    `maybe_stored` (after a failed attempt, which may have committed) goes straight to the
+    skipping INSERT."""
     if not maybe_stored:
         try:
             transaction.execute(_POSTGRES_INSERT_NEW_MESSAGES, arrays)
-            return
+            return count  # a plain INSERT stores every row or fails
         except Exception as error:
             if getattr(error, "pgcode", None) != _POSTGRES_UNIQUE_VIOLATION:
                 raise
         transaction.execute("ROLLBACK TO SAVEPOINT new_messages")
     transaction.execute(_POSTGRES_INSERT_MESSAGES_SKIPPING_STORED, arrays)
+    return int(transaction.rowcount)
+
+
+def _timed_out(outcome: object, timeout: float) -> object:
+    if isinstance(outcome, Failure) and outcome.check(CancelledError):
+        return Failure(DatabaseTimeout(f"the database did not answer within {timeout:g}s"))
+    return outcome
 
 
 class AdbapiChatStore:
@@ -289,8 +343,17 @@ class AdbapiChatStore:
         pool: adbapi.ConnectionPool,
         dialect: str | None = None,
         now: Callable[[], datetime] = _utc_now,
+        *,
+        timeout: float | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
+        if timeout is not None and (timeout <= 0 or clock is None):
+            raise ValueError("a database timeout must be positive and needs a clock")
         self._pool = pool
+        #: Every call fails with DatabaseTimeout after this many seconds, whatever the
+        #: database does (a host that drops packets answers nothing, ever).
+        self._timeout = timeout
+        self._clock = clock
         self._dialect: Dialect = dialect_of(pool, dialect)
         self._now = now
         # Errors that mean "this data can never be stored", as opposed to "not right now".
@@ -311,7 +374,14 @@ class AdbapiChatStore:
         return self._pool
 
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        result: Deferred[Any] = self._pool.runInteraction(interaction, *args)
+        pool = self._pool
+        if self._timeout is not None and self._clock is not None:
+            if isinstance(pool, ChatConnectionPool):
+                return pool.run_within(self._timeout, self._clock, interaction, *args)
+            bounded: Deferred[Any] = pool.runInteraction(interaction, *args)
+            bounded.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
+            return bounded
+        result: Deferred[Any] = pool.runInteraction(interaction, *args)
         return result
 
     # -- rows to records (called in pool threads) ------------------------------------------
@@ -565,14 +635,16 @@ class AdbapiChatStore:
         )
         return int(row[0])
 
-    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         if not messages:
-            return succeed(None)
-        insert: Callable[[Any], None]
+            return succeed([])
+        insert: Callable[[Any], int]
         try:
             if self._dialect.is_postgres:
                 arrays = _postgres_message_arrays(messages)
-                insert = functools.partial(_insert_postgres, arrays, self._maybe_stored)
+                insert = functools.partial(
+                    _insert_postgres, arrays, len(messages), self._maybe_stored
+                )
             else:
                 times = _converted_times(messages, self._dialect.time_to_db)
                 rows = [
@@ -586,20 +658,21 @@ class AdbapiChatStore:
             return fail(MessagesRejected(f"{type(error).__name__}: {error}"))
         room_ids = list(dict.fromkeys(m.room_id for m in messages))
         created_at = self._dialect.time_to_db(self._now())
-        saved = self._run(self._save_messages, insert, room_ids, created_at)
+        saved = self._run(self._save_messages, insert, room_ids, created_at, messages)
         return saved.addCallbacks(self._batch_saved, self._classify_save_failure)
 
-    def _batch_saved(self, result: None) -> None:
+    def _batch_saved(self, collided: list[ChatMessage]) -> list[ChatMessage]:
         self._maybe_stored = False
-        return result
+        return collided
 
     def _save_messages(
         self,
         transaction: Any,
-        insert: Callable[[Any], None],
+        insert: Callable[[Any], int],
         room_ids: list[int],
         created_at: Any,
-    ) -> None:
+        messages: Sequence[ChatMessage],
+    ) -> list[ChatMessage]:
         # Create missing rooms in the same transaction, so a batch never fails on the foreign
         # key (one multi-row statement: a single round trip however many rooms).
         placeholders = ", ".join(["(?, ?, ?)"] * len(room_ids))
@@ -614,7 +687,99 @@ class AdbapiChatStore:
         )
         if transaction.fetchall():
             self._advance_id_sequence(transaction, "rooms")
-        insert(transaction)
+        if insert(transaction) == len(messages):
+            return []
+        return self._collisions(transaction, messages)
+
+    def _collisions(self, transaction: Any, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """The messages of a batch whose (room_id, seq) holds a different message.
+
+        Only runs when some rows were skipped: a retried batch finds its own rows (the
+        same content, no collision); another message under the same seq is one.
+        """
+        by_room: dict[int, list[ChatMessage]] = {}
+        for message in messages:
+            by_room.setdefault(message.room_id, []).append(message)
+        stored: dict[tuple[int, int], tuple[Any, ...]] = {}
+        for room_id, room_messages in by_room.items():
+            seqs = [m.seq for m in room_messages]
+            self._execute(
+                transaction,
+                "SELECT seq, message_id, type, sender_id, text, created_at FROM messages "
+                "WHERE room_id = ? AND seq BETWEEN ? AND ?",
+                (room_id, min(seqs), max(seqs)),
+            )
+            for seq, *content in transaction.fetchall():
+                stored[(room_id, int(seq))] = (
+                    content[0], content[1], int(content[2]), content[3],
+                    self._dialect.time_from_db(content[4]),
+                )
+        return [
+            m for m in messages
+            if stored.get((m.room_id, m.seq))
+            != (m.message_id, m.type, m.sender_id, m.text, m.created_at)
+        ]
+
+    # -- seq reservations ----------------------------------------------------------------
+
+    def reserve_seqs(self, room_id: int, count: int) -> Deferred[tuple[int, int, int]]:
+        if count < 1:
+            raise ValueError(f"reserve at least one seq, not {count}")
+        return self._run(self._reserve_seqs, room_id, count)
+
+    def _reserve_seqs(self, transaction: Any, room_id: int, count: int) -> tuple[int, int, int]:
+        stored = self._last_seq(transaction, room_id)
+        before = self._reserved_through(transaction, room_id)
+        through = self._raise_reservation(transaction, room_id, max(stored, before) + count)
+        return stored, before, through
+
+    def _reserved_through(self, transaction: Any, room_id: int) -> int:
+        row = self._fetch_one(
+            transaction,
+            "SELECT reserved_through FROM room_seq_reservations WHERE room_id = ?",
+            (room_id,),
+        )
+        return 0 if row is None else int(row[0])
+
+    def _raise_reservation(self, transaction: Any, room_id: int, through: int) -> int:
+        self._execute(
+            transaction,
+            "INSERT INTO room_seq_reservations (room_id, reserved_through) VALUES (?, ?) "
+            "ON CONFLICT (room_id) DO UPDATE SET reserved_through = CASE "
+            "WHEN excluded.reserved_through > room_seq_reservations.reserved_through "
+            "THEN excluded.reserved_through "
+            "ELSE room_seq_reservations.reserved_through END "
+            "RETURNING reserved_through",
+            (room_id, through),
+        )
+        return int(transaction.fetchall()[0][0])
+
+    def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
+        return self._run(self._raise_reservation, room_id, through)
+
+    def release_seq_reservation(
+        self, room_id: int, reserved_through: int, last_seq: int
+    ) -> Deferred[bool]:
+        return self._run(self._release_reservation, room_id, reserved_through, last_seq)
+
+    def _release_reservation(
+        self, transaction: Any, room_id: int, reserved_through: int, last_seq: int
+    ) -> bool:
+        self._execute(
+            transaction,
+            "UPDATE room_seq_reservations SET reserved_through = ? "
+            "WHERE room_id = ? AND reserved_through = ?",
+            (last_seq, room_id, reserved_through),
+        )
+        return bool(transaction.rowcount > 0)
+
+    def seq_floor(self, room_id: int) -> Deferred[int]:
+        return self._run(self._seq_floor, room_id)
+
+    def _seq_floor(self, transaction: Any, room_id: int) -> int:
+        return max(
+            self._last_seq(transaction, room_id), self._reserved_through(transaction, room_id)
+        )
 
     def _classify_save_failure(self, failure: Failure) -> Failure:
         if failure.check(*self._rejection_errors):
@@ -693,6 +858,7 @@ class MemoryChatStore:
         self._memberships: dict[int, dict[int, datetime]] = {}
         self._messages: dict[int, dict[int, ChatMessage]] = {}
         self._sorted_seqs: dict[int, list[int]] = {}
+        self._reservations: dict[int, int] = {}
         #: How many times save_messages was called (tests of batching read it).
         self.save_calls = 0
 
@@ -782,16 +948,47 @@ class MemoryChatStore:
         seqs = self._sorted_seqs.get(room_id)
         return succeed(seqs[-1] if seqs else 0)
 
-    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[None]:
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         self.save_calls += 1
+        collided = []
         for message in messages:
             room_messages = self._messages.setdefault(message.room_id, {})
-            if message.seq in room_messages:
+            stored = room_messages.get(message.seq)
+            if stored is not None:
+                if stored != message:
+                    collided.append(message)
                 continue
             self._ensure_room(message.room_id)
             room_messages[message.seq] = message
             bisect.insort(self._sorted_seqs.setdefault(message.room_id, []), message.seq)
-        return succeed(None)
+        return succeed(collided)
+
+    def _stored_max(self, room_id: int) -> int:
+        seqs = self._sorted_seqs.get(room_id)
+        return seqs[-1] if seqs else 0
+
+    def reserve_seqs(self, room_id: int, count: int) -> Deferred[tuple[int, int, int]]:
+        if count < 1:
+            raise ValueError(f"reserve at least one seq, not {count}")
+        stored = self._stored_max(room_id)
+        before = self._reservations.get(room_id, 0)
+        through = self._reservations[room_id] = max(stored, before) + count
+        return succeed((stored, before, through))
+
+    def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
+        reserved = self._reservations[room_id] = max(self._reservations.get(room_id, 0), through)
+        return succeed(reserved)
+
+    def release_seq_reservation(
+        self, room_id: int, reserved_through: int, last_seq: int
+    ) -> Deferred[bool]:
+        if self._reservations.get(room_id) != reserved_through:
+            return succeed(False)
+        self._reservations[room_id] = last_seq
+        return succeed(True)
+
+    def seq_floor(self, room_id: int) -> Deferred[int]:
+        return succeed(max(self._stored_max(room_id), self._reservations.get(room_id, 0)))
 
     def load_messages(
         self,

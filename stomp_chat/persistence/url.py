@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -10,8 +13,10 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from twisted.enterprise import adbapi
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 DialectName = Literal["sqlite", "postgresql"]
 
@@ -20,9 +25,13 @@ SQLITE_MEMORY = ":memory:"
 _SQLITE_SCHEMES = frozenset({"sqlite", "sqlite+pysqlite"})
 _POSTGRES_SCHEMES = frozenset({"postgresql", "postgresql+psycopg2", "postgres"})
 
-#: Connect timeout used unless the URL says otherwise: a blackholed database host must not
-#: pin a pool thread for the kernel's multi-minute TCP timeout.
-DEFAULT_POSTGRES_CONNECT_TIMEOUT = 10
+#: The longest any database call may take, in seconds (``--db-timeout``): the statement
+#: timeout, the connect timeout, the TCP timeouts, and the deadline of every pool call.
+DEFAULT_DB_TIMEOUT = 10.0
+
+
+class DatabaseTimeout(Exception):
+    """The database did not answer in time; the call was abandoned (its outcome unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +49,8 @@ class DatabaseConfig:
     options: Mapping[str, str] = field(default_factory=dict)
     #: Upper bound on PostgreSQL connections (SQLite always uses exactly one).
     pool_max: int = 4
+    #: Seconds any one database call may take (see DEFAULT_DB_TIMEOUT).
+    timeout: float = DEFAULT_DB_TIMEOUT
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the DB-API module's connect()."""
@@ -56,9 +67,25 @@ class DatabaseConfig:
         ):
             if value is not None:
                 kwargs[key] = value
-        kwargs.setdefault("connect_timeout", DEFAULT_POSTGRES_CONNECT_TIMEOUT)
+        kwargs.update(self.postgres_timeouts())
         kwargs.update(self.options)
+        timeouts = f"-c statement_timeout={int(self.timeout * 1000)}"
+        kwargs["options"] = f"{timeouts} {kwargs['options']}" if "options" in kwargs else timeouts
         return kwargs
+
+    def postgres_timeouts(self) -> dict[str, int]:
+        """libpq settings that bound every wait on a server that stopped answering: the
+        connect timeout, TCP keepalives, and a TCP user timeout for unacknowledged data
+        (a host that drops packets); the URL's own settings win."""
+        seconds = max(1, math.ceil(self.timeout))
+        return {
+            "connect_timeout": seconds,
+            "keepalives": 1,
+            "keepalives_idle": max(1, seconds // 2),
+            "keepalives_interval": max(1, seconds // 6),
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(self.timeout * 1000),
+        }
 
     def with_options(self, **options: str) -> DatabaseConfig:
         """A copy with extra driver options (e.g. ``options="-csearch_path=x"``)."""
@@ -160,6 +187,9 @@ def _parse_postgres(url: str) -> DatabaseConfig:
     )
 
 
+_log = Logger()
+
+
 class _ReconnectingConnection(adbapi.Connection):
     """A pooled connection that drops itself quietly when it is found dead.
 
@@ -188,13 +218,34 @@ class _ReconnectingConnection(adbapi.Connection):
         pool.disconnect(connection)
 
 
+class _Call:
+    """One pool call: the pool thread running it, while it runs, and whether its caller
+    gave up on it (a call still queued for a thread then never starts)."""
+
+    __slots__ = ("abandoned", "thread")
+
+    def __init__(self) -> None:
+        self.thread: int | None = None
+        self.abandoned = False
+
+
+#: The keyword that carries a `_Call` through runInteraction to the pool thread.
+_CALL = "_stomp_chat_call"
+
+
 class ChatConnectionPool(adbapi.ConnectionPool):
-    """An adbapi pool that remembers its dialect and reconnects quietly."""
+    """An adbapi pool that remembers its dialect, reconnects quietly, and can give up on a
+    call: `run_within` abandons a call past its deadline and severs its connection's
+    socket, so the pool thread stuck reading from a silent server gets an error at once
+    and its slot comes back (adbapi itself cannot interrupt a thread). With every thread
+    stuck (cp_max of them), later calls wait in the threadpool's queue; those abandoned
+    meanwhile never run, so retries cannot pile up behind a silent server."""
 
     connectionFactory = _ReconnectingConnection
 
     def __init__(self, config: DatabaseConfig, reactor: IReactorCore | None = None) -> None:
         self.config = config
+        self._calls: set[_Call] = set()
         self.dialect: DialectName = config.dialect
         pool_kwargs: dict[str, Any] = {"cp_reactor": reactor, "cp_noisy": False}
         if config.dialect == "sqlite":
@@ -205,6 +256,64 @@ class ChatConnectionPool(adbapi.ConnectionPool):
         else:
             pool_kwargs.update(cp_min=1, cp_max=config.pool_max, cp_reconnect=True)
             super().__init__("psycopg2", **config.connect_kwargs(), **pool_kwargs)
+
+    def run_within(
+        self, timeout: float, clock: IReactorTime, interaction: Any, *args: Any
+    ) -> Deferred[Any]:
+        """runInteraction with a deadline: past it the Deferred fails with DatabaseTimeout,
+        the late outcome is ignored, and the connection is severed (then replaced)."""
+        call = _Call()
+        self._calls.add(call)
+        result: Deferred[Any] = self.runInteraction(interaction, *args, **{_CALL: call})
+
+        def timed_out(outcome: object, seconds: float) -> object:
+            if isinstance(outcome, Failure) and outcome.check(CancelledError):
+                call.abandoned = True
+                self._sever(call)
+                return Failure(DatabaseTimeout(
+                    f"the database did not answer within {seconds:g}s"
+                ))
+            return outcome
+
+        def done(outcome: object) -> object:
+            self._calls.discard(call)
+            return outcome
+
+        result.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
+        return result.addBoth(done)
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        call: _Call | None = kw.pop(_CALL, None)
+        if call is not None:
+            if call.abandoned:  # it waited for a thread longer than its deadline
+                raise DatabaseTimeout("abandoned before it started")
+            call.thread = self.threadID()
+        try:
+            return super()._runInteraction(interaction, *args, **kw)
+        finally:
+            if call is not None:
+                call.thread = None
+
+    def _sever(self, call: _Call) -> None:
+        """Shut down the socket of the connection a call is using (from the reactor thread:
+        shutdown() on a duplicate descriptor is safe while another thread reads)."""
+        thread = call.thread
+        connection = self.connections.get(thread) if thread is not None else None
+        fileno = getattr(connection, "fileno", None)
+        if fileno is None:
+            return  # SQLite: no socket; its busy timeout bounds the wait
+        try:
+            with socket.socket(fileno=os.dup(fileno())) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError) as error:
+            _log.debug("cannot sever a database connection: {error!r}", error=error)
+
+    def close(self) -> None:
+        """Close the pool; calls still stuck on a silent server are severed first, so that
+        joining the pool's threads cannot hang the reactor."""
+        for call in list(self._calls):
+            self._sever(call)
+        super().close()
 
 
 _SQLITE_BUSY_TIMEOUT_SECONDS = 5.0

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stomp_chat.persistence.model import ChatMessage
-from stomp_chat.persistence.store import ChatStore, MessagesRejected
+from stomp_chat.persistence.store import ChatStore, MessagesRejected, SeqCollision
 
 
 class BufferFull(Exception):
@@ -39,6 +39,8 @@ class WriterStopped(RuntimeError):
 
 class DelayedCall(Protocol):
     def getTime(self) -> float: ...
+
+    def active(self) -> bool: ...
 
     def cancel(self) -> None: ...
 
@@ -96,9 +98,12 @@ class WriteBehindWriter(Service):
         retry_max: float = 5.0,
         high_water: int | None = None,
         low_water: int | None = None,
+        stop_timeout: float | None = None,
     ) -> None:
         if flush_interval < 0 or retry_initial <= 0 or retry_max < retry_initial:
             raise ValueError("need flush_interval >= 0 and 0 < retry_initial <= retry_max")
+        if stop_timeout is not None and stop_timeout <= 0:
+            raise ValueError("stop_timeout must be positive")
         if max_batch < 1 or max_pending < 1:
             raise ValueError("max_batch and max_pending must be positive")
         high = max(1, max_pending * 4 // 5) if high_water is None else high_water
@@ -114,6 +119,9 @@ class WriteBehindWriter(Service):
         self._retry_max = retry_max
         self._high_water = high
         self._low_water = low
+        #: How long stopping waits for the database before giving up on what is unsaved.
+        self._stop_timeout = stop_timeout
+        self._stop_call: DelayedCall | None = None
 
         self._buffer: deque[ChatMessage] = deque()
         #: The batch being written, or waiting to be retried (then `_writing` is False).
@@ -134,10 +142,17 @@ class WriteBehindWriter(Service):
         self._stop_waiters: list[Deferred[None]] = []
         self._producers: list[PausableProducer] = []
         self._producers_paused = False
+        #: Messages announced by `expect` and not appended yet (waiting for their room).
+        self._expected = 0
         self._full_reported = False
+        #: Told of every message not stored because another holds its seq.
+        self.collision_listeners: list[Callable[[ChatMessage], object]] = []
         #: Counters for metrics.
         self.saved_count = 0
         self.rejected_count = 0
+        self.collided_count = 0
+        #: Messages given up at stop because the database did not answer in time.
+        self.lost_count = 0
 
     # -- state ---------------------------------------------------------------------------
 
@@ -179,8 +194,19 @@ class WriteBehindWriter(Service):
         return committed
 
     def has_room_for(self, count: int) -> bool:
-        """Whether ``count`` more messages would be accepted now."""
-        return self.pending_count + count <= self._max_pending
+        """Whether ``count`` more messages would be accepted now (besides those expected)."""
+        return self.pending_count + self._expected + count <= self._max_pending
+
+    def expect(self, count: int) -> None:
+        """Count (or, negative, stop counting) messages that will be appended soon, e.g. held
+        until their room is ready, towards the high- and low-water marks and `has_room_for`,
+        so publishers are paused by what waits anywhere, not only by what is buffered."""
+        self._expected += count
+        backlog = self.pending_count + self._expected
+        if count > 0 and not self._producers_paused and backlog >= self._high_water:
+            self._pause_producers()
+        elif count < 0 and self._producers_paused and backlog <= self._low_water:
+            self._resume_producers()
 
     def unsaved_messages(self, room_id: int) -> list[ChatMessage]:
         """A room's messages accepted but not committed yet, oldest first.
@@ -222,7 +248,7 @@ class WriteBehindWriter(Service):
         self._buffer.append(message)
         index = self._appended
         self._appended += 1
-        if not self._producers_paused and pending + 1 >= self._high_water:
+        if not self._producers_paused and pending + 1 + self._expected >= self._high_water:
             self._pause_producers()
         self._schedule()
         return index
@@ -315,20 +341,43 @@ class WriteBehindWriter(Service):
         saved.addCallbacks(self._batch_saved, self._batch_failed)
         saved.addErrback(self._internal_error)
 
-    def _batch_saved(self, _: object) -> None:
+    def _batch_saved(self, collided: list[ChatMessage] | None) -> None:
         self._writing = False
-        count = len(self._batch)
+        batch = self._batch
+        count = len(batch)
         self._batch = []
         self._failed_attempts = 0
+        rejections: dict[int, Failure] = {}
+        if collided:
+            collided_ids = {id(message) for message in collided}
+            for offset, message in enumerate(batch):
+                if id(message) in collided_ids:
+                    rejections[self._settled + offset] = self._collision(message)
         self._settled += count
-        self.saved_count += count
+        self.saved_count += count - len(rejections)
         if self._outage_started is not None:
             self.log.info(
                 "Saving chat messages again after {seconds:.1f}s of database errors",
                 seconds=self._clock.seconds() - self._outage_started,
             )
             self._outage_started = None
-        self._after_settling()
+        self._after_settling(rejections)
+
+    def _collision(self, message: ChatMessage) -> Failure:
+        self.collided_count += 1
+        self.log.error(
+            "Chat message {message_id} was not stored: room {room_id} already holds another "
+            "message with seq {seq}",
+            message_id=message.message_id,
+            room_id=message.room_id,
+            seq=message.seq,
+        )
+        for listener in list(self.collision_listeners):
+            try:
+                listener(message)
+            except Exception:
+                self.log.failure("A seq collision listener failed")
+        return Failure(SeqCollision(message))
 
     def _batch_failed(self, failure: Failure) -> None:
         self._writing = False
@@ -380,32 +429,42 @@ class WriteBehindWriter(Service):
         )
         rejected_index = self._settled
         self._settled += 1
-        self._after_settling(rejected_index, failure)
+        self._after_settling({rejected_index: failure})
 
-    def _after_settling(
-        self, rejected_index: int | None = None, rejection: Failure | None = None
-    ) -> None:
-        """Update state first and fire Deferreds last, so callbacks may append or flush."""
+    def _after_settling(self, rejections: dict[int, Failure] | None = None) -> None:
+        """Update state first and fire Deferreds last, so callbacks may append or flush.
+
+        Waiters fire in arrival order, so a `flush()` Deferred fires after the receipt
+        callbacks of every durable message appended before it.
+        """
         ready: list[_Waiter] = []
         while self._waiters and self._waiters[0].last_index < self._settled:
             ready.append(self._waiters.popleft())
         pending = self.pending_count
-        if self._producers_paused and pending <= self._low_water:
+        if self._producers_paused and pending + self._expected <= self._low_water:
             self._resume_producers()
         elif self._full_reported and pending < self._max_pending:
             self._full_reported = False
         self._schedule()
         stopped: list[Deferred[None]] = []
         if self._phase == "stopping" and pending == 0:
-            self._phase = "stopped"
-            stopped, self._stop_waiters = self._stop_waiters, []
+            stopped = self._stopped()
         for waiter in ready:
-            if waiter.durable and waiter.last_index == rejected_index and rejection is not None:
+            rejection = rejections.get(waiter.last_index) if rejections else None
+            if waiter.durable and rejection is not None:
                 waiter.deferred.errback(rejection)
             else:
                 waiter.deferred.callback(None)
         for deferred in stopped:
             deferred.callback(None)
+
+    def _stopped(self) -> list[Deferred[None]]:
+        self._phase = "stopped"
+        if self._stop_call is not None and self._stop_call.active():
+            self._stop_call.cancel()
+        self._stop_call = None
+        stopped, self._stop_waiters = self._stop_waiters, []
+        return stopped
 
     def _internal_error(self, failure: Failure) -> None:
         self.log.failure("Bug in the chat message writer", failure)
@@ -429,5 +488,36 @@ class WriteBehindWriter(Service):
         self._phase = "stopping"
         drained: Deferred[None] = Deferred()
         self._stop_waiters.append(drained)
+        if self._stop_timeout is not None:
+            self._stop_call = self._clock.callLater(self._stop_timeout, self._give_up)
         self._schedule()
         return drained
+
+    def _give_up(self) -> None:
+        """Stopping took longer than `stop_timeout`: the database is not answering. Report
+        what is lost, fail the durable waiters (no receipt), and let the server stop."""
+        self._stop_call = None
+        if self._phase != "stopping":
+            return
+        lost = self.pending_count
+        self.lost_count += lost
+        self.log.critical(
+            "Stopping without saving {count} chat message(s): the database did not answer "
+            "within {seconds:g}s",
+            count=lost,
+            seconds=self._stop_timeout,
+        )
+        self._buffer.clear()
+        self._batch = []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        waiters, self._waiters = list(self._waiters), deque()
+        stopped = self._stopped()
+        for waiter in waiters:
+            if waiter.durable:
+                waiter.deferred.errback(WriterStopped("the server stopped before saving it"))
+            else:
+                waiter.deferred.callback(None)
+        for deferred in stopped:
+            deferred.callback(None)

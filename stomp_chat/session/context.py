@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from stomp_chat import __version__
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.app.subscriptions import SubscriptionListener
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor
 from stomp_chat.interceptors import Interceptor
@@ -52,6 +53,9 @@ class SessionSettings:
     max_transaction_bytes: int = 16 * 1024 * 1024
     #: Seconds a frame may take from its first byte to its last.
     frame_timeout: float = 60.0
+    #: Frames that may wait for an earlier, slower one (a durable SEND) before
+    #: the connection stops reading until half of them are answered.
+    max_pending_receipts: int = 10_000
 
 
 @dataclass(slots=True)
@@ -68,3 +72,5 @@ class ServerContext:
     interceptors: list[Interceptor] = field(default_factory=list)
     #: Counters read by /metrics.
     stats: ServerStats = field(default_factory=ServerStats)
+    #: Told of every subscription made and ended (recovery, presence, unread counts).
+    subscription_listeners: list[SubscriptionListener] = field(default_factory=list)

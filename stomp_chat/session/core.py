@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from stomp_chat.app.errors import report_application_error
 from stomp_chat.app.routes import AppContext, NoHandler
+from stomp_chat.app.subscriptions import notify_subscribed, notify_unsubscribed
 from stomp_chat.broker import (
     ACK_AUTO,
     ACK_MODES,
@@ -35,6 +36,7 @@ from stomp_chat.errors import ApplicationError, ProtocolError
 from stomp_chat.identity import ConnectionInfo, Principal
 from stomp_chat.session.context import FrameTransport, ServerContext
 from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
+from stomp_chat.session.transactions import Transactions
 from stomp_chat.stomp.frame import (
     SUPPORTED_VERSIONS,
     V1_0,
@@ -54,9 +56,6 @@ log = Logger()
 HEARTBEAT_EOL = b"\n"
 #: How far past the negotiated interval a silent client is still tolerated.
 HEARTBEAT_GRACE = 1.5
-#: What each frame held in a transaction counts for beyond its own bytes (the
-#: objects that hold it), so that many tiny frames cannot hide under the bound.
-TRANSACTION_FRAME_OVERHEAD = 256
 
 
 class State(enum.Enum):
@@ -86,7 +85,6 @@ class StompSession:
         "_receipts",
         "_received",
         "_sent",
-        "_transaction_bytes",
         "_transactions",
         "_waiting",
         "broker",
@@ -124,10 +122,15 @@ class StompSession:
             max_header_length=settings.max_header_length,
         )
         self._acks = AckTracker(context.broker)
-        self._transactions: dict[str, list[Frame]] = {}
-        #: What the open transactions hold, counted as ``_transaction_size`` says.
-        self._transaction_bytes = 0
-        self._receipts = OrderedReceipts(self._write_receipt, self._receipts_drained)
+        self._transactions = Transactions(
+            settings.max_transactions, settings.max_transaction_bytes
+        )
+        self._receipts = OrderedReceipts(
+            self._write_receipt,
+            self._receipts_drained,
+            limit=settings.max_pending_receipts,
+            backlog=self._receipt_backlog,
+        )
         self._close_after_receipts = False
         self._shutdown_message: str | None = None
         #: An interceptor's Deferred is pending: input is paused.
@@ -245,7 +248,7 @@ class StompSession:
         while held and not self._waiting and self.state is not State.CLOSED:
             self.frame_received(held.popleft())
         self._partial_since = partial_since
-        if not self._waiting and self.state is not State.CLOSED:
+        if not self._waiting and not self._receipts.full and self.state is not State.CLOSED:
             self.transport.resume_reading()
 
     def _dispatch(self, frame: Frame) -> None:
@@ -272,15 +275,17 @@ class StompSession:
             self.fail(error.message, error.detail, frame, error.headers)
         elif isinstance(error, (BrokerError, FrameError)):
             self.fail(str(error), str(error), frame)
+        elif failure is None:  # unexpected: log it with its traceback
+            self._refuse(error, frame, Failure(error, type(error), error.__traceback__))
         elif self.state is State.AUTHENTICATING:
-            log.failure("authentication failed unexpectedly", failure or Failure(error))
+            log.failure("authentication failed unexpectedly", failure)
             self.fail(
                 "authentication unavailable", "the server could not check credentials", frame
             )
         else:
             log.failure(
                 "error handling {command} from {peer}",
-                failure or Failure(error),
+                failure,
                 command=frame.command,
                 peer=self.peer,
             )
@@ -334,7 +339,7 @@ class StompSession:
         destination = _required(frame, "destination")
         if "transaction" in frame.headers:
             self._check_destination(destination)  # now, not at COMMIT: all or nothing
-            self._buffered_in_transaction(frame)
+            self._transactions.hold(frame)
             self._receipts.add(frame.headers.get("receipt"))
             return
         self._receipts.add(frame.headers.get("receipt"), self._apply_send(frame, destination))
@@ -407,6 +412,7 @@ class StompSession:
         sub.wire = f"subscription:{escape_header(sub_id, self.version)}\n".encode()
         self.broker.subscribe(sub, self.user_key)
         acks.add(sub)
+        notify_subscribed(self.context.subscription_listeners, self, sub, frame.headers)
         self._receipts.add(frame.headers.get("receipt"))
 
     def _on_unsubscribe(self, frame: Frame) -> None:
@@ -419,6 +425,7 @@ class StompSession:
         if sub is None:
             raise ProtocolError("no such subscription", f"no subscription with id {sub_id!r}")
         self.broker.unsubscribe(sub)
+        notify_unsubscribed(self.context.subscription_listeners, self, sub)
         self._receipts.add(frame.headers.get("receipt"))
 
     # -- delivery ----------------------------------------------------------
@@ -447,7 +454,7 @@ class StompSession:
 
     def _on_ack(self, frame: Frame) -> None:
         sub, message_id = self._acks.target(frame, self.version)
-        if not self._buffered_in_transaction(frame):
+        if not self._transactions.hold(frame):
             self._acks.settle(sub, message_id, requeue=False)
         self._receipts.add(frame.headers.get("receipt"))
 
@@ -455,45 +462,18 @@ class StompSession:
         if self.version == V1_0:
             raise ProtocolError("unknown command", "NACK is not part of STOMP 1.0")
         sub, message_id = self._acks.target(frame, self.version)
-        if not self._buffered_in_transaction(frame):
+        if not self._transactions.hold(frame):
             self._acks.settle(sub, message_id, requeue=True)
         self._receipts.add(frame.headers.get("receipt"))
 
     # -- transactions ------------------------------------------------------
 
-    def _buffered_in_transaction(self, frame: Frame) -> bool:
-        name = frame.headers.get("transaction")
-        if name is None:
-            return False
-        frames = self._transactions.get(name)
-        if frames is None:
-            raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
-        size = _transaction_size(frame)
-        limit = self.context.settings.max_transaction_bytes
-        if self._transaction_bytes + size > limit:
-            raise ProtocolError(
-                "transaction too large",
-                f"open transactions may hold at most {limit} bytes on one connection",
-            )
-        self._transaction_bytes += size
-        frames.append(frame)
-        return True
-
     def _on_begin(self, frame: Frame) -> None:
-        name = _required(frame, "transaction")
-        if name in self._transactions:
-            raise ProtocolError("transaction already begun", f"transaction {name!r} is active")
-        limit = self.context.settings.max_transactions
-        if len(self._transactions) >= limit:
-            raise ProtocolError(
-                "too many transactions",
-                f"at most {limit} transactions may be open at once on one connection",
-            )
-        self._transactions[name] = []
+        self._transactions.begin(_required(frame, "transaction"))
         self._receipts.add(frame.headers.get("receipt"))
 
     def _on_commit(self, frame: Frame) -> None:
-        frames = self._take_transaction(frame)
+        frames = self._transactions.take(_required(frame, "transaction"))
         waits: list[Deferred[Any]] = []
         acks = self._acks
         for queued in frames:
@@ -507,16 +487,8 @@ class StompSession:
         self._receipts.add(frame.headers.get("receipt"), DeferredList(waits) if waits else None)
 
     def _on_abort(self, frame: Frame) -> None:
-        self._take_transaction(frame)
+        self._transactions.take(_required(frame, "transaction"))
         self._receipts.add(frame.headers.get("receipt"))
-
-    def _take_transaction(self, frame: Frame) -> list[Frame]:
-        name = _required(frame, "transaction")
-        frames = self._transactions.pop(name, None)
-        if frames is None:
-            raise ProtocolError("unknown transaction", f"transaction {name!r} was not begun")
-        self._transaction_bytes -= sum(_transaction_size(queued) for queued in frames)
-        return frames
 
     # -- DISCONNECT and receipts -----------------------------------------
 
@@ -531,6 +503,15 @@ class StompSession:
         if self.state is State.CONNECTED:
             self._write(encode_frame(Frame("RECEIPT", {"receipt-id": receipt_id}), self.version))
             self.context.stats.frames_sent["RECEIPT"] += 1
+
+    def _receipt_backlog(self, full: bool) -> None:
+        """Too many frames wait behind a slow one: read nothing more until half are done."""
+        if self.state is State.CLOSED:
+            return
+        if full:
+            self.transport.pause_reading()
+        elif not self._waiting:
+            self.transport.resume_reading()
 
     def _receipts_drained(self) -> None:
         if self._close_after_receipts:
@@ -603,9 +584,11 @@ class StompSession:
 
     def _release(self) -> None:
         self.context.heartbeats.discard(self)
+        ended = list(self.subscriptions.values())
         self._acks.release()
+        for sub in ended:
+            notify_unsubscribed(self.context.subscription_listeners, self, sub)
         self._transactions.clear()
-        self._transaction_bytes = 0
         self._held.clear()
         self._partial_since = None
 
@@ -618,9 +601,12 @@ class StompSession:
     def check_liveness(self, now: float, tick: float) -> None:
         """Called every ``tick`` s: send a heart-beat, or drop a silent or stale peer."""
         settings = self.context.settings
-        if self.state is State.AWAITING_CONNECT:
+        state = self.state
+        if state is State.AWAITING_CONNECT or state is State.AUTHENTICATING:
+            # Authentication that never answers must not hold a paused
+            # connection forever either.
             if now - self._opened_at >= settings.connect_timeout:
-                self.fail("connect timeout", "no CONNECT frame was received in time")
+                self.fail("connect timeout", "the connection was not established in time")
                 return
         partial_since = self._partial_since
         if partial_since is not None and now - partial_since >= settings.frame_timeout:
@@ -658,14 +644,6 @@ class StompSession:
         "ABORT": _on_abort,
         "DISCONNECT": _on_disconnect,
     }
-
-
-def _transaction_size(frame: Frame) -> int:
-    """What a frame held in a transaction counts against the connection's bound."""
-    size = TRANSACTION_FRAME_OVERHEAD + len(frame.command) + len(frame.body)
-    for name, value in frame.headers.items():
-        size += len(name) + len(value)
-    return size
 
 
 def _required(frame: Frame, name: str) -> str:

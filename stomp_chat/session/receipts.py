@@ -23,13 +23,29 @@ _SKIPPED = "skipped"
 
 
 class OrderedReceipts:
-    """Sends receipts through ``send`` in frame order; calls ``drained`` when none wait."""
+    """Sends receipts through ``send`` in frame order; calls ``drained`` when none wait.
 
-    __slots__ = ("_entries", "_send", "drained")
+    What waits grows with what the client sends behind a slow frame, so it is
+    bounded: at ``limit`` entries ``backlog(True)`` asks the caller to stop
+    reading, and once half of them are gone ``backlog(False)`` lets it go on.
+    """
 
-    def __init__(self, send: Callable[[str], None], drained: Callable[[], None]) -> None:
+    __slots__ = ("_entries", "_send", "backlog", "drained", "full", "limit")
+
+    def __init__(
+        self,
+        send: Callable[[str], None],
+        drained: Callable[[], None],
+        *,
+        limit: int = 10_000,
+        backlog: Callable[[bool], None] = lambda full: None,
+    ) -> None:
         self._send = send
         self.drained = drained
+        self.limit = limit
+        self.backlog = backlog
+        #: Whether the caller was told to stop reading.
+        self.full = False
         #: Receipts waiting for an earlier, slower frame: [receipt-id, status].
         self._entries: deque[list[Any]] = deque()
 
@@ -45,6 +61,7 @@ class OrderedReceipts:
         if isinstance(waiting, Deferred):
             entry: list[Any] = [receipt_id, _PENDING]
             self._entries.append(entry)
+            self._check_full()
             waiting.addBoth(self._ready, entry)
             return
         if receipt_id is None:
@@ -52,11 +69,18 @@ class OrderedReceipts:
         status = _SKIPPED if waiting is NOT_RECEIPTED else _READY
         if self._entries:
             self._entries.append([receipt_id, status])
+            self._check_full()
         elif status is _READY:
             self._send(receipt_id)
 
+    def _check_full(self) -> None:
+        if not self.full and len(self._entries) >= self.limit:
+            self.full = True
+            self.backlog(True)
+
     def clear(self) -> None:
         self._entries.clear()
+        self.full = False
 
     def _ready(self, result: object, entry: list[Any]) -> None:
         entry[1] = _SKIPPED if result is NOT_RECEIPTED else _READY
@@ -65,5 +89,8 @@ class OrderedReceipts:
             receipt_id, status = entries.popleft()
             if receipt_id is not None and status is _READY:
                 self._send(receipt_id)
+        if self.full and len(entries) <= self.limit // 2:
+            self.full = False
+            self.backlog(False)
         if not entries:
             self.drained()

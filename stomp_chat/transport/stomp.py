@@ -16,6 +16,7 @@ through ``write``. It owns what the session must not know about sockets:
 from __future__ import annotations
 
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -44,6 +45,30 @@ DEFAULT_CLOSE_LINGER = 5.0
 _ERROR_PREFIX = b"ERROR"
 
 
+class InputGate(TypingProtocol):
+    """Tells registered connections to stop and resume reading (the write-behind writer
+    does, while too many chat messages wait to be saved)."""
+
+    def register_producer(self, producer: Any) -> None: ...
+
+    def unregister_producer(self, producer: Any) -> None: ...
+
+
+class _GateHold:
+    """What an InputGate pauses: this connection's reading."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: StompProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.close_gate()
+
+    def resumeProducing(self) -> None:
+        self._protocol.open_gate()
+
+
 @implementer(IPushProducer)
 class StompProtocol(Protocol):
     """One STOMP connection: a session plus its socket's flow control."""
@@ -59,12 +84,17 @@ class StompProtocol(Protocol):
         *,
         max_connect_bytes: int = DEFAULT_MAX_CONNECT_BYTES,
         connections: ConnectionCounter | None = None,
+        input_gate: InputGate | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
         self.close_linger = close_linger
         self.max_connect_bytes = max_connect_bytes
         self.connections = connections
+        self.input_gate = input_gate
+        self._gate_hold: _GateHold | None = None
+        #: The input gate is closed: the server cannot keep up with storage.
+        self._gate_closed = False
         #: Set by the WebSocket adapter before the connection is made; built
         #: from the socket otherwise.
         self.connection: ConnectionInfo | None = None
@@ -108,6 +138,9 @@ class StompProtocol(Protocol):
             self.connections.opened(connection.peer_host)
         self._opened_at = self.context.clock.seconds()
         self.session = StompSession(self.context, self, connection)
+        if self.input_gate is not None:
+            self._gate_hold = _GateHold(self)
+            self.input_gate.register_producer(self._gate_hold)
         log.info(
             "connection {session} opened: {peer} over {transport}",
             session=self.session.session_id,
@@ -124,7 +157,9 @@ class StompProtocol(Protocol):
         rest waits for the next reactor turn and the socket stops reading.
         """
         self.bytes_in += len(data)
-        if self._unread or self._reading_paused:
+        if self._unread or self._reading_paused or self._gate_closed:
+            # Input read before the gate closed (a WebSocket hands over every frame of one
+            # read) waits with the rest: at most one read per connection.
             self._unread.append(data)
             return
         if len(data) <= self.input_slice:
@@ -135,7 +170,7 @@ class StompProtocol(Protocol):
         self._read_slice()
 
     def _read_slice(self) -> None:
-        if not self.connected or self._reading_paused or not self._unread:
+        if not self.connected or self._reading_paused or self._gate_closed or not self._unread:
             return
         data = b"".join(self._unread)
         self._unread.clear()
@@ -143,11 +178,11 @@ class StompProtocol(Protocol):
         self._feed(data[:limit])
         if len(data) > limit and self.connected:
             self._unread.insert(0, data[limit:])
-            if self._reading_paused:
+            if self._reading_paused or self._gate_closed:
                 return
             clock: Any = self.context.clock
             clock.callLater(0, self._read_slice)
-        elif self.connected and not self._reading_paused:
+        elif self.connected and not self._reading_paused and not self._gate_closed:
             self.transport.resumeProducing()
 
     def _feed(self, data: bytes) -> None:
@@ -182,6 +217,8 @@ class StompProtocol(Protocol):
             self.context.stats.connection_closed(self.kind)
         self.connected = False
         self._unread.clear()
+        if self.input_gate is not None and self._gate_hold is not None:
+            self.input_gate.unregister_producer(self._gate_hold)
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -251,7 +288,26 @@ class StompProtocol(Protocol):
         self._reading_paused = False
         if self._unread:
             self._read_slice()
-        elif self.connected:
+        elif self.connected and not self._gate_closed:
+            self.transport.resumeProducing()
+
+    def close_gate(self) -> None:
+        """Read nothing more until ``open_gate`` (storage is behind)."""
+        self._gate_closed = True
+        if self.connected:
+            self.transport.pauseProducing()
+
+    def open_gate(self) -> None:
+        """Handle what was read meanwhile, then read again (unless the session waits)."""
+        if not self._gate_closed:
+            return
+        self._gate_closed = False
+        if not self.connected or self._reading_paused:
+            return
+        if self._unread:
+            clock: Any = self.context.clock
+            clock.callLater(0, self._read_slice)
+        else:
             self.transport.resumeProducing()
 
     def close(self) -> None:
@@ -333,12 +389,15 @@ class StompFactory(Factory):
         *,
         max_connect_bytes: int = DEFAULT_MAX_CONNECT_BYTES,
         connections: ConnectionCounter | None = None,
+        input_gate: InputGate | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
         self.close_linger = close_linger
         self.max_connect_bytes = max_connect_bytes
         self.connections = connections if connections is not None else ConnectionCounter()
+        #: Pauses every connection's reading while the server cannot keep up with storage.
+        self.input_gate = input_gate
 
     def admits(self, host: str) -> bool:
         """Whether the per-address cap lets one more connection from ``host`` in."""
@@ -360,6 +419,7 @@ class StompFactory(Factory):
             self.close_linger,
             max_connect_bytes=self.max_connect_bytes,
             connections=self.connections,
+            input_gate=self.input_gate,
         )
         protocol.factory = self
         return protocol

@@ -74,6 +74,21 @@ class ChatCollector(Collector):
                                   value=src.broker.published_count)
         yield CounterMetricFamily(f"{PREFIX}_messages_delivered",
                                   "MESSAGE frames written to subscribers.", value=stats.delivered)
+        broker = src.broker
+        yield GaugeMetricFamily(f"{PREFIX}_queued_bytes",
+                                "Bytes waiting in /queue/ destinations (--max-queued-bytes).",
+                                value=broker.queued_bytes)
+        yield GaugeMetricFamily(f"{PREFIX}_queues", "/queue/ destinations that exist now.",
+                                value=broker.queue_count)
+        yield CounterMetricFamily(f"{PREFIX}_messages_dead_lettered",
+                                  "Queue messages moved to the dead-letter queue.",
+                                  value=broker.dead_lettered)
+        yield CounterMetricFamily(f"{PREFIX}_dead_letters_dropped",
+                                  "Dead letters dropped because the dead-letter queue was full.",
+                                  value=broker.dead_letters_dropped)
+        yield CounterMetricFamily(f"{PREFIX}_delivery_failures",
+                                  "Deliveries that raised; each closed its subscriber's session.",
+                                  value=broker.failed_deliveries)
         yield _labelled(CounterMetricFamily, "errors_sent",
                         "ERROR frames sent (each closes its connection), by reason.", "reason",
                         stats.errors)

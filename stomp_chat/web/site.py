@@ -27,6 +27,7 @@ from twisted.web.server import Request, Site
 
 from stomp_chat.web.health import Health
 from stomp_chat.web.json import JSONNotFound
+from stomp_chat.web.page import ChatPage, StaticFiles
 
 log = Logger()
 
@@ -149,8 +150,11 @@ def build_site(
     reactor: Any = None,
     resources: Mapping[bytes, Resource] | None = None,
 ) -> Site:
-    """The root: ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``, and ``resources``."""
+    """The root: the chat page at ``/``, ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``,
+    and ``resources``."""
     root = Root()
+    root.putChild(b"", ChatPage())
+    root.putChild(b"static", StaticFiles())
     ws = Resource()
     ws.putChild(b"chat", WebSocketResource(websocket_factory))
     root.putChild(b"ws", ws)

@@ -67,6 +67,9 @@ struct Cfg {
     send_dest: String,
     body: String,
     body_size: usize,
+    /// Chat bodies: "index" names publisher p as senderId p+1; "none" leaves senderId out
+    /// (the server then takes the sender from the authenticated user).
+    sender_id: String,
     rate: f64,
     inflight: usize,
     warmup: f64,
@@ -105,6 +108,7 @@ impl Cfg {
             send_dest: String::new(),
             body: "raw".into(),
             body_size: 64,
+            sender_id: "index".into(),
             rate: 0.0,
             inflight: 200,
             warmup: 2.0,
@@ -129,7 +133,7 @@ impl Cfg {
             if k == "help" || k == "h" {
                 eprintln!("usage: stompgen --mode load|idle --transport ws|tcp --host H --port N --path P \
                            --rooms R --subs S --pubs P --dest '/topic/chat/room/{{room}}' [--send-dest D] \
-                           --body raw|chat --body-size B (--inflight N | --rate MSGS_PER_S) \
+                           --body raw|chat --body-size B [--sender-id index|none] (--inflight N | --rate MSGS_PER_S) \
                            --warmup S --duration S --idle-conns N --hold S --heartbeat cx,cy --server-pid PID");
                 std::process::exit(0);
             }
@@ -155,6 +159,7 @@ impl Cfg {
                 "send-dest" => c.send_dest = v,
                 "body" => c.body = v,
                 "body-size" => c.body_size = u(&v),
+                "sender-id" => c.sender_id = v,
                 "rate" => c.rate = f(&v),
                 "inflight" => c.inflight = u(&v),
                 "warmup" => c.warmup = f(&v),
@@ -1102,7 +1107,11 @@ impl Gen {
                     .as_bytes(),
             );
             self.body.extend_from_slice(&detail);
-            self.body.extend_from_slice(format!("\",\"senderId\":{}}}", p + 1).as_bytes());
+            if self.cfg.sender_id == "none" {
+                self.body.extend_from_slice(b"\"}");
+            } else {
+                self.body.extend_from_slice(format!("\",\"senderId\":{}}}", p + 1).as_bytes());
+            }
         } else {
             self.body.extend_from_slice(&detail);
         }
