@@ -151,3 +151,13 @@ def test_bad_environment_values_are_usage_errors(
     monkeypatch.setenv(variable, value)
     with pytest.raises(usage.UsageError, match=complaint):
         parse()
+
+
+def test_the_drain_window_must_fit_in_the_shutdown_timeout(monkeypatch) -> None:
+    """A drain window as long as the shutdown timeout would leave no time to flush: refused."""
+    with pytest.raises(usage.UsageError, match="--drain-window .* shorter than"):
+        parse("--drain-window", "30", "--shutdown-timeout", "30")
+    monkeypatch.setenv("STOMP_CHAT_SHUTDOWN_TIMEOUT", "4")
+    with pytest.raises(usage.UsageError, match="--drain-window"):
+        parse()
+    assert parse("--drain-window", "1")["shutdown-timeout"] == 4
