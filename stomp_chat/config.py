@@ -71,6 +71,11 @@ def environment_arguments(environ: Mapping[str, str], known: Coercions) -> list[
     return arguments
 
 
+#: Tables of the config file that are not options; their own loaders read them
+#: (``rules``: the destination rules of stomp_chat.authz.rules).
+NOT_OPTIONS = frozenset({"rules"})
+
+
 def file_arguments(path: str, known: Coercions) -> list[str]:
     """Turn a TOML config file into ``--name=value`` arguments."""
     try:
@@ -82,6 +87,8 @@ def file_arguments(path: str, known: Coercions) -> list[str]:
         raise usage.UsageError(f"--config: {path} is not valid TOML: {error}") from None
     arguments = []
     for key, value in data.items():
+        if key in NOT_OPTIONS:
+            continue
         name = key.replace("_", "-")
         if name not in known:
             raise usage.UsageError(

@@ -134,7 +134,7 @@ class ChatServer(MultiService):
         drain_window: float = 0.0,
         shutdown_timeout: float = 30.0,
         on_drain: Iterable[Callable[[], None]] = (),
-        support: Iterable[Service] = (),
+        support: Iterable[IService] = (),
         server_log: ServerLog | None = None,
         open_connections: Callable[[], int] = lambda: 0,
     ) -> None:

@@ -16,6 +16,16 @@ from twisted.python import usage
 from stomp_chat import __version__
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.auth.options import (
+    AUTH_PARAMETERS,
+    resolve_auth_options,
+    unauthenticated_warning,
+)
+from stomp_chat.auth.setup import build_authentication
+from stomp_chat.authz.chatgate import DEFAULT_MAX_WAITING
+from stomp_chat.authz.rooms import DEFAULT_CACHE_SIZE, DEFAULT_CACHE_TTL
+from stomp_chat.authz.rules import RuleError, RuleSet, load_rules
+from stomp_chat.authz.setup import build_authorization
 from stomp_chat.broker import (
     DEFAULT_DEAD_LETTER_QUEUE,
     DEFAULT_MAX_QUEUE_MESSAGES,
@@ -43,7 +53,12 @@ from stomp_chat.persistence import (
     parse_database_url,
 )
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
-from stomp_chat.session import SendRateInterceptor, ServerContext, SessionSettings
+from stomp_chat.session import (
+    AuthenticationInterceptor,
+    SendRateInterceptor,
+    ServerContext,
+    SessionSettings,
+)
 from stomp_chat.startup import RedisCheckFailed, check_redis
 from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
@@ -55,6 +70,7 @@ from stomp_chat.transport.stomp import (
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
+from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
 from stomp_chat.web.metrics import Metrics, MetricSources, build_registry
 from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, build_site
@@ -196,11 +212,18 @@ class Options(usage.Options):
         [
             "stomp",
             None,
-            "tcp:61613",
+            None,
             "Endpoint for raw STOMP over TCP ('none' to disable). TCP and TLS endpoints "
-            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise.",
+            f"listen with backlog={DEFAULT_BACKLOG} unless they say otherwise. Default: "
+            "tcp:61613, on 127.0.0.1 only with --auth none.",
         ],
-        ["http", None, "tcp:8080", "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api."],
+        [
+            "http",
+            None,
+            None,
+            "Endpoint for HTTP: WebSocket at /ws/chat, REST under /api. Default: tcp:8080, "
+            "on 127.0.0.1 only with --auth none.",
+        ],
         [
             "allowed-origins",
             None,
@@ -454,6 +477,30 @@ class Options(usage.Options):
             parse_switch("--metrics"),
         ],
         [
+            "room-cache-size",
+            None,
+            DEFAULT_CACHE_SIZE,
+            "Authorization: how many answers (room privacy, membership, user to member) "
+            "are cached in memory.",
+            _positive_int("--room-cache-size"),
+        ],
+        [
+            "room-cache-ttl",
+            None,
+            int(DEFAULT_CACHE_TTL),
+            "Authorization: how long a cached membership answer is trusted, in seconds "
+            "(how long a join or leave made on another server of a cluster goes unseen).",
+            _positive_int("--room-cache-ttl"),
+        ],
+        [
+            "max-unchecked-messages",
+            None,
+            DEFAULT_MAX_WAITING,
+            "Authorization: how many chat messages of one connection may wait while the "
+            "server checks that the sender may speak; more are refused as busy.",
+            _positive_int("--max-unchecked-messages"),
+        ],
+        [
             "config",
             "c",
             None,
@@ -461,6 +508,7 @@ class Options(usage.Options):
             "Environment variables STOMP_CHAT_<OPTION> (e.g. STOMP_CHAT_DATABASE) override "
             "it, and the command line overrides both.",
         ],
+        *AUTH_PARAMETERS,
     ]
 
     def opt_version(self) -> None:
@@ -478,6 +526,10 @@ class Options(usage.Options):
         path = config_path(argv, os.environ)
         from_file = file_arguments(path, known) if path is not None else []
         from_env = environment_arguments(os.environ, known)
+        try:  # the file's destination [[rules]], which are not options
+            self["rules"] = load_rules(path) if path is not None else RuleSet()
+        except RuleError as error:
+            raise usage.UsageError(f"--config: {error}") from None
         super().parseOptions(from_file + from_env + argv)
 
     def postOptions(self) -> None:
@@ -501,8 +553,15 @@ class Options(usage.Options):
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
         self.endpoints: dict[str, Any] = {}
+        # An endpoint Twisted rejects is reported as such before any rule about where it
+        # listens; the ones left unsaid get their defaults from the authentication mode.
+        given = [name for name in ("stomp", "http") if self[name] is not None]
+        parsed_given = {name: _parse_endpoint(name, self[name]) for name in given}
+        self["unauthenticated-listeners"] = resolve_auth_options(self)
         for name in ("stomp", "http"):
-            parsed = _parse_endpoint(name, self[name])
+            parsed = parsed_given[name] if name in parsed_given else _parse_endpoint(
+                name, self[name]
+            )
             if parsed is None:
                 self[name] = None
             else:
@@ -579,6 +638,18 @@ def makeService(options: Options) -> IService:
         )
     )
     router = AppRouter()
+    authorization = build_authorization(
+        auth_mode=options.get("auth") or "none",
+        chat_store=store,
+        pool=pool,
+        clock=reactor,
+        router=router,
+        broker=broker,
+        rules=options["rules"],
+        cache_size=options["room-cache-size"],
+        cache_ttl=options["room-cache-ttl"],
+        max_waiting=options["max-unchecked-messages"],
+    )
     relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
     chat = ChatService(
         store,
@@ -589,11 +660,16 @@ def makeService(options: Options) -> IService:
         enter_template=options["enter-template"],
         history_size=options["history-size"],
         sequencer=relay,
+        gate=authorization.gate,
     )
     chat.register(router)
     if relay is not None:
         relay.listeners.append(chat.relayed)
 
+    authentication = build_authentication(options, reactor, pool)
+    warning = unauthenticated_warning(options["unauthenticated-listeners"], options)
+    if warning:
+        log.warn("{warning}", warning=warning)
     settings = SessionSettings(
         heartbeat=heartbeat,
         max_frame_size=options["max-frame-size"],
@@ -602,14 +678,18 @@ def makeService(options: Options) -> IService:
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
     )
-    # Anonymous access needs no link in the chain (an empty chain connects
-    # everyone anonymously), so the default hot path runs no interceptor.
-    # Authentication, when configured, is the chain's first link.
-    interceptors: list[Interceptor] = []
+    # Authentication is the chain's first link, in every mode: with --auth
+    # none it names the client after its login (or a guest name).
+    interceptors: list[Interceptor] = [
+        AuthenticationInterceptor(authentication.authenticator)
+    ]
     if options["send-rate"] > 0:
         interceptors.append(
             SendRateInterceptor(options["send-rate"], options["send-burst"], reactor)
         )
+    # Authorization in every mode: even with --auth none, no client may publish
+    # to a destination the application owns (the rooms' topics).
+    interceptors.append(authorization.interceptor)
     context = ServerContext(broker, router, settings, monitor, reactor, interceptors)
     stomp_factory = StompFactory(
         context,
@@ -639,7 +719,20 @@ def makeService(options: Options) -> IService:
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
-        api = ChatApi(chat, store, max_page=options["max-history-page"])
+        api = ApiGate(
+            ChatApi(
+                chat, store, max_page=options["max-history-page"],
+                access=authorization.rest_policy(principal_of),
+            ),
+            RestAuthenticator(
+                authentication.mode,
+                gate=authentication.gate,
+                jwt=authentication.jwt,
+                passwords=authentication.passwords,
+                login_tokens=authentication.login_tokens,
+            ),
+            options["allowed-origins"],
+        )
         checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer)
         resources: dict[bytes, Any] = {
             b"health": Health(lambda: {"connections": len(monitor)}),
@@ -680,7 +773,11 @@ def makeService(options: Options) -> IService:
         drain_window=options["drain-window"],
         shutdown_timeout=options["shutdown-timeout"],
         on_drain=on_drain,
-        support=[ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL)],
+        # Started before the ports, stopped after them.
+        support=[
+            *authentication.services,
+            ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
+        ],
         server_log=logs,
         open_connections=lambda: context.stats.open_connections,
     )

@@ -785,3 +785,46 @@ def test_own_relayed_messages_are_not_cached_twice() -> None:
     chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
     chat.relayed("/topic/chat/room/5", "this-node", _relayed_body(5, 1, "mine"))
     assert chat.active_room(5) is None
+
+
+def test_a_speakers_name_is_part_of_the_broadcast_json() -> None:
+    """With a sender name the broadcast adds senderName after senderId, still byte-equal to
+    json.dumps of the message; without one the seed's fields are unchanged."""
+    from stomp_chat.app.chat import encode_message
+    from stomp_chat.persistence import utc_isoformat
+
+    moment = datetime.fromtimestamp(1764000000.5, UTC)
+    named = ChatMessage(3, 9, "3-9", "TALK", 7, "hi", moment, 'Zoë "Z" \u2028')
+    encoded = encode_message(named, utc_isoformat(moment))
+    assert encoded == json.dumps(named.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    assert list(json.loads(encoded))[3:5] == ["senderId", "senderName"]
+    plain = ChatMessage(3, 9, "3-9", "TALK", 7, "hi", moment)
+    assert "senderName" not in json.loads(encode_message(plain, utc_isoformat(moment)))
+
+
+def test_a_gated_request_may_leave_the_sender_out() -> None:
+    """senderId is required unless a gate fills it in; when given it is still validated."""
+    from stomp_chat.app.chat import parse_chat_request
+
+    body = json.dumps({"type": "TALK", "roomId": 1, "detailMessage": "x"}).encode()
+    with pytest.raises(ApplicationError, match="senderId"):
+        parse_chat_request(body)
+    assert parse_chat_request(body, sender_required=False).sender_id == 0
+    bad = json.dumps({"type": "TALK", "roomId": 1, "senderId": "me"}).encode()
+    with pytest.raises(ApplicationError, match="senderId"):
+        parse_chat_request(bad, sender_required=False)
+
+
+def test_a_relayed_message_keeps_its_senders_name() -> None:
+    """A message another server numbered keeps its senderName in this server's cache."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock)
+    writer.startService()
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
+    message = ChatMessage(5, 1, "5-1", "TALK", 9, "hi", datetime.fromtimestamp(1764000000, UTC),
+                          "Nina")
+    body = json.dumps(message.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    chat.relayed("/topic/chat/room/5", "other-node", body)
+    state = chat.active_room(5)
+    assert state is not None and state.recent[-1].sender_name == "Nina"

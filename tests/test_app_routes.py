@@ -189,3 +189,21 @@ def test_context_publish_and_reply_to_user():
     assert topic.bodies == [b"all"]
     assert mine.bodies == [b"you"]
     assert theirs.bodies == []
+
+
+def test_routes_declare_what_they_require() -> None:
+    """A route's requires= is kept per route (exact or with variables); undeclared is None;
+    an unknown destination is NoHandler."""
+
+    def handler(frame: Frame, context: AppContext, variables: dict[str, str]) -> None:
+        return None
+
+    router = AppRouter()
+    router.add("/message", handler)
+    router.add("/ops/restart", handler, requires=["role:ops"])
+    router.add("/rooms/{roomId}/kick", handler, requires=("role:admin", "user:alice"))
+    assert router.requirement("/app/message") is None
+    assert router.requirement("/app/ops/restart") == ("role:ops",)
+    assert router.requirement("/app/rooms/7/kick") == ("role:admin", "user:alice")
+    with pytest.raises(NoHandler):
+        router.requirement("/app/nowhere")

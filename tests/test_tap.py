@@ -11,12 +11,17 @@ from twisted.application.service import IService, IServiceCollection, MultiServi
 from twisted.python import usage
 from twisted.web.server import Site
 
+from stomp_chat.auth.authenticators import NoneAuthenticator
+from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
-from stomp_chat.session import SendRateInterceptor
+from stomp_chat.session import AuthenticationInterceptor, SendRateInterceptor
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.tap import Options, makeService
 from stomp_chat.transport.stomp import DEFAULT_SLOW_CONSUMER_BYTES, StompFactory
 from tests.serverproc import run_to_exit
+
+#: A listener on a free loopback port (``--auth none`` listens nowhere else unless told).
+LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
 def parse(*args: str) -> Options:
@@ -29,10 +34,12 @@ def parse(*args: str) -> Options:
 
 
 def test_defaults():
-    """With no arguments the documented defaults apply, coerced to their types."""
+    """With no arguments the documented defaults apply, coerced to their types: no
+    authentication, so both listeners on loopback only."""
     options = parse()
-    assert options["stomp"] == "tcp:61613:backlog=1024"
-    assert options["http"] == "tcp:8080:backlog=1024"
+    assert options["auth"] == "none"
+    assert options["stomp"] == "tcp:61613:interface=127.0.0.1:backlog=1024"
+    assert options["http"] == "tcp:8080:interface=127.0.0.1:backlog=1024"
     assert options["allowed-origins"] == []
     assert options["max-frame-size"] == DEFAULT_MAX_FRAME_SIZE
     assert options["heartbeat"] == (10_000, 10_000)
@@ -42,6 +49,7 @@ def test_defaults():
 def test_every_option_is_parsed():
     """Each option given on the command line lands in the options, coerced."""
     options = parse(
+        "--auth", "none",
         "--stomp", "tcp:12345:interface=127.0.0.1",
         "--http", "tcp:0",
         "--allowed-origins", " https://*.example.com, chat.example.org:8443 ,,",
@@ -211,7 +219,7 @@ def _has_option(name: str) -> bool:
 
 def test_make_service_builds_a_multiservice_with_both_listeners(build):
     """The root is a MultiService holding the heart-beat monitor and TCP and HTTP listeners."""
-    root = build("--stomp", "tcp:0", "--http", "tcp:0")
+    root = build("--stomp", LOOPBACK, "--http", LOOPBACK)
     assert isinstance(root, MultiService)
     listeners = _listeners(root)
     assert len(listeners) == 2
@@ -224,7 +232,7 @@ def test_make_service_builds_a_multiservice_with_both_listeners(build):
 
 def test_make_service_wires_options_into_the_stomp_factory(build):
     """Heart-beat, frame size and slow-consumer options reach the sessions' settings."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--heartbeat", "2000,0",
+    root = build("--stomp", LOOPBACK, "--http", "none", "--heartbeat", "2000,0",
                  "--max-frame-size", "4096", "--slow-consumer-bytes", "777")
     (listener,) = _listeners(root)
     factory = listener.factory
@@ -268,7 +276,7 @@ def test_transport_limit_options_refuse_bad_values(args, message):
 
 def test_make_service_wires_the_transport_limits(build):
     """The connection cap, CONNECT limits and HTTP deadlines reach the factory and site."""
-    root = build("--stomp", "tcp:0", "--http", "tcp:0", "--max-connections-per-address", "0",
+    root = build("--stomp", LOOPBACK, "--http", LOOPBACK, "--max-connections-per-address", "0",
                  "--max-connect-bytes", "2048", "--connect-timeout", "2.5",
                  "--http-header-timeout", "3", "--http-idle-timeout", "40")
     factories = [listener.factory for listener in _listeners(root)]
@@ -282,14 +290,14 @@ def test_make_service_wires_the_transport_limits(build):
 
 def test_make_service_without_stomp_listener(build):
     """--stomp none leaves only the HTTP listener."""
-    root = build("--stomp", "none", "--http", "tcp:0")
+    root = build("--stomp", "none", "--http", LOOPBACK)
     (listener,) = _listeners(root)
     assert isinstance(listener.factory, Site)
 
 
 def test_make_service_without_http_listener(build):
     """--http none leaves only the raw STOMP listener."""
-    root = build("--stomp", "tcp:0", "--http", "none")
+    root = build("--stomp", LOOPBACK, "--http", "none")
     (listener,) = _listeners(root)
     assert isinstance(listener.factory, StompFactory)
 
@@ -314,8 +322,9 @@ def test_plugin_points_at_this_module():
 def test_an_endpoint_keeps_its_own_backlog() -> None:
     """An endpoint string that sets backlog= keeps it; others get the larger default."""
     options = Options()
-    options.parseOptions(["--stomp", "tcp:0:backlog=7", "--http", "unix:/tmp/stomp-chat.sock"])
-    assert options["stomp"] == "tcp:0:backlog=7"
+    options.parseOptions(["--stomp", "tcp:0:interface=127.0.0.1:backlog=7",
+                          "--http", "unix:/tmp/stomp-chat.sock"])
+    assert options["stomp"] == "tcp:0:interface=127.0.0.1:backlog=7"
     assert options["http"] == "unix:/tmp/stomp-chat.sock"
 
 
@@ -346,7 +355,7 @@ def test_dead_letter_queue_must_be_a_queue(value):
 
 def test_make_service_wires_queue_limits_into_the_broker(build):
     """The queue limit and prefetch options reach the broker every session shares."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--max-queued-bytes", "1000",
+    root = build("--stomp", LOOPBACK, "--http", "none", "--max-queued-bytes", "1000",
                  "--max-queue-messages", "7", "--max-queues", "3", "--max-redeliveries", "2",
                  "--dead-letter-queue", "/queue/dlq", "--prefetch", "9", "--max-unacked", "90")
     (listener,) = _listeners(root)
@@ -389,24 +398,45 @@ def test_bad_session_limits_are_usage_errors(args):
 
 
 def test_session_limits_reach_the_sessions(build):
-    """The limit options land in SessionSettings; no send rate means an empty chain."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--max-transactions", "3",
+    """The limit options land in SessionSettings; no send rate means a chain of authentication
+    (with --auth none, naming clients after their login) and authorization only."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
                  "--max-transaction-bytes", "5000", "--frame-timeout", "7.5")
     (listener,) = _listeners(root)
     context = listener.factory.context
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
-    assert context.interceptors == []
+    authentication, authorization = context.interceptors
+    assert isinstance(authentication, AuthenticationInterceptor)
+    assert isinstance(authentication.authenticator, NoneAuthenticator)
+    assert isinstance(authorization, AuthorizationInterceptor)
 
 
 def test_send_rate_adds_the_rate_interceptor(build):
-    """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain."""
-    root = build("--stomp", "tcp:0", "--http", "none", "--send-rate", "50", "--send-burst", "7")
+    """--send-rate puts a SendRateInterceptor with the given rate and burst in the chain,
+    after authentication."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--send-rate", "50", "--send-burst", "7")
     (listener,) = _listeners(root)
-    (interceptor,) = listener.factory.context.interceptors
+    authentication, interceptor, authorization = listener.factory.context.interceptors
+    assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(interceptor, SendRateInterceptor)
+    assert isinstance(authorization, AuthorizationInterceptor)
     assert (interceptor.rate, interceptor.burst) == (50.0, 7)
+
+
+def test_none_beyond_loopback_warns_at_start_up(build):
+    """An explicit --auth none on a public interface builds, with a warning in the log."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        build("--auth", "none", "--stomp", "tcp:0", "--http", "none")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+    assert any("--auth none: anyone who reaches tcp:0" in text for text in warnings), warnings
 
 
 # -- start-up failures on the real twistd ------------------------------------------------
@@ -422,7 +452,9 @@ def _busy_port() -> tuple[socket.socket, int]:
 STARTUP_FAILURES = {
     "port clash": (["--http=tcp:{busy}:interface=127.0.0.1"], "Address already in use"),
     "port out of range": (["--http=tcp:70000:interface=127.0.0.1"], "port must be 0-65535"),
-    "bad interface": (["--http=tcp:0:interface=192.0.2.1"], "Cannot assign requested address"),
+    "bad interface": (
+        ["--auth=none", "--http=tcp:0:interface=192.0.2.1"], "Cannot assign requested address"
+    ),
     "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),
     "unreachable redis": (["--redis=redis://127.0.0.1:1/0"], "--redis"),
     "bad config": (["--config=bad.toml"], "unknown option 'bogus'"),
@@ -456,3 +488,35 @@ def test_every_startup_failure_exits_non_zero_with_one_line(tmp_path: Path, case
         [line] = [line for line in output.splitlines() if cause in line]
         assert "cannot start" in line or "--" in line
     assert "Site starting on" not in log, "nothing may serve HTTP"
+
+
+def test_destination_rules_come_from_the_config_file(tmp_path: Path) -> None:
+    """The config file's [[rules]] become the authorization rules; options still parse."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text(
+        'history-size = 12\n\n[[rules]]\ndestination = "/topic/ops.**"\n'
+        'subscribe = ["role:ops"]\nsend = ["user:alice"]\n'
+    )
+    options = parse("--config", str(config))
+    assert options["history-size"] == 12
+    assert len(options["rules"]) == 1
+    assert options["rules"].rules[0].pattern.text == "/topic/ops.**"
+    assert len(parse()["rules"]) == 0
+
+
+def test_a_bad_rule_in_the_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    """A malformed rule stops start-up with a usage error naming the rule."""
+    config = tmp_path / "stomp-chat.toml"
+    config.write_text('[[rules]]\ndestination = "/topic/x"\nsend = ["group:ops"]\n')
+    with pytest.raises(usage.UsageError, match="rule 1"):
+        parse("--config", str(config))
+
+
+def test_rules_come_from_a_config_file_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOMP_CHAT_CONFIG names the file whose [[rules]] are read, as --config does."""
+    config = tmp_path / "env.toml"
+    config.write_text('[[rules]]\ndestination = "/queue/jobs"\nsend = ["authenticated"]\n')
+    monkeypatch.setenv("STOMP_CHAT_CONFIG", str(config))
+    assert [r.pattern.text for r in parse()["rules"].rules] == ["/queue/jobs"]

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest_twisted
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -142,7 +143,7 @@ def test_slow_consumer_is_aborted_after_the_linger():
     clock, context, protocol, transport = connect(slow_consumer_bytes=1000, close_linger=5.0)
     login(protocol, transport)
     protocol.pauseProducing()
-    publish(context, 600, count=3)
+    publish(context, 600, count=5)
     assert transport.aborts == 0
     clock.advance(4.9)
     assert transport.aborts == 0
@@ -193,14 +194,38 @@ def test_a_frame_larger_than_the_bound_in_flight_is_not_falling_behind():
 
 
 def test_falling_behind_beyond_the_largest_frame_is_cut():
-    """Past the bound plus the largest frame written while paused, the client is cut."""
+    """Once what waits beyond the largest frame in flight passes the bound, the client is cut."""
     _, context, protocol, transport = connect(slow_consumer_bytes=1000)
     login(protocol, transport)
     protocol.pauseProducing()
     publish(context, 5000)
     publish(context, 500)
+    publish(context, 600)  # about 1,200 bytes wait beyond the 5,000-byte frame...
     assert not transport.disconnecting
-    publish(context, 600)
+    publish(context, 100)  # ...so the next write finds the client behind
+    assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
+    assert transport.disconnecting
+
+
+def _socket_buffer(held: int) -> FileDescriptor:
+    """A Twisted FileDescriptor whose write buffer holds ``held`` bytes."""
+    socket_transport = FileDescriptor()
+    socket_transport.dataBuffer = b"x" * held
+    return socket_transport
+
+
+def test_a_reader_keeping_up_is_never_cut_however_long_its_buffer_stays_full():
+    """With the socket's buffer measured, a client that reads what it is sent is not cut,
+    even when far more than the bound passes through while Twisted never resumes."""
+    _, context, protocol, transport = connect(slow_consumer_bytes=1000)
+    login(protocol, transport)
+    protocol.pauseProducing()
+    for _ in range(200):  # 200 x 300 bytes: 60 times the bound, never resumed
+        transport.socket_transport = _socket_buffer(200)  # the reader took all but a little
+        publish(context, 250)
+    assert not transport.disconnecting
+    transport.socket_transport = _socket_buffer(5000)  # now it has stopped reading
+    publish(context, 250)
     assert frames_of(transport.value())[-1].headers["message"] == "slow consumer"
     assert transport.disconnecting
 
@@ -223,7 +248,7 @@ def test_stop_producing_counts_as_paused():
     _, context, protocol, transport = connect(slow_consumer_bytes=1000)
     login(protocol, transport)
     protocol.stopProducing()
-    publish(context, 600, count=3)
+    publish(context, 600, count=5)
     assert frames_of(transport.value())[-1].command == "ERROR"
 
 
@@ -472,14 +497,14 @@ def test_non_reading_subscriber_is_cut_and_the_server_holds_a_bounded_backlog(st
     frames = stomp_frames(received)
     assert frames[-1].command == "ERROR"
     assert frames[-1].headers["message"] == "slow consumer"
-    # Bound (4 MiB) + the largest frame in flight + the frame that filled the buffer, plus
+    # Bound (4 MiB) + the largest frame in flight + the frame written past the check, plus
     # what the kernels hold (send buffer up to 4 MiB, the small receive buffer).
-    assert len(received) < 11 * MiB, f"{len(received)} bytes were buffered for a non-reader"
-    assert sum(f.command == "MESSAGE" for f in frames) < 11
+    assert len(received) < 12 * MiB, f"{len(received)} bytes were buffered for a non-reader"
+    assert sum(f.command == "MESSAGE" for f in frames) < 12
     publisher.sendall(send_frame("/topic/flood", b"still here", receipt="after"))
     assert publisher_reader.until("RECEIPT").headers["receipt-id"] == "after"
     log = server.log()
-    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over tcp, user -, [\d.]+ s, "
+    assert re.search(r"connection \w+ closed: 127\.0\.0\.1:\d+ over tcp, user \S+, [\d.]+ s, "
                      r"\d+ bytes in, \d+ bytes out: slow consumer", log), log
 
 

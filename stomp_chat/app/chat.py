@@ -52,7 +52,12 @@ SEQ_PLACEHOLDER = b"\x00"
 
 
 def encode_template(
-    room_id: int, kind: str, sender_id: int, text: str, created_iso: str
+    room_id: int,
+    kind: str,
+    sender_id: int,
+    text: str,
+    created_iso: str,
+    sender_name: str | None = None,
 ) -> bytes:
     """The broadcast JSON of a message, with ``seq`` still to be filled in.
 
@@ -60,9 +65,10 @@ def encode_template(
     hand because it runs once per chat message on the hot path. In cluster
     mode Redis fills in the seq (see stomp_chat.cluster).
     """
+    name = "" if sender_name is None else f'"senderName": {_json_string(sender_name)}, '
     return (
         f'{{"type": {_json_string(kind)}, "roomId": {room_id}, '
-        f'"detailMessage": {_json_string(text)}, "senderId": {sender_id}, '
+        f'"detailMessage": {_json_string(text)}, "senderId": {sender_id}, {name}'
         f'"messageId": "{room_id}-\x00", "seq": \x00, "createdAt": "{created_iso}"}}'
     ).encode()
 
@@ -74,7 +80,8 @@ def fill_seq(template: bytes, seq: int) -> bytes:
 def encode_message(message: ChatMessage, created_iso: str) -> bytes:
     """The broadcast JSON, the same as ``json.dumps(message.to_json_dict())``."""
     template = encode_template(
-        message.room_id, message.type, message.sender_id, message.text, created_iso
+        message.room_id, message.type, message.sender_id, message.text, created_iso,
+        message.sender_name,
     )
     return fill_seq(template, message.seq)
 
@@ -95,8 +102,22 @@ class ChatRequest:
 
     type: str
     room_id: int
+    #: 0 when the body named nobody (allowed only where a ChatGate fills it in).
     sender_id: int
     text: str
+    #: Set by a ChatGate: the authenticated speaker's name.
+    sender_name: str | None = None
+
+
+class RequestGate(Protocol):
+    """Checks each request before it is numbered: who speaks, and may they.
+
+    Returns the request to handle (e.g. with the speaker filled in), or a
+    Deferred of it, or raises ApplicationError; requests of one session come
+    out in the order they went in.
+    """
+
+    def admit(self, request: ChatRequest, context: AppContext) -> Any: ...
 
 
 #: How a message type turns a request into the stored text. Adding a type
@@ -117,7 +138,9 @@ def _talk_text(request: ChatRequest, service: ChatService) -> str:
 MESSAGE_TYPES: dict[str, TextRule] = {"ENTER": _enter_text, "TALK": _talk_text}
 
 
-def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) -> ChatRequest:
+def parse_chat_request(
+    body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES, *, sender_required: bool = True
+) -> ChatRequest:
     """Validate a chat message body; every problem is an ApplicationError."""
     try:
         data = json.loads(body.decode("utf-8"))
@@ -131,7 +154,10 @@ def parse_chat_request(body: bytes, types: dict[str, TextRule] = MESSAGE_TYPES) 
             f"type must be one of {', '.join(sorted(types))}", code="invalid-message"
         )
     room_id = _integer(data, "roomId")
-    sender_id = _integer(data, "senderId")
+    if sender_required or data.get("senderId") is not None:
+        sender_id = _integer(data, "senderId")
+    else:
+        sender_id = 0
     text = data.get("detailMessage", "")
     if text is None:
         text = ""
@@ -208,6 +234,7 @@ class ChatService:
         history_size: int = DEFAULT_HISTORY_SIZE,
         types: dict[str, TextRule] | None = None,
         sequencer: RoomSequencer | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -218,6 +245,8 @@ class ChatService:
         self.history_size = history_size
         self.types = dict(MESSAGE_TYPES if types is None else types)
         self.sequencer = sequencer
+        #: Outside ``--auth none``: who speaks is the principal (see stomp_chat.authz).
+        self.gate = gate
         #: Cluster mode: messages sent to Redis for a seq, not yet buffered.
         self._sequencing = 0
         self._rooms: dict[int, RoomState] = {}
@@ -237,8 +266,16 @@ class ChatService:
         self, frame: Frame, context: AppContext, variables: dict[str, str]
     ) -> Deferred[Any] | None:
         """``SEND /app/message``: None when done, a Deferred when a receipt must wait."""
-        request = parse_chat_request(frame.body, self.types)
+        request = parse_chat_request(frame.body, self.types, sender_required=self.gate is None)
         durable = "receipt" in frame.headers
+        if self.gate is not None:
+            admitted = self.gate.admit(request, context)
+            if isinstance(admitted, Deferred):
+                return admitted.addCallback(self._handle_admitted, durable)
+            request = admitted
+        return self._handle_admitted(request, durable)
+
+    def _handle_admitted(self, request: ChatRequest, durable: bool) -> Deferred[Any] | None:
         state = self._rooms.get(request.room_id)
         if state is not None:
             return self._accept(state, request, durable)[1]
@@ -267,7 +304,8 @@ class ChatService:
         text = self.types[request.type](request, self)
         created_at, created_iso = self._timestamp()
         template = encode_template(
-            state.room_id, request.type, request.sender_id, text, created_iso
+            state.room_id, request.type, request.sender_id, text, created_iso,
+            request.sender_name,
         )
         if self.sequencer is not None:
             return None, self._accept_clustered(state, request, text, created_at, template,
@@ -275,7 +313,7 @@ class ChatService:
         seq = state.last_seq + 1
         message = ChatMessage(
             state.room_id, seq, f"{state.room_id}-{seq}", request.type, request.sender_id,
-            text, created_at,
+            text, created_at, request.sender_name,
         )
         stored = self._store(message, durable)
         self._remember(state, message)
@@ -312,7 +350,7 @@ class ChatService:
         def sequenced(seq: int) -> Any:
             self._sequencing -= 1
             message = ChatMessage(room_id, seq, f"{room_id}-{seq}", request.type,
-                                  request.sender_id, text, created_at)
+                                  request.sender_id, text, created_at, request.sender_name)
             stored = self._store(message, durable)  # room was reserved: cannot be full
             self._remember(state, message)
             if stored is None:
@@ -359,6 +397,7 @@ class ChatService:
             message = ChatMessage(
                 data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
                 data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
+                data.get("senderName"),
             )
         except (ValueError, KeyError, TypeError):
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)

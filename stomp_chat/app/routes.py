@@ -9,7 +9,7 @@ directly.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,14 +66,23 @@ class AppRouter:
     def __init__(self) -> None:
         self._exact: dict[str, Handler] = {}
         self._patterns: list[tuple[re.Pattern[str], Handler]] = []
+        #: Per registered destination (exact, or the regex text of a pattern).
+        self._requirements: dict[str, tuple[str, ...]] = {}
 
-    def add(self, path: str, handler: Handler) -> None:
-        """Register ``handler`` for ``/app`` + ``path``, e.g. ``/rooms/{roomId}/send``."""
+    def add(self, path: str, handler: Handler, requires: Iterable[str] | None = None) -> None:
+        """Register ``handler`` for ``/app`` + ``path``, e.g. ``/rooms/{roomId}/send``.
+
+        ``requires`` names who may send there, as the authorization rules
+        write it (``["role:ops"]``, ``["user:alice"]``); by default anyone
+        authenticated. It is not enforced with ``--auth none``.
+        """
         if not path.startswith("/"):
             raise ValueError(f"application paths start with '/': {path!r}")
         destination = APP_PREFIX.rstrip("/") + path
         if "{" not in path:
             self._exact[destination] = handler
+            if requires is not None:
+                self._requirements[destination] = tuple(requires)
             return
         parts = _VARIABLE.split(destination)  # literal, name, literal, ...
         regex = "".join(
@@ -81,6 +90,8 @@ class AppRouter:
             for i, part in enumerate(parts)
         )
         self._patterns.append((re.compile(regex + r"\Z"), handler))
+        if requires is not None:
+            self._requirements[regex + r"\Z"] = tuple(requires)
 
     def route(self, path: str) -> Callable[[Handler], Handler]:
         """Decorator form of ``add``."""
@@ -99,6 +110,18 @@ class AppRouter:
             match = regex.match(destination)
             if match:
                 return candidate, match.groupdict()
+        raise NoHandler(f"no application handler for {destination}")
+
+    def requirement(self, destination: str) -> tuple[str, ...] | None:
+        """What the route of ``destination`` requires of a sender (None: no declaration).
+
+        Raises NoHandler when no route matches.
+        """
+        if destination in self._exact:
+            return self._requirements.get(destination)
+        for regex, _ in self._patterns:
+            if regex.match(destination):
+                return self._requirements.get(regex.pattern)
         raise NoHandler(f"no application handler for {destination}")
 
     def dispatch(self, frame: Frame, context: AppContext) -> Deferred[Any] | None:

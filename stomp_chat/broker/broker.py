@@ -166,6 +166,10 @@ class Broker:
         total.starved.pop(subscription, None)
         self._wake(total)
 
+    def topic_subscriptions(self, key: str) -> tuple[Subscription, ...]:
+        """The subscriptions a topic's messages go to now (e.g. to end some of them)."""
+        return tuple(self._topics.get(key, ()))
+
     # -- publishing ------------------------------------------------------
 
     def new_message_id(self) -> str:

@@ -38,6 +38,8 @@ class ChatMessage:
     text: str
     #: Always in UTC (converted on construction); a naive time would be ambiguous.
     created_at: datetime
+    #: The authenticated speaker's name; None with ``--auth none`` (and in stored history).
+    sender_name: str | None = None
 
     def __post_init__(self) -> None:
         created_at = self.created_at
@@ -49,12 +51,15 @@ class ChatMessage:
 
     def to_json_dict(self) -> dict[str, Any]:
         """The wire shape the chat clients know (the seed's field names plus ordering data)."""
-        return {
+        shown: dict[str, Any] = {
             "type": self.type,
             "roomId": self.room_id,
             "detailMessage": self.text,
             "senderId": self.sender_id,
-            "messageId": self.message_id,
-            "seq": self.seq,
-            "createdAt": utc_isoformat(self.created_at),
         }
+        if self.sender_name is not None:
+            shown["senderName"] = self.sender_name
+        shown["messageId"] = self.message_id
+        shown["seq"] = self.seq
+        shown["createdAt"] = utc_isoformat(self.created_at)
+        return shown

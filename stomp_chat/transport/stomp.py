@@ -5,7 +5,9 @@ through ``write``. It owns what the session must not know about sockets:
 
 * back-pressure: it is the transport's push producer, so Twisted says when
   the peer stops reading, and it closes a peer that falls further behind than
-  ``slow_consumer_bytes`` beyond the largest frame in flight;
+  ``slow_consumer_bytes`` beyond the largest frame in flight (what the socket
+  transport still holds is measured, so a client that keeps reading is never
+  cut however long its buffer stays non-empty);
 * the bytes a client may send before its CONNECT frame is complete;
 * the per-address connection count, and one log line when a connection
   opens and one when it closes.
@@ -26,6 +28,7 @@ from stomp_chat.session import ServerContext, State, StompSession
 from stomp_chat.stomp.frame import V1_0, Frame, FrameError, encode_frame, unescape_header
 from stomp_chat.transport.connection import connection_info_from_transport
 from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS, ConnectionCounter
+from stomp_chat.transport.sockets import queued_bytes, set_no_delay
 
 log = Logger()
 
@@ -66,10 +69,13 @@ class StompProtocol(Protocol):
         #: from the socket otherwise.
         self.connection: ConnectionInfo | None = None
         self._paused = False
+        #: The size of the latest write: when it fills the buffer, the frame in flight.
+        self._last_write = 0
         #: Bytes written since the transport said its buffer was full, and the
-        #: largest single frame among them.
+        #: largest single frame in flight since then.
         self._backlog = 0
         self._largest = 0
+        self._largest_at_pause = 0
         self._overflowed = False
         self._abort_call: IDelayedCall | None = None
         self.input_slice = DEFAULT_INPUT_SLICE
@@ -205,23 +211,33 @@ class StompProtocol(Protocol):
     def write(self, data: bytes) -> None:
         size = len(data)
         if self._paused:
-            self._backlog += size
             if size > self._largest:
                 self._largest = size
-            if (
-                self._backlog > self.slow_consumer_bytes + self._largest
-                and not self._overflowed
-            ):
+            if self._queued() - self._largest > self.slow_consumer_bytes and not self._overflowed:
                 self._overflowed = True
                 self.session.fail(
                     "slow consumer",
                     f"the client fell more than {self.slow_consumer_bytes} bytes behind",
                 )
                 return
+            self._backlog += size
         if data.startswith(_ERROR_PREFIX) and self.close_reason is None:
             self.close_reason = _error_message(data, self.session.version)
         self.bytes_out += size
+        self._last_write = size
         self.transport.write(data)
+
+    def _queued(self) -> int:
+        """Bytes written and not yet taken by the kernel: measured, or else counted.
+
+        Counting what was written since the buffer filled overstates it for
+        a client that reads as fast as it is sent to, whose buffer may never
+        drain quite to empty (only then does Twisted resume).
+        """
+        measured = queued_bytes(self.transport)
+        if measured is not None:
+            return measured
+        return self._largest_at_pause + self._backlog
 
     def pause_reading(self) -> None:
         """Read nothing more until ``resume_reading`` (the session is waiting)."""
@@ -262,7 +278,8 @@ class StompProtocol(Protocol):
         if not self._paused:
             self._paused = True
             self._backlog = 0
-            self._largest = 0
+            # Twisted pauses from inside the write that filled its buffer.
+            self._largest = self._largest_at_pause = self._last_write
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -289,13 +306,6 @@ def _error_message(data: bytes, version: str) -> str:
             except FrameError:
                 return value
     return "ERROR"
-
-
-def set_no_delay(transport: Any) -> None:
-    """Send small frames at once: Nagle's algorithm meeting delayed ACKs costs 40 ms."""
-    set_option = getattr(transport, "setTcpNoDelay", None)
-    if set_option is not None:
-        set_option(True)
 
 
 class RefusedConnection(Protocol):
@@ -362,5 +372,4 @@ __all__ = [
     "RefusedConnection",
     "StompFactory",
     "StompProtocol",
-    "set_no_delay",
 ]

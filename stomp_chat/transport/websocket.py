@@ -28,10 +28,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from stomp_chat.auth.origins import origin_allowed as auth_origin_allowed
 from stomp_chat.identity import ConnectionInfo
 from stomp_chat.transport.connection import connection_info_from_request, peer_of
 from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS
-from stomp_chat.transport.stomp import StompFactory, StompProtocol, set_no_delay
+from stomp_chat.transport.sockets import set_no_delay
+from stomp_chat.transport.stomp import StompFactory, StompProtocol
 
 log = Logger()
 
@@ -57,6 +59,11 @@ class WebSocketFrameTransport:
     @property
     def _socket(self) -> Any:
         """The connection under the WebSocket (TCP, or TLS over TCP)."""
+        return self._ws.transport
+
+    @property
+    def socket_transport(self) -> Any:
+        """The same, for flow control that measures what the socket holds."""
         return self._ws.transport
 
     def write(self, data: bytes) -> None:
@@ -171,7 +178,7 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
         super().connectionMade()
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
-        if not self.factory.origin_allowed(request):
+        if not self.factory.origin_allowed(request, self.transport):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         _, host = peer_of(self.transport)
         if not self.factory.stomp_factory.admits(host):
@@ -241,8 +248,8 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         stomp, self.stomp = self.stomp, None
         if stomp is not None:
-            reason = f"websocket closed ({code}{', ' + reason if reason else ''})"
-            stomp.connectionLost(Failure(ConnectionError(reason)))
+            # The code only: the reason text is the client's, unfit for a log line.
+            stomp.connectionLost(Failure(ConnectionError(f"websocket closed ({code})")))
 
 
 class StompWebSocketFactory(WebSocketServerFactory):
@@ -272,14 +279,16 @@ class StompWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=2,
         )
 
-    def origin_allowed(self, request: ConnectionRequest) -> bool:
-        """Allow clients without an Origin, the server's own origin, or a pattern."""
-        origin = request.headers.get("origin")
-        if not origin:
-            return True  # not a browser: stomp.py, Node
-        # Autobahn's ``request.host`` has lost the port; the header has it.
-        host = request.headers.get("host", request.host)
-        return origin_matches(origin, host, self.allowed_origins)
+    def origin_allowed(self, request: ConnectionRequest, transport: Any = None) -> bool:
+        """Allow clients without an Origin, a configured origin, or (none configured)
+        the address the connection reached; never trust the ``Host`` header."""
+        local = transport.getHost() if transport is not None else None
+        return auth_origin_allowed(
+            request.headers.get("origin"),
+            self.allowed_origins,
+            getattr(local, "host", ""),
+            getattr(local, "port", 0),
+        )
 
 
 def origin_matches(origin: str, host: str, patterns: Sequence[str]) -> bool:

@@ -18,6 +18,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from stomp_chat.app.chat import ChatService
+from stomp_chat.authz.rest import RoomRestPolicy
+from stomp_chat.authz.rooms import AccessDenied, NotAuthenticated
 from stomp_chat.persistence import (
     ChatMessage,
     ChatStore,
@@ -48,8 +50,13 @@ class ApiError(Exception):
 Handler = Callable[..., Any]
 
 
-def room_json(room: Room) -> dict[str, Any]:
-    return {"id": room.id, "name": room.name, "createdAt": utc_isoformat(room.created_at)}
+def room_json(room: Room, private: bool | None = None) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "id": room.id, "name": room.name, "createdAt": utc_isoformat(room.created_at)
+    }
+    if private is not None:
+        shown["private"] = private
+    return shown
 
 
 def member_json(member: Member) -> dict[str, Any]:
@@ -61,11 +68,20 @@ class ChatApi(Resource):
 
     isLeaf = True
 
-    def __init__(self, chat: ChatService, store: ChatStore, *, max_page: int = 100) -> None:
+    def __init__(
+        self,
+        chat: ChatService,
+        store: ChatStore,
+        *,
+        max_page: int = 100,
+        access: RoomRestPolicy | None = None,
+    ) -> None:
         super().__init__()
         self.chat = chat
         self.store = store
         self.max_page = max_page
+        #: Who may see and change which room (see stomp_chat.authz.rest); None: everyone.
+        self.access = access
         self._routes: list[tuple[re.Pattern[str], dict[bytes, Handler]]] = []
         self._add(r"/rooms", GET=self.list_rooms, POST=self.create_room)
         self._add(r"/rooms/(?P<room_id>[^/]+)", GET=self.get_room)
@@ -110,6 +126,9 @@ class ChatApi(Resource):
         error = failure.value
         if isinstance(error, ApiError):
             body = error_body(request, error.status, error.code, error.message)
+        elif isinstance(error, AccessDenied):
+            status = 401 if isinstance(error, NotAuthenticated) else 403
+            body = error_body(request, status, error.code, error.message)
         elif isinstance(error, RoomNotFound):
             body = error_body(request, 404, "unknown-room", str(error))
         elif isinstance(error, MemberNotFound):
@@ -133,6 +152,13 @@ class ChatApi(Resource):
     # -- rooms ------------------------------------------------------------
 
     def list_rooms(self, request: Request) -> Deferred[tuple[int, Any]]:
+        access = self.access
+        if access is not None:
+            return access.listing(request).addCallback(
+                lambda visible: self.store.list_rooms().addCallback(
+                    lambda rooms: (200, {"rooms": _visible_rooms(rooms, dict(visible))})
+                )
+            )
         return self.store.list_rooms().addCallback(
             lambda rooms: (200, {"rooms": [room_json(r) for r in rooms]})
         )
@@ -146,11 +172,22 @@ class ChatApi(Resource):
         room_id = body.get("id")
         if room_id is not None:
             room_id = _positive(room_id, "id")
+        private = body.get("private", False)
+        if not isinstance(private, bool):
+            raise ApiError(400, "invalid-room", "private must be true or false")
+        if self.access is not None:
+            return self.access.create_room(request, name.strip(), room_id, private).addCallback(
+                lambda room: (201, room_json(room, private))
+            )
         return self.store.create_room(name.strip(), room_id).addCallback(
             lambda room: (201, room_json(room))
         )
 
     def get_room(self, request: Request, room_id: str) -> Deferred[tuple[int, Any]]:
+        if self.access is not None:
+            return self._readable_room(request, room_id).addCallback(
+                lambda shown: (200, room_json(*shown))
+            )
         return self._room(room_id).addCallback(lambda room: (200, room_json(room)))
 
     def _room(self, raw_id: str) -> Deferred[Room]:
@@ -163,15 +200,29 @@ class ChatApi(Resource):
 
         return self.store.get_room(room_id).addCallback(found)
 
+    def _readable_room(self, request: Request, raw_id: str) -> Deferred[tuple[Room, bool]]:
+        """The room and its privacy, once the caller may read it (or no access rules)."""
+        access = self.access
+        if access is None:
+            return self._room(raw_id).addCallback(lambda room: (room, False))
+        access.caller(request)  # 401 before saying whether the room exists
+        return self._room(raw_id).addCallback(
+            lambda room: access.check_read(request, room.id).addCallback(
+                lambda private: (room, private)
+            )
+        )
+
     # -- membership ---------------------------------------------------------
 
     def list_members(self, request: Request, room_id: str) -> Deferred[tuple[int, Any]]:
-        return self._room(room_id).addCallback(
-            lambda room: self.store.list_members(room.id)
+        return self._readable_room(request, room_id).addCallback(
+            lambda shown: self.store.list_members(shown[0].id)
         ).addCallback(lambda members: (200, {"members": [member_json(m) for m in members]}))
 
     def join_room(self, request: Request, room_id: str) -> Deferred[tuple[int, Any]]:
         body = _json_body(request)
+        if self.access is not None:
+            return self._join_with_access(request, room_id, body, self.access)
         member_id = _positive(body.get("memberId"), "memberId")
 
         def join(room: Room) -> Deferred[tuple[int, Any]]:
@@ -180,6 +231,26 @@ class ChatApi(Resource):
                     lambda joined: (201 if joined else 200,
                                     {"roomId": room.id, "member": member_json(member)})
                 )
+            )
+
+        return self._room(room_id).addCallback(join)
+
+    def _join_with_access(
+        self, request: Request, room_id: str, body: dict[str, Any], access: RoomRestPolicy
+    ) -> Deferred[tuple[int, Any]]:
+        """Join as the room rules say: oneself, or (by members) someone else."""
+        raw_member, user_id = body.get("memberId"), body.get("userId")
+        member_id = None if raw_member is None else _positive(raw_member, "memberId")
+        if user_id is not None and (not isinstance(user_id, str) or not user_id):
+            raise ApiError(400, "invalid-id", "userId must be a non-empty string")
+        if not access.enforce and member_id is None and user_id is None:
+            member_id = _positive(None, "memberId")
+        access.caller(request)
+
+        def join(room: Room) -> Deferred[tuple[int, Any]]:
+            return access.join(request, room.id, member_id, user_id).addCallback(
+                lambda joined: (201 if joined[1] else 200,
+                                {"roomId": room.id, "member": member_json(joined[0])})
             )
 
         return self._room(room_id).addCallback(join)
@@ -196,8 +267,12 @@ class ChatApi(Resource):
                                    f"member {member} is not in room {room.id}")
                 return (200, {"roomId": room.id, "memberId": member, "left": True})
 
+            if self.access is not None:
+                return self.access.leave(request, room.id, member).addCallback(left)
             return self.store.leave_room(room.id, member).addCallback(left)
 
+        if self.access is not None:
+            self.access.caller(request)
         return self._room(room_id).addCallback(leave)
 
     # -- history --------------------------------------------------------------
@@ -217,9 +292,17 @@ class ChatApi(Resource):
             )
 
         active = _positive(room_id, "room id")
+        if self.access is not None:
+            return self._readable_room(request, room_id).addCallback(
+                lambda shown: page(shown[0].id)
+            )
         if self.chat.active_room(active) is not None:
             return page(active)  # an active room exists: no need to ask the database
         return self._room(room_id).addCallback(lambda room: page(room.id))
+
+
+def _visible_rooms(rooms: list[Room], visible: dict[int, bool]) -> list[dict[str, Any]]:
+    return [room_json(room, visible[room.id]) for room in rooms if room.id in visible]
 
 
 def _client_gone(failure: Failure, gone: list[bool]) -> None:

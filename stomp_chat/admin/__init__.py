@@ -1,0 +1,1 @@
+"""``stomp-chat-admin``: manage the server's users from the command line."""

@@ -1,0 +1,135 @@
+"""Tests for stomp_chat.admin.cli, the ``stomp-chat-admin`` console script, against SQLite
+and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import pytest
+
+import stomp_chat
+from stomp_chat.admin.cli import main
+from stomp_chat.auth.passwords import check_password
+
+if TYPE_CHECKING:
+    from tests.conftest_db import TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
+
+
+def database_url(database: TestDatabase) -> str:
+    config = database.config
+    if config.dialect == "sqlite":
+        return f"sqlite:///{config.database}"
+    search_path = quote(config.options["options"], safe="")
+    return (f"postgresql://{config.user}@{config.host}:{config.port}/{config.database}"
+            f"?options={search_path}")
+
+
+def admin(*args: str, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(args), io.StringIO(stdin), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_round_trip(database: TestDatabase) -> None:
+    """add, list, passwd and remove work against the server's database, hashing passwords."""
+    db = f"--database={database_url(database)}"
+    assert admin(db, "user", "add", "root", "--role", "admin", "--password-stdin",
+                 stdin="first secret\n") == (0, "added user root\n", "")
+    assert admin(db, "user", "add", "--password-stdin", "bob", stdin="bob's secret\n")[0] == 0
+    code, listing, _ = admin(db, "user", "list")
+    assert code == 0
+    rows = [line.split("\t") for line in listing.splitlines()]
+    assert [(name, roles) for name, roles, _ in rows] == [("bob", "-"), ("root", "admin")]
+    [(stored,)] = database.query("SELECT password_hash FROM users WHERE name = 'root'")
+    assert stored.startswith("$argon2id$") and check_password(stored, "first secret")
+    assert admin(db, "user", "passwd", "root", "--password-stdin", stdin="second secret\n")[0] \
+        == 0
+    [(stored,)] = database.query("SELECT password_hash FROM users WHERE name = 'root'")
+    assert check_password(stored, "second secret") and not check_password(stored, "first secret")
+    assert admin(db, "user", "remove", "bob") == (0, "removed user bob\n", "")
+    assert [row[0] for row in database.query("SELECT name FROM users")] == ["root"]
+
+
+def test_failures_are_reported_without_tracebacks(sqlite_database: TestDatabase) -> None:
+    """Duplicate and unknown users, weak passwords and bad input exit non-zero with a message."""
+    db = f"--database={database_url(sqlite_database)}"
+    admin(db, "user", "add", "alice", "--password-stdin", stdin="long enough\n")
+    cases = [
+        ((db, "user", "add", "alice", "--password-stdin"), "long enough\n", 1, "exists already"),
+        ((db, "user", "remove", "nobody"), "", 1, "no user named 'nobody'"),
+        ((db, "user", "passwd", "nobody", "--password-stdin"), "long enough\n", 1, "no user"),
+        ((db, "user", "add", "bob", "--password-stdin"), "short\n", 1, "at least 8"),
+        ((db, "user", "add", "bob"), "", 2, "use --password-stdin"),
+        ((db, "user", "add", "bad/name", "--password-stdin"), "", 2, "invalid user name"),
+        ((db, "user", "add", "bob", "--role", "Admin"), "", 2, "invalid role"),
+        ((db, "user", "add"), "", 2, "Wrong number of arguments"),
+        ((db, "user", "frob"), "", 2, "Unknown command"),
+        ((db,), "", 2, "say what to manage"),
+        (("--database=mysql://x/y", "user", "list"), "", 2, "--database:"),
+    ]
+    for args, stdin, code, message in cases:
+        got, out, err = admin(*args, stdin=stdin)
+        assert (got, out) == (code, ""), (args, err)
+        assert message in err and "Traceback" not in err, (args, err)
+
+
+def test_unreachable_database_is_a_clean_error() -> None:
+    """A database that cannot be reached is one line on stderr and exit 1."""
+    code, _, err = admin("--database=postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+                         "user", "list")
+    assert code == 1
+    assert "OperationalError" in err and "Traceback" not in err
+
+
+def test_password_prompt_asks_twice(monkeypatch: pytest.MonkeyPatch,
+                                    sqlite_database: TestDatabase) -> None:
+    """Without --password-stdin on a terminal the password is typed twice and must agree."""
+    from stomp_chat.admin import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    answers = iter(["typed password", "typed password", "one password", "another one"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: next(answers))
+    db = f"--database={database_url(sqlite_database)}"
+    out, err = io.StringIO(), io.StringIO()
+    assert main([db, "user", "add", "dave"], Terminal(), out, err) == 0
+    assert main([db, "user", "passwd", "dave"], Terminal(), out, err) == 1
+    assert "the passwords differ" in err.getvalue()
+
+
+def test_config_file_names_the_database(tmp_path: Path) -> None:
+    """--config reads the server's TOML file (its other keys are accepted) for the database."""
+    db_path = tmp_path / "from-config.db"
+    config = tmp_path / "chat.toml"
+    config.write_text(f'database = "sqlite:///{db_path}"\nhttp = "tcp:0"\nauth = "password"\n')
+    assert admin("--config", str(config), "user", "add", "eve", "--password-stdin",
+                 stdin="eve's password\n")[0] == 0
+    assert db_path.exists()
+    assert admin(f"--config={config}", "user", "list")[1].startswith("eve\t")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('no_such_option = 1\n')
+    code, _, err = admin("--config", str(bad), "user", "list")
+    assert code == 2 and "unknown option" in err
+
+
+def test_help_runs_as_a_program() -> None:
+    """The console script's module prints its help and exits 0."""
+    root = str(Path(stomp_chat.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root}
+    result = subprocess.run([sys.executable, "-m", "stomp_chat.admin.cli", "--help"],
+                            capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0
+    assert "stomp-chat-admin" in result.stdout and "user" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "stomp_chat.admin.cli", "user", "--help"],
+                            capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0 and "passwd" in result.stdout
