@@ -520,7 +520,8 @@ class Options(usage.Options):
             None,
             5.0,
             "On SIGTERM/SIGINT, the seconds over which connected clients are told to leave, "
-            "in batches, so they do not all reconnect elsewhere at once (0: all at once).",
+            "in batches, so they do not all reconnect elsewhere at once (0: all at once; "
+            "at most half of --shutdown-timeout).",
             _non_negative_seconds("--drain-window"),
         ],
         [
@@ -623,11 +624,8 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
-        if self["drain-window"] >= self["shutdown-timeout"]:
-            raise usage.UsageError(
-                f"--drain-window ({self['drain-window']:g}s) must be shorter than "
-                f"--shutdown-timeout ({self['shutdown-timeout']:g}s), which bounds the whole stop"
-            )
+        # The drain must leave time to flush within the stop's bound.
+        self["drain-window"] = min(self["drain-window"], self["shutdown-timeout"] / 2)
         self.endpoints: dict[str, Any] = {}
         # An endpoint Twisted rejects is reported as such before any rule about where it
         # listens; the ones left unsaid get their defaults from the authentication mode.

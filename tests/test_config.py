@@ -153,11 +153,9 @@ def test_bad_environment_values_are_usage_errors(
         parse()
 
 
-def test_the_drain_window_must_fit_in_the_shutdown_timeout(monkeypatch) -> None:
-    """A drain window as long as the shutdown timeout would leave no time to flush: refused."""
-    with pytest.raises(usage.UsageError, match="--drain-window .* shorter than"):
-        parse("--drain-window", "30", "--shutdown-timeout", "30")
+def test_the_drain_window_is_at_most_half_the_shutdown_timeout(monkeypatch) -> None:
+    """The drain window is capped at half of --shutdown-timeout, leaving time to flush."""
+    assert parse("--drain-window", "30", "--shutdown-timeout", "30")["drain-window"] == 15
     monkeypatch.setenv("STOMP_CHAT_SHUTDOWN_TIMEOUT", "4")
-    with pytest.raises(usage.UsageError, match="--drain-window"):
-        parse()
-    assert parse("--drain-window", "1")["shutdown-timeout"] == 4
+    assert parse()["drain-window"] == 2
+    assert parse("--drain-window", "1")["drain-window"] == 1
