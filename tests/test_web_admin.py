@@ -11,13 +11,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import stomp
 
 from tests.authkeys import claims, hs256, write_secret
 from tests.serverproc import RunningServer
+from tests.test_admin_cli import database_url
+
+if TYPE_CHECKING:
+    from tests.conftest_db import TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
 
 WAIT = 10.0
 
@@ -303,3 +309,26 @@ def test_with_auth_none_the_admin_api_is_off_unless_opened_on_loopback(tmp_path:
         assert "local administrator disconnected user x" in opened.log()
     finally:
         opened.stop()
+
+
+def test_system_messages_and_deletes_reach_the_database(
+    database: TestDatabase, tmp_path: Path
+) -> None:
+    """On SQLite and PostgreSQL: a system message's row exists when the 201 comes, and a
+    deleted message's row is gone when the 200 comes."""
+    server = RunningServer(tmp_path, [f"--database={database_url(database)}",
+                                      "--admin-on-loopback=on"]).start()
+    try:
+        status, room = call(server, "POST", "/api/rooms", None, {"name": "stored"})
+        assert status == 201
+        path = f"/api/admin/rooms/{room['id']}/messages"
+        for text in ("first", "second"):
+            assert call(server, "POST", path, None, {"text": text})[0] == 201
+        query = f"SELECT seq, type, sender_id, text FROM messages WHERE room_id = {room['id']} "
+        rows = database.query(query + "ORDER BY seq")
+        assert [tuple(row) for row in rows] == [(1, "SYSTEM", 0, "first"),
+                                                (2, "SYSTEM", 0, "second")]
+        assert call(server, "DELETE", f"{path}/1")[0] == 200
+        assert [int(row[0]) for row in database.query(query)] == [2]
+    finally:
+        server.stop()
