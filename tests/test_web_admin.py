@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,8 +169,8 @@ def test_sessions_are_listed_with_user_peer_transport_and_subscriptions(
         assert session["name"] == "name of carol"
         assert session["transport"] == "tcp" and session["peer"].startswith("127.0.0.1:")
         assert session["subscriptions"] == 1 and session["state"] == "connected"
-        since = time.mktime(time.strptime(session["connectedSince"][:19], "%Y-%m-%dT%H:%M:%S"))
-        assert abs((since - time.timezone) - before) < 5
+        since = datetime.fromisoformat(session["connectedSince"].replace("Z", "+00:00"))
+        assert abs(since.timestamp() - before) < 5
     finally:
         connection.disconnect()
 
