@@ -141,7 +141,7 @@ class PurgeOptions(_Interspersed):
 
 
 class MessagesOptions(usage.Options):
-    synopsis = "purge --older-than DAYS"
+    synopsis = "purge ..."
     subCommands = [
         ["purge", None, PurgeOptions, "Delete old messages: purge --older-than DAYS"],
     ]
