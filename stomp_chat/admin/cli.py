@@ -1,4 +1,4 @@
-"""``stomp-chat-admin``: add, list and remove users, and reset their passwords.
+"""``stomp-chat-admin``: manage users (add, list, remove, passwd) and purge old messages.
 
 It reads the same ``--database``/``--config`` as the server (the config file
 is parsed by the server's own code), migrates the schema if needed, and runs
