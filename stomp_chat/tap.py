@@ -46,6 +46,7 @@ from stomp_chat.broker import (
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.identity import AUTH_NONE
 from stomp_chat.interceptors import Interceptor
 from stomp_chat.lifecycle import ChatServer, Listener
 from stomp_chat.logs import parse_log_format, server_log
@@ -82,6 +83,7 @@ from stomp_chat.transport.stomp import (
     StompFactory,
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
+from stomp_chat.web.admin import AdminApi
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
@@ -548,6 +550,15 @@ class Options(usage.Options):
             parse_switch("--metrics"),
         ],
         [
+            "admin-on-loopback",
+            None,
+            "off",
+            "With --auth none, serve the admin API (/api/admin) to requests from loopback "
+            "addresses that carry no proxy header ('on' or 'off'); other modes need the admin "
+            "role.",
+            parse_switch("--admin-on-loopback"),
+        ],
+        [
             "room-cache-size",
             None,
             DEFAULT_CACHE_SIZE,
@@ -624,6 +635,10 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
+        if isinstance(self["admin-on-loopback"], str):
+            self["admin-on-loopback"] = parse_switch("--admin-on-loopback")(
+                self["admin-on-loopback"]
+            )
         # The drain must leave time to flush within the stop's bound.
         self["drain-window"] = min(self["drain-window"], self["shutdown-timeout"] / 2)
         self.endpoints: dict[str, Any] = {}
@@ -815,6 +830,11 @@ def makeService(options: Options) -> IService:
             outage=OutageLog("REST requests", reactor),
         )
         PresenceApi(presence, chat_api).register()
+        AdminApi(
+            chat_api, chat, monitor.sessions, principal_of,
+            authenticated=authentication.mode != AUTH_NONE,
+            loopback_without_auth=options["admin-on-loopback"],
+        ).register()
         api = ApiGate(
             chat_api,
             RestAuthenticator(

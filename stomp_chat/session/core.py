@@ -156,6 +156,11 @@ class StompSession:
         return self.connection.peer
 
     @property
+    def opened_at(self) -> float:
+        """When the connection opened, in the clock's seconds."""
+        return self._opened_at
+
+    @property
     def subscriptions(self) -> dict[str, Subscription]:
         return self._acks.subscriptions
 
