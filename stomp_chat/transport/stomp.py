@@ -99,8 +99,9 @@ class StompProtocol(Protocol):
         #: from the socket otherwise.
         self.connection: ConnectionInfo | None = None
         self._paused = False
-        #: The size of the latest write: when it fills the buffer, the frame in flight.
-        self._last_write = 0
+        #: The latest write: when it fills the buffer, the frame in flight; when
+        #: the session closes, the ERROR it may have just sent.
+        self._last_write = b""
         #: Bytes written since the transport said its buffer was full, and the
         #: largest single frame in flight since then.
         self._backlog = 0
@@ -258,10 +259,10 @@ class StompProtocol(Protocol):
                 )
                 return
             self._backlog += size
-        if data.startswith(_ERROR_PREFIX) and self.close_reason is None:
-            self.close_reason = _error_message(data, self.session.version)
+        # Once per MESSAGE of every fan-out: only what the log line and flow control need
+        # (the ERROR a closing session sent is looked for in close(), not here).
         self.bytes_out += size
-        self._last_write = size
+        self._last_write = data
         self.transport.write(data)
 
     def _queued(self) -> int:
@@ -313,7 +314,12 @@ class StompProtocol(Protocol):
     def close(self) -> None:
         """Flush and close; cut the connection if the peer will not read."""
         if self.close_reason is None:
-            self.close_reason = "closed by the server after DISCONNECT"
+            # A session that fails writes its ERROR, then closes at once.
+            last = self._last_write
+            if last.startswith(_ERROR_PREFIX):
+                self.close_reason = _error_message(last, self.session.version)
+            else:
+                self.close_reason = "closed by the server after DISCONNECT"
         self.transport.loseConnection()
         if self._abort_call is None:
             clock: Any = self.context.clock
@@ -335,7 +341,7 @@ class StompProtocol(Protocol):
             self._paused = True
             self._backlog = 0
             # Twisted pauses from inside the write that filled its buffer.
-            self._largest = self._largest_at_pause = self._last_write
+            self._largest = self._largest_at_pause = len(self._last_write)
 
     def resumeProducing(self) -> None:
         self._paused = False
