@@ -46,6 +46,18 @@ class Interceptor(Protocol):
     ``ProtocolError``/``AuthError`` to answer with ERROR and close, or
     ``ApplicationError`` to report on ``/user/queue/errors`` and drop the frame
     while the connection stays open.
+
+    An interceptor may say which commands it acts on in a ``commands``
+    attribute (a set of command names); it then never sees other frames, so
+    one that only cares about CONNECT costs nothing on the chat's SENDs.
+    Without the attribute it sees every frame. The chain a frame passes is
+    chosen by the command it arrives with.
     """
 
     def inbound(self, frame: Frame, session: SessionView) -> Frame | Deferred[Frame]: ...
+
+
+def handles(interceptor: Interceptor, command: str) -> bool:
+    """Whether ``interceptor`` wants to see ``command`` frames."""
+    commands = getattr(interceptor, "commands", None)
+    return commands is None or command in commands

@@ -1341,6 +1341,43 @@ def test_interceptors_see_every_frame_in_order(clock):
     assert seen == [("a", "CONNECT"), ("b", "CONNECT"), ("a", "SEND"), ("b", "SEND")]
 
 
+class SendOnly(Recording):
+    """A ``Recording`` that declares it handles SEND frames only."""
+
+    commands = frozenset({"SEND"})
+
+
+def test_interceptor_declaring_commands_sees_only_those(clock):
+    """An interceptor with ``commands`` is skipped for other frames; one without sees all."""
+    seen: list[tuple[str, str]] = []
+    context = make_context(clock=clock, interceptors=[SendOnly("s", seen), Recording("a", seen)])
+    client = connected(context)
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "1"})
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert seen == [("a", "CONNECT"), ("a", "SUBSCRIBE"), ("s", "SEND"), ("a", "SEND")]
+
+
+def test_chain_follows_interceptors_changed_in_place(clock):
+    """Interceptors added to the context's list after frames flowed still see the next frame."""
+    seen: list[tuple[str, str]] = []
+    context = make_context(clock=clock)
+    client = connected(context)
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    context.interceptors.append(Recording("late", seen))
+    client.send("SEND", {"destination": "/topic/t"}, b"y")
+    assert seen == [("late", "SEND")]
+
+
+def test_unknown_commands_do_not_grow_the_chain_cache(clock):
+    """Frames with ever new unknown commands leave the per-command chain cache bounded."""
+    context = make_context(clock=clock)
+    for n in range(500):
+        client = connected(context)
+        client.send(f"BOGUS{n}", {})
+        assert_error_then_closed(client, message="unknown command")
+    assert len(context._chains) <= 64
+
+
 def test_interceptor_may_change_the_frame(clock):
     """A frame an interceptor returns changed is what the broker receives."""
 

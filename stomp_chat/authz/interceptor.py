@@ -27,6 +27,9 @@ ACCESS_DENIED = "access denied"
 class AuthorizationInterceptor:
     """Runs ``DestinationPolicy`` on every SEND and SUBSCRIBE."""
 
+    #: The session's chain hands it these frames only.
+    commands = frozenset({"SEND", "SUBSCRIBE"})
+
     def __init__(self, policy: DestinationPolicy) -> None:
         self.policy = policy
 

@@ -38,6 +38,9 @@ class AnonymousAuthenticator:
 class AuthenticationInterceptor:
     """Authenticates CONNECT and STOMP frames; every other frame passes untouched."""
 
+    #: The session's chain hands it these frames only.
+    commands = CONNECT_COMMANDS
+
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 

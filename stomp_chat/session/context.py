@@ -12,13 +12,16 @@ from stomp_chat.app.routes import AppRouter
 from stomp_chat.app.subscriptions import SubscriptionListener
 from stomp_chat.broker import Broker
 from stomp_chat.heartbeat import HeartbeatMonitor
-from stomp_chat.interceptors import Interceptor
+from stomp_chat.interceptors import Interceptor, handles
 from stomp_chat.stats import ServerStats
 from stomp_chat.stomp.parser import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_HEADER_LENGTH,
     DEFAULT_MAX_HEADERS,
 )
+
+#: Far more than the commands STOMP has.
+_MAX_CACHED_CHAINS = 64
 
 
 class FrameTransport(Protocol):
@@ -74,3 +77,29 @@ class ServerContext:
     stats: ServerStats = field(default_factory=ServerStats)
     #: Told of every subscription made and ended (recovery, presence, unread counts).
     subscription_listeners: list[SubscriptionListener] = field(default_factory=list)
+    #: command -> the interceptors that handle it, built from ``_chained``.
+    _chains: dict[str, tuple[Interceptor, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _chained: list[Interceptor] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+
+    def chain_for(self, command: str) -> tuple[Interceptor, ...]:
+        """The interceptors a ``command`` frame passes, in order.
+
+        Per frame, so cached per command; ``interceptors`` may still be
+        changed in place (a test swaps the authenticator), hence the cheap
+        comparison with the list the cache was built from.
+        """
+        if self._chained != self.interceptors:
+            self._chained = list(self.interceptors)
+            self._chains.clear()
+        chain = self._chains.get(command)
+        if chain is None:
+            if len(self._chains) >= _MAX_CACHED_CHAINS:  # unknown commands are refused
+                self._chains.clear()  # later, but do not let them grow the cache
+            chain = self._chains[command] = tuple(
+                i for i in self._chained if handles(i, command)
+            )
+        return chain

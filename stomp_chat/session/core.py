@@ -34,6 +34,7 @@ from stomp_chat.broker import (
 from stomp_chat.broker.acks import AckTracker
 from stomp_chat.errors import ApplicationError, ProtocolError, required_header
 from stomp_chat.identity import AUTH_NONE, ConnectionInfo, Principal
+from stomp_chat.interceptors import Interceptor
 from stomp_chat.session.context import FrameTransport, ServerContext
 from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
 from stomp_chat.session.transactions import Transactions
@@ -205,22 +206,24 @@ class StompSession:
                 self._begin_connect(frame)
             elif frame.command in ("CONNECT", "STOMP"):
                 raise ProtocolError("already connected", "a second CONNECT is not allowed")
-            if self.context.interceptors:
-                self._intercept(frame, frame, 0)
+            chain = self.context.chain_for(frame.command)
+            if chain:
+                self._intercept(frame, frame, chain, 0)
             else:
                 self._dispatch(frame)
         except Exception as error:
             self._refuse(error, frame)
 
-    def _intercept(self, frame: Frame, original: Frame, index: int) -> None:
+    def _intercept(
+        self, frame: Frame, original: Frame, chain: tuple[Interceptor, ...], index: int
+    ) -> None:
         """Run the chain from ``index``; a Deferred pauses input until it fires."""
-        interceptors = self.context.interceptors
-        while index < len(interceptors):
-            result = interceptors[index].inbound(frame, self)
+        while index < len(chain):
+            result = chain[index].inbound(frame, self)
             index += 1
             if isinstance(result, Deferred):
                 self._waiting = True
-                result.addCallback(self._resume_chain, original, index)
+                result.addCallback(self._resume_chain, original, chain, index)
                 result.addErrback(self._chain_failed, original)
                 if self._waiting:  # not fired already
                     self.transport.pause_reading()
@@ -228,11 +231,13 @@ class StompSession:
             frame = result
         self._dispatch(frame)
 
-    def _resume_chain(self, frame: Frame, original: Frame, index: int) -> None:
+    def _resume_chain(
+        self, frame: Frame, original: Frame, chain: tuple[Interceptor, ...], index: int
+    ) -> None:
         self._waiting = False
         if self.state is State.CLOSED:
             return
-        self._intercept(frame, original, index)
+        self._intercept(frame, original, chain, index)
         self._release_held()
 
     def _chain_failed(self, failure: Failure, original: Frame) -> None:

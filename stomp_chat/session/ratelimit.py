@@ -44,6 +44,9 @@ class TokenBucket:
 class SendRateInterceptor:
     """Refuses SENDs beyond ``rate`` per second (bursts of ``burst``) on one connection."""
 
+    #: The session's chain hands it these frames only.
+    commands = frozenset({"SEND"})
+
     def __init__(self, rate: float, burst: int, clock: IReactorTime) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("a send rate needs a positive rate and a burst of at least 1")
