@@ -181,6 +181,21 @@ def test_offline_users_get_nothing_pushed() -> None:
     assert server.positions.positions("alice").result == {1: 1}
 
 
+def test_messages_schedule_nothing_once_the_last_reader_goes_offline() -> None:
+    """After the only online reader unsubscribes, new messages schedule no count update."""
+    server = Server()
+    server.post(1, 1)
+    alice = server.client("alice")
+    online(alice)
+    read(alice, 1, 1)
+    alice.send("UNSUBSCRIBE", {"id": "unread"})
+    server.clock.advance(0)
+    for i in range(3):
+        server.chat.post(ChatRequest("TALK", 1, 7, f"late {i}"))
+    assert not any(call.func == server.reads._flush for call in server.clock.getDelayedCalls())
+    assert server.reads._readers == {}
+
+
 def test_bad_read_reports_are_application_errors() -> None:
     """Malformed bodies and unknown rooms are reported on /user/queue/errors; the session stays."""
     server = Server()

@@ -187,7 +187,8 @@ class ReadState:
     # -- pushing counts ----------------------------------------------------------
 
     def _published(self, destination: str, message: Message) -> None:
-        self._room_changed(destination)
+        if self._readers:  # every message passes here; usually nobody online has a position
+            self._room_changed(destination)
 
     def relayed(self, key: str, origin: str, body: bytes) -> None:
         """A message from another server of the cluster: counts move here too."""
