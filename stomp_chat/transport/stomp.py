@@ -247,23 +247,28 @@ class StompProtocol(Protocol):
     # -- what the session writes to -----------------------------------
 
     def write(self, data: bytes) -> None:
-        size = len(data)
-        if self._paused:
-            if size > self._largest:
-                self._largest = size
-            if self._queued() - self._largest > self.slow_consumer_bytes and not self._overflowed:
-                self._overflowed = True
-                self.session.fail(
-                    "slow consumer",
-                    f"the client fell more than {self.slow_consumer_bytes} bytes behind",
-                )
-                return
-            self._backlog += size
         # Once per MESSAGE of every fan-out: only what the log line and flow control need
         # (the ERROR a closing session sent is looked for in close(), not here).
-        self.bytes_out += size
+        if self._paused and not self._count_behind(data):
+            return
+        self.bytes_out += len(data)
         self._last_write = data
         self.transport.write(data)
+
+    def _count_behind(self, data: bytes) -> bool:
+        """While the peer is not keeping up: whether ``data`` may still be written."""
+        size = len(data)
+        if size > self._largest:
+            self._largest = size
+        if self._queued() - self._largest > self.slow_consumer_bytes and not self._overflowed:
+            self._overflowed = True
+            self.session.fail(
+                "slow consumer",
+                f"the client fell more than {self.slow_consumer_bytes} bytes behind",
+            )
+            return False
+        self._backlog += size
+        return True
 
     def _queued(self) -> int:
         """Bytes written and not yet taken by the kernel: measured, or else counted.
