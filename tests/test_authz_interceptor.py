@@ -5,6 +5,7 @@ Sessions are SessionView stand-ins carrying a Principal; the rooms, rules and ro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from stomp_chat.identity import ConnectionInfo, Principal
 from stomp_chat.interceptors import Interceptor
 from stomp_chat.persistence import MemoryChatStore
 from stomp_chat.stomp.frame import Frame
+from tests.stompfakes import Client, make_context
 
 ALICE = Principal("alice", "Alice")
 BOB = Principal("bob", "Bob")
@@ -104,6 +106,30 @@ def test_with_auth_none_everything_else_passes() -> None:
         assert setup.run("SUBSCRIBE", destination, None).headers["destination"] == destination
     assert setup.run("SEND", "/topic/anything", None).command == "SEND"
     assert setup.run("SEND", "/app/ops/restart", None).command == "SEND"
+
+
+def test_the_chain_hands_it_subscribe_frames_only_when_rules_are_enforced() -> None:
+    """Without enforced rules no SUBSCRIBE is refused, so the session's chain skips it there."""
+    assert Setup(enforce=False).interceptor.commands == {"SEND"}  # type: ignore[attr-defined]
+    assert Setup(enforce=True).interceptor.commands == {  # type: ignore[attr-defined]
+        "SEND", "SUBSCRIBE"}
+
+
+def test_with_auth_none_app_sends_pass_and_owned_topics_stay_refused_in_one_chain() -> None:
+    """Through a session's chain with --auth none: /app/ SENDs reach the handler, a SEND to a
+    room topic is still reported as forbidden."""
+    setup = Setup(enforce=False)
+    handled: list[str] = []
+    setup.router.add("/ping", lambda frame, context, variables: handled.append("ping"))
+    context = make_context(router=setup.router, interceptors=[setup.interceptor])
+    client = Client(context)
+    client.connect("1.2")
+    client.send("SUBSCRIBE", {"destination": "/user/queue/errors", "id": "e"})
+    client.send("SEND", {"destination": "/app/ping"}, b"{}")
+    client.send("SEND", {"destination": "/topic/chat/room/1"}, b"{}")
+    assert handled == ["ping"]
+    (error,) = [f for f in client.frames() if f.command == "MESSAGE"]
+    assert json.loads(error.body)["error"] == "forbidden"
 
 
 def test_other_frames_pass_untouched() -> None:

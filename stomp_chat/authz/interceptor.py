@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from stomp_chat.authz.policy import DestinationPolicy
+from stomp_chat.broker import APP_PREFIX
 from stomp_chat.errors import ApplicationError, AuthError
 from stomp_chat.interceptors import SessionView
 from stomp_chat.stomp.frame import Frame
@@ -23,25 +24,33 @@ log = Logger()
 FORBIDDEN = "forbidden"
 ACCESS_DENIED = "access denied"
 
+_SEND = frozenset({"SEND"})
+_SEND_AND_SUBSCRIBE = frozenset({"SEND", "SUBSCRIBE"})
+
 
 class AuthorizationInterceptor:
     """Runs ``DestinationPolicy`` on every SEND and SUBSCRIBE."""
 
-    #: The session's chain hands it these frames only.
-    commands = frozenset({"SEND", "SUBSCRIBE"})
-
     def __init__(self, policy: DestinationPolicy) -> None:
         self.policy = policy
+        #: The frames the session's chain hands it: without enforced rules no
+        #: SUBSCRIBE is refused.
+        self.commands = _SEND_AND_SUBSCRIBE if policy.enforce else _SEND
+        #: Without enforced rules a SEND to /app/ needs no check.
+        self._checks_app_sends = policy.enforce
 
     def inbound(self, frame: Frame, session: SessionView) -> Frame | Deferred[Frame]:
         command = frame.command
         if command == "SEND":
             destination = frame.headers.get("destination")
-            if destination is not None:
-                reason = self.policy.may_send(destination, session.principal)
-                if reason is not None:
-                    self._refused(session, command, destination, reason)
-                    raise ApplicationError(reason, code=FORBIDDEN)
+            if destination is None:
+                return frame
+            if not self._checks_app_sends and destination.startswith(APP_PREFIX):
+                return frame  # every chat message passes here: a branch, not the policy
+            reason = self.policy.may_send(destination, session.principal)
+            if reason is not None:
+                self._refused(session, command, destination, reason)
+                raise ApplicationError(reason, code=FORBIDDEN)
             return frame
         if command == "SUBSCRIBE":
             destination = frame.headers.get("destination")
