@@ -227,7 +227,8 @@ class StompSession:
         while index < len(chain):
             result = chain[index].inbound(frame, self)
             index += 1
-            if isinstance(result, Deferred):
+            # Deferred is an ABC: isinstance costs ~0.1 µs, paid only when the frame changed.
+            if result is not frame and isinstance(result, Deferred):
                 self._waiting = True
                 result.addCallback(self._resume_chain, original, chain, index)
                 result.addErrback(self._chain_failed, original)
