@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from stomp_chat.stomp.frame import V1_0, V1_1, V1_2, escape_header
-
-_VERSION_INDEX = {V1_0: 0, V1_1: 1, V1_2: 2}
+from stomp_chat.stomp.frame import V1_0, escape_header
 
 #: Set on the MESSAGE frames of a message delivered before and given back.
 REDELIVERED_HEADER = "redelivered"
@@ -32,7 +30,7 @@ class Message:
     fan-out to N subscribers costs one join per subscriber, not N encodings.
     """
 
-    __slots__ = ("_heads", "body", "destination", "headers", "message_id", "redeliveries", "tail")
+    __slots__ = ("body", "destination", "headers", "heads", "message_id", "redeliveries", "tail")
 
     def __init__(
         self,
@@ -50,7 +48,9 @@ class Message:
         #: disconnect, a failed write) and was delivered again.
         self.redeliveries = redeliveries
         self.tail = b"\n" + body + b"\x00"
-        self._heads: list[bytes | None] = [None, None, None]
+        #: The encoded heads by STOMP version, as ``head`` fills them in (read
+        #: directly on the delivery path, where a call costs more than the lookup).
+        self.heads: dict[str, bytes] = {}
 
     @property
     def size(self) -> int:
@@ -91,10 +91,9 @@ class Message:
 
     def head(self, version: str) -> bytes:
         """``MESSAGE``, its shared headers, each line ending in LF (no blank line)."""
-        index = _VERSION_INDEX[version]
-        cached = self._heads[index]
+        cached = self.heads.get(version)
         if cached is None:
-            cached = self._heads[index] = self._encode_head(version)
+            cached = self.heads[version] = self._encode_head(version)
         return cached
 
     def _encode_head(self, version: str) -> bytes:

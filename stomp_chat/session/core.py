@@ -458,7 +458,9 @@ class StompSession:
             self.broker.requeue(subscription.key, (message,))
             return
         if subscription.ack_mode == ACK_AUTO:
-            data = message.head(self.version) + subscription.wire + message.tail
+            # Once per delivered MESSAGE: the cached head without a call, when there is one.
+            head = message.heads.get(self.version) or message.head(self.version)
+            data = head + subscription.wire + message.tail
         else:
             subscription.pending[message.message_id] = message
             if self.version == V1_2:
