@@ -30,7 +30,8 @@ from stomp_chat.app.chat import ChatRequest, ChatService
 from stomp_chat.app.routes import AppContext, ApplicationError
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.cluster import RedisAddress, RedisRelay, parse_redis_url
-from stomp_chat.cluster.relay import DEFAULT_NAMESPACE, decode_envelope, encode_envelope
+from stomp_chat.cluster.address import DEFAULT_NAMESPACE
+from stomp_chat.cluster.envelope import decode_envelope, encode_envelope
 from stomp_chat.persistence import ChatMessage, MemoryChatStore, WriteBehindWriter
 from stomp_chat.stomp.frame import Frame
 
@@ -159,10 +160,7 @@ class Node:
             try:
                 await relay.stopService().addTimeout(WAIT, reactor)
             except TimeoutError:
-                # Do not leave connections behind even if the relay cannot stop.
-                for client in (relay._commands, relay._subscriber):
-                    if client is not None:
-                        client.disconnect()
+                relay.disconnect_now()  # leave no connections behind
         if self.writer.running:
             await self.writer.stopService()
 

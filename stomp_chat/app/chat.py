@@ -81,7 +81,7 @@ def encode_template(
 
     The same bytes as ``json.dumps(message.to_json_dict())``, written out by
     hand because it runs once per chat message on the hot path. In cluster
-    mode Redis fills in the seq (see stomp_chat.cluster).
+    mode the chat hands Redis the template and SEQ_PLACEHOLDER to fill in.
     """
     name = "" if sender_name is None else f'"senderName": {_json_string(sender_name)}, '
     return (
@@ -115,11 +115,13 @@ class RoomSequencer(Protocol):
         key: str,
         headers: dict[str, str],
         template: bytes,
+        placeholder: bytes,
         floor: int,
         durable_floor: Callable[[int], Deferred[int]] | None = None,
     ) -> Deferred[int]:
-        """Number and broadcast; `floor` is the highest seq this server has seen, and
-        `durable_floor` reads the database's, for a counter that Redis lost."""
+        """Number and broadcast, the seq written where `template` holds `placeholder`;
+        `floor` is the highest seq this server has seen, and `durable_floor` reads the
+        database's, for a counter that Redis lost."""
         ...
 
 
@@ -402,7 +404,7 @@ class ChatService:
             ))
 
         d = self.sequencer.sequence_and_publish(
-            room_id, state.topic, _JSON_HEADERS, template, state.last_seq,
+            room_id, state.topic, _JSON_HEADERS, template, SEQ_PLACEHOLDER, state.last_seq,
             durable_floor=self._durable_floor,
         )
         return d.addCallbacks(sequenced, unavailable)
