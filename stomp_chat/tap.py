@@ -21,6 +21,7 @@ from stomp_chat.app.readstate import ReadState
 from stomp_chat.app.recovery import DEFAULT_MAX_RECOVERY, RoomRecovery
 from stomp_chat.app.rooms import DEFAULT_MAX_ACTIVE_ROOMS, DEFAULT_ROOM_IDLE_SECONDS
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.app.subscriptions import room_of_topic
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
     resolve_auth_options,
@@ -718,7 +719,10 @@ def makeService(options: Options) -> IService:
         cache_ttl=options["room-cache-ttl"],
         max_waiting=options["max-unchecked-messages"],
     )
-    relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
+    relay = (
+        RedisRelay(broker, options["redis"], reactor, room_of=room_of_topic)
+        if options["redis"] else None
+    )
     chat = ChatService(
         store,
         writer,
@@ -838,6 +842,7 @@ def makeService(options: Options) -> IService:
                 timed_store=timed_store,
                 database=database_probe,
                 redis=redis_probe,
+                relay=relay,
                 draining=lambda: bool(server_ref) and server_ref[0].draining,
             )
             resources[b"metrics"] = Metrics(build_registry(sources))

@@ -166,5 +166,7 @@ def test_the_hub_refuses_what_redis_would() -> None:
     """The hub runs only the numbering script, with whole argument groups."""
     hub = MemoryHub(Clock())
     assert isinstance(result_of(hub.run_script("return 1", [0])), Failure)
-    bad = result_of(hub.run_script(SEQUENCE_AND_PUBLISH, [1, "k", 0]))
+    bad = result_of(hub.run_script(SEQUENCE_AND_PUBLISH, [1, 1000, 60, "k", 0]))
     assert isinstance(bad, Failure) and "arguments" in bad.getErrorMessage()
+    worse = result_of(hub.run_script(SEQUENCE_AND_PUBLISH, [1, "k", 0]))
+    assert isinstance(worse, Failure) and "numbers" in worse.getErrorMessage()

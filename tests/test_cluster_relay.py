@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from stomp_chat.app.chat import ChatRequest, ChatService
 from stomp_chat.app.routes import AppContext, ApplicationError
+from stomp_chat.app.subscriptions import room_of_topic
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.cluster import RedisAddress, RedisRelay, parse_redis_url
 from stomp_chat.cluster.address import DEFAULT_NAMESPACE
@@ -139,7 +140,7 @@ class Node:
 
     def __init__(self, url: str, with_chat: bool, store: MemoryChatStore | None = None) -> None:
         self.broker = Broker()
-        self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor)
+        self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor, room_of=room_of_topic)
         self.probe = subscribe(self.broker, PROBE_TOPIC)
         self.store = store if store is not None else MemoryChatStore()
         self.writer = WriteBehindWriter(self.store, reactor, flush_interval=0.01)
@@ -328,7 +329,9 @@ def test_envelope_round_trip(body: bytes) -> None:
     }
     for local in (False, True):
         payload = encode_envelope("node-é1", local, headers, body)
-        assert decode_envelope(payload) == ("node-é1", local, headers, body)
+        assert decode_envelope(payload) == ("node-é1", local, headers, None, body)
+        numbered = encode_envelope("node-é1", local, headers, body, seq=42)
+        assert decode_envelope(numbered) == ("node-é1", local, headers, 42, body)
 
 
 # -- relaying broker publishes ---------------------------------------------------------------
@@ -421,6 +424,9 @@ async def test_queue_destinations_are_not_relayed(cluster: Cluster) -> None:
         b'{"a": 1, "b": 2, "c": 3}\nbody',
         b'["origin", false, 5]\nbody',
         b'["origin", false, {"x-n": 1}]\nbody',
+        b'["origin", true, {}, 0, 4]\nbody',
+        b'["origin", true, {}, "1", 4]\nbody',
+        b'["origin", true, {}, true, 4]\nbody',
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -626,3 +632,80 @@ async def test_a_node_that_missed_messages_never_reuses_a_stored_seq_after_redis
         (1, "B opens the room"), (2, "a0"), (3, "a1"), (4, "a2"), (message.seq, "B again")
     ]
     assert a.writer.collided_count == b.writer.collided_count == 0
+
+
+# -- room-scoped relaying --------------------------------------------------------------------
+
+
+async def subscriber_count(cluster: Cluster, key: str) -> int:
+    """How many connections Redis has subscribed to ``key``'s channel (PUBSUB NUMSUB)."""
+    reply = await cluster.redis.execute_command("PUBSUB", "NUMSUB", cluster.channel(key))
+    return int(reply[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_subscribes_to_a_channel_only_while_it_has_local_subscribers(
+    cluster: Cluster,
+) -> None:
+    """A node SUBSCRIBEs to a topic's channel when its first local subscriber arrives and
+    UNSUBSCRIBEs when the last leaves; a node without subscribers receives none of it."""
+    a, b = await cluster.node(), await cluster.node()
+    assert await subscriber_count(cluster, "/topic/news") == 0
+    recorder = Recorder()
+    subscriptions = [Subscription(recorder, f"s{i}", "/topic/news") for i in range(2)]
+    for subscription in subscriptions:
+        b.broker.subscribe(subscription, "anon")
+    await eventually(lambda: "/topic/news" in b.relay.subscribed, "B's subscription")
+    assert await subscriber_count(cluster, "/topic/news") == 1, "one SUBSCRIBE for two"
+
+    await cluster.sync()
+    received_on_a = a.relay.ingestion.routed_count
+    b.broker.publish("/topic/news", b"from B")
+    await eventually(lambda: len(recorder.messages) == 2, "B's own subscribers")
+    await cluster.sync()
+    assert a.relay.ingestion.routed_count == received_on_a + 1, "A received only the probe"
+
+    b.broker.unsubscribe(subscriptions[0])
+    assert "/topic/news" in b.relay.wanted
+    b.broker.unsubscribe(subscriptions[1])
+    assert "/topic/news" not in b.relay.wanted
+
+    async def unsubscribed() -> None:
+        while await subscriber_count(cluster, "/topic/news") != 0:
+            await deferLater(reactor, 0.01, lambda: None)
+
+    await outcome(Deferred.fromCoroutine(unsubscribed()), "B's UNSUBSCRIBE")
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_messages_numbered_while_a_room_subscription_is_confirmed_are_filled(
+    cluster: Cluster,
+) -> None:
+    """Messages numbered after a node read the room's counter but before Redis confirmed its
+    SUBSCRIBE reach its subscribers from Redis's recent list, once each and in order, and
+    live ones follow."""
+    room = 21
+    a, b = await cluster.node(with_chat=True), await cluster.node(with_chat=True)
+    assert (await outcome(a.talk(room, "before"), "the first post")).seq == 1
+    subscribe_now = b.relay._subscribe
+
+    def slow_subscribe(key: str) -> None:  # widen the window to a fixed 0.3 s
+        reactor.callLater(0.3, subscribe_now, key)
+
+    b.relay._subscribe = slow_subscribe  # type: ignore[method-assign]
+    key = f"/topic/chat/room/{room}"
+    watcher = subscribe(b.broker, key)
+    followed = b.relay.ingestion.followed[key]
+    await eventually(lambda: followed.delivered_through is not None, "B's baseline")
+    assert followed.delivered_through == 1
+    for i in range(4):
+        await outcome(a.talk(room, f"in the window {i}"), f"post {i}")
+    assert watcher.messages == [], "the SUBSCRIBE is not confirmed yet"
+    await eventually(lambda: len(watcher.messages) == 4, "the window's messages on B")
+    assert followed.filled == 4
+    for i in range(2):
+        await outcome(a.talk(room, f"live {i}"), f"live post {i}")
+    await eventually(lambda: len(watcher.messages) == 6, "the live messages on B")
+    await cluster.sync()
+    assert [m["seq"] for m in chat_bodies(watcher)] == [2, 3, 4, 5, 6, 7]
+    assert followed.duplicates == 0

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -317,3 +318,53 @@ def test_a_lost_redis_counter_restarts_past_the_shared_database(
         f"SELECT seq, text FROM messages WHERE room_id = {room} ORDER BY seq"
     )
     assert rows == [(m["seq"], m["detailMessage"]) for m in [*before, after]]
+
+
+def relayed_count(server: RunningServer) -> float:
+    """The server's stomp_chat_relayed_messages_received_total, from /metrics."""
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("stomp_chat_relayed_messages_received_total "):
+            return float(line.split()[1])
+    raise AssertionError("no relayed-messages counter in /metrics")
+
+
+def channel_subscribers(redis_url: str, key: str) -> int:
+    namespace = redis_url.rpartition("namespace=")[2]
+    reply = redis_command("PUBSUB", "NUMSUB", f"{namespace}:{key}")
+    return int(reply[1])
+
+
+def test_a_server_receives_no_traffic_for_rooms_it_has_no_subscribers_for(
+    tmp_path: Path, redis_url: str, start_node, clients
+) -> None:
+    """Rooms partitioned over two servers, publishers anywhere: each server's Redis channels
+    are its own rooms', it receives only their messages (its /metrics counts them), and a
+    room's channel is dropped when its last subscriber leaves."""
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db")
+    on_a, on_b = clients(server_a), clients(server_b)
+    on_a.subscribe(ROOM_TOPIC.format(31))
+    on_b.subscribe(ROOM_TOPIC.format(32))
+    for client in (on_a, on_b):
+        client.subscribe(ERRORS)
+    before_a, before_b = relayed_count(server_a), relayed_count(server_b)
+
+    for i in range(5):  # B's client talks in A's room, and A's client in B's
+        on_b.send_chat({"type": "TALK", "roomId": 31, "senderId": 2, "detailMessage": f"b{i}"})
+        on_a.send_chat({"type": "TALK", "roomId": 32, "senderId": 1, "detailMessage": f"a{i}"})
+    assert [m["seq"] for m in on_a.wait_chat(31, 5)] == [1, 2, 3, 4, 5]
+    assert [m["seq"] for m in on_b.wait_chat(32, 5)] == [1, 2, 3, 4, 5]
+    assert on_a.chat(32) == [] and on_b.chat(31) == []
+    assert relayed_count(server_a) - before_a == 5, "A received only its own room's messages"
+    assert relayed_count(server_b) - before_b == 5, "B received only its own room's messages"
+    assert channel_subscribers(redis_url, ROOM_TOPIC.format(31)) == 1
+    assert channel_subscribers(redis_url, ROOM_TOPIC.format(32)) == 1
+    assert on_a.errors == [] and on_a.at(ERRORS) == [] and on_b.at(ERRORS) == []
+
+    on_b.conn.unsubscribe(id="1")  # B's last subscriber of room 32 leaves
+    deadline = time.monotonic() + TIMEOUT
+    while channel_subscribers(redis_url, ROOM_TOPIC.format(32)) != 0:
+        assert time.monotonic() < deadline, "B kept its subscription to room 32"
+        time.sleep(0.02)

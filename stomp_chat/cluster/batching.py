@@ -21,12 +21,15 @@ from twisted.logger import Logger
 
 log = Logger()
 
-#: Number chat messages and publish them, in one atomic step. Per message,
-#: ARGV holds: the room's counter key, ``floor`` (the highest seq the caller
-#: knows of), whether that floor was just read from the database, the
-#: channel, the record's metadata up to the body length, the body template
-#: and the template's seq placeholder. Each channel gets one PUBLISH with all
-#: its records, in order.
+#: Number chat messages and publish them, in one atomic step. ARGV starts with
+#: the message count, how many records each room's recent list keeps, and
+#: that list's time to live in seconds; then per message: the room's counter
+#: key, ``floor`` (the highest seq the caller knows of), whether that floor
+#: was just read from the database, the channel, the record's metadata up to
+#: its seq, the body template, the template's seq placeholder, and the room's
+#: recent list. Each channel gets one PUBLISH with all its records, in order;
+#: each record is also appended to its room's capped recent list, from which
+#: a server fills what it missed (see stomp_chat.cluster.follow).
 #:
 #: Redis keeps nothing on disk: a counter that is missing was lost (or never
 #: made), and one server's memory is no safe floor for it (that server may
@@ -46,11 +49,13 @@ local function fill(template, placeholder, seq)
   return table.concat(parts, seq)
 end
 local n = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
 local seqs = {}
 local records = {}
 local channels = {}
 for i = 0, n - 1 do
-  local b = 2 + i * 7
+  local b = 4 + i * 8
   local seq = -1
   if ARGV[b + 2] == '1' or redis.call('EXISTS', ARGV[b]) == 1 then
     seq = redis.call('INCR', ARGV[b])
@@ -65,7 +70,11 @@ for i = 0, n - 1 do
       records[channel] = {}
       channels[#channels + 1] = channel
     end
-    table.insert(records[channel], ARGV[b + 4] .. #body .. ']\\n' .. body)
+    local record = ARGV[b + 4] .. seq .. ',' .. #body .. ']\\n' .. body
+    table.insert(records[channel], record)
+    redis.call('RPUSH', ARGV[b + 7], record)
+    redis.call('LTRIM', ARGV[b + 7], -cap, -1)
+    redis.call('EXPIRE', ARGV[b + 7], ttl)
   end
   seqs[#seqs + 1] = seq
 end
@@ -80,6 +89,13 @@ NEEDS_FLOOR = -1
 
 #: The most chat messages numbered by one script call.
 MAX_SCRIPT_BATCH = 500
+#: How many of a room's last messages Redis keeps for servers to fill gaps from.
+DEFAULT_RECENT_SIZE = 1000
+#: How long a room's recent list outlives its last message, in seconds.
+RECENT_TTL = 86400
+#: The arguments the numbering script takes before, and per, message.
+SCRIPT_HEAD_ARGS = 3
+SCRIPT_ARGS_PER_MESSAGE = 8
 
 
 @dataclass(slots=True)
@@ -93,6 +109,7 @@ class ChatEntry:
     meta: bytes
     template: bytes
     placeholder: bytes
+    recent_key: str
     deferred: Deferred[int]
     durable_floor: Callable[[int], Deferred[int]] | None
     #: Whether `floor` was read from the database just now.
@@ -107,8 +124,10 @@ class TurnBatch:
         reactor: Any,
         publish: Callable[[str, bytes], Deferred[Any]],
         run_script: Callable[[str, list[Any]], Deferred[Any]],
+        recent_size: int = DEFAULT_RECENT_SIZE,
     ) -> None:
         self.reactor = reactor
+        self.recent_size = recent_size
         self._publish = publish
         self._run_script = run_script
         self._records: dict[str, list[bytes]] = {}
@@ -155,10 +174,11 @@ class TurnBatch:
         chat, self._chat = self._chat, []
         for start in range(0, len(chat), MAX_SCRIPT_BATCH):
             chunk = chat[start : start + MAX_SCRIPT_BATCH]
-            args: list[Any] = [len(chunk)]
+            args: list[Any] = [len(chunk), self.recent_size, RECENT_TTL]
             for entry in chunk:
                 args += [entry.seq_key, entry.floor, "1" if entry.fresh else "0",
-                         entry.channel, entry.meta, entry.template, entry.placeholder]
+                         entry.channel, entry.meta, entry.template, entry.placeholder,
+                         entry.recent_key]
             try:
                 numbered = self._run_script(SEQUENCE_AND_PUBLISH, args)
             except Exception as error:  # the link went down since the message was accepted

@@ -2,7 +2,8 @@
 
 A payload on a channel is one or more records back to back (messages
 published in one reactor turn cross Redis together); a record is
-``[origin,local,headers,length]``, LF, then ``length`` bytes of body.
+``[origin,local,headers,length]``, LF, then ``length`` bytes of body, or
+``[origin,local,headers,seq,length]`` for a chat message Redis numbered.
 ``local`` marks a record the origin delivers to itself from the channel
 too (chat messages, whose order Redis decides).
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-#: One decoded record: origin node, local flag, headers, body.
-Record = tuple[str, bool, dict[str, str], bytes]
+#: One decoded record: origin node, local flag, headers, seq (None unless numbered), body.
+Record = tuple[str, bool, dict[str, str], int | None, bytes]
 
 
 def meta_prefix(origin: str, local: bool, headers: dict[str, str]) -> bytes:
@@ -22,9 +23,12 @@ def meta_prefix(origin: str, local: bool, headers: dict[str, str]) -> bytes:
     return meta[:-1].encode("utf-8") + b","
 
 
-def encode_envelope(origin: str, local: bool, headers: dict[str, str], body: bytes) -> bytes:
-    """One record: ``[origin,local,headers,length]``, LF, then the body."""
-    return meta_prefix(origin, local, headers) + b"%d]\n" % len(body) + body
+def encode_envelope(
+    origin: str, local: bool, headers: dict[str, str], body: bytes, seq: int | None = None
+) -> bytes:
+    """One record: ``[origin,local,headers,(seq,)length]``, LF, then the body."""
+    numbered = b"" if seq is None else b"%d," % seq
+    return meta_prefix(origin, local, headers) + numbered + b"%d]\n" % len(body) + body
 
 
 def decode_envelopes(payload: bytes) -> Iterator[Record]:
@@ -35,9 +39,15 @@ def decode_envelopes(payload: bytes) -> Iterator[Record]:
         if newline < 0:
             raise ValueError("no metadata line")
         meta = json.loads(payload[pos:newline])
-        if not (isinstance(meta, list) and len(meta) == 4):
-            raise ValueError("metadata is not [origin, local, headers, length]")
-        origin, local, headers, length = meta
+        if not (isinstance(meta, list) and len(meta) in (4, 5)):
+            raise ValueError("metadata is not [origin, local, headers, (seq,) length]")
+        if len(meta) == 5:
+            origin, local, headers, seq, length = meta
+            if not (isinstance(seq, int) and not isinstance(seq, bool) and seq > 0):
+                raise ValueError("a seq is a positive integer")
+        else:
+            origin, local, headers, length = meta
+            seq = None
         if not (
             isinstance(origin, str)
             and isinstance(local, bool)
@@ -49,7 +59,7 @@ def decode_envelopes(payload: bytes) -> Iterator[Record]:
         ):
             raise ValueError("metadata has the wrong types")
         pos = newline + 1 + length
-        yield origin, local, headers, payload[newline + 1 : pos]
+        yield origin, local, headers, seq, payload[newline + 1 : pos]
 
 
 def decode_envelope(payload: bytes) -> Record:

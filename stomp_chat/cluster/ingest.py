@@ -7,7 +7,8 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from stomp_chat.broker import USER_PREFIX, Broker, Message
-from stomp_chat.cluster.envelope import decode_envelopes
+from stomp_chat.cluster.envelope import Record, decode_envelopes
+from stomp_chat.cluster.follow import FollowedRoom
 
 log = Logger()
 
@@ -25,6 +26,8 @@ class Ingestion:
         self.listeners: list[RelayListener] = []
         #: Records routed here from other servers (or this one's chat), for metrics.
         self.routed_count = 0
+        #: The room channels followed here, by routing key.
+        self.followed: dict[str, FollowedRoom] = {}
 
     def received(self, channel: bytes | str, payload: bytes | str) -> None:
         """A relayed payload: route each record to this server's subscribers."""
@@ -35,17 +38,25 @@ class Ingestion:
         if not channel.startswith(self.channel_prefix):
             return
         key = channel[len(self.channel_prefix) :]
+        followed = self.followed.get(key)
+        try:
+            for record in decode_envelopes(payload):
+                if record[0] == self.node_id and not record[1]:
+                    continue  # published here, and already delivered here
+                if followed is not None and record[3] is not None:
+                    followed.offer(record)  # delivered once, in seq order
+                else:
+                    self.deliver(key, record)
+        except ValueError:
+            log.warn("ignoring a malformed relayed payload on {channel}", channel=channel)
+
+    def deliver(self, key: str, record: Record) -> None:
+        """Route one record to the local subscribers of ``key`` and tell the listeners."""
+        origin, _, headers, _, body = record
         shown = key
         if key.startswith(USER_PREFIX):
             shown = USER_PREFIX + key[len(USER_PREFIX) :].partition("/")[2]
-        try:
-            for origin, local, headers, body in decode_envelopes(payload):
-                if origin == self.node_id and not local:
-                    continue  # published here, and already delivered here
-                self.routed_count += 1
-                message = Message(shown, self.broker.new_message_id(), body, headers)
-                self.broker.route(key, message)
-                for listener in self.listeners:
-                    listener(key, origin, body)
-        except ValueError:
-            log.warn("ignoring a malformed relayed payload on {channel}", channel=channel)
+        self.routed_count += 1
+        self.broker.route(key, Message(shown, self.broker.new_message_id(), body, headers))
+        for listener in self.listeners:
+            listener(key, origin, body)

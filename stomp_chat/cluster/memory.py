@@ -17,13 +17,17 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from stomp_chat.broker import QUEUE_PREFIX, Broker, Message
-from stomp_chat.cluster.batching import NEEDS_FLOOR, SEQUENCE_AND_PUBLISH, ChatEntry, TurnBatch
+from stomp_chat.cluster.batching import (
+    NEEDS_FLOOR,
+    SCRIPT_ARGS_PER_MESSAGE,
+    SCRIPT_HEAD_ARGS,
+    SEQUENCE_AND_PUBLISH,
+    ChatEntry,
+    TurnBatch,
+)
 from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.relay import RedisUnavailable
-
-#: The arguments the numbering script takes per message.
-_SCRIPT_ARGS_PER_MESSAGE = 7
 
 
 class MemoryHub:
@@ -33,6 +37,8 @@ class MemoryHub:
         self.clock = clock
         self.namespace = namespace
         self.counters: dict[str, int] = {}
+        #: Each room's recent list, by key, as the script keeps it.
+        self.lists: dict[str, list[bytes]] = {}
         self.relays: list[MemoryRelay] = []
         self.up = True
         #: Every PUBLISH, in order: (channel, payload).
@@ -54,14 +60,18 @@ class MemoryHub:
             return fail(ValueError("the hub runs only the numbering script"))
         if not self.up:
             return fail(RedisUnavailable("the hub is down"))
-        count = int(args[0])
-        if len(args) != 1 + count * _SCRIPT_ARGS_PER_MESSAGE:
+        per, head = SCRIPT_ARGS_PER_MESSAGE, SCRIPT_HEAD_ARGS
+        try:
+            count, cap = int(args[0]), int(args[1])
+        except (IndexError, ValueError):
+            return fail(ValueError("the script's first arguments are numbers"))
+        if len(args) != head + count * per:
             return fail(ValueError("wrong number of script arguments"))
         seqs: list[int] = []
         records: dict[str, list[bytes]] = {}
         for i in range(count):
-            key, floor, fresh, channel, meta, template, placeholder = args[
-                1 + i * _SCRIPT_ARGS_PER_MESSAGE : 1 + (i + 1) * _SCRIPT_ARGS_PER_MESSAGE
+            key, floor, fresh, channel, meta, template, placeholder, recent = args[
+                head + i * per : head + (i + 1) * per
             ]
             if fresh != "1" and key not in self.counters:
                 seqs.append(NEEDS_FLOOR)
@@ -71,7 +81,11 @@ class MemoryHub:
                 seq = int(floor) + 1
             self.counters[key] = seq
             body = template.replace(placeholder, str(seq).encode())
-            records.setdefault(channel, []).append(meta + b"%d]\n" % len(body) + body)
+            record = meta + b"%d,%d]\n" % (seq, len(body)) + body
+            records.setdefault(channel, []).append(record)
+            kept = self.lists.setdefault(recent, [])
+            kept.append(record)
+            del kept[:-cap]
             seqs.append(seq)
         for channel, batch in records.items():
             self.publish(channel, b"".join(batch))
@@ -140,6 +154,6 @@ class MemoryRelay(Service):
         self.batch.add_chat(ChatEntry(
             room_id, self.sequence_key.format(room_id=room_id), floor,
             self.channel_prefix + key, meta_prefix(self.node_id, True, headers), template,
-            placeholder, d, durable_floor,
+            placeholder, f"{self.hub.namespace}:recent:{room_id}", d, durable_floor,
         ))
         return d

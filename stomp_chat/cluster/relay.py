@@ -6,6 +6,13 @@ others over Redis pub/sub; ``/queue/`` destinations stay local to a process
 published by Redis in one step (see stomp_chat.cluster.batching), and every
 process, the sender's included, delivers them from the pub/sub stream.
 
+A process SUBSCRIBEs to a destination's channel only while it has local
+subscribers for it (the broker tells it of the first and the last), so a
+process receives no traffic for rooms nobody follows there. A plain topic's
+messages published before Redis confirms such a subscription (about one
+round trip after the first local SUBSCRIBE) are not delivered; a chat room
+loses nothing after the counter it read on subscribing (stomp_chat.cluster.follow).
+
 The relay composes the seams: the envelope codec, the two Redis links and
 their state machine, per-turn batching and ingestion.
 """
@@ -28,8 +35,9 @@ from twisted.logger import Logger
 
 from stomp_chat.broker import QUEUE_PREFIX, Broker, Message
 from stomp_chat.cluster.address import RedisAddress
-from stomp_chat.cluster.batching import ChatEntry, TurnBatch
+from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE, ChatEntry, TurnBatch
 from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
+from stomp_chat.cluster.follow import FollowedRoom
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.linkstate import Link
 
@@ -49,24 +57,34 @@ class RedisRelay(Service):
         address: RedisAddress,
         reactor: Any,
         reply_timeout: float = 5.0,
+        *,
+        room_of: Callable[[str], int | None] | None = None,
+        recent_size: int = DEFAULT_RECENT_SIZE,
     ) -> None:
         self.broker = broker
+        #: Which routing keys are chat rooms (numbered, followed by seq), and their ids.
+        self.room_of = room_of
         self.address = address
         self.reactor = reactor
         self.reply_timeout = reply_timeout
         self.node_id = broker.node_id
         self.channel_prefix = f"{address.namespace}:"
         self.sequence_key = f"{address.namespace}:seq:{{room_id}}"
+        self.recent_key = f"{address.namespace}:recent:{{room_id}}"
+        self.recent_size = recent_size
         self.ingestion = Ingestion(broker, self.channel_prefix)
-        self.batch = TurnBatch(reactor, self._publish, self._eval)
+        self.batch = TurnBatch(reactor, self._publish, self._eval, recent_size)
+        #: Routing keys with local subscribers: their channels are subscribed.
+        self.wanted: set[str] = set()
+        #: Wanted keys whose subscription Redis has confirmed on the current connection.
+        self.subscribed: set[str] = set()
         self.commands_link = Link("commands", self._commands_up, self._link_down)
-        self.subscriber_link = Link("subscriber", self._subscriber_up, self._link_down)
+        self.subscriber_link = Link("subscriber", self._subscriber_up, self._subscriber_down)
         self._commands: Any = None
         self._subscriber: Any = None
         #: Chat messages sent to Redis whose seq has not come back yet.
         self._sequencing: set[Deferred[Any]] = set()
         self._is_ready = False
-        self._subscribed_once = False
         self._ready_waiters: list[Deferred[None]] = []
         self._outage_reported = False
 
@@ -107,12 +125,17 @@ class RedisRelay(Service):
             self.address, self.reactor, self.subscriber_link, self.ingestion.received
         )
         self.broker.published_listeners.append(self.published)
+        self.broker.interest_listeners.append(self.interest)
+        for key in self.broker.wanted_keys():
+            self.interest(key, True)
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
         super().stopService()
         if self.published in self.broker.published_listeners:
             self.broker.published_listeners.remove(self.published)
+        if self.interest in self.broker.interest_listeners:
+            self.broker.interest_listeners.remove(self.interest)
         self.batch.flush_now()
         # Messages Redis is numbering may already be broadcast: let their
         # seq come back so that this server stores them before it stops.
@@ -131,18 +154,95 @@ class RedisRelay(Service):
                 factory.disconnect()
 
     def _commands_up(self, protocol: Any) -> None:
+        for key, room in list(self.ingestion.followed.items()):
+            if room.delivered_through is None:
+                self._follow(key, room)  # waited for the commands link to read the counter
         self._link_up()
 
     def _subscriber_up(self, protocol: Any) -> None:
-        subscribed = protocol.psubscribe(self.channel_prefix + "*")
-        subscribed.addCallbacks(self._subscribed, self._subscribe_failed)
-
-    def _subscribed(self, _: object) -> None:
-        self._subscribed_once = True
+        self.subscribed.clear()
+        for key in sorted(self.wanted):
+            room = self.ingestion.followed.get(key)
+            if room is None or room.delivered_through is not None:
+                self._subscribe(key)
         self._link_up()
 
+    def _subscriber_down(self) -> None:
+        self.subscribed.clear()
+        for room in self.ingestion.followed.values():
+            room.lost()
+        self._link_down()
+
+    # -- what this server listens to -----------------------------------
+
+    def interest(self, key: str, wanted: bool) -> None:
+        """The broker's first subscriber for ``key`` arrived, or its last one left."""
+        if key.startswith(QUEUE_PREFIX):
+            return
+        if not wanted:
+            self.wanted.discard(key)
+            self.ingestion.followed.pop(key, None)
+            self.subscribed.discard(key)
+            protocol = self.subscriber_link.protocol
+            if protocol is not None:
+                protocol.unsubscribe(self.channel_prefix + key).addErrback(
+                    self._subscribe_failed, key
+                )
+            return
+        if key in self.wanted:
+            return
+        self.wanted.add(key)
+        room_id = self.room_of(key) if self.room_of is not None else None
+        if room_id is None:
+            self._subscribe(key)
+            return
+        room = FollowedRoom(key, room_id, self.ingestion.deliver, self._fetch_recent)
+        self.ingestion.followed[key] = room
+        self._follow(key, room)
+
+    def _follow(self, key: str, room: FollowedRoom) -> None:
+        """Read the room's counter, then subscribe: what is numbered after it arrives."""
+        if not self.commands_link.is_up:
+            return  # again once the commands link is up
+        counter = self._commands.handler.get(self.sequence_key.format(room_id=room.room_id))
+
+        def read(value: Any) -> None:
+            if self.ingestion.followed.get(key) is not room:
+                return  # no longer wanted, or wanted anew since
+            room.start(int(value) if value is not None else 0)
+            self._subscribe(key)
+
+        def failed(failure: Any) -> None:
+            log.warn("cannot read the counter of chat room {room}: {error}; following it "
+                     "once Redis is back", room=room.room_id, error=failure.getErrorMessage())
+
+        counter.addCallbacks(read, failed)
+
+    def _subscribe(self, key: str) -> None:
+        protocol = self.subscriber_link.protocol
+        if protocol is None:
+            return  # subscribed with the others once the link is up
+        d = protocol.subscribe(self.channel_prefix + key)
+        d.addCallbacks(self._confirmed, self._subscribe_failed,
+                       callbackArgs=(key, protocol), errbackArgs=(key,))
+
+    def _confirmed(self, _: object, key: str, protocol: Any) -> None:
+        if key not in self.wanted or protocol is not self.subscriber_link.protocol:
+            return
+        self.subscribed.add(key)
+        room = self.ingestion.followed.get(key)
+        if room is not None:
+            room.confirmed()
+
+    def _fetch_recent(self, room_id: int) -> Deferred[list[bytes]]:
+        if not self.commands_link.is_up:
+            return fail(RedisUnavailable("the commands link is down"))
+        return self._commands.handler.lrange(  # type: ignore[no-any-return]
+            self.recent_key.format(room_id=room_id), 0, -1
+        )
+
     def _link_up(self) -> None:
-        if not (self.commands_link.is_up and self.subscriber_link.is_up and self._subscribed_once):
+        if not (self.commands_link.is_up and self.subscriber_link.is_up):
             return
         if self._outage_reported:
             log.info("relaying through {redis} again", redis=self.address.redacted())
@@ -157,9 +257,10 @@ class RedisRelay(Service):
         if self.running:
             self._report_outage("connection lost")
 
-    def _subscribe_failed(self, failure: Any) -> None:
-        log.error("cannot subscribe to relayed messages at {redis}: {error}",
-                  redis=self.address.redacted(), error=failure.getErrorMessage())
+    def _subscribe_failed(self, failure: Any, key: str) -> None:
+        if self.running:
+            log.warn("cannot (un)subscribe {key} at {redis}: {error}", key=key,
+                     redis=self.address.redacted(), error=failure.getErrorMessage())
 
     def _report_outage(self, error: str) -> None:
         if not self._outage_reported:
@@ -212,7 +313,7 @@ class RedisRelay(Service):
         entry = ChatEntry(
             room_id, self.sequence_key.format(room_id=room_id), floor,
             self.channel_prefix + key, meta_prefix(self.node_id, True, headers), template,
-            placeholder, d, durable_floor,
+            placeholder, self.recent_key.format(room_id=room_id), d, durable_floor,
         )
         self._sequencing.add(d)
         d.addBoth(self._sequenced, d)
