@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    inlineCallbacks,
+    maybeDeferred,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
@@ -244,6 +251,7 @@ class ChatServer(MultiService):
     def _tell_clients(self) -> Generator[Deferred[Any], Any, None]:
         """Tell clients in batches spread over the drain window, then wait for them to go."""
         sessions: list[Drainable] = list(self.monitor.sessions())
+        told = set(map(id, sessions))
         batches = max(1, min(
             math.ceil(len(sessions) / MIN_DRAIN_BATCH),
             math.floor(self.drain_window / DRAIN_BATCH_INTERVAL),
@@ -254,17 +262,25 @@ class ChatServer(MultiService):
             if number:
                 yield deferLater(self.reactor, interval, lambda: None)
             for session in sessions[number * size:(number + 1) * size]:
-                try:
-                    session.shut_down(SHUTDOWN_MESSAGE)
-                except Exception:
-                    log.failure("telling a client to leave failed; going on with the others")
+                self._tell(session)
             flush = getattr(self.writer, "flush", None)
             if flush is not None:
                 flush()
         # Sessions leave once their receipts are out; then their sockets flush and close
-        # (or are cut after the transports' close linger).
+        # (or are cut after the transports' close linger). A WebSocket handshake that was
+        # under way when listening stopped opens its session late: tell it too.
         while len(self.monitor) or self._open_connections():
+            for session in self.monitor.sessions():
+                if id(session) not in told:
+                    told.add(id(session))
+                    self._tell(session)
             yield deferLater(self.reactor, 0.01, lambda: None)
+
+    def _tell(self, session: Drainable) -> None:
+        try:
+            session.shut_down(SHUTDOWN_MESSAGE)
+        except Exception:
+            log.failure("telling a client to leave failed; going on with the others")
 
     def _timed_out(self, result: Any, timeout: float) -> Any:
         pending = getattr(self.writer, "pending_count", 0)
@@ -278,8 +294,6 @@ class ChatServer(MultiService):
         return result
 
     def _stop_failed(self, failure: Any) -> None:
-        from twisted.internet.defer import CancelledError, TimeoutError
-
         if not failure.check(CancelledError, TimeoutError):
             log.failure("shutdown failed", failure)
 

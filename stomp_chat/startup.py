@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import socket
 
+from twisted.logger import Logger
+
 from stomp_chat.cluster import RedisAddress
+from stomp_chat.lifecycle import StartupError
+from stomp_chat.persistence import DatabaseConfig, migrate_blocking
+
+log = Logger()
 
 #: How long start-up waits for Redis to answer PING.
 REDIS_CHECK_TIMEOUT = 5.0
@@ -49,3 +55,22 @@ def check_redis(address: RedisAddress, timeout: float = REDIS_CHECK_TIMEOUT) -> 
         raise RedisCheckFailed(f"no answer within {timeout:g}s") from None
     except OSError as error:
         raise RedisCheckFailed(error.strerror or str(error)) from None
+
+
+def migrate_before_start(database: DatabaseConfig) -> int:
+    """Bring the schema up to date once, or stop with the reason; returns its version."""
+    try:
+        version = migrate_blocking(database)
+    except Exception as error:  # any driver error: the message is what matters here
+        reason = " ".join(str(error).split())  # drivers' messages span lines
+        raise StartupError(f"the database {database.redacted()} is not usable: {reason}") from None
+    log.info("database schema at version {version}", version=version)
+    return version
+
+
+def redis_before_start(address: RedisAddress) -> None:
+    """Make sure cluster mode's Redis answers, or stop with the reason."""
+    try:
+        check_redis(address)
+    except RedisCheckFailed as error:
+        raise StartupError(f"--redis {address.redacted()} is not usable: {error}") from None

@@ -23,6 +23,7 @@ class ServerStats:
     """Counters shared by every session and transport of one server."""
 
     __slots__ = (
+        "connects",
         "connections_open",
         "connections_opened",
         "delivered",
@@ -39,6 +40,9 @@ class ServerStats:
         self.frames_sent: Counter[str] = Counter()
         self.delivered = 0
         self.errors: Counter[str] = Counter()
+        #: CONNECT outcomes by (transport, outcome): the authentication method that
+        #: accepted it ("none" for anonymous), or "refused".
+        self.connects: Counter[tuple[str, str]] = Counter()
 
     def connection_opened(self, transport: str) -> None:
         self.connections_opened[transport] += 1
@@ -50,6 +54,12 @@ class ServerStats:
     @property
     def open_connections(self) -> int:
         return sum(self.connections_open.values())
+
+    def connect_accepted(self, transport: str, method: str) -> None:
+        self.connects[transport, method] += 1
+
+    def connect_refused(self, transport: str) -> None:
+        self.connects[transport, "refused"] += 1
 
     def frame_received(self, command: str) -> None:
         self.frames_received[command if command in CLIENT_COMMANDS else "other"] += 1

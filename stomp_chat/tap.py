@@ -48,19 +48,20 @@ from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.interceptors import Interceptor
-from stomp_chat.lifecycle import ChatServer, Listener, StartupError
+from stomp_chat.lifecycle import ChatServer, Listener
 from stomp_chat.logs import parse_log_format, server_log
+from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     DEFAULT_DB_TIMEOUT,
     AdbapiChatStore,
     WriteBehindWriter,
     make_pool,
     migrate,
-    migrate_blocking,
     parse_database_url,
 )
 from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
+from stomp_chat.retention import RetentionService
 from stomp_chat.session import (
     AuthenticationInterceptor,
     SendRateInterceptor,
@@ -72,7 +73,7 @@ from stomp_chat.session.loading import (
     load_interceptor,
     parse_interceptor_names,
 )
-from stomp_chat.startup import RedisCheckFailed, check_redis
+from stomp_chat.startup import migrate_before_start, redis_before_start
 from stomp_chat.stats import TimedStore
 from stomp_chat.stomp.parser import DEFAULT_MAX_FRAME_SIZE
 from stomp_chat.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ConnectionCounter
@@ -508,11 +509,20 @@ class Options(usage.Options):
             "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
         ],
         [
+            "retention-days",
+            None,
+            0.0,
+            "Remove chat messages older than this many days, hourly, in batches "
+            "(0: keep every message). A room's newest message is always kept.",
+            _number("--retention-days", allow_zero=True),
+        ],
+        [
             "drain-window",
             None,
             5.0,
             "On SIGTERM/SIGINT, the seconds over which connected clients are told to leave, "
-            "in batches, so they do not all reconnect elsewhere at once (0: all at once).",
+            "in batches, so they do not all reconnect elsewhere at once (0: all at once; "
+            "at most half of --shutdown-timeout).",
             _non_negative_seconds("--drain-window"),
         ],
         [
@@ -615,6 +625,8 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
+        # The drain must leave time to flush within the stop's bound.
+        self["drain-window"] = min(self["drain-window"], self["shutdown-timeout"] / 2)
         self.endpoints: dict[str, Any] = {}
         # An endpoint Twisted rejects is reported as such before any rule about where it
         # listens; the ones left unsaid get their defaults from the authentication mode.
@@ -666,21 +678,9 @@ def makeService(options: Options) -> IService:
     database = options["database"]
     in_memory = database.database == ":memory:"  # it lives in the pool's one connection
     if not in_memory:
-        try:
-            version = migrate_blocking(database)
-        except Exception as error:  # any driver error: the message is what matters here
-            reason = " ".join(str(error).split())  # drivers' messages span lines
-            raise StartupError(
-                f"the database {database.redacted()} is not usable: {reason}"
-            ) from None
-        log.info("database schema at version {version}", version=version)
+        migrate_before_start(database)
     if options["redis"]:
-        try:
-            check_redis(options["redis"])
-        except RedisCheckFailed as error:
-            raise StartupError(
-                f"--redis {options['redis'].redacted()} is not usable: {error}"
-            ) from None
+        redis_before_start(options["redis"])
 
     heartbeat = options["heartbeat"]
     monitor = HeartbeatMonitor(reactor, tick_for(heartbeat))
@@ -732,6 +732,7 @@ def makeService(options: Options) -> IService:
         enter_template=options["enter-template"],
         history_size=options["history-size"],
         sequencer=relay,
+        outage=OutageLog("chat rooms loading", reactor),
         gate=authorization.gate,
         room_idle_seconds=float(options["room-idle-seconds"]),
         max_active_rooms=options["max-active-rooms"],
@@ -815,6 +816,7 @@ def makeService(options: Options) -> IService:
         chat_api = ChatApi(
             chat, store, max_page=options["max-history-page"],
             access=authorization.rest_policy(principal_of),
+            outage=OutageLog("REST requests", reactor),
         )
         PresenceApi(presence, chat_api).register()
         api = ApiGate(
@@ -858,6 +860,11 @@ def makeService(options: Options) -> IService:
         listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
 
     logs = server_log(getattr(options, "parent", None), options["log-format"], reactor)
+    retention = (
+        [RetentionService(store, reactor, options["retention-days"])]
+        if options["retention-days"] > 0
+        else []
+    )
     server = ChatServer(
         reactor,
         pool,
@@ -876,6 +883,7 @@ def makeService(options: Options) -> IService:
         support=[
             *authentication.services,
             ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
+            *retention,
         ],
         server_log=logs,
         open_connections=lambda: context.stats.open_connections,

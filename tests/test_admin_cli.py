@@ -133,3 +133,23 @@ def test_help_runs_as_a_program() -> None:
     result = subprocess.run([sys.executable, "-m", "stomp_chat.admin.cli", "user", "--help"],
                             capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0 and "passwd" in result.stdout
+
+
+def test_environment_names_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STOMP_CHAT_DATABASE sets the database as it does for the server; --database wins."""
+    from_env = tmp_path / "from-env.db"
+    monkeypatch.setenv("STOMP_CHAT_DATABASE", f"sqlite:///{from_env}")
+    assert admin("user", "add", "fay", "--password-stdin", stdin="fay's password\n")[0] == 0
+    assert from_env.exists()
+    explicit = tmp_path / "explicit.db"
+    assert admin(f"--database=sqlite:///{explicit}", "user", "list") == (0, "", "")
+    assert explicit.exists()
+
+
+def test_console_script_is_declared() -> None:
+    """pyproject.toml installs stomp-chat-admin, pointing at this module's main()."""
+    import tomllib
+
+    pyproject = Path(stomp_chat.__file__).resolve().parent.parent / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert scripts["stomp-chat-admin"] == "stomp_chat.admin.cli:main"

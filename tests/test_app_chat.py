@@ -1163,3 +1163,29 @@ def test_a_seq_collision_is_an_error_to_its_sender_never_a_receipt() -> None:
     assert _result(store.load_messages(1, 10)) == [original]
     state = chat.active_room(1)
     assert state is not None and all(m.text != "second" for m in state.recent)
+
+
+def test_a_room_that_cannot_be_loaded_is_an_application_error_logged_once() -> None:
+    """With an OutageLog, a database failure while loading a room answers the sender with an
+    'unavailable' application error and counts toward one outage; a later load ends it."""
+    from stomp_chat.outage import OutageLog
+
+    clock = Clock()
+    store = MemoryChatStore()
+    working = store.ensure_room
+    store.ensure_room = (  # type: ignore[method-assign]
+        lambda room_id: fail(ConnectionError("database down"))
+    )
+    outage = OutageLog("chat rooms loading", clock)
+    chat = ChatService(store, WriteBehindWriter(store, clock), Broker(), clock, outage=outage)
+    errors = []
+    for room_id in (1, 2):
+        request = ChatRequest("TALK", room_id, 7, "hi")
+        chat.post(request).addErrback(lambda f: errors.append(f.value))
+    assert [type(e) for e in errors] == [ApplicationError, ApplicationError]
+    assert all(e.code == "unavailable" for e in errors)
+    assert outage.in_outage and outage.failures == 2
+    store.ensure_room = working  # type: ignore[method-assign]
+    posted = []
+    chat.post(ChatRequest("TALK", 3, 7, "back")).addCallback(posted.append)
+    assert posted and not outage.in_outage

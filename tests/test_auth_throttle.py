@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from stomp_chat.auth.throttle import FailureThrottle
@@ -66,3 +68,31 @@ def test_bad_settings_are_refused():
     """Non-positive limits are a programming error."""
     with pytest.raises(ValueError):
         FailureThrottle(Clock(), burst=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    burst=st.integers(1, 8),
+    refill=st.floats(0.5, 30),
+    limit=st.integers(1, 5),
+    steps=st.lists(
+        st.tuples(st.sampled_from("abcdefg"), st.floats(0, 60), st.booleans()), max_size=60
+    ),
+)
+def test_throttle_bounds_hold_for_any_history(burst, refill, limit, steps):
+    """Whatever the failures and pauses, no address waits longer than burst refill intervals,
+    an address with a token to spare waits not at all, and memory stays within the limit."""
+    clock = Clock()
+    throttle = FailureThrottle(clock, burst=burst, refill_seconds=refill, max_addresses=limit)
+    failures: dict[str, int] = {}
+    for address, pause, fails in steps:
+        clock.advance(pause)
+        delay = throttle.delay(address)
+        assert 0 <= delay <= burst * refill + 1e-6
+        if fails:
+            throttle.failed(address)
+            failures[address] = failures.get(address, 0) + 1
+        assert len(throttle) <= limit
+    for address in "abcdefg":
+        if address not in failures:
+            assert throttle.delay(address) == 0

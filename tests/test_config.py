@@ -151,3 +151,11 @@ def test_bad_environment_values_are_usage_errors(
     monkeypatch.setenv(variable, value)
     with pytest.raises(usage.UsageError, match=complaint):
         parse()
+
+
+def test_the_drain_window_is_at_most_half_the_shutdown_timeout(monkeypatch) -> None:
+    """The drain window is capped at half of --shutdown-timeout, leaving time to flush."""
+    assert parse("--drain-window", "30", "--shutdown-timeout", "30")["drain-window"] == 15
+    monkeypatch.setenv("STOMP_CHAT_SHUTDOWN_TIMEOUT", "4")
+    assert parse()["drain-window"] == 2
+    assert parse("--drain-window", "1")["drain-window"] == 1

@@ -3,6 +3,9 @@ logged into by stomp.py (TCP, WebSocket, TLS), @stomp/stompjs and plain HTTP cli
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import io
 import json
 import shutil
@@ -23,7 +26,7 @@ import stomp
 import websocket
 
 from stomp_chat.admin.cli import main as admin
-from tests.authkeys import claims, hs256, write_secret
+from tests.authkeys import claims, hs256, rs256, rsa_private_key, write_public_key, write_secret
 from tests.serverproc import RunningServer
 from tests.test_e2e_tls import certificate  # noqa: F401  (the TLS fixture)
 
@@ -236,6 +239,59 @@ def test_bad_tokens_are_refused(jwt_server):
     assert all(passcode not in log for passcode in bad)
 
 
+def test_token_on_the_websocket_handshake(jwt_server):
+    """A browser's token in ?access_token= or in the access_token cookie authenticates a CONNECT
+    that carries no credentials, and the token never reaches the server's log."""
+    in_query, in_cookie = token("web-1"), token("web-2")
+    reply = ws_connect(f"{jwt_server.ws_url}?access_token={in_query}")
+    assert reply.startswith("CONNECTED\n"), reply
+    reply = ws_connect(jwt_server.ws_url, cookie=f"access_token={in_cookie}")
+    assert reply.startswith("CONNECTED\n"), reply
+    assert_refused(ws_connect(jwt_server.ws_url))
+    log = jwt_server.log()
+    assert in_query not in log and in_cookie not in log
+
+
+def test_rs256_server_refuses_algorithm_confusion(tmp_path):
+    """With an RSA public key, an RS256 token logs in while an HS256 token "signed" with that
+    public key (which anyone may know) is refused."""
+    public = write_public_key(tmp_path, rsa_private_key())
+    server = start(tmp_path, "--auth", "jwt", f"--jwt-public-key-file={public}",
+                   f"--database=sqlite:///{tmp_path}/chat.db")
+    try:
+        signed = rs256(claims("rsa-user"))
+        assert raw_tcp_connect_then_disconnect(server, signed).startswith("CONNECTED\n")
+        confused = hmac_token(public.read_bytes(), claims("mallory"))
+        assert_refused(raw_tcp_connect(server, {"passcode": confused}))
+    finally:
+        server.stop()
+
+
+def raw_tcp_connect_then_disconnect(server: RunningServer, passcode: str) -> str:
+    """CONNECT with a passcode; the first frame the server answers with."""
+    with socket.create_connection(("127.0.0.1", server.stomp_port), timeout=WAIT) as sock:
+        sock.sendall(f"CONNECT\naccept-version:1.2\nhost:chat\nheart-beat:0,0\n"
+                     f"passcode:{passcode}\n\n\x00".encode())
+        reply = b""
+        while b"\x00" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        sock.sendall(b"DISCONNECT\n\n\x00")
+    return reply.decode()
+
+
+def hmac_token(key: bytes, payload: dict[str, Any]) -> str:
+    """An HS256 token made by hand with any key, as an attacker would (PyJWT refuses to)."""
+    def part(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = part(b'{"alg":"HS256","typ":"JWT"}') + b"." + part(json.dumps(payload).encode())
+    signature = part(hmac.new(key, signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + signature).decode()
+
+
 def test_stompjs_logs_in_with_a_jwt(jwt_server):
     """@stomp/stompjs connects with a token as its passcode; an expired one is refused."""
     good = run_js(jwt_server.ws_url, "", token("js-1"))
@@ -293,6 +349,18 @@ def test_repeated_failures_are_slowed(tmp_path):
         assert "wrong-token" not in server.log()
     finally:
         server.stop()
+
+
+def test_every_response_says_nosniff(jwt_server):
+    """Health, metrics, unknown paths and the API all carry X-Content-Type-Options: nosniff."""
+    for path in ("/health", "/healthz", "/metrics", "/no/such/thing", "/api/rooms"):
+        request = urllib.request.Request(f"{jwt_server.http_url}{path}")
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT) as response:
+                headers = response.headers
+        except urllib.error.HTTPError as error:
+            headers = error.headers
+        assert headers.get("X-Content-Type-Options") == "nosniff", path
 
 
 # -- origins --------------------------------------------------------------------------------

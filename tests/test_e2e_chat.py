@@ -430,7 +430,7 @@ def test_a_silent_database_loses_nothing_and_sigterm_stays_bounded(
         url = _server_url_through(proxy.port, postgresql_database)
         server = start_server(
             "--database", url, "--db-timeout", "1", "--write-interval", "20",
-            "--shutdown-timeout", "4",
+            "--shutdown-timeout", "4", "--drain-window", "1",
         )
         client = clients(server.http_port)
         client.subscribe(ROOM_TOPIC.format(1))

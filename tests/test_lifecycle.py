@@ -367,3 +367,21 @@ def test_twistd_uid_serves_a_privileged_port_after_dropping_root(
         process.send_signal(signal.SIGTERM)
         process.wait(20)
     assert process.returncode == STOPPED_BY_SIGTERM, log_path.read_text()
+
+
+def test_a_session_that_opens_during_the_drain_is_told_too() -> None:
+    """A client whose session opens after the drain began (a handshake under way) is told."""
+    clock = Clock()
+    server, monitor, writer, pool = _server(clock)
+    server.startService()
+    first = RecordingSession(monitor, clock)
+    slow = RecordingSession(monitor, clock)
+    slow.shut_down = lambda message: None  # type: ignore[method-assign]  # stays a while
+    server.stopService()
+    late = RecordingSession(monitor, clock)
+    clock.advance(0.01)
+    assert first.told_at == 0 and late.told_at == 0.01
+    monitor.discard(slow)
+    clock.advance(0.01)
+    writer.stopped.callback(None)
+    assert pool.closed

@@ -99,11 +99,23 @@ def test_json_log_of_the_real_server(start_server) -> None:
     assert any(record["text"] == "Server Shut Down." for record in records)
 
 
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
 def test_a_database_outage_is_logged_once_with_a_recovery_line(
     postgresql_database, start_server
 ) -> None:
-    """A PostgreSQL outage under chat traffic logs one line when it starts and one when it
-    ends, no traceback per message, and every message is stored after it."""
+    """A PostgreSQL outage under chat and REST traffic logs one line when it starts and one
+    when it ends (for the writer and for REST), not one per message or request, and every
+    message is stored after it."""
     config = postgresql_database.config
     with TcpProxy(config.host or "127.0.0.1", config.port or 5432) as proxy:
         query = urlencode({"options": config.options["options"]})
@@ -117,9 +129,26 @@ def test_a_database_outage_is_logged_once_with_a_recovery_line(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proxy.block()
-        time.sleep(2)  # messages keep being accepted and broadcast, unsaved
+        time.sleep(1)  # messages keep being accepted and broadcast, unsaved
+        statuses = [_status(f"{server.http_url}/api/rooms") for _ in range(5)]
+        assert statuses == [503] * 5
+        newcomer = subscriber(server.stomp_port, 99)
+        newcomer.send("SUBSCRIBE", {"id": "errors", "destination": "/user/queue/errors"})
+        for number in range(3):
+            body = json.dumps({"type": "TALK", "roomId": 90 + number, "senderId": 5,
+                               "detailMessage": "into a room not loaded yet"})
+            newcomer.send("SEND", {"destination": "/app/message", "receipt": f"new{number}"},
+                          body.encode())
+        while len(newcomer.of("MESSAGE")) < 3:
+            assert time.monotonic() < deadline + 20, newcomer.frames
+            time.sleep(0.05)
+        for error in newcomer.of("MESSAGE"):
+            assert json.loads(error.body)["error"] == "unavailable"
+        assert not newcomer.of("ERROR"), "the connection stays"
         proxy.unblock()
-        while "Saving chat messages again" not in server.log():
+        while "Saving chat messages again" not in server.log() or (
+            _status(f"{server.http_url}/api/rooms") != 200
+        ):
             assert time.monotonic() < deadline + 20, server.log()
             time.sleep(0.1)
         publisher.stop()
@@ -128,6 +157,10 @@ def test_a_database_outage_is_logged_once_with_a_recovery_line(
     log = server.log()
     assert log.count("Saving a batch of") == 1, log
     assert log.count("Saving chat messages again") == 1
-    assert log.count("Traceback") <= 1, "at most the one line that starts the outage"
+    assert log.count("REST requests failing") == 1
+    assert log.count("chat rooms loading failing") == 1
+    assert log.count("REST requests working again") == 1
+    failures = [line for line in log.splitlines() if "#critical" in line or "#error" in line]
+    assert log.count("Traceback") <= 3, "\n".join(failures)
     stored = {text for (text,) in postgresql_database.query("SELECT text FROM messages")}
     assert set(chat_texts(reader)) <= stored

@@ -619,3 +619,27 @@ async def test_a_silent_postgres_times_out_and_frees_the_only_connection(
     await store.save_messages([chat_message(1, 2)])
     assert await store.last_seq(1) == 2
     assert reactor.seconds() - started < 2
+
+
+# -- retention -----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_messages_before_removes_old_ones_in_batches(store: ChatStore) -> None:
+    """Messages older than the cut-off go, at most `limit` per call; newer ones stay."""
+    await store.save_messages([chat_message(1, seq) for seq in range(1, 11)])
+    cutoff = T0 + timedelta(milliseconds=6)  # seqs 1..5 are older
+    assert await store.delete_messages_before(cutoff, 3) == 3
+    assert await store.delete_messages_before(cutoff, 3) == 2
+    assert await store.delete_messages_before(cutoff, 3) == 0
+    assert seqs(await store.load_messages(1, 100)) == [6, 7, 8, 9, 10]
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_messages_before_keeps_each_rooms_newest(store: ChatStore) -> None:
+    """However old, a room's newest message stays, so its next seq is never reused."""
+    await store.save_messages([chat_message(1, 1), chat_message(1, 2), chat_message(2, 1)])
+    assert await store.delete_messages_before(T0 + timedelta(days=1), 100) == 1
+    assert seqs(await store.load_messages(1, 10)) == [2]
+    assert seqs(await store.load_messages(2, 10)) == [1]
+    assert await store.last_seq(1) == 2

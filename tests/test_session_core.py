@@ -1839,3 +1839,24 @@ def test_too_many_frames_behind_a_slow_one_pause_reading(clock):
     pending.callback(None)
     assert not client.transport.reading_paused
     assert [f.headers["receipt-id"] for f in client.frames()] == ["slow", "s0", "s1", "s2"]
+
+
+def test_connect_outcomes_are_counted_by_transport_and_method(context):
+    """Each CONNECT counts once: by the method that accepted it, or as refused."""
+
+    class ByLogin:
+        def authenticate(self, frame, connection):
+            if frame.headers.get("login") != "ann":
+                raise AuthError("bad credentials", "login or passcode is wrong")
+            return Principal("ann", "ann", method="password")
+
+    use_authenticator(context, ByLogin())
+    Client(context).connect("1.2", login="ann")
+    Client(context).send("CONNECT", {"accept-version": "1.2", "login": "eve"})
+    assert context.stats.connects == {("tcp", "password"): 1, ("tcp", "refused"): 1}
+
+
+def test_anonymous_connects_count_as_method_none(context):
+    """An anonymous CONNECT is counted under the method 'none'."""
+    connected(context)
+    assert context.stats.connects == {("tcp", "none"): 1}

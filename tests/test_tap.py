@@ -488,6 +488,8 @@ STARTUP_FAILURES = {
     "bad interface": (
         ["--auth=none", "--http=tcp:0:interface=192.0.2.1"], "Cannot assign requested address"
     ),
+    "none beyond loopback": (["--http=tcp:0:interface=192.0.2.1"],
+                             "listens beyond loopback while nobody is authenticated"),
     "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),
     "unreachable redis": (["--redis=redis://127.0.0.1:1/0"], "--redis"),
     "bad config": (["--config=bad.toml"], "unknown option 'bogus'"),

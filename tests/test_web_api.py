@@ -539,3 +539,35 @@ def test_an_answer_for_a_client_that_went_away_is_dropped_quietly() -> None:
     store.pending.callback([])
     assert request.written == []
     assert request.finished == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_store_failures_are_logged_once_per_outage(
+    sqlite_database: TestDatabase, monkeypatch: Any
+) -> None:
+    """With an OutageLog, failing requests are each a 503 but one outage; a success ends it."""
+    from twisted.internet import reactor
+
+    from stomp_chat.outage import OutageLog
+
+    pool = sqlite_database.open_pool()
+    await migrate(pool)
+    store = AdbapiChatStore(pool)
+    writer = WriteBehindWriter(store, reactor, flush_interval=0.01)
+    outage = OutageLog("REST requests", reactor)
+    root = Root()
+    chat = ChatService(store, writer, Broker(), reactor)
+    root.putChild(b"api", ChatApi(chat, store, outage=outage))
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    client = ApiClient(reactor, port.getHost().port, chat, store)
+    try:
+        working = store.list_rooms
+        monkeypatch.setattr(store, "list_rooms", lambda: fail(RuntimeError("database down")))
+        for _ in range(3):
+            assert_error(await client.get("/api/rooms"), 503, "unavailable")
+        assert outage.in_outage and outage.failures == 3
+        monkeypatch.setattr(store, "list_rooms", working)
+        assert (await client.get("/api/rooms")).status == 200
+        assert not outage.in_outage
+    finally:
+        await port.stopListening()

@@ -34,7 +34,11 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
     server = start_server(f"--database=sqlite:///{tmp_path / 'chat.db'}", "--write-interval=10")
     before = scrape(server)
     assert all(name.startswith("stomp_chat_") for name, _ in before)
-    assert value(before, "stomp_chat_database_up") == 1
+    deadline = time.monotonic() + 10
+    while value(before, "stomp_chat_database_up") != 1:  # the first probe is under way
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        before = scrape(server)
     assert value(before, "stomp_chat_process_resident_memory_bytes") > 0
 
     reader = subscriber(server.stomp_port, 5)
@@ -49,10 +53,16 @@ def test_metrics_move_as_traffic_flows(start_server, tmp_path: Path) -> None:
         time.sleep(0.02)
     writer.send("BOGUS", {})
     assert writer.closed.wait(5)
+    # The client can see the close a moment before the server has let go of the connection.
     during = scrape(server)
+    while value(during, "stomp_chat_connections", transport="tcp") != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        during = scrape(server)
 
     assert value(during, "stomp_chat_connections_opened_total", transport="tcp") == 2
     assert value(during, "stomp_chat_connections", transport="tcp") == 1
+    assert value(during, "stomp_chat_connects_total", transport="tcp", outcome="none") == 2
     assert value(during, "stomp_chat_frames_received_total", command="SEND") == 3
     assert value(during, "stomp_chat_frames_received_total", command="CONNECT") == 2
     assert value(during, "stomp_chat_frames_received_total", command="other") == 1
@@ -144,3 +154,47 @@ def test_queue_metrics_follow_waiting_and_dead_lettered_messages(start_server,
     assert value(after, "stomp_chat_queued_bytes") == 0
     for client in (sender, worker, reader):
         client.close()
+
+
+def test_disconnect_reasons_and_dependency_probes_are_exported() -> None:
+    """Slow-consumer and heart-beat disconnects get counters; Redis state and round trip too."""
+    from types import SimpleNamespace
+
+    from prometheus_client.exposition import generate_latest
+    from twisted.internet.task import Clock
+
+    from stomp_chat.broker import Broker
+    from stomp_chat.probes import Probe, ProbeResult
+    from stomp_chat.stats import ServerStats
+    from stomp_chat.web.metrics import MetricSources, build_registry
+
+    stats = ServerStats()
+    stats.error_sent("slow consumer")
+    stats.error_sent("heart-beat timeout")
+    stats.error_sent("heart-beat timeout")
+    redis = Probe(Clock(), lambda: None, 1.0)
+    redis.last = ProbeResult(up=True, seconds=0.002, checked=True)
+    session = SimpleNamespace(subscriptions={"a": 1, "b": 2}, pending_receipts=4)
+    sources = MetricSources(
+        stats=stats,
+        broker=Broker(),
+        writer=SimpleNamespace(pending_count=7, saved_count=0, rejected_count=1),
+        sessions=lambda: [session],
+        redis=redis,
+    )
+    text = generate_latest(build_registry(sources)).decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert value(samples, "stomp_chat_slow_consumer_disconnects_total") == 1
+    assert value(samples, "stomp_chat_heartbeat_timeouts_total") == 2
+    assert value(samples, "stomp_chat_errors_sent_total", reason="heart-beat timeout") == 2
+    assert value(samples, "stomp_chat_redis_up") == 1
+    assert value(samples, "stomp_chat_redis_rtt_seconds") == 0.002
+    assert value(samples, "stomp_chat_subscriptions") == 2
+    assert value(samples, "stomp_chat_receipts_pending") == 4
+    assert value(samples, "stomp_chat_write_behind_pending_messages") == 7
+    assert value(samples, "stomp_chat_messages_rejected_total") == 1
+    assert value(samples, "stomp_chat_queues") == 0
+    assert "stomp_chat_database_up" not in text, "no database probe, no database metrics"

@@ -40,6 +40,7 @@ from stomp_chat.app.rooms import (
 )
 from stomp_chat.app.routes import AppContext, ApplicationError, AppRouter
 from stomp_chat.broker import Broker
+from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     BufferFull,
     ChatMessage,
@@ -251,11 +252,15 @@ class ChatService:
         history_size: int = DEFAULT_HISTORY_SIZE,
         types: dict[str, TextRule] | None = None,
         sequencer: RoomSequencer | None = None,
+        outage: OutageLog | None = None,
         gate: RequestGate | None = None,
         room_idle_seconds: float = DEFAULT_ROOM_IDLE_SECONDS,
         max_active_rooms: int = DEFAULT_MAX_ACTIVE_ROOMS,
     ) -> None:
         self.store = store
+        #: With one, rooms that cannot be loaded (the database is down) are
+        #: logged once per outage rather than once per room.
+        self.outage = outage
         self.writer = writer
         self.broker = broker
         self.clock = clock
@@ -523,6 +528,8 @@ class ChatService:
         """Serve the requests that waited for a room; each fails or succeeds on its own."""
         self._loading.discard(room_id)
         relayed = self._relayed_early.pop(room_id, [])
+        if self.outage is not None and not isinstance(outcome, Failure):
+            self.outage.succeeded()
         if isinstance(outcome, RoomState):
             self._rooms.add(outcome, self.clock.seconds())
             for early in relayed:
@@ -530,7 +537,10 @@ class ChatService:
             self._drain(outcome)
             return
         if isinstance(outcome, Failure):
-            log.failure("cannot load chat room {room}", outcome, room=room_id)
+            if self.outage is not None:  # one line per outage, not one per room
+                self.outage.failed(outcome, f"loading room {room_id}")
+            else:
+                log.failure("cannot load chat room {room}", outcome, room=room_id)
             error = ApplicationError(
                 f"room {room_id} cannot be opened now; try again", code="unavailable"
             )

@@ -37,8 +37,8 @@ TOKEN_PARAMETER = "access_token"
 def refused(reason: str, connection: ConnectionInfo, login: str | None) -> AuthError:
     """Log why (never the secret) and build the error the client sees."""
     log.info(
-        "authentication refused for {login!r} from {peer}: {reason}",
-        login=login,
+        "authentication refused for {login} from {peer}: {reason}",
+        login=repr(login) if login else "a client without a login",
         peer=connection.peer or connection.peer_host,
         reason=reason,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import Service
 
 from stomp_chat.auth.authenticators import (
     FailureGate,
@@ -33,7 +33,7 @@ class Authentication:
     jwt: JwtAuthenticator | None = None
     passwords: PasswordAuthenticator | None = None
     login_tokens: LoginTokens | None = None
-    services: list[IService] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
 
 
 def build_authentication(options: Any, clock: Any, pool: Any) -> Authentication:

@@ -357,8 +357,6 @@ def _migrate_in_transaction(
 ) -> tuple[int, int]:
     """Runs in a pool thread, so it only touches the database (no logging)."""
     if dialect.is_postgres:
-        # A migration may take longer than any one chat statement may.
-        transaction.execute("SET LOCAL statement_timeout = 0")
         transaction.execute(
             dialect.sql("SELECT pg_advisory_xact_lock(?)"), (_POSTGRES_MIGRATION_LOCK_KEY,)
         )

@@ -141,6 +141,13 @@ class ChatStore(Protocol):
         """The highest stored seq of a room, 0 if it has no messages."""
         ...
 
+    def delete_messages_before(self, cutoff: datetime, limit: int) -> Deferred[int]:
+        """Delete at most ``limit`` messages created before ``cutoff``; how many went.
+
+        A room's newest message always stays: the next message's seq counts from it.
+        """
+        ...
+
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         """Store a batch atomically; messages already stored are skipped, so retries are safe.
 
@@ -629,6 +636,22 @@ class AdbapiChatStore:
     def last_seq(self, room_id: int) -> Deferred[int]:
         return self._run(self._last_seq, room_id)
 
+    def delete_messages_before(self, cutoff: datetime, limit: int) -> Deferred[int]:
+        return self._run(
+            self._delete_messages_before, self._dialect.time_to_db(cutoff), int(limit)
+        )
+
+    def _delete_messages_before(self, transaction: Any, cutoff: Any, limit: int) -> int:
+        self._execute(
+            transaction,
+            "DELETE FROM messages WHERE (room_id, seq) IN ("
+            " SELECT m.room_id, m.seq FROM messages m WHERE m.created_at < ?"
+            " AND m.seq < (SELECT MAX(n.seq) FROM messages n WHERE n.room_id = m.room_id)"
+            " LIMIT ?)",
+            (cutoff, limit),
+        )
+        return int(transaction.rowcount)
+
     def _last_seq(self, transaction: Any, room_id: int) -> int:
         row = self._fetch_one(
             transaction, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?", (room_id,)
@@ -947,6 +970,19 @@ class MemoryChatStore:
     def last_seq(self, room_id: int) -> Deferred[int]:
         seqs = self._sorted_seqs.get(room_id)
         return succeed(seqs[-1] if seqs else 0)
+
+    def delete_messages_before(self, cutoff: datetime, limit: int) -> Deferred[int]:
+        deleted = 0
+        for room_id, seqs in self._sorted_seqs.items():
+            room_messages = self._messages[room_id]
+            for seq in list(seqs[:-1]):
+                if deleted >= limit:
+                    return succeed(deleted)
+                if room_messages[seq].created_at < cutoff:
+                    del room_messages[seq]
+                    seqs.remove(seq)
+                    deleted += 1
+        return succeed(deleted)
 
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         self.save_calls += 1

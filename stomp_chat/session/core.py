@@ -33,7 +33,7 @@ from stomp_chat.broker import (
 )
 from stomp_chat.broker.acks import AckTracker
 from stomp_chat.errors import ApplicationError, ProtocolError
-from stomp_chat.identity import ConnectionInfo, Principal
+from stomp_chat.identity import AUTH_NONE, ConnectionInfo, Principal
 from stomp_chat.session.context import FrameTransport, ServerContext
 from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
 from stomp_chat.session.transactions import Transactions
@@ -331,7 +331,10 @@ class StompSession:
         if self.principal is not None:
             headers["user-name"] = self.principal.name
         self._write(encode_frame(Frame("CONNECTED", headers), version))
-        self.context.stats.frames_sent["CONNECTED"] += 1
+        stats = self.context.stats
+        stats.frames_sent["CONNECTED"] += 1
+        method = self.principal.method if self.principal is not None else AUTH_NONE
+        stats.connect_accepted(self.connection.transport, method)
 
     # -- SEND ------------------------------------------------------------
 
@@ -545,6 +548,8 @@ class StompSession:
         """Send ERROR (naming the failed frame's receipt), then close."""
         if self.state is State.CLOSED:
             return
+        if self.state is State.AUTHENTICATING:
+            self.context.stats.connect_refused(self.connection.transport)
         headers = {"message": message}
         if extra_headers:
             headers.update(extra_headers)

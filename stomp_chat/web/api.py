@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from stomp_chat.app.chat import ChatService
 from stomp_chat.authz.rest import RoomRestPolicy
 from stomp_chat.authz.rooms import AccessDenied, NotAuthenticated
+from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     ChatMessage,
     ChatStore,
@@ -74,12 +75,15 @@ class ChatApi(Resource):
         store: ChatStore,
         *,
         max_page: int = 100,
+        outage: OutageLog | None = None,
         access: RoomRestPolicy | None = None,
     ) -> None:
         super().__init__()
         self.chat = chat
         self.store = store
         self.max_page = max_page
+        #: Unexpected failures (a database outage) are logged once per outage.
+        self.outage = outage
         #: Who may see and change which room (see stomp_chat.authz.rest); None: everyone.
         self.access = access
         self._routes: list[tuple[re.Pattern[str], dict[bytes, Handler]]] = []
@@ -124,6 +128,8 @@ class ChatApi(Resource):
 
     def _respond(self, result: tuple[int, Any], request: Request, gone: list[bool]) -> None:
         status, payload = result
+        if self.outage is not None:
+            self.outage.succeeded()
         self._finish(request, write_json(request, status, payload), gone)
 
     def _fail(self, failure: Failure, request: Request, gone: list[bool]) -> None:
@@ -140,8 +146,11 @@ class ChatApi(Resource):
         elif isinstance(error, RoomAlreadyExists):
             body = error_body(request, 409, "room-exists", str(error))
         else:
-            log.failure("REST request {method} {uri} failed", failure,
-                        method=request.method, uri=request.uri)
+            if self.outage is not None:
+                self.outage.failed(failure, f"{request.method.decode()} {request.uri.decode()}")
+            else:
+                log.failure("REST request {method} {uri} failed", failure,
+                            method=request.method, uri=request.uri)
             body = error_body(request, 503, "unavailable",
                               "the server could not complete the request; try again")
         self._finish(request, body, gone)

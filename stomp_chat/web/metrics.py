@@ -64,6 +64,15 @@ class ChatCollector(Collector):
         yield _labelled(GaugeMetricFamily, "connections",
                         "STOMP connections open now, by transport.", "transport",
                         stats.connections_open)
+        connects = CounterMetricFamily(
+            f"{PREFIX}_connects",
+            "CONNECT frames by transport and outcome: the authentication method that "
+            "accepted the client ('none' for anonymous), or 'refused'.",
+            labels=["transport", "outcome"],
+        )
+        for (transport, outcome), count in sorted(stats.connects.items()):
+            connects.add_metric([transport, outcome], count)
+        yield connects
         yield _labelled(CounterMetricFamily, "frames_received",
                         "STOMP frames received from clients, by command.", "command",
                         stats.frames_received)

@@ -129,7 +129,12 @@ class ChatSite(Site):
 
 
 class Root(Resource):
-    """Unknown paths get a JSON 404 rather than twisted.web's HTML page."""
+    """Unknown paths get a JSON 404 rather than twisted.web's HTML page; no response may
+    be sniffed into another content type (a JSON body read as HTML or script)."""
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return super().getChildWithDefault(path, request)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return JSONNotFound()
