@@ -368,3 +368,38 @@ def test_a_server_receives_no_traffic_for_rooms_it_has_no_subscribers_for(
     while channel_subscribers(redis_url, ROOM_TOPIC.format(32)) != 0:
         assert time.monotonic() < deadline, "B kept its subscription to room 32"
         time.sleep(0.02)
+
+
+def test_a_direct_message_reaches_every_session_of_its_user_on_every_server(
+    tmp_path: Path, redis_url: str, start_node
+) -> None:
+    """SEND /user/bob/queue/dm on one server reaches each of bob's /user/queue/dm sessions
+    on both servers once, and nobody else's."""
+    from tests.chatclient import ChatClient
+
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db")
+    opened: list[ChatClient] = []
+    try:
+        bob_a, bob_b1, bob_b2, dave_b, carol_a = (
+            ChatClient(server.http_port, login)
+            for server, login in (
+                (server_a, "bob"), (server_b, "bob"), (server_b, "bob"), (server_b, "dave"),
+                (server_a, "carol"),
+            )
+        )
+        opened += [bob_a, bob_b1, bob_b2, dave_b, carol_a]
+        for client in (bob_a, bob_b1, bob_b2, dave_b):
+            client.subscribe("/user/queue/dm")
+        carol_a.conn.send("/user/bob/queue/dm", "hi bob 👋", headers={"x-from": "carol"})
+        for client in (bob_a, bob_b1, bob_b2):
+            [message] = client.wait_at("/user/queue/dm", 1)
+            assert (message.body, message.headers["x-from"]) == ("hi bob 👋", "carol")
+        carol_a.conn.send("/user/dave/queue/dm", "and dave")
+        dave_b.wait_at("/user/queue/dm", 1)
+        for client in (bob_a, bob_b1, bob_b2):
+            assert len(client.at("/user/queue/dm")) == 1, "once each, and not dave's"
+        assert [m.body for m in dave_b.at("/user/queue/dm")] == ["and dave"]
+    finally:
+        for client in opened:
+            client.close()
