@@ -934,8 +934,9 @@ def readiness_checks(
         probe = redis
 
         def redis_check() -> Any:
-            if not relay.connected:
-                return {"ok": False, "state": "down", "error": "not connected"}
+            degraded = relay.degraded
+            if degraded is not None:
+                return {"ok": False, "state": "down", "error": degraded}
             return probe.check().addCallback(lambda result: result.as_check())
 
         checks["redis"] = redis_check

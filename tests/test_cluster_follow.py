@@ -95,3 +95,19 @@ def test_records_before_the_baseline_are_not_delivered() -> None:
     r.room.confirmed()
     r.offer(2, 3, 4)
     assert r.delivered == [4]
+
+
+def test_a_fill_that_waits_for_the_commands_link_runs_when_it_is_back() -> None:
+    """While the recent list is unreachable the room keeps holding; resume() fills it."""
+    from stomp_chat.cluster.follow import RecentUnavailable
+
+    r = Room(recent=[1, 2, 3])
+    r.room.start(0)
+    r.fetch = lambda room_id: fail(RecentUnavailable("down"))  # type: ignore[method-assign]
+    r.room._fetch_recent = r.fetch
+    r.offer(3)
+    r.room.confirmed()
+    assert r.delivered == [] and not r.room.live
+    r.room._fetch_recent = lambda room_id: succeed([record(s) for s in (1, 2, 3)])
+    r.room.resume()
+    assert r.delivered == [1, 2, 3] and r.room.live

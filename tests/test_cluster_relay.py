@@ -709,3 +709,58 @@ async def test_chat_messages_numbered_while_a_room_subscription_is_confirmed_are
     await cluster.sync()
     assert [m["seq"] for m in chat_bodies(watcher)] == [2, 3, 4, 5, 6, 7]
     assert followed.duplicates == 0
+
+
+# -- Redis faults ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_cut_off_from_redis_keeps_local_delivery_and_recovers_without_gaps(
+    cluster: Cluster,
+) -> None:
+    """Behind a proxy that cuts its connections and then closes every new one at once, a
+    node delivers locally, refuses chat as unavailable and reports which links are down;
+    once the proxy forwards again it reconnects and re-subscribes by itself, and its
+    subscribers see the room's seqs without a gap or a duplicate."""
+    from tests.tcpproxy import TcpProxy
+
+    room = 41
+    key = f"/topic/chat/room/{room}"
+    with TcpProxy(REDIS_HOST, REDIS_PORT) as proxy:
+        a = await cluster.node(with_chat=True)
+        b = Node(f"redis://{REDIS_HOST}:{proxy.port}/0?namespace={cluster.namespace}", True)
+        b.relay.max_retry = 0.2
+        cluster.nodes.append(b)
+        b.start()
+        await cluster.sync()
+        on_a, on_b = subscribe(a.broker, key), subscribe(b.broker, key)
+        local_b = subscribe(b.broker, "/topic/local")
+        await eventually(lambda: key in b.relay.subscribed, "B's room subscription")
+        for i in range(2):
+            await outcome(a.talk(room, f"before {i}"), f"post {i}")
+        await eventually(lambda: len(on_b.messages) == 2, "2 messages on B")
+
+        proxy.block()
+        await eventually(lambda: b.relay.degraded == "commands and subscriber link down",
+                         "B to notice")
+        b.broker.publish("/topic/local", b"still delivered here")
+        assert [m.body for m in local_b.messages] == [b"still delivered here"]
+        refused = await outcome(b.talk(room, "while cut off"), "B's refused post")
+        assert isinstance(refused, Failure) and refused.value.code == "unavailable"
+        for i in range(3):
+            await outcome(a.talk(room, f"during {i}"), f"A's post {i} during the cut")
+        await deferLater(reactor, 0.5, lambda: None)  # several refused reconnections
+        assert b.relay.degraded is not None
+
+        proxy.unblock()
+        await eventually(lambda: b.relay.degraded is None, "B to reconnect", 5.0)
+        await eventually(lambda: len(on_b.messages) == 5, "the missed messages on B", 5.0)
+        after = await outcome(b.talk(room, "back"), "B's post after the cut")
+        assert isinstance(after, ChatMessage) and after.seq == 6
+        await eventually(lambda: len(on_b.messages) == 6 and len(on_a.messages) == 6,
+                         "the last message on both")
+        await cluster.sync()
+        assert [m["seq"] for m in chat_bodies(on_b)] == [1, 2, 3, 4, 5, 6]
+        assert chat_bodies(on_b) == chat_bodies(on_a)
+        assert b.relay.commands_link.ups >= 2 and b.relay.subscriber_link.ups >= 2
+        await b.stop()

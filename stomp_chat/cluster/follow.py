@@ -29,6 +29,10 @@ log = Logger()
 MAX_HELD = 10_000
 
 
+class RecentUnavailable(Exception):
+    """The recent list cannot be read now (the commands link is down): fill later."""
+
+
 class FollowedRoom:
     """One followed room channel: holds, fills and orders its numbered records."""
 
@@ -49,6 +53,8 @@ class FollowedRoom:
         self.live = False
         self._confirmed = False
         self._filling = False
+        #: A fill that waits for the commands link (see resume).
+        self._fill_pending = False
         self._held: dict[int, Record] = {}
         #: Records dropped because they were delivered already.
         self.duplicates = 0
@@ -69,6 +75,12 @@ class FollowedRoom:
         """The subscription went with its connection: hold until it is confirmed again."""
         self._confirmed = False
         self.live = False
+
+    def resume(self) -> None:
+        """The commands link is back: run the fill that waited for it."""
+        if self._fill_pending:
+            self._fill_pending = False
+            self._fill()
 
     def offer(self, record: Record) -> None:
         """A numbered record arrived on the channel."""
@@ -106,6 +118,9 @@ class FollowedRoom:
 
     def _fetched(self, result: list[bytes] | Failure) -> None:
         self._filling = False
+        if isinstance(result, Failure) and result.check(RecentUnavailable):
+            self._fill_pending = True  # keep holding; resume() fills
+            return
         through = self.delivered_through
         assert through is not None
         if isinstance(result, Failure):

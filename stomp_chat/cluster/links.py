@@ -10,11 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import Logger
 
 from stomp_chat.cluster.address import RedisAddress
 from stomp_chat.cluster.linkstate import Link
+
+log = Logger()
+
+#: The first and the longest wait between two attempts to connect, in seconds.
+DEFAULT_FIRST_RETRY = 0.5
+DEFAULT_MAX_RETRY = 10.0
 
 #: Told of every message on a subscribed channel: (channel, payload).
 MessageHandler = Callable[[bytes | str, bytes | str], object]
@@ -27,27 +34,43 @@ def _no_delay(transport: Any) -> None:
         set_no_delay(True)
 
 
-def _report_ready(protocol: Any, made: Any) -> Any:
-    """Tell the protocol's link once the connection is ready (AUTH and SELECT done)."""
+@inlineCallbacks
+def _prepare(protocol: Any) -> Any:
+    """AUTH and SELECT, then tell the link the connection is ready.
 
-    def ready(result: object) -> object:
-        if protocol._ready:
-            protocol.factory.link.connected(protocol)
-        return result
-
-    if isinstance(made, Deferred):
-        made.addCallback(ready)
-    else:
-        ready(None)
-    return made
+    txredisapi's own version stops reconnecting for good when either fails,
+    which a connection closed mid-handshake (a proxy in front of a Redis
+    that is down) also makes them do: here a failed handshake only drops
+    the connection, and the next attempt comes after the usual back-off.
+    """
+    _no_delay(protocol.transport)
+    try:
+        if protocol.password is not None:
+            reply = yield protocol.auth(protocol.password, protocol.username)
+            if isinstance(reply, Exception):
+                raise reply
+        if protocol.dbid is not None:
+            reply = yield protocol.select(protocol.dbid)
+            if isinstance(reply, Exception):
+                raise reply
+    except Exception as error:
+        if protocol.transport.connected:
+            log.warn("Redis refused a connection's set-up: {error}; retrying", error=error)
+            protocol.transport.loseConnection()
+        return
+    protocol.connected = 1
+    protocol._ready = True
+    waiting, protocol._waiting_for_connect = protocol._waiting_for_connect, []
+    for d in waiting:
+        d.callback(protocol)
+    protocol.factory.link.connected(protocol)
 
 
 class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
     """The commands connection: scripts, PUBLISH, PING."""
 
     def connectionMade(self) -> Any:
-        _no_delay(self.transport)
-        return _report_ready(self, super().connectionMade())
+        return _prepare(self)
 
     def connectionLost(self, reason: Any) -> Any:
         self.factory.link.lost()
@@ -58,8 +81,7 @@ class SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
     """The subscriber connection: the channels this server has local subscribers for."""
 
     def connectionMade(self) -> Any:
-        _no_delay(self.transport)
-        return _report_ready(self, super().connectionMade())
+        return _prepare(self)
 
     def connectionLost(self, reason: Any) -> Any:
         self.factory.link.lost()
@@ -69,8 +91,14 @@ class SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
         self.factory.on_message(channel, message)
 
 
+def _back_off(factory: Any, max_retry: float) -> None:
+    factory.initialDelay = min(DEFAULT_FIRST_RETRY, max_retry)
+    factory.maxDelay = max_retry
+
+
 def connect_commands(
-    address: RedisAddress, reactor: Any, link: Link, reply_timeout: float
+    address: RedisAddress, reactor: Any, link: Link, reply_timeout: float,
+    max_retry: float = DEFAULT_MAX_RETRY,
 ) -> Any:
     """Start the commands connection; returns its factory (``.handler`` sends commands)."""
     factory = txredisapi.RedisFactory(
@@ -79,12 +107,14 @@ def connect_commands(
     )
     factory.protocol = CommandProtocol
     factory.link = link
+    _back_off(factory, max_retry)
     factory.startConnecting(_endpoint(address, reactor))
     return factory
 
 
 def connect_subscriber(
-    address: RedisAddress, reactor: Any, link: Link, on_message: MessageHandler
+    address: RedisAddress, reactor: Any, link: Link, on_message: MessageHandler,
+    max_retry: float = DEFAULT_MAX_RETRY,
 ) -> Any:
     """Start the subscriber connection; returns its factory."""
     factory = txredisapi.SubscriberFactory(isLazy=True)
@@ -94,6 +124,7 @@ def connect_subscriber(
     factory.password = address.password
     factory.link = link
     factory.on_message = on_message
+    _back_off(factory, max_retry)
     factory.startConnecting(_endpoint(address, reactor))
     return factory
 

@@ -37,7 +37,7 @@ from stomp_chat.broker import QUEUE_PREFIX, Broker, Message
 from stomp_chat.cluster.address import RedisAddress
 from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE, ChatEntry, TurnBatch
 from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
-from stomp_chat.cluster.follow import FollowedRoom
+from stomp_chat.cluster.follow import FollowedRoom, RecentUnavailable
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.linkstate import Link
 
@@ -60,6 +60,7 @@ class RedisRelay(Service):
         *,
         room_of: Callable[[str], int | None] | None = None,
         recent_size: int = DEFAULT_RECENT_SIZE,
+        max_retry: float = 10.0,
     ) -> None:
         self.broker = broker
         #: Which routing keys are chat rooms (numbered, followed by seq), and their ids.
@@ -67,6 +68,8 @@ class RedisRelay(Service):
         self.address = address
         self.reactor = reactor
         self.reply_timeout = reply_timeout
+        #: The longest wait between two attempts to reconnect (back-off doubles up to it).
+        self.max_retry = max_retry
         self.node_id = broker.node_id
         self.channel_prefix = f"{address.namespace}:"
         self.sequence_key = f"{address.namespace}:seq:{{room_id}}"
@@ -98,6 +101,13 @@ class RedisRelay(Service):
         """Whether commands can be sent to Redis right now."""
         return self.commands_link.is_up
 
+    @property
+    def degraded(self) -> str | None:
+        """Why relaying is not whole now (a link is down), or None."""
+        down = [link.name for link in (self.commands_link, self.subscriber_link)
+                if not link.is_up]
+        return f"{' and '.join(down)} link down" if down else None
+
     def ping(self) -> Deferred[Any]:
         """PING over the commands link: how health checks time Redis."""
         if self._commands is None:
@@ -119,10 +129,11 @@ class RedisRelay(Service):
 
         super().startService()
         self._commands = links.connect_commands(
-            self.address, self.reactor, self.commands_link, self.reply_timeout
+            self.address, self.reactor, self.commands_link, self.reply_timeout, self.max_retry
         )
         self._subscriber = links.connect_subscriber(
-            self.address, self.reactor, self.subscriber_link, self.ingestion.received
+            self.address, self.reactor, self.subscriber_link, self.ingestion.received,
+            self.max_retry,
         )
         self.broker.published_listeners.append(self.published)
         self.broker.interest_listeners.append(self.interest)
@@ -157,6 +168,8 @@ class RedisRelay(Service):
         for key, room in list(self.ingestion.followed.items()):
             if room.delivered_through is None:
                 self._follow(key, room)  # waited for the commands link to read the counter
+            else:
+                room.resume()  # a fill that waited for the commands link
         self._link_up()
 
     def _subscriber_up(self, protocol: Any) -> None:
@@ -236,7 +249,7 @@ class RedisRelay(Service):
 
     def _fetch_recent(self, room_id: int) -> Deferred[list[bytes]]:
         if not self.commands_link.is_up:
-            return fail(RedisUnavailable("the commands link is down"))
+            return fail(RecentUnavailable("the commands link is down"))
         return self._commands.handler.lrange(  # type: ignore[no-any-return]
             self.recent_key.format(room_id=room_id), 0, -1
         )
