@@ -170,3 +170,24 @@ def test_the_hub_refuses_what_redis_would() -> None:
     assert isinstance(bad, Failure) and "arguments" in bad.getErrorMessage()
     worse = result_of(hub.run_script(SEQUENCE_AND_PUBLISH, [1, "k", 0]))
     assert isinstance(worse, Failure) and "numbers" in worse.getErrorMessage()
+
+
+def test_history_of_a_room_not_followed_comes_from_the_clusters_recent_list() -> None:
+    """A server that does not follow a room answers its history from the database and the
+    cluster's recent list together, in seq order, each message once."""
+    clock = Clock()
+    hub = MemoryHub(clock)
+    talker = Node(hub)
+    for i in range(3):
+        talker.talk(6, f"t{i}")
+    settle(clock)
+    absent = Node(hub)  # its relay is stopped: it follows nothing
+    absent.relay.stopService()
+    talker.talk(6, "t3")
+    settle(clock)
+    page = result_of(absent.chat.history(6, 10))
+    assert [(m.seq, m.text) for m in page] == [(1, "t0"), (2, "t1"), (3, "t2"), (4, "t3")]
+    after = result_of(absent.chat.history(6, 10, after=2))
+    assert [m.seq for m in after] == [3, 4]
+    hub.up = False
+    assert result_of(absent.chat.history(6, 10)) == [], "the database alone when the hub is down"

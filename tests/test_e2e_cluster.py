@@ -403,3 +403,39 @@ def test_a_direct_message_reaches_every_session_of_its_user_on_every_server(
     finally:
         for client in opened:
             client.close()
+
+
+def test_recovery_after_reconnecting_to_another_server_is_gap_and_duplicate_free(
+    tmp_path: Path, redis_url: str, start_node, clients
+) -> None:
+    """A client that saw seqs 1-3 on A, while B's client talks, comes back to A with
+    since-seq 3 after B numbered 4-6 and has not written them yet (a long write
+    interval): A replays 4-6 from Redis, once each, then the live ones follow."""
+    room = 51
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db",
+                          "--write-interval", "60000")
+    first = clients(server_a)
+    first.subscribe(ROOM_TOPIC.format(room))
+    talker = clients(server_b)
+    talker.subscribe(ROOM_TOPIC.format(room))
+    talker.subscribe(ERRORS)
+    for i in range(3):
+        talker.send_chat({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": f"{i}"})
+    assert [m["seq"] for m in first.wait_chat(room, 3)] == [1, 2, 3]
+    first.close()  # A follows the room no more
+    for i in range(3, 6):
+        talker.send_chat({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": f"{i}"})
+    assert [m["seq"] for m in talker.wait_chat(room, 6)] == [1, 2, 3, 4, 5, 6]
+
+    again = clients(server_a)
+    again.conn.subscribe(ROOM_TOPIC.format(room), id="1", ack="auto",
+                         headers={"since-seq": "3", "receipt": "resub"})
+    replayed = again.wait_at(ROOM_TOPIC.format(room), 3)
+    assert [json.loads(m.body)["seq"] for m in replayed] == [4, 5, 6]
+    assert replayed[0].headers.get("recovery") == "complete"
+    talker.send_chat({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": "live"})
+    assert [m["seq"] for m in again.wait_chat(room, 4)] == [4, 5, 6, 7]
+    time.sleep(0.2)
+    assert [m["seq"] for m in again.chat(room)] == [4, 5, 6, 7], "nothing twice"
+    assert talker.at(ERRORS) == [] and again.errors == []

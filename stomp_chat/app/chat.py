@@ -125,6 +125,15 @@ class RoomSequencer(Protocol):
         database's, for a counter that Redis lost."""
         ...
 
+    def follows(self, room_id: int) -> bool:
+        """Whether every message of the room reaches this server now, so that its cache
+        can answer for the room."""
+        ...
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        """The room's last messages as broadcast (JSON bodies), from the cluster."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
@@ -443,13 +452,8 @@ class ChatService:
             return
         room_id = int(suffix)
         try:
-            data = json.loads(body)
-            message = ChatMessage(
-                data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
-                data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
-                data.get("senderName"),
-            )
-        except (ValueError, KeyError, TypeError):
+            message = decode_broadcast(body)
+        except ValueError:
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
             return
         state = self._rooms.use(room_id, self.clock.seconds())
@@ -672,22 +676,69 @@ class ChatService:
         a page read from the database is completed from it.
         """
         state = self._rooms.peek(room_id)
-        if state is not None:
+        sequencer = self.sequencer
+        if state is not None and (sequencer is None or sequencer.follows(room_id)):
             cached = state.page(limit, before, after)
             if cached is not None:
                 return succeed(cached)
         d = self.store.load_messages(room_id, limit, before_seq=before, after_seq=after)
+        # Cluster mode: the other servers' latest messages may not be written yet; the
+        # cluster keeps the room's last ones.
+        recent: Deferred[list[ChatMessage]] = (
+            sequencer.recent(room_id).addCallbacks(_decode_recent, _no_recent, errbackArgs=(
+                room_id,))
+            if sequencer is not None else succeed([])
+        )
 
-        def merge(stored: list[ChatMessage]) -> list[ChatMessage]:
+        def merge(results: list[Any]) -> list[ChatMessage]:
+            stored, shared = results
             by_seq = {m.seq: m for m in stored}
             unsaved = self.writer.unsaved_messages(room_id)
-            for m in chain(state.recent if state is not None else (), unsaved):
+            for m in chain(state.recent if state is not None else (), unsaved, shared):
                 if (before is None or m.seq < before) and (after is None or m.seq > after):
                     by_seq.setdefault(m.seq, m)
             ordered = sorted(by_seq.values(), key=lambda m: m.seq)
             return ordered[:limit] if after is not None else ordered[-limit:]
 
-        return d.addCallback(merge)
+        return gatherResults([d, recent], consumeErrors=True).addCallbacks(
+            merge, _first_error
+        )
+
+
+def decode_broadcast(body: bytes) -> ChatMessage:
+    """A broadcast chat message back into a ChatMessage; ValueError if it is not one."""
+    try:
+        data = json.loads(body)
+        return ChatMessage(
+            data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
+            data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
+            data.get("senderName"),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not a chat message: {error}") from None
+
+
+def _decode_recent(bodies: list[bytes]) -> list[ChatMessage]:
+    messages = []
+    for body in bodies:
+        try:
+            messages.append(decode_broadcast(body))
+        except ValueError:
+            continue
+    return messages
+
+
+def _no_recent(failure: Failure, room_id: int) -> list[ChatMessage]:
+    """History goes on from the database when the cluster cannot answer."""
+    log.warn("cannot read the recent messages of chat room {room} from the cluster: {error}",
+             room=room_id, error=failure.getErrorMessage())
+    return []
+
+
+def _first_error(failure: Failure) -> Failure:
+    """gatherResults wraps the failure; the caller wants the database's own."""
+    error = getattr(failure.value, "subFailure", None)
+    return error if isinstance(error, Failure) else failure
 
 
 def _replace_result(_: object, value: Any) -> Any:

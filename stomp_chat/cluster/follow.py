@@ -29,6 +29,17 @@ log = Logger()
 MAX_HELD = 10_000
 
 
+def bodies_of(records: list[bytes]) -> list[bytes]:
+    """The bodies of a recent list's records, oldest first; malformed ones are skipped."""
+    bodies = []
+    for raw in records:
+        try:
+            bodies.append(decode_envelope(raw)[4])
+        except ValueError:
+            continue
+    return bodies
+
+
 class RecentUnavailable(Exception):
     """The recent list cannot be read now (the commands link is down): fill later."""
 

@@ -26,8 +26,18 @@ class Ingestion:
         self.listeners: list[RelayListener] = []
         #: Records routed here from other servers (or this one's chat), for metrics.
         self.routed_count = 0
-        #: The room channels followed here, by routing key.
+        #: The room channels followed here, by routing key and by room id.
         self.followed: dict[str, FollowedRoom] = {}
+        self.rooms: dict[int, FollowedRoom] = {}
+
+    def follow(self, room: FollowedRoom) -> None:
+        self.followed[room.key] = room
+        self.rooms[room.room_id] = room
+
+    def unfollow(self, key: str) -> None:
+        room = self.followed.pop(key, None)
+        if room is not None and self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
 
     def received(self, channel: bytes | str, payload: bytes | str) -> None:
         """A relayed payload: route each record to this server's subscribers."""

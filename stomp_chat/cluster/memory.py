@@ -26,6 +26,7 @@ from stomp_chat.cluster.batching import (
     TurnBatch,
 )
 from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
+from stomp_chat.cluster.follow import bodies_of
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.relay import RedisUnavailable
 
@@ -118,6 +119,15 @@ class MemoryRelay(Service):
 
     def ready(self) -> Deferred[None]:
         return succeed(None)
+
+    def follows(self, room_id: int) -> bool:
+        """The hub delivers every channel to every relay: each follows every room."""
+        return bool(self.running)
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        if not self.hub.up:
+            return fail(RedisUnavailable("the hub is down"))
+        return succeed(bodies_of(self.hub.lists.get(f"{self.hub.namespace}:recent:{room_id}", [])))
 
     def startService(self) -> None:
         super().startService()

@@ -37,7 +37,7 @@ from stomp_chat.broker import QUEUE_PREFIX, Broker, Message
 from stomp_chat.cluster.address import RedisAddress
 from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE, ChatEntry, TurnBatch
 from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
-from stomp_chat.cluster.follow import FollowedRoom, RecentUnavailable
+from stomp_chat.cluster.follow import FollowedRoom, RecentUnavailable, bodies_of
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.linkstate import Link
 
@@ -194,7 +194,7 @@ class RedisRelay(Service):
             return
         if not wanted:
             self.wanted.discard(key)
-            self.ingestion.followed.pop(key, None)
+            self.ingestion.unfollow(key)
             self.subscribed.discard(key)
             protocol = self.subscriber_link.protocol
             if protocol is not None:
@@ -210,7 +210,7 @@ class RedisRelay(Service):
             self._subscribe(key)
             return
         room = FollowedRoom(key, room_id, self.ingestion.deliver, self._fetch_recent)
-        self.ingestion.followed[key] = room
+        self.ingestion.follow(room)
         self._follow(key, room)
 
     def _follow(self, key: str, room: FollowedRoom) -> None:
@@ -246,6 +246,15 @@ class RedisRelay(Service):
         room = self.ingestion.followed.get(key)
         if room is not None:
             room.confirmed()
+
+    def follows(self, room_id: int) -> bool:
+        """Whether every message of the room reaches this server now (a live follow)."""
+        room = self.ingestion.rooms.get(room_id)
+        return room is not None and room.live
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        """The bodies of the room's last messages, oldest first, from the recent list."""
+        return self._fetch_recent(room_id).addCallback(bodies_of)
 
     def _fetch_recent(self, room_id: int) -> Deferred[list[bytes]]:
         if not self.commands_link.is_up:
