@@ -24,8 +24,8 @@ log = Logger()
 #: Number chat messages and publish them, in one atomic step. ARGV starts with
 #: the message count, how many records each room's recent list keeps, and
 #: that list's time to live in seconds; then per message: the room's counter
-#: key, ``floor`` (the highest seq the caller knows of), whether that floor
-#: was just read from the database, the channel, the record's metadata up to
+#: key, ``floor`` (the highest seq the caller knows of), the database's floor
+#: for the room (-1 when not read), the channel, the record's metadata up to
 #: its seq, the body template, the template's seq placeholder, and the room's
 #: recent list. Each channel gets one PUBLISH with all its records, in order;
 #: each record is also appended to its room's capped recent list, from which
@@ -34,7 +34,10 @@ log = Logger()
 #: Redis keeps nothing on disk: a counter that is missing was lost (or never
 #: made), and one server's memory is no safe floor for it (that server may
 #: have missed messages). Such a message gets seq -1 and is not published;
-#: its server reads the floor from the database and sends it again.
+#: its server reads the floor from the database and sends it again. The
+#: database's floor counts only while the counter is still missing: a counter
+#: another server has made again since (from the same floor) goes on by INCR,
+#: so two servers that found it missing at once leave no gap between them.
 SEQUENCE_AND_PUBLISH = """
 local function fill(template, placeholder, seq)
   local parts = {}
@@ -57,13 +60,19 @@ local channels = {}
 for i = 0, n - 1 do
   local b = 4 + i * 8
   local seq = -1
-  if ARGV[b + 2] == '1' or redis.call('EXISTS', ARGV[b]) == 1 then
+  local floor = tonumber(ARGV[b + 1])
+  local durable = tonumber(ARGV[b + 2])
+  if redis.call('EXISTS', ARGV[b]) == 1 then
     seq = redis.call('INCR', ARGV[b])
-    local floor = tonumber(ARGV[b + 1])
     if seq <= floor then
       seq = floor + 1
       redis.call('SET', ARGV[b], seq)
     end
+  elseif durable >= 0 then
+    seq = math.max(floor, durable) + 1
+    redis.call('SET', ARGV[b], seq)
+  end
+  if seq >= 0 then
     local body = fill(ARGV[b + 5], ARGV[b + 6], tostring(seq))
     local channel = ARGV[b + 3]
     if records[channel] == nil then
@@ -112,8 +121,8 @@ class ChatEntry:
     recent_key: str
     deferred: Deferred[int]
     durable_floor: Callable[[int], Deferred[int]] | None
-    #: Whether `floor` was read from the database just now.
-    fresh: bool = False
+    #: The database's floor for the room, once read (-1 until then).
+    durable: int = -1
 
 
 class TurnBatch:
@@ -176,7 +185,7 @@ class TurnBatch:
             chunk = chat[start : start + MAX_SCRIPT_BATCH]
             args: list[Any] = [len(chunk), self.recent_size, RECENT_TTL]
             for entry in chunk:
-                args += [entry.seq_key, entry.floor, "1" if entry.fresh else "0",
+                args += [entry.seq_key, entry.floor, entry.durable,
                          entry.channel, entry.meta, entry.template, entry.placeholder,
                          entry.recent_key]
             try:
@@ -219,8 +228,7 @@ class TurnBatch:
 
     def _floor_read(self, floor: int, seq_key: str) -> None:
         for entry in self._awaiting_floor.pop(seq_key, []):
-            entry.floor = max(entry.floor, floor)
-            entry.fresh = True
+            entry.durable = floor
             self._chat.append(entry)
         self._schedule()
 

@@ -71,15 +71,16 @@ class MemoryHub:
         seqs: list[int] = []
         records: dict[str, list[bytes]] = {}
         for i in range(count):
-            key, floor, fresh, channel, meta, template, placeholder, recent = args[
+            key, floor, durable, channel, meta, template, placeholder, recent = args[
                 head + i * per : head + (i + 1) * per
             ]
-            if fresh != "1" and key not in self.counters:
+            if key in self.counters:
+                seq = max(self.counters[key] + 1, int(floor) + 1)
+            elif int(durable) >= 0:
+                seq = max(int(floor), int(durable)) + 1
+            else:
                 seqs.append(NEEDS_FLOOR)
                 continue
-            seq = self.counters.get(key, 0) + 1
-            if seq <= int(floor):
-                seq = int(floor) + 1
             self.counters[key] = seq
             body = template.replace(placeholder, str(seq).encode())
             record = meta + b"%d,%d]\n" % (seq, len(body)) + body
