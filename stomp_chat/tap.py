@@ -45,6 +45,7 @@ from stomp_chat.broker import (
     BrokerLimits,
 )
 from stomp_chat.cluster import RedisRelay, parse_redis_url
+from stomp_chat.cluster.presence import DEFAULT_PRESENCE_TTL, ClusterPresence
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.interceptors import Interceptor
@@ -509,6 +510,15 @@ class Options(usage.Options):
             "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
         ],
         [
+            "presence-ttl",
+            None,
+            int(DEFAULT_PRESENCE_TTL),
+            "Cluster mode: seconds after which a server that stopped answering is gone from "
+            "every room's presence (it refreshes its key every third of this; a dead server's "
+            "users leave within 4/3 of it).",
+            _positive_int("--presence-ttl"),
+        ],
+        [
             "retention-days",
             None,
             0.0,
@@ -742,7 +752,11 @@ def makeService(options: Options) -> IService:
         relay.listeners.append(chat.relayed)
 
     # The browser chat's features: recovery on re-subscribe, presence, unread counts.
-    presence = PresenceTracker(broker)
+    shared_presence = (
+        ClusterPresence(relay, reactor, ttl=float(options["presence-ttl"]))
+        if relay is not None else None
+    )
+    presence = PresenceTracker(broker, shared_presence)
     reads = ReadState(
         AdbapiReadPositionStore(pool), chat, broker, reactor,
         may_read=authorization.rooms.may_read if authorization.enforce else None,
@@ -882,6 +896,7 @@ def makeService(options: Options) -> IService:
         # Started before the ports, stopped after them.
         support=[
             *authentication.services,
+            *([shared_presence] if shared_presence is not None else []),
             ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
             *retention,
         ],

@@ -87,6 +87,8 @@ class RedisRelay(Service):
         self._subscriber: Any = None
         #: Chat messages sent to Redis whose seq has not come back yet.
         self._sequencing: set[Deferred[Any]] = set()
+        #: Told each time the commands link comes up (again).
+        self.up_listeners: list[Callable[[], object]] = []
         self._is_ready = False
         self._ready_waiters: list[Deferred[None]] = []
         self._outage_reported = False
@@ -107,6 +109,12 @@ class RedisRelay(Service):
         down = [link.name for link in (self.commands_link, self.subscriber_link)
                 if not link.is_up]
         return f"{' and '.join(down)} link down" if down else None
+
+    def commands(self) -> Any:
+        """The commands link's client, for cluster features that talk to Redis."""
+        if self._commands is None:
+            raise RedisUnavailable("the relay is not started")
+        return self._commands.handler
 
     def ping(self) -> Deferred[Any]:
         """PING over the commands link: how health checks time Redis."""
@@ -170,6 +178,11 @@ class RedisRelay(Service):
                 self._follow(key, room)  # waited for the commands link to read the counter
             else:
                 room.resume()  # a fill that waited for the commands link
+        for listener in list(self.up_listeners):
+            try:
+                listener()
+            except Exception:
+                log.failure("a listener of the commands link failed")
         self._link_up()
 
     def _subscriber_up(self, protocol: Any) -> None:
