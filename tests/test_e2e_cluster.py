@@ -439,3 +439,51 @@ def test_recovery_after_reconnecting_to_another_server_is_gap_and_duplicate_free
     time.sleep(0.2)
     assert [m["seq"] for m in again.chat(room)] == [4, 5, 6, 7], "nothing twice"
     assert talker.at(ERRORS) == [] and again.errors == []
+
+
+def test_presence_is_the_clusters_on_every_server(
+    tmp_path: Path, redis_url: str, start_node
+) -> None:
+    """Alice in a room on A and again on B is one user with two sessions in either
+    server's REST presence; a watcher on B sees one join, and one leave once both go."""
+    from tests.chatclient import ChatClient
+
+    room = 61
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db")
+    opened: list[ChatClient] = []
+
+    def presence(server: RunningServer) -> list[tuple[str, int]]:
+        url = f"{server.http_url}/api/rooms/{room}/presence"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            body = json.loads(response.read())
+        return [(u["id"], u["sessions"]) for u in body["users"]]
+
+    try:
+        watcher = ChatClient(server_b.http_port, "watcher")
+        opened.append(watcher)
+        watcher.subscribe(ROOM_TOPIC.format(room) + "/presence")
+        alice_a = ChatClient(server_a.http_port, "alice")
+        alice_b = ChatClient(server_b.http_port, "alice")
+        opened += [alice_a, alice_b]
+        alice_a.subscribe(ROOM_TOPIC.format(room))
+        alice_b.subscribe(ROOM_TOPIC.format(room))
+        for client in (alice_a, alice_b):  # the room exists in each server's database
+            client.send_chat({"type": "TALK", "roomId": room, "senderId": 1,
+                              "detailMessage": "hi"})
+        alice_a.wait_chat(room, 2)
+        [joined] = watcher.wait_at(ROOM_TOPIC.format(room) + "/presence", 1)
+        assert json.loads(joined.body)["type"] == "join"
+        deadline = time.monotonic() + TIMEOUT
+        while presence(server_a) != [("alice", 2)]:
+            assert time.monotonic() < deadline, presence(server_a)
+            time.sleep(0.05)
+        assert presence(server_b) == [("alice", 2)]
+        alice_a.close()
+        alice_b.close()
+        events = watcher.wait_at(ROOM_TOPIC.format(room) + "/presence", 2)
+        assert [json.loads(e.body)["type"] for e in events] == ["join", "leave"]
+        assert presence(server_a) == presence(server_b) == []
+    finally:
+        for client in opened:
+            client.close()

@@ -93,6 +93,7 @@ class SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
 
 def _back_off(factory: Any, max_retry: float) -> None:
     factory.initialDelay = min(DEFAULT_FIRST_RETRY, max_retry)
+    factory.factor = 2.0
     factory.maxDelay = max_retry
 
 
