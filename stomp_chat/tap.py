@@ -45,6 +45,7 @@ from stomp_chat.broker import (
     BrokerLimits,
 )
 from stomp_chat.cluster import RedisRelay, parse_redis_url
+from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE
 from stomp_chat.cluster.presence import DEFAULT_PRESENCE_TTL, ClusterPresence
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
@@ -510,6 +511,15 @@ class Options(usage.Options):
             "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
         ],
         [
+            "cluster-recent",
+            None,
+            DEFAULT_RECENT_SIZE,
+            "Cluster mode: how many of each room's last messages Redis keeps, for servers "
+            "to fill what they missed and for recovery on another server (Redis memory: "
+            "up to this many messages per active room).",
+            _positive_int("--cluster-recent"),
+        ],
+        [
             "presence-ttl",
             None,
             int(DEFAULT_PRESENCE_TTL),
@@ -730,7 +740,8 @@ def makeService(options: Options) -> IService:
         max_waiting=options["max-unchecked-messages"],
     )
     relay = (
-        RedisRelay(broker, options["redis"], reactor, room_of=room_of_topic)
+        RedisRelay(broker, options["redis"], reactor, room_of=room_of_topic,
+                   recent_size=options["cluster-recent"])
         if options["redis"] else None
     )
     chat = ChatService(

@@ -764,3 +764,21 @@ async def test_a_node_cut_off_from_redis_keeps_local_delivery_and_recovers_witho
         assert chat_bodies(on_b) == chat_bodies(on_a)
         assert b.relay.commands_link.ups >= 2 and b.relay.subscriber_link.ups >= 2
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rooms_recent_list_keeps_its_configured_number_of_last_messages(
+    cluster: Cluster,
+) -> None:
+    """Redis keeps a room's last --cluster-recent records, numbered, oldest dropped, with
+    an expiry; recent() gives their bodies in seq order."""
+    room = 71
+    node = await cluster.node(with_chat=True)
+    node.relay.batch.recent_size = 3
+    for i in range(5):
+        await outcome(node.talk(room, f"m{i}"), f"post {i}")
+    recent_key = f"{cluster.namespace}:recent:{room}"
+    assert await cluster.redis.llen(recent_key) == 3
+    assert 0 < await cluster.redis.ttl(recent_key) <= 86400
+    bodies = await outcome(node.relay.recent(room), "the recent bodies")
+    assert [json.loads(b)["seq"] for b in bodies] == [3, 4, 5]
