@@ -123,7 +123,8 @@ class RedisRelay(Service):
         return self._commands.handler.ping()  # type: ignore[no-any-return]
 
     def ready(self) -> Deferred[None]:
-        """Fires when this server receives relayed messages."""
+        """Fires once both links have been up: commands go out and channels can be
+        subscribed."""
         if self._is_ready:
             return succeed(None)
         d: Deferred[None] = Deferred()
