@@ -23,6 +23,10 @@ Targets (all on 127.0.0.1):
                   ``--targets stomp-chat-app,stomp-chat-app-nometrics --metrics-scrape 1``
                   the two runs side by side give what metrics cost per delivery
                   (the metrics-on server is scraped every second while measured).
+  stomp-chat-app-baseline
+                  the chat path served by the code in ``--baseline-repo`` (e.g. a
+                  ``git worktree`` of an earlier commit): not run by default; beside
+                  stomp-chat-app it shows a change's cost on the chat path in one run.
 
 Scenarios:
   fanout      10 rooms x 10 subscribers, 10 publishers, closed loop, <= 200 messages in
@@ -66,15 +70,15 @@ RESULTS = BENCH / "results"
 
 ALL_TARGETS = ["rabbitmq", "floor", "floor-direct", "stomp-chat", "stomp-chat-app"]
 #: Targets only run when named in --targets.
-EXTRA_TARGETS = ["stomp-chat-app-nometrics"]
+EXTRA_TARGETS = ["stomp-chat-app-nometrics", "stomp-chat-app-baseline"]
 ALL_SCENARIOS = ["fanout", "latency", "fanout-tcp", "idle"]
 # Which targets take part in which scenario.
 SCENARIO_TARGETS = {
     "fanout": ["rabbitmq", "floor", "floor-direct", "stomp-chat", "stomp-chat-app",
-               "stomp-chat-app-nometrics"],
+               "stomp-chat-app-nometrics", "stomp-chat-app-baseline"],
     "latency": ["rabbitmq", "floor-direct", "stomp-chat", "stomp-chat-app"],
     "fanout-tcp": ["rabbitmq", "floor", "stomp-chat", "stomp-chat-app",
-                   "stomp-chat-app-nometrics"],
+                   "stomp-chat-app-nometrics", "stomp-chat-app-baseline"],
     "idle": ["rabbitmq", "floor-direct", "stomp-chat"],
 }
 LABELS = {
@@ -84,6 +88,7 @@ LABELS = {
     "stomp-chat": "stomp-chat raw topic",
     "stomp-chat-app": "stomp-chat /app/message",
     "stomp-chat-app-nometrics": "stomp-chat /app/message, --metrics off",
+    "stomp-chat-app-baseline": "stomp-chat /app/message, --baseline-repo code",
 }
 
 
@@ -459,7 +464,13 @@ class Targets:
                 server.send_dest = "/app/message"
                 server.body = "chat"
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        code = REPO
+        if name.endswith("-baseline"):
+            if not self.opts.baseline_repo:
+                log(f"{name}: needs --baseline-repo")
+                return None
+            code = Path(self.opts.baseline_repo).resolve()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH", "")]))
         with open(log_file, "wb") as lf:
             proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=lf, stderr=subprocess.STDOUT)
         server.proc = proc
@@ -815,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="scrape a stomp-chat server's /metrics every N seconds during each run (0: never)",
+    )
+    ap.add_argument(
+        "--baseline-repo",
+        default=None,
+        help="a checkout whose stomp_chat serves the stomp-chat-app-baseline target",
     )
     ap.add_argument("--out", default=None, help="results file stem (default: a timestamp)")
     opts = ap.parse_args(argv)

@@ -7,6 +7,8 @@ the session; the session turns them into frames in one place.
 
 from __future__ import annotations
 
+from stomp_chat.stomp.frame import Frame
+
 
 class ProtocolError(Exception):
     """A frame the server cannot accept: STOMP ERROR, then the connection closes."""
@@ -35,3 +37,13 @@ class ApplicationError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def required_header(frame: Frame, name: str) -> str:
+    """The value of a header the frame's command cannot do without."""
+    value = frame.headers.get(name)
+    if value is None:
+        raise ProtocolError(
+            f"missing header '{name}'", f"{frame.command} requires a '{name}' header"
+        )
+    return value

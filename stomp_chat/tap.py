@@ -6,7 +6,6 @@ the listening ports, and the order in which they stop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +13,7 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from stomp_chat import __version__
+from stomp_chat import __version__, option_values
 from stomp_chat.app.chat import DEFAULT_ENTER_TEMPLATE, DEFAULT_HISTORY_SIZE, ChatService
 from stomp_chat.app.presence import PresenceTracker
 from stomp_chat.app.readstate import ReadState
@@ -49,6 +48,7 @@ from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE
 from stomp_chat.cluster.presence import DEFAULT_PRESENCE_TTL, ClusterPresence
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
+from stomp_chat.identity import AUTH_NONE
 from stomp_chat.interceptors import Interceptor
 from stomp_chat.lifecycle import ChatServer, Listener
 from stomp_chat.logs import parse_log_format, server_log
@@ -85,6 +85,7 @@ from stomp_chat.transport.stomp import (
     StompFactory,
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
+from stomp_chat.web.admin import AdminApi
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
 from stomp_chat.web.health import Health, Ready
@@ -95,91 +96,21 @@ from stomp_chat.web.site import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, bu
 log = Logger()
 
 
-def _positive_int(name: str) -> Any:
-    def coerce(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
-        if number <= 0:
-            raise ValueError(f"{name} must be positive, not {number}")
-        return number
-
-    coerce.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _non_negative_int(name: str) -> Any:
-    def coerce(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
-        if number < 0:
-            raise ValueError(f"{name} cannot be negative, not {number}")
-        return number
-
-    coerce.coerceDoc = "A whole number, 0 or more."  # type: ignore[attr-defined]
-    return coerce
+_positive_int = option_values.positive_int
+_non_negative_int = option_values.non_negative_int
+parse_switch = option_values.switch
 
 
 def _number(name: str, *, allow_zero: bool) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, not {value[:40]!r}") from None
-        if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-            raise ValueError(
-                f"{name} must be {'zero or more' if allow_zero else 'positive'}, not {value!r}"
-            )
-        return number
-
-    kind = "A number, 0 or more." if allow_zero else "A positive number."
-    coerce.coerceDoc = kind  # type: ignore[attr-defined]
-    return coerce
-
-
-def _seconds(name: str, allow_zero: bool) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name} is a number of seconds, not {value!r}") from None
-        if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-            bound = "zero or more" if allow_zero else "more than zero"
-            raise ValueError(f"{name} must be {bound} seconds, not {value}")
-        return number
-
-    coerce.coerceDoc = "Seconds, " + ("zero or more." if allow_zero else "more than zero.")  # type: ignore[attr-defined]
-    return coerce
+    return option_values.number(name, allow_zero=allow_zero)
 
 
 def _non_negative_seconds(name: str) -> Any:
-    return _seconds(name, allow_zero=True)
+    return option_values.seconds(name, allow_zero=True)
 
 
 def _positive_seconds(name: str) -> Any:
-    return _seconds(name, allow_zero=False)
-
-
-_SWITCH_VALUES = {"on": True, "true": True, "yes": True, "1": True,
-                  "off": False, "false": False, "no": False, "0": False}
-
-
-def parse_switch(name: str) -> Any:
-    """'on'/'off' (also true/false, yes/no, 1/0)."""
-
-    def coerce(value: str | bool) -> bool:
-        if isinstance(value, bool):
-            return value
-        try:
-            return _SWITCH_VALUES[value.strip().lower()]
-        except KeyError:
-            raise ValueError(f"{name} is 'on' or 'off', not {value!r}") from None
-
-    coerce.coerceDoc = "on or off."  # type: ignore[attr-defined]
-    return coerce
+    return option_values.seconds(name, allow_zero=False)
 
 
 def parse_heartbeat_option(value: str) -> tuple[int, int]:
@@ -569,6 +500,15 @@ class Options(usage.Options):
             parse_switch("--metrics"),
         ],
         [
+            "admin-on-loopback",
+            None,
+            "off",
+            "With --auth none, serve the admin API (/api/admin) to requests from loopback "
+            "addresses that carry no proxy header ('on' or 'off'); other modes need the admin "
+            "role.",
+            parse_switch("--admin-on-loopback"),
+        ],
+        [
             "room-cache-size",
             None,
             DEFAULT_CACHE_SIZE,
@@ -645,6 +585,10 @@ class Options(usage.Options):
             self["heartbeat"] = parse_heartbeat_option(self["heartbeat"])
         if isinstance(self["metrics"], str):
             self["metrics"] = parse_switch("--metrics")(self["metrics"])
+        if isinstance(self["admin-on-loopback"], str):
+            self["admin-on-loopback"] = parse_switch("--admin-on-loopback")(
+                self["admin-on-loopback"]
+            )
         # The drain must leave time to flush within the stop's bound.
         self["drain-window"] = min(self["drain-window"], self["shutdown-timeout"] / 2)
         self.endpoints: dict[str, Any] = {}
@@ -844,6 +788,11 @@ def makeService(options: Options) -> IService:
             outage=OutageLog("REST requests", reactor),
         )
         PresenceApi(presence, chat_api).register()
+        AdminApi(
+            chat_api, chat, monitor.sessions, principal_of,
+            authenticated=authentication.mode != AUTH_NONE,
+            loopback_without_auth=options["admin-on-loopback"],
+        ).register()
         api = ApiGate(
             chat_api,
             RestAuthenticator(

@@ -153,3 +153,63 @@ def test_console_script_is_declared() -> None:
     pyproject = Path(stomp_chat.__file__).resolve().parent.parent / "pyproject.toml"
     scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
     assert scripts["stomp-chat-admin"] == "stomp_chat.admin.cli:main"
+
+
+def _messages_aged(database: TestDatabase, ages_in_days: dict[tuple[int, int], float]) -> None:
+    """Store messages (room, seq) created the given number of days ago."""
+    from datetime import UTC, datetime, timedelta
+
+    from stomp_chat.persistence import migrate_blocking
+    from stomp_chat.persistence._dialect import dialect_named
+    from stomp_chat.persistence.url import open_connection
+
+    migrate_blocking(database.config)
+    dialect = dialect_named(database.config.dialect)
+    now = datetime.now(UTC)
+    connection = open_connection(database.config)
+    try:
+        cursor = connection.cursor()
+        for room in sorted({room for room, _ in ages_in_days}):
+            cursor.execute(dialect.sql("INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?)"),
+                           (room, f"room {room}", dialect.time_to_db(now)))
+        for (room, seq), age in ages_in_days.items():
+            cursor.execute(
+                dialect.sql("INSERT INTO messages (room_id, seq, message_id, type, sender_id, "
+                            "text, created_at) VALUES (?, ?, ?, 'TALK', 1, 'x', ?)"),
+                (room, seq, f"{room}-{seq}", dialect.time_to_db(now - timedelta(days=age))),
+            )
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def test_messages_purge_deletes_old_messages_in_batches(database: TestDatabase) -> None:
+    """messages purge --older-than removes older messages in batches, keeping newer ones and
+    each room's newest, and says how many went."""
+    ages = {(1, seq): 40.0 for seq in range(1, 8)}
+    ages.update({(1, 8): 1.0, (2, 1): 50.0})
+    _messages_aged(database, ages)
+    db = f"--database={database_url(database)}"
+    assert admin(db, "messages", "purge", "--older-than", "30", "--batch", "3") == (
+        0, "removed 7 message(s) older than 30 days\n", "")
+    rows = database.query("SELECT room_id, seq FROM messages ORDER BY room_id, seq")
+    assert [(int(room), int(seq)) for room, seq in rows] == [(1, 8), (2, 1)]
+    assert admin(db, "messages", "purge", "--older-than", "0.5") == (
+        0, "removed 0 message(s) older than 0.5 days\n", "")
+
+
+def test_messages_purge_refuses_bad_input(sqlite_database: TestDatabase) -> None:
+    """A missing, non-numeric or non-positive age, or a zero batch, is a usage error (2)."""
+    db = f"--database={database_url(sqlite_database)}"
+    cases = [
+        (("messages", "purge"), "--older-than DAYS"),
+        (("messages", "purge", "--older-than", "soon"), "not a number"),
+        (("messages", "purge", "--older-than", "0"), "positive"),
+        (("messages", "purge", "--older-than", "nan"), "positive"),
+        (("messages", "purge", "--older-than", "3", "--batch", "0"), "at least 1"),
+        (("messages",), "say what to do: purge"),
+    ]
+    for args, expected in cases:
+        code, out, err = admin(db, *args)
+        assert code == 2 and out == "" and expected in err, (args, err)
+        assert "Traceback" not in err

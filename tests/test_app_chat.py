@@ -780,6 +780,9 @@ class _OtherNodeSequencer:
     def recent(self, room_id: int) -> Deferred[list[bytes]]:
         return succeed([])
 
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        return succeed(None)
+
 
 def _relayed_body(room_id: int, seq: int, text: str) -> bytes:
     message = ChatMessage(
@@ -1154,6 +1157,9 @@ class _FixedSequencer:
     def recent(self, room_id: int) -> Deferred[list[bytes]]:
         return succeed([])
 
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        return succeed(None)
+
 
 def test_a_seq_collision_is_an_error_to_its_sender_never_a_receipt() -> None:
     """A durable message numbered with a seq the database already holds for another message
@@ -1201,3 +1207,81 @@ def test_a_room_that_cannot_be_loaded_is_an_application_error_logged_once() -> N
     posted = []
     chat.post(ChatRequest("TALK", 3, 7, "back")).addCallback(posted.append)
     assert posted and not outage.in_outage
+
+
+# -- administration ------------------------------------------------------------------------
+
+
+def test_a_system_message_fires_once_stored_and_is_broadcast_like_chat() -> None:
+    """post_system numbers a SYSTEM message (senderId 0) in the room's sequence, broadcasts
+    it, and fires only once the write-behind stored it."""
+    h = Harness(MemoryChatStore())
+    h.talk(1, "before")
+    posted = h.chat.post_system(1, "maintenance at noon")
+    assert not posted.called, "fires only once stored"
+    h.flush()
+    message = _result(posted)
+    assert (message.type, message.seq, message.sender_id) == ("SYSTEM", 2, 0)
+    assert [(m.type, m.seq) for m in h.stored(1)] == [("TALK", 1), ("SYSTEM", 2)]
+    assert h.broadcasts(1)[-1] == message.to_json_dict()
+
+
+def test_clients_cannot_send_the_system_type() -> None:
+    """A SEND with type SYSTEM is refused like any unknown type."""
+    h = Harness(MemoryChatStore())
+    error = _refusal(lambda: h.send({"type": "SYSTEM", "roomId": 1, "senderId": 1,
+                                     "detailMessage": "fake"}))
+    assert error.code == "invalid-message"
+    assert h.broadcasts() == []
+
+
+def test_deleting_an_unsaved_message_writes_it_first_then_removes_it() -> None:
+    """A message still in the write-behind is stored before the delete runs, so the delete
+    cannot be overtaken by its insert; the cache, history and subscribers follow."""
+    h = Harness(MemoryChatStore())
+    h.talk(1, "keep")
+    h.talk(1, "remove me")
+    deleting = h.chat.delete_message(1, 2)
+    assert not deleting.called, "waits for the write-behind"
+    h.flush()
+    removed = _result(deleting)
+    assert removed is not None and removed.text == "remove me"
+    assert _seqs(h.stored(1)) == [1]
+    assert _seqs(_result(h.chat.history(1, 10))) == [1]
+    assert h.broadcasts(1)[-1] == {"type": "DELETE", "roomId": 1, "messageId": "1-2",
+                                   "deletedSeq": 2}
+    assert _result(h.chat.delete_message(1, 2)) is None
+    assert len(h.broadcasts(1)) == 3, "nothing is announced for a message that is not there"
+
+
+def test_a_delete_waiting_on_a_silent_database_gives_up_with_an_error() -> None:
+    """If the message cannot be stored first (the database does not answer), the delete
+    fails after DELETE_FLUSH_TIMEOUT with an 'unavailable' error instead of hanging."""
+    from stomp_chat.app.chat import DELETE_FLUSH_TIMEOUT
+
+    class SilentStore(MemoryChatStore):
+        def save_messages(self, messages: Any) -> Deferred[Any]:
+            return Deferred()
+
+    h = Harness(SilentStore())
+    h.talk(1, "stuck")
+    deleting = h.chat.delete_message(1, 1)
+    h.flush()
+    h.clock.advance(DELETE_FLUSH_TIMEOUT)
+    error = _refusal(lambda: deleting)
+    assert error.code == "unavailable"
+
+
+def test_a_relayed_delete_drops_the_message_from_this_servers_cache() -> None:
+    """Cluster mode: another server's DELETE event removes the message from this cache."""
+    clock = Clock()
+    store = MemoryChatStore()
+    writer = WriteBehindWriter(store, clock)
+    writer.startService()
+    chat = ChatService(store, writer, Broker(), clock, sequencer=_OtherNodeSequencer())
+    chat.relayed("/topic/chat/room/5", "other-node", _relayed_body(5, 1, "one"))
+    chat.relayed("/topic/chat/room/5", "other-node", _relayed_body(5, 2, "two"))
+    event = {"type": "DELETE", "roomId": 5, "messageId": "5-2", "deletedSeq": 2}
+    chat.relayed("/topic/chat/room/5", "other-node", json.dumps(event).encode())
+    state = chat.active_room(5)
+    assert state is not None and [m.seq for m in state.recent] == [1]

@@ -157,3 +157,33 @@ def test_the_page_signs_in_with_a_password(tmp_path: Path) -> None:
                                       "text": "signed in with a password"}
     assert result["note"] == ""
     assert (tmp_path / "password-signin.png").stat().st_size > 5_000
+
+
+def test_the_page_shows_system_messages_and_drops_deleted_ones(tmp_path: Path) -> None:
+    """An administrator's system message appears, marked as such, and a message deleted
+    through the admin API leaves the open page at once and the history after a reload."""
+    chromium = _chromium()
+    node = _node()
+    server = RunningServer(tmp_path, ["--admin-on-loopback=on"]).start()
+    try:
+        proc = subprocess.run(
+            [node, str(JS_DIR / "browser-admin.mjs"), server.http_url, str(tmp_path), chromium],
+            cwd=JS_DIR, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, f"{proc.stderr}\n{server.log()}"
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["pageErrors"] == []
+    assert result["posted"]["status"] == 201 and result["posted"]["body"]["type"] == "SYSTEM"
+    assert result["deleted"]["status"] == 200
+    chat = [m for m in result["messages"] if m["text"] in ("first", "second", "third",
+                                                            "maintenance at noon")]
+    assert chat == [
+        {"system": False, "sender": "ana", "text": "first"},
+        {"system": False, "sender": "ana", "text": "third"},
+        {"system": True, "sender": "system", "text": "maintenance at noon"},
+    ]
+    reloaded = [text for text in result["afterReload"] if "입장" not in text]  # not ENTERs
+    assert reloaded == ["first", "third", "maintenance at noon"]
+    assert (tmp_path / "admin-actions.png").stat().st_size > 5_000

@@ -782,3 +782,24 @@ async def test_a_rooms_recent_list_keeps_its_configured_number_of_last_messages(
     assert 0 < await cluster.redis.ttl(recent_key) <= 86400
     bodies = await outcome(node.relay.recent(room), "the recent bodies")
     assert [json.loads(b)["seq"] for b in bodies] == [3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_message_leaves_the_rooms_recent_list(cluster: Cluster) -> None:
+    """Deleting a message in cluster mode removes it from Redis's recent list too, so no
+    server's history brings it back."""
+    room = 72
+    node = await cluster.node(with_chat=True)
+    assert node.chat is not None
+    for i in range(3):
+        await outcome(node.talk(room, f"m{i}"), f"post {i}")
+    await node.writer.flush()
+    removed = await outcome(node.chat.delete_message(room, 2), "the delete")
+    assert isinstance(removed, ChatMessage) and removed.seq == 2
+    recent_key = f"{cluster.namespace}:recent:{room}"
+    deadline = reactor.seconds() + WAIT
+    while await cluster.redis.llen(recent_key) != 2:  # the delete's LREM follows it
+        assert reactor.seconds() < deadline, "the deleted record stayed in the recent list"
+        await deferLater(reactor, 0.01, lambda: None)
+    bodies = await outcome(node.relay.recent(room), "the recent bodies")
+    assert [json.loads(b)["seq"] for b in bodies] == [1, 3]

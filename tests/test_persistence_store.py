@@ -643,3 +643,19 @@ async def test_delete_messages_before_keeps_each_rooms_newest(store: ChatStore) 
     assert seqs(await store.load_messages(1, 10)) == [2]
     assert seqs(await store.load_messages(2, 10)) == [1]
     assert await store.last_seq(1) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_message_removes_one_and_keeps_its_seq_reserved(store: ChatStore) -> None:
+    """One message goes (True), a missing one is False, and the room's reservation covers
+    the removed seq, so a room whose newest message was removed never hands it out again."""
+    await store.save_messages([chat_message(1, seq) for seq in range(1, 4)])
+    assert await store.delete_message(1, 3) is True
+    assert await store.delete_message(1, 3) is False
+    assert await store.delete_message(2, 1) is False
+    assert seqs(await store.load_messages(1, 10)) == [1, 2]
+    assert await store.last_seq(1) == 2
+    assert await store.seq_floor(1) == 3
+    stored, _, _ = await store.reserve_seqs(1, 1)
+    assert stored == 2
+    assert await store.seq_floor(1) == 4

@@ -1,4 +1,4 @@
-"""``stomp-chat-admin``: add, list and remove users, and reset their passwords.
+"""``stomp-chat-admin``: manage users (add, list, remove, passwd) and purge old messages.
 
 It reads the same ``--database``/``--config`` as the server (the config file
 is parsed by the server's own code), migrates the schema if needed, and runs
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import getopt
 import getpass
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from twisted.python import usage
@@ -30,7 +32,9 @@ from stomp_chat.auth.users import (
 )
 from stomp_chat.persistence import DatabaseConfig, migrate_blocking, parse_database_url
 from stomp_chat.persistence._dialect import Dialect, dialect_named
+from stomp_chat.persistence.store import delete_old_messages
 from stomp_chat.persistence.url import open_connection
+from stomp_chat.retention import DEFAULT_RETENTION_BATCH
 
 #: Shorter passwords are refused: Argon2 slows guessing, it cannot save "1234".
 MIN_PASSWORD_LENGTH = 8
@@ -110,6 +114,43 @@ class UserOptions(usage.Options):
             raise usage.UsageError("say what to do: add, list, remove or passwd")
 
 
+class PurgeOptions(_Interspersed):
+    synopsis = "--older-than DAYS [--batch N]"
+    description = (
+        "Delete messages older than DAYS days now, as --retention-days does: in batches, "
+        "each its own transaction, keeping each room's newest message."
+    )
+    optParameters = [
+        ["older-than", None, None, "Delete messages older than this many days (> 0)."],
+        ["batch", None, DEFAULT_RETENTION_BATCH, "Messages deleted per transaction.", int],
+    ]
+
+    def postOptions(self) -> None:
+        raw = self["older-than"]
+        if raw is None:
+            raise usage.UsageError("say how old: --older-than DAYS")
+        try:
+            days = float(raw)
+        except ValueError:
+            raise usage.UsageError(f"--older-than: not a number of days: {raw!r}") from None
+        if not (days > 0 and math.isfinite(days)):
+            raise usage.UsageError("--older-than must be a positive number of days")
+        self["older-than"] = days
+        if self["batch"] < 1:
+            raise usage.UsageError("--batch must be at least 1")
+
+
+class MessagesOptions(usage.Options):
+    synopsis = "purge ..."
+    subCommands = [
+        ["purge", None, PurgeOptions, "Delete old messages: purge --older-than DAYS"],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("say what to do: purge")
+
+
 def _database_url(given: str | None, config: str | None, environ: Mapping[str, str]) -> str:
     """The database the server would use: command line, environment, config file, default."""
     from stomp_chat.config import coercions, env_name, file_arguments
@@ -130,17 +171,22 @@ def _database_url(given: str | None, config: str | None, environ: Mapping[str, s
 
 class AdminOptions(usage.Options):
     synopsis = (
-        "stomp-chat-admin [--config FILE | --database URL] user add|list|remove|passwd ..."
+        "stomp-chat-admin [--config FILE | --database URL] "
+        "user add|list|remove|passwd ... | messages purge ..."
     )
     longdesc = (
-        "Manages the users of stomp-chat's --auth password mode in the server's database. "
+        "Manages the users of stomp-chat's --auth password mode, and removes old messages, "
+        "in the server's database. "
         "Give the same --database or --config as the server."
     )
     optParameters = [
         ["config", "c", None, "The server's TOML config file; its database key is used."],
         ["database", None, None, "Database URL (default: the server's default)."],
     ]
-    subCommands = [["user", None, UserOptions, "Manage users."]]
+    subCommands = [
+        ["user", None, UserOptions, "Manage users."],
+        ["messages", None, MessagesOptions, "Manage chat messages."],
+    ]
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -151,7 +197,7 @@ class AdminOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("say what to manage: user")
+            raise usage.UsageError("say what to manage: user or messages")
         url = _database_url(self["database"], self["config"], os.environ)
         try:
             self["database"] = parse_database_url(url)
@@ -194,10 +240,28 @@ def read_password(
     return password
 
 
+def purge_messages(config: DatabaseConfig, days: float, batch: int,
+                   now: datetime | None = None) -> int:
+    """Delete messages older than ``days`` in batches, one transaction each; how many went."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
+    total = 0
+    while True:
+        with _transaction(config) as (cursor, dialect):
+            deleted = delete_old_messages(cursor, dialect, dialect.time_to_db(cutoff), batch)
+        total += deleted
+        if deleted < batch:
+            return total
+
+
 def run(options: AdminOptions, stdin: TextIO, stdout: TextIO) -> None:
     config: DatabaseConfig = options["database"]
     migrate_blocking(config)
     command, sub = options.subOptions.subCommand, options.subOptions.subOptions
+    if options.subCommand == "messages":
+        days = sub["older-than"]
+        removed = purge_messages(config, days, sub["batch"])
+        stdout.write(f"removed {removed} message(s) older than {days:g} days\n")
+        return
     if command == "list":
         with _transaction(config) as (cursor, dialect):
             users = list_users(cursor, dialect)

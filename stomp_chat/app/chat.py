@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, TimeoutError, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -59,6 +59,8 @@ DEFAULT_HISTORY_SIZE = 30
 MAX_TEXT_LENGTH = 10_000
 ROOM_TOPIC_PREFIX = "/topic/chat/room/"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+#: How long deleting a message waits for the write-behind to store it first, in seconds.
+DELETE_FLUSH_TIMEOUT = 10.0
 #: The longest wait between two attempts to write a room's seq reservation, in seconds.
 RESERVATION_RETRY_MAX = 5.0
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -134,6 +136,10 @@ class RoomSequencer(Protocol):
         """The room's last messages as broadcast (JSON bodies), from the cluster."""
         ...
 
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        """Drop a deleted message from the cluster's recent messages of its room."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
@@ -175,6 +181,12 @@ def _talk_text(request: ChatRequest, service: ChatService) -> str:
 
 
 MESSAGE_TYPES: dict[str, TextRule] = {"ENTER": _enter_text, "TALK": _talk_text}
+
+#: A message from the server's administrators (``post_system``): numbered, stored and
+#: broadcast like any other, with ``senderId`` 0. Clients cannot send this type.
+SYSTEM_TYPE = "SYSTEM"
+#: The event on a room's topic saying a message was removed (``delete_message``).
+DELETE_EVENT = "DELETE"
 
 
 def parse_chat_request(
@@ -325,16 +337,64 @@ class ChatService:
             return self._accept(state, request, durable)[1]
         return self._wait_for_room(request, durable)
 
-    def post(self, request: ChatRequest) -> Deferred[ChatMessage]:
-        """Accept a message from any caller (REST, tests); fires once it is broadcast."""
+    def post(self, request: ChatRequest, durable: bool = False) -> Deferred[ChatMessage]:
+        """Accept a message from any caller (REST, tests); fires once it is broadcast, or
+        once it is stored too if ``durable``."""
         state = self._rooms.use(request.room_id, self.clock.seconds())
         try:
             if state is None or not self._ready(state):
-                return self._wait_for_room(request, durable=False)
-            message, sequenced = self._accept(state, request, durable=False)
+                return self._wait_for_room(request, durable=durable)
+            message, pending = self._accept(state, request, durable=durable)
         except ApplicationError:
             return fail()
-        return succeed(message) if message is not None else sequenced  # type: ignore[return-value]
+        if message is None:
+            return pending  # type: ignore[return-value]
+        if pending is None:
+            return succeed(message)
+        return pending.addCallback(_replace_result, message)
+
+    def post_system(self, room_id: int, text: str) -> Deferred[ChatMessage]:
+        """A ``SYSTEM`` message to a room, from the administrators; fires once stored."""
+        check_storable_text(text, "text")
+        return self.post(ChatRequest(SYSTEM_TYPE, room_id, 0, text), durable=True)
+
+    def delete_message(self, room_id: int, seq: int) -> Deferred[ChatMessage | None]:
+        """Remove a message from the database and the room's cache, and tell the room's
+        subscribers with a ``DELETE`` event; fires with the message removed (None if there
+        was none). A message still waiting for the write-behind is written first, so the
+        delete cannot run ahead of its insert."""
+        unsaved = self.writer.unsaved_messages(room_id)
+        waited: Deferred[Any] = succeed(None)
+        if any(m.seq == seq for m in unsaved):
+            waited = self.writer.flush()
+            waited.addTimeout(DELETE_FLUSH_TIMEOUT, self.clock)
+            waited.addErrback(_not_written_yet, room_id, seq)
+        state = self._rooms.peek(room_id)
+        cached = next((m for m in state.recent if m.seq == seq), None) if state else None
+
+        def delete(_: object) -> Deferred[bool]:
+            return self.store.delete_message(room_id, seq)
+
+        def deleted(found: bool) -> ChatMessage | None:
+            self._forget_message(room_id, seq)
+            if self.sequencer is not None:
+                self.sequencer.forget(room_id, seq).addErrback(_not_forgotten, room_id, seq)
+            if not found:
+                return None
+            topic = ROOM_TOPIC.format(room_id=room_id)
+            event = {"type": DELETE_EVENT, "roomId": room_id, "messageId": f"{room_id}-{seq}",
+                     "deletedSeq": seq}
+            self.broker.publish(topic, json.dumps(event).encode(), _JSON_HEADERS)
+            return cached or ChatMessage(room_id, seq, f"{room_id}-{seq}", "", 0, "", _EPOCH)
+
+        return waited.addCallback(delete).addCallback(deleted)
+
+    def _forget_message(self, room_id: int, seq: int) -> None:
+        state = self._rooms.peek(room_id)
+        if state is not None:
+            for message in list(state.recent):
+                if message.seq == seq:
+                    state.recent.remove(message)
 
     def _ready(self, state: RoomState) -> bool:
         """Whether a message to this room can be numbered now, behind nothing."""
@@ -351,7 +411,8 @@ class ChatService:
         when the caller must wait: for the commit of a durable message, or
         in cluster mode for Redis to number it.
         """
-        text = self.types[request.type](request, self)
+        kind = request.type
+        text = request.text if kind == SYSTEM_TYPE else self.types[kind](request, self)
         created_at, created_iso = self._timestamp()
         template = encode_template(
             state.room_id, request.type, request.sender_id, text, created_iso,
@@ -452,8 +513,12 @@ class ChatService:
             return
         room_id = int(suffix)
         try:
-            message = decode_broadcast(body)
-        except ValueError:
+            data = json.loads(body)
+            if isinstance(data, dict) and data.get("type") == DELETE_EVENT:
+                self._forget_message(room_id, int(data["deletedSeq"]))
+                return
+            message = message_of(data)
+        except (ValueError, KeyError, TypeError):
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
             return
         state = self._rooms.use(room_id, self.clock.seconds())
@@ -705,15 +770,20 @@ class ChatService:
         )
 
 
+def message_of(data: Any) -> ChatMessage:
+    """A broadcast chat message's JSON back into a ChatMessage (KeyError, TypeError or
+    ValueError if it is not one)."""
+    return ChatMessage(
+        data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
+        data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
+        data.get("senderName"),
+    )
+
+
 def decode_broadcast(body: bytes) -> ChatMessage:
     """A broadcast chat message back into a ChatMessage; ValueError if it is not one."""
     try:
-        data = json.loads(body)
-        return ChatMessage(
-            data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
-            data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
-            data.get("senderName"),
-        )
+        return message_of(json.loads(body))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"not a chat message: {error}") from None
 
@@ -735,10 +805,24 @@ def _no_recent(failure: Failure, room_id: int) -> list[ChatMessage]:
     return []
 
 
+def _not_forgotten(failure: Failure, room_id: int, seq: int) -> None:
+    log.warn("message {seq} of chat room {room} is deleted but stays in the cluster's recent "
+             "messages until newer ones push it out: {error}", seq=seq, room=room_id,
+             error=failure.getErrorMessage())
+
+
 def _first_error(failure: Failure) -> Failure:
     """gatherResults wraps the failure; the caller wants the database's own."""
     error = getattr(failure.value, "subFailure", None)
     return error if isinstance(error, Failure) else failure
+
+
+def _not_written_yet(failure: Failure, room_id: int, seq: int) -> Failure:
+    """The message to delete is still waiting for the database (an outage)."""
+    failure.trap(TimeoutError)
+    return Failure(ApplicationError(
+        f"message {room_id}-{seq} is not stored yet; try again later", code="unavailable"
+    ))
 
 
 def _replace_result(_: object, value: Any) -> Any:

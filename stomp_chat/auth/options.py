@@ -8,10 +8,12 @@ so that every rule about them (which mode needs which key, which listeners
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from functools import partial
 from typing import Any
 
 from twisted.python import usage
 
+from stomp_chat import option_values
 from stomp_chat.auth.throttle import DEFAULT_BURST, DEFAULT_MAX_ADDRESSES, DEFAULT_REFILL_SECONDS
 from stomp_chat.auth.tokens import (
     DEFAULT_LEEWAY,
@@ -33,46 +35,9 @@ LOOPBACK_DEFAULTS = {"stomp": "tcp:61613:interface=127.0.0.1",
 PUBLIC_DEFAULTS = {"stomp": "tcp:61613", "http": "tcp:8080"}
 
 
-def _positive_number(name: str) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, not {value!r}") from None
-        if not number > 0:
-            raise ValueError(f"{name} must be positive, not {value}")
-        return number
-
-    coerce.coerceDoc = "A positive number."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _non_negative_number(name: str) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, not {value!r}") from None
-        if not 0 <= number < float("inf"):
-            raise ValueError(f"{name} must be zero or more, not {value}")
-        return number
-
-    coerce.coerceDoc = "A number of seconds, 0 or more."  # type: ignore[attr-defined]
-    return coerce
-
-
-def _positive_whole(name: str) -> Any:
-    def coerce(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, not {value!r}") from None
-        if number <= 0:
-            raise ValueError(f"{name} must be positive, not {number}")
-        return number
-
-    coerce.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
-    return coerce
+_positive_number = partial(option_values.number, allow_zero=False)
+_non_negative_number = partial(option_values.number, allow_zero=True)
+_positive_whole = option_values.positive_int
 
 
 AUTH_PARAMETERS: list[list[Any]] = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from stomp_chat.broker.broker import ACK_CLIENT, Broker, Subscription
-from stomp_chat.errors import ProtocolError
+from stomp_chat.errors import ProtocolError, required_header
 from stomp_chat.stomp.frame import V1_0, V1_2, Frame
 
 #: A 1.2 ack id ends in ``@serial``; serials are small counters, so anything
@@ -59,7 +59,7 @@ class AckTracker:
     def target(self, frame: Frame, version: str) -> tuple[Subscription, str]:
         """Find which subscription and message an ACK or NACK names."""
         if version == V1_2:
-            ack_id = _required(frame, "id")
+            ack_id = required_header(frame, "id")
             message_id, _, serial = ack_id.rpartition("@")
             valid = len(serial) <= MAX_SERIAL_DIGITS and serial.isascii() and serial.isdigit()
             sub = self._by_serial.get(int(serial)) if valid else None
@@ -68,11 +68,11 @@ class AckTracker:
                     "unknown ack id", f"no unacknowledged message with id {ack_id[:200]!r}"
                 )
             return sub, message_id
-        message_id = _required(frame, "message-id")
+        message_id = required_header(frame, "message-id")
         if version == V1_0:
             candidates = list(self.subscriptions.values())
         else:
-            sub_id = _required(frame, "subscription")
+            sub_id = required_header(frame, "subscription")
             found = self.subscriptions.get(sub_id)
             if found is None:
                 raise ProtocolError(
@@ -125,12 +125,3 @@ class AckTracker:
         for key, messages in unacked:
             if messages:
                 self._broker.requeue(key, messages)
-
-
-def _required(frame: Frame, name: str) -> str:
-    value = frame.headers.get(name)
-    if value is None:
-        raise ProtocolError(
-            f"missing header '{name}'", f"{frame.command} requires a '{name}' header"
-        )
-    return value

@@ -25,7 +25,7 @@ from stomp_chat.cluster.batching import (
     ChatEntry,
     TurnBatch,
 )
-from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
+from stomp_chat.cluster.envelope import decode_envelope, encode_envelope, meta_prefix
 from stomp_chat.cluster.follow import bodies_of
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.relay import RedisUnavailable
@@ -129,6 +129,11 @@ class MemoryRelay(Service):
         if not self.hub.up:
             return fail(RedisUnavailable("the hub is down"))
         return succeed(bodies_of(self.hub.lists.get(f"{self.hub.namespace}:recent:{room_id}", [])))
+
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        kept = self.hub.lists.get(f"{self.hub.namespace}:recent:{room_id}", [])
+        kept[:] = [raw for raw in kept if decode_envelope(raw)[3] != seq]
+        return succeed(None)
 
     def startService(self) -> None:
         super().startService()

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from stomp_chat.broker import QUEUE_PREFIX, Broker, Message
 from stomp_chat.cluster.address import RedisAddress
 from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE, ChatEntry, TurnBatch
-from stomp_chat.cluster.envelope import encode_envelope, meta_prefix
+from stomp_chat.cluster.envelope import decode_envelope, encode_envelope, meta_prefix
 from stomp_chat.cluster.follow import FollowedRoom, RecentUnavailable, bodies_of
 from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.linkstate import Link
@@ -269,6 +269,22 @@ class RedisRelay(Service):
     def recent(self, room_id: int) -> Deferred[list[bytes]]:
         """The bodies of the room's last messages, oldest first, from the recent list."""
         return self._fetch_recent(room_id).addCallback(bodies_of)
+
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        """Remove a deleted message's record from the room's recent list."""
+        key = self.recent_key.format(room_id=room_id)
+
+        def remove(records: list[bytes]) -> Any:
+            for raw in records:
+                try:
+                    numbered = decode_envelope(raw)[3]
+                except ValueError:
+                    continue
+                if numbered == seq:
+                    return self.commands().lrem(key, 1, raw).addCallback(lambda _: None)
+            return None
+
+        return self._fetch_recent(room_id).addCallback(remove)
 
     def _fetch_recent(self, room_id: int) -> Deferred[list[bytes]]:
         if not self.commands_link.is_up:

@@ -148,6 +148,14 @@ class ChatStore(Protocol):
         """
         ...
 
+    def delete_message(self, room_id: int, seq: int) -> Deferred[bool]:
+        """Remove one stored message; True if it was there.
+
+        The room's seq reservation is raised to at least ``seq`` in the same
+        transaction, so a removed newest message never has its seq handed out again.
+        """
+        ...
+
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         """Store a batch atomically; messages already stored are skipped, so retries are safe.
 
@@ -336,6 +344,22 @@ def _timed_out(outcome: object, timeout: float) -> object:
     if isinstance(outcome, Failure) and outcome.check(CancelledError):
         return Failure(DatabaseTimeout(f"the database did not answer within {timeout:g}s"))
     return outcome
+
+
+def delete_old_messages(transaction: Any, dialect: Dialect, cutoff: Any, limit: int) -> int:
+    """Delete at most ``limit`` messages created before ``cutoff`` (already in the database's
+    time format), keeping each room's newest; how many went. Shared by the retention job and
+    ``stomp-chat-admin messages purge``."""
+    transaction.execute(
+        dialect.sql(
+            "DELETE FROM messages WHERE (room_id, seq) IN ("
+            " SELECT m.room_id, m.seq FROM messages m WHERE m.created_at < ?"
+            " AND m.seq < (SELECT MAX(n.seq) FROM messages n WHERE n.room_id = m.room_id)"
+            " LIMIT ?)"
+        ),
+        (cutoff, int(limit)),
+    )
+    return int(transaction.rowcount)
 
 
 class AdbapiChatStore:
@@ -642,15 +666,19 @@ class AdbapiChatStore:
         )
 
     def _delete_messages_before(self, transaction: Any, cutoff: Any, limit: int) -> int:
+        return delete_old_messages(transaction, self._dialect, cutoff, limit)
+
+    def delete_message(self, room_id: int, seq: int) -> Deferred[bool]:
+        return self._run(self._delete_message, room_id, seq)
+
+    def _delete_message(self, transaction: Any, room_id: int, seq: int) -> bool:
         self._execute(
-            transaction,
-            "DELETE FROM messages WHERE (room_id, seq) IN ("
-            " SELECT m.room_id, m.seq FROM messages m WHERE m.created_at < ?"
-            " AND m.seq < (SELECT MAX(n.seq) FROM messages n WHERE n.room_id = m.room_id)"
-            " LIMIT ?)",
-            (cutoff, limit),
+            transaction, "DELETE FROM messages WHERE room_id = ? AND seq = ?", (room_id, seq)
         )
-        return int(transaction.rowcount)
+        deleted = transaction.rowcount > 0
+        if deleted:
+            self._raise_reservation(transaction, room_id, seq)
+        return bool(deleted)
 
     def _last_seq(self, transaction: Any, room_id: int) -> int:
         row = self._fetch_one(
@@ -983,6 +1011,15 @@ class MemoryChatStore:
                     seqs.remove(seq)
                     deleted += 1
         return succeed(deleted)
+
+    def delete_message(self, room_id: int, seq: int) -> Deferred[bool]:
+        room_messages = self._messages.get(room_id, {})
+        if seq not in room_messages:
+            return succeed(False)
+        del room_messages[seq]
+        self._sorted_seqs[room_id].remove(seq)
+        self._reservations[room_id] = max(self._reservations.get(room_id, 0), seq)
+        return succeed(True)
 
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         self.save_calls += 1

@@ -32,7 +32,7 @@ from stomp_chat.broker import (
     Subscription,
 )
 from stomp_chat.broker.acks import AckTracker
-from stomp_chat.errors import ApplicationError, ProtocolError
+from stomp_chat.errors import ApplicationError, ProtocolError, required_header
 from stomp_chat.identity import AUTH_NONE, ConnectionInfo, Principal
 from stomp_chat.session.context import FrameTransport, ServerContext
 from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
@@ -154,6 +154,11 @@ class StompSession:
     def peer(self) -> str:
         """The peer's address, for logs."""
         return self.connection.peer
+
+    @property
+    def opened_at(self) -> float:
+        """When the connection opened, in the clock's seconds."""
+        return self._opened_at
 
     @property
     def subscriptions(self) -> dict[str, Subscription]:
@@ -339,7 +344,7 @@ class StompSession:
     # -- SEND ------------------------------------------------------------
 
     def _on_send(self, frame: Frame) -> None:
-        destination = _required(frame, "destination")
+        destination = required_header(frame, "destination")
         if "transaction" in frame.headers:
             self._check_destination(destination)  # now, not at COMMIT: all or nothing
             self._transactions.hold(frame)
@@ -397,7 +402,7 @@ class StompSession:
     # -- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------
 
     def _on_subscribe(self, frame: Frame) -> None:
-        destination = _required(frame, "destination")
+        destination = required_header(frame, "destination")
         sub_id = frame.headers.get("id")
         if sub_id is None:
             if self.version != V1_0:
@@ -472,11 +477,11 @@ class StompSession:
     # -- transactions ------------------------------------------------------
 
     def _on_begin(self, frame: Frame) -> None:
-        self._transactions.begin(_required(frame, "transaction"))
+        self._transactions.begin(required_header(frame, "transaction"))
         self._receipts.add(frame.headers.get("receipt"))
 
     def _on_commit(self, frame: Frame) -> None:
-        frames = self._transactions.take(_required(frame, "transaction"))
+        frames = self._transactions.take(required_header(frame, "transaction"))
         waits: list[Deferred[Any]] = []
         acks = self._acks
         for queued in frames:
@@ -490,7 +495,7 @@ class StompSession:
         self._receipts.add(frame.headers.get("receipt"), DeferredList(waits) if waits else None)
 
     def _on_abort(self, frame: Frame) -> None:
-        self._transactions.take(_required(frame, "transaction"))
+        self._transactions.take(required_header(frame, "transaction"))
         self._receipts.add(frame.headers.get("receipt"))
 
     # -- DISCONNECT and receipts -----------------------------------------
@@ -649,12 +654,3 @@ class StompSession:
         "ABORT": _on_abort,
         "DISCONNECT": _on_disconnect,
     }
-
-
-def _required(frame: Frame, name: str) -> str:
-    value = frame.headers.get(name)
-    if value is None:
-        raise ProtocolError(
-            f"missing header '{name}'", f"{frame.command} requires a '{name}' header"
-        )
-    return value

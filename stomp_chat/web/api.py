@@ -384,3 +384,8 @@ def _query_int(
         )
     return number
 
+
+
+#: For routes added with ``ChatApi.add_route``: the same body and id rules as the API's own.
+json_body = _json_body
+positive_id = _positive

@@ -259,7 +259,7 @@ async function loadHistory(view) {
   view.loading = false;
   const held = view.held;
   view.held = [];
-  for (const message of held) addMessage(view, message);
+  for (const message of held) applyRoomEvent(view, message);
   reportRead(view);
 }
 
@@ -276,7 +276,21 @@ function roomMessage(view, frame) {
   }
   const message = frame.json();
   if (view.loading) view.held.push(message);
+  else applyRoomEvent(view, message);
+}
+
+/** A chat message joins the list; a DELETE event (an administrator removed a message) takes
+ * one out. */
+function applyRoomEvent(view, message) {
+  if (message.type === 'DELETE') removeMessage(view, message.deletedSeq);
   else addMessage(view, message);
+}
+
+function removeMessage(view, seq) {
+  const item = view.bySeq.get(seq);
+  if (page.view !== view || !item) return;
+  view.bySeq.delete(seq);
+  item.remove();
 }
 
 function addMessage(view, message) {
@@ -320,6 +334,7 @@ function isMine(message) {
 }
 
 function senderName(message) {
+  if (message.type === 'SYSTEM') return 'system';
   return message.senderName ?? page.names.get(message.senderId) ?? `#${message.senderId}`;
 }
 
@@ -327,6 +342,7 @@ function renderMessage(message) {
   const item = document.createElement('li');
   item.className = 'message';
   if (message.type === 'ENTER') item.classList.add('enter');
+  if (message.type === 'SYSTEM') item.classList.add('system');
   if (isMine(message)) item.classList.add('mine');
   const meta = document.createElement('div');
   meta.className = 'meta';
