@@ -1815,6 +1815,25 @@ def test_shut_down_sends_due_receipts_before_the_error(clock):
     assert client.closed
 
 
+def test_a_protocol_error_waits_for_the_receipts_of_earlier_frames(clock):
+    """A frame refused with ERROR behind a durable SEND first lets that SEND's RECEIPT out, so
+    a client never resends a message the server stored; frames after it are not handled."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.send("SEND", {"destination": "/app/nowhere", "receipt": "bad"}, b"y")
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "0", "receipt": "after"})
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and error.headers["receipt-id"] == "bad"
+    assert client.closed
+
+
 def test_shut_down_with_nothing_due_errors_at_once(context):
     """With no RECEIPT due, shut_down sends ERROR and closes at once."""
     client = connected(context)

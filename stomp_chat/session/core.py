@@ -82,6 +82,7 @@ class StompSession:
         "_opened_at",
         "_outgoing",
         "_partial_since",
+        "_pending_failure",
         "_receipts",
         "_received",
         "_sent",
@@ -133,6 +134,8 @@ class StompSession:
         )
         self._close_after_receipts = False
         self._shutdown_message: str | None = None
+        #: The ERROR of a refused frame, sent once earlier frames' RECEIPTs are out.
+        self._pending_failure: tuple[str, str, Frame, dict[str, str] | None] | None = None
         #: An interceptor's Deferred is pending: input is paused.
         self._waiting = False
         #: Frames parsed behind a waiting one (at most what one read held).
@@ -195,7 +198,7 @@ class StompSession:
         self.context.stats.frame_received(frame.command)
         self._partial_since = None  # whatever follows is a new frame
         state = self.state
-        if state is State.CLOSED:
+        if state is State.CLOSED or self._pending_failure is not None:
             return
         if self._waiting:
             self._held.append(frame)
@@ -277,9 +280,9 @@ class StompSession:
             else:  # nobody to report to before CONNECTED
                 self.fail(error.message, error.message, frame)
         elif isinstance(error, ProtocolError):
-            self.fail(error.message, error.detail, frame, error.headers)
+            self._fail_in_order(error.message, error.detail, frame, error.headers)
         elif isinstance(error, (BrokerError, FrameError)):
-            self.fail(str(error), str(error), frame)
+            self._fail_in_order(str(error), str(error), frame)
         elif failure is None:  # unexpected: log it with its traceback
             self._refuse(error, frame, Failure(error, type(error), error.__traceback__))
         elif self.state is State.AUTHENTICATING:
@@ -521,8 +524,22 @@ class StompSession:
         elif not self._waiting:
             self.transport.resume_reading()
 
+    def _fail_in_order(
+        self, message: str, detail: str, frame: Frame, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        """ERROR for a refused frame, after the RECEIPTs earlier frames are owed: a client
+        told nothing of a stored message would send it again."""
+        if self.state is not State.CONNECTED or not self._receipts:
+            self.fail(message, detail, frame, extra_headers)
+            return
+        self.parser.stop()
+        self._pending_failure = (message, detail, frame, extra_headers)
+        self._close_after_receipts = True
+
     def _receipts_drained(self) -> None:
-        if self._close_after_receipts:
+        if self._pending_failure is not None:
+            self.fail(*self._pending_failure)
+        elif self._close_after_receipts:
             if self._shutdown_message is not None:
                 self.fail(self._shutdown_message)
             else:
