@@ -354,6 +354,26 @@ def test_any_byte_counts_as_liveness(clock):
     assert not client.closed
 
 
+def test_a_client_the_server_does_not_read_is_not_dropped_for_silence(clock):
+    """While the server holds a client's input (an interceptor waits, storage is behind), the
+    heart-beats it sends stay unread: that silence is the server's, not the client's."""
+    waiting = Waiting()
+    context = make_context(clock=clock, tick=0.25, heartbeat=(1000, 1000),
+                           interceptors=[waiting])
+    context.heartbeats.startService()
+    client = connected(context, heartbeat="1000,0")
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert client.transport.reading_paused
+    advance(clock, 10.0)
+    assert not client.closed
+    assert only(client.frames(), "ERROR") == []
+    waiting.pending[0].callback(None)
+    advance(clock, 1.0)
+    assert not client.closed, "the silence allowed starts again once reading resumes"
+    advance(clock, 2.0)
+    assert "heart-beat" in assert_error_then_closed(client).headers["message"]
+
+
 def test_client_without_heartbeats_is_never_dropped(clock):
     """Client cx of 0 means the server expects nothing and never times it out."""
     context = heartbeat_context(clock, server=(1000, 1000))
@@ -1684,6 +1704,8 @@ class RaisingTransport:
 
     def resume_reading(self) -> None:
         pass
+
+    reading_held = False
 
 
 def test_heartbeat_sweep_survives_a_session_whose_transport_raises(clock):

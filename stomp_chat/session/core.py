@@ -647,7 +647,8 @@ class StompSession:
             if now >= principal.expires_at:
                 self.fail("token expired", "the credentials of this session have expired")
                 return
-        if self._received:
+        if self._received or self.transport.reading_held:
+            # Heart-beats the server does not read prove nothing either way.
             self._received = False
             self._last_read = now
         elif self._incoming and now - self._last_read > self._incoming * HEARTBEAT_GRACE + tick:
