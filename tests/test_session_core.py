@@ -1652,6 +1652,26 @@ def test_frame_timeout_also_applies_with_heartbeats_flowing(clock):
     assert assert_error_then_closed(client).headers["message"] == "frame timeout"
 
 
+def test_a_frame_the_server_does_not_read_on_is_not_timed_out(clock):
+    """While the server holds a client's input (storage behind), the rest of an unfinished
+    frame waits unread: its deadline starts again once reading resumes."""
+    context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=5.0)
+    client = connected(context, heartbeat="0,0")
+    client.send_bytes(b"SEND\ndestination:/topic/t\n\npartial")
+    client.transport.pause_reading()  # as the storage gate does
+    for _ in range(30):
+        clock.advance(1)
+        context.heartbeats.sweep()
+    assert not client.closed
+    client.transport.resume_reading()
+    clock.advance(4)
+    context.heartbeats.sweep()
+    assert not client.closed
+    clock.advance(1)
+    context.heartbeats.sweep()
+    assert assert_error_then_closed(client).headers["message"] == "frame timeout"
+
+
 def test_frames_completed_in_time_reset_the_deadline(clock):
     """A client whose frames each complete in time is never cut, however long it stays."""
     context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=5.0)

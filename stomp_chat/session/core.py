@@ -635,8 +635,11 @@ class StompSession:
             if now - self._opened_at >= settings.connect_timeout:
                 self.fail("connect timeout", "the connection was not established in time")
                 return
+        held = self.transport.reading_held
         partial_since = self._partial_since
-        if partial_since is not None and now - partial_since >= settings.frame_timeout:
+        if partial_since is not None and held:
+            self._partial_since = now  # the rest of the frame waits unread, by the server
+        elif partial_since is not None and now - partial_since >= settings.frame_timeout:
             self.fail(
                 "frame timeout",
                 f"a frame was not complete {settings.frame_timeout:g} s after its first byte",
@@ -647,7 +650,7 @@ class StompSession:
             if now >= principal.expires_at:
                 self.fail("token expired", "the credentials of this session have expired")
                 return
-        if self._received or self.transport.reading_held:
+        if self._received or held:
             # Heart-beats the server does not read prove nothing either way.
             self._received = False
             self._last_read = now
