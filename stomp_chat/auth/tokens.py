@@ -217,6 +217,8 @@ class LoginTokens:
             "aud": LOGIN_AUDIENCE,
             "jti": os.urandom(8).hex(),
         }
+        if "pwd" in principal.claims:  # which password the token stands for
+            claims["pwd"] = principal.claims["pwd"]
         return jwt.encode(claims, self._secret, algorithm="HS256"), float(expires)
 
     def verify(self, token: str) -> Principal:
