@@ -1876,6 +1876,24 @@ def test_a_protocol_error_waits_for_the_receipts_of_earlier_frames(clock):
     assert client.closed
 
 
+def test_a_malformed_frame_waits_for_the_receipts_of_earlier_frames(clock):
+    """A frame the parser cannot read, behind a durable SEND, gets its ERROR only after that
+    SEND's RECEIPT: what was stored is acknowledged even when the stream breaks."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.send_bytes(b"SEND\nno colon here\n\n\x00")
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and "malformed" in error.headers["message"]
+    assert client.closed
+
+
 def test_shut_down_with_nothing_due_errors_at_once(context):
     """With no RECEIPT due, shut_down sends ERROR and closes at once."""
     client = connected(context)

@@ -135,7 +135,7 @@ class StompSession:
         self._close_after_receipts = False
         self._shutdown_message: str | None = None
         #: The ERROR of a refused frame, sent once earlier frames' RECEIPTs are out.
-        self._pending_failure: tuple[str, str, Frame, dict[str, str] | None] | None = None
+        self._pending_failure: tuple[str, str, Frame | None, dict[str, str] | None] | None = None
         #: An interceptor's Deferred is pending: input is paused.
         self._waiting = False
         #: Frames parsed behind a waiting one (at most what one read held).
@@ -188,7 +188,7 @@ class StompSession:
         try:
             parser.feed(data)
         except FrameError as error:
-            self.fail(str(error), frame=error.frame)
+            self._fail_in_order(str(error), "", error.frame)
             return
         if self._partial_since is None and parser.partial:
             self._partial_since = self.context.clock.seconds()
@@ -525,7 +525,11 @@ class StompSession:
             self.transport.resume_reading()
 
     def _fail_in_order(
-        self, message: str, detail: str, frame: Frame, extra_headers: dict[str, str] | None = None
+        self,
+        message: str,
+        detail: str,
+        frame: Frame | None,
+        extra_headers: dict[str, str] | None = None,
     ) -> None:
         """ERROR for a refused frame, after the RECEIPTs earlier frames are owed: a client
         told nothing of a stored message would send it again."""
