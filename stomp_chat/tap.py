@@ -323,6 +323,14 @@ class Options(usage.Options):
             _number("--frame-timeout", allow_zero=False),
         ],
         [
+            "max-subscriptions",
+            None,
+            1_000,
+            "How many subscriptions one connection may hold at once; one more gets ERROR "
+            "'too many subscriptions' and the connection closes.",
+            _positive_int("--max-subscriptions"),
+        ],
+        [
             "max-pending-receipts",
             None,
             10_000,
@@ -733,6 +741,7 @@ def makeService(options: Options) -> IService:
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
         max_pending_receipts=options["max-pending-receipts"],
+        max_subscriptions=options["max-subscriptions"],
     )
     # Authentication is the chain's first link, in every mode: with --auth
     # none it names the client after its login (or a guest name).

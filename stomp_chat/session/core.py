@@ -415,7 +415,10 @@ class StompSession:
         if sub_id in acks:
             raise ProtocolError("duplicate subscription", f"subscription id {sub_id!r} is in use")
         if len(acks) >= self.context.settings.max_subscriptions:
-            raise ProtocolError("too many subscriptions")
+            raise ProtocolError(
+                "too many subscriptions",
+                f"a connection may hold {self.context.settings.max_subscriptions} subscriptions",
+            )
         ack_mode = frame.headers.get("ack", ACK_AUTO)
         if ack_mode not in ACK_MODES:
             raise ProtocolError("invalid ack mode", f"ack must be one of {sorted(ACK_MODES)}")
