@@ -8,14 +8,24 @@ each generator connects to its own server, and both servers relay every
 message through Redis (so each also receives and routes the other's
 traffic). Interleaved, repeated; prints medians and the ratio.
 
-Usage: ``python bench/cluster.py [--repeats 3] [--duration 4]``; needs Redis
-on 127.0.0.1:6379 and the generator built (``bench/run.py`` builds it, or
-``cargo build --release --offline`` in ``bench/gen``).
+``--partitioned`` measures what scale-out depends on instead, side by side
+in one run: one server alone; then two servers in cluster mode where every
+client of the load is on server A (A's rooms) and server B has no subscriber
+for any of them. It reports the CPU each server spent (read from /proc over
+the generator's run), CPU per delivery for one process vs the cluster, the
+latency the Redis hop adds (p50/p99), and Redis's own PUBLISH and script
+throughput from ``redis-benchmark`` against a throwaway ``redis-server``.
+``--source DIR`` runs the servers from another checkout (to compare).
+
+Usage: ``python bench/cluster.py [--repeats 3] [--duration 4] [--partitioned]``;
+needs Redis on 127.0.0.1:6379 and the generator built (``bench/run.py`` builds
+it, or ``cargo build --release --offline`` in ``bench/gen``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -33,6 +43,10 @@ GENERATOR = ROOT / "bench" / "gen" / "target" / "release" / "stompgen"
 _PORT_LINE = re.compile(r"\b(StompFactory|Site) starting on (\d+)")
 
 
+#: Where the servers' code comes from (``--source``).
+SOURCE = ROOT
+
+
 def start_server(workdir: Path, name: str, redis: str | None) -> tuple[subprocess.Popen, int]:
     """A stomp-chat process on free loopback ports; returns it and its HTTP port."""
     log = workdir / f"{name}.log"
@@ -44,7 +58,7 @@ def start_server(workdir: Path, name: str, redis: str | None) -> tuple[subproces
     ]
     if redis:
         command.append(f"--redis={redis}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(SOURCE))
     process = subprocess.Popen(command, env=env, cwd=workdir)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -106,15 +120,133 @@ def run_once(cluster: bool, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def partitioned_once(cluster: bool, args: argparse.Namespace) -> dict[str, float]:
+    """The load on server A only (rooms 1-10); in cluster mode B follows none of them."""
+    workdir = Path(tempfile.mkdtemp(prefix="stomp-chat-partitioned-"))
+    redis = f"redis://127.0.0.1:6379/0?namespace=bench-{uuid.uuid4().hex[:8]}" if cluster else None
+    servers = [start_server(workdir, "a", redis)]
+    if cluster:
+        servers.append(start_server(workdir, "b", redis))
+    try:
+        time.sleep(1.0)  # start-up CPU out of the window
+        before = [cpu_seconds(process.pid) for process, _ in servers]
+        (a, port_a) = servers[0]
+        gens = [generator(port_a, 1, a.pid, args), generator(port_a, 6, a.pid, args)]
+        results = [result_of(g) for g in gens]
+        after = [cpu_seconds(process.pid) for process, _ in servers]
+    finally:
+        for process, _ in servers:
+            process.terminate()
+        for process, _ in servers:
+            process.wait(30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    deliveries = sum(r["delivered"] for r in results)
+    return {
+        "deliveries_per_s": sum(r["deliveries_per_s"] for r in results),
+        "deliveries": deliveries,
+        "cpu_a_s": spent[0],
+        "cpu_b_s": spent[1] if cluster else 0.0,
+        "cpu_us_per_delivery": sum(spent) * 1e6 / max(deliveries, 1),
+        "p50_ms": statistics.median(r["lat_ms"]["p50"] for r in results),
+        "p99_ms": max(r["lat_ms"]["p99"] for r in results),
+        "problems": sum(r["lost"] + r["duplicated"] + r["reordered"] + r["errors"]
+                        for r in results),
+    }
+
+
+def redis_throughput() -> dict[str, float]:
+    """PUBLISH and a numbering-sized script per second, on a throwaway redis-server."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"], stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        script = ("local s = redis.call('INCR', KEYS[1]) "
+                  "redis.call('RPUSH', KEYS[2], ARGV[1]) redis.call('LTRIM', KEYS[2], -1000, -1) "
+                  "redis.call('PUBLISH', KEYS[3], ARGV[1]) return s")
+        results = {}
+        for label, command in (
+            ("publish", ["PUBLISH", "bench", "x" * 200]),
+            ("script", ["EVAL", script, "3", "seq", "recent", "chan", "x" * 200]),
+        ):
+            out = subprocess.run(
+                ["redis-benchmark", "-p", str(port), "-n", "100000", "-c", "20", "-q",
+                 "--csv", *command], capture_output=True, text=True, timeout=60,
+            ).stdout
+            rows = [row for row in csv.reader(out.splitlines()) if row and row[0] != "test"]
+            results[label] = float(rows[-1][1])
+        return results
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def partitioned(args: argparse.Namespace) -> None:
+    runs: dict[str, list[dict[str, float]]] = {"one process": [], "cluster, load on A": []}
+    for repeat in range(args.repeats):
+        for label, cluster in (("one process", False), ("cluster, load on A", True)):
+            outcome = partitioned_once(cluster, args)
+            runs[label].append(outcome)
+            print(f"repeat {repeat + 1} {label:20} {outcome['deliveries_per_s']:9,.0f} del/s "
+                  f"A {outcome['cpu_a_s']:.2f} s B {outcome['cpu_b_s']:.3f} s "
+                  f"{outcome['cpu_us_per_delivery']:.1f} us/delivery "
+                  f"p50 {outcome['p50_ms']:.1f} p99 {outcome['p99_ms']:.1f} ms "
+                  f"problems {outcome['problems']:.0f}", flush=True)
+
+    def med(label: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[label])
+
+    print()
+    print("| setup | deliveries/s | CPU A (s) | CPU B (s) | CPU us/delivery | p50 ms | p99 ms "
+          "| lost+dup+reordered+errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, outcomes in runs.items():
+        print(f"| {label} | {med(label, 'deliveries_per_s'):,.0f} | {med(label, 'cpu_a_s'):.2f} "
+              f"| {med(label, 'cpu_b_s'):.3f} | {med(label, 'cpu_us_per_delivery'):.1f} "
+              f"| {med(label, 'p50_ms'):.1f} | {med(label, 'p99_ms'):.1f} "
+              f"| {sum(r['problems'] for r in outcomes):.0f} |")
+    idle = med("cluster, load on A", "cpu_b_s") / med("cluster, load on A", "cpu_a_s")
+    per = med("cluster, load on A", "cpu_us_per_delivery") / med("one process",
+                                                                   "cpu_us_per_delivery")
+    print(f"\nB (no subscribers) / A (its rooms) CPU: {idle:.1%}")
+    print(f"CPU per delivery, cluster / one process: {per:.2f}x")
+    hop50 = med("cluster, load on A", "p50_ms") - med("one process", "p50_ms")
+    hop99 = med("cluster, load on A", "p99_ms") - med("one process", "p99_ms")
+    print(f"latency added by the Redis hop: p50 {hop50:+.1f} ms, p99 {hop99:+.1f} ms")
+    throughput = redis_throughput()
+    print(f"redis-benchmark: PUBLISH {throughput['publish']:,.0f}/s, "
+          f"numbering-sized script {throughput['script']:,.0f}/s")
+
+
 def main() -> None:
+    global SOURCE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--duration", type=float, default=4)
+    parser.add_argument("--partitioned", action="store_true")
+    parser.add_argument("--source", type=Path, default=ROOT)
     args = parser.parse_args()
+    SOURCE = args.source.resolve()
     if not GENERATOR.exists():
         gen_dir = GENERATOR.parents[2]
         sys.exit(f"build the generator first: cargo build --release --offline in {gen_dir}")
+    if args.partitioned:
+        partitioned(args)
+        return
     runs: dict[str, list[dict[str, float]]] = {"one process": [], "two processes (Redis)": []}
     for repeat in range(args.repeats):
         for label, cluster in (("one process", False), ("two processes (Redis)", True)):

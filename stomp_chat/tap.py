@@ -20,6 +20,7 @@ from stomp_chat.app.readstate import ReadState
 from stomp_chat.app.recovery import DEFAULT_MAX_RECOVERY, RoomRecovery
 from stomp_chat.app.rooms import DEFAULT_MAX_ACTIVE_ROOMS, DEFAULT_ROOM_IDLE_SECONDS
 from stomp_chat.app.routes import AppRouter
+from stomp_chat.app.subscriptions import room_of_topic
 from stomp_chat.auth.options import (
     AUTH_PARAMETERS,
     resolve_auth_options,
@@ -43,6 +44,8 @@ from stomp_chat.broker import (
     BrokerLimits,
 )
 from stomp_chat.cluster import RedisRelay, parse_redis_url
+from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE
+from stomp_chat.cluster.presence import DEFAULT_PRESENCE_TTL, ClusterPresence
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.identity import AUTH_NONE
@@ -320,6 +323,14 @@ class Options(usage.Options):
             _number("--frame-timeout", allow_zero=False),
         ],
         [
+            "max-subscriptions",
+            None,
+            1_000,
+            "How many subscriptions one connection may hold at once; one more gets ERROR "
+            "'too many subscriptions' and the connection closes.",
+            _positive_int("--max-subscriptions"),
+        ],
+        [
             "max-pending-receipts",
             None,
             10_000,
@@ -437,6 +448,24 @@ class Options(usage.Options):
             None,
             "Cluster mode: share rooms with the other stomp-chat processes using this Redis, "
             "e.g. redis://127.0.0.1:6379/0. Off by default (one process).",
+        ],
+        [
+            "cluster-recent",
+            None,
+            DEFAULT_RECENT_SIZE,
+            "Cluster mode: how many of each room's last messages Redis keeps, for servers "
+            "to fill what they missed and for recovery on another server (Redis memory: "
+            "up to this many messages per active room).",
+            _positive_int("--cluster-recent"),
+        ],
+        [
+            "presence-ttl",
+            None,
+            int(DEFAULT_PRESENCE_TTL),
+            "Cluster mode: seconds after which a server that stopped answering is gone from "
+            "every room's presence (it refreshes its key every third of this; a dead server's "
+            "users leave within 4/3 of it).",
+            _positive_int("--presence-ttl"),
         ],
         [
             "retention-days",
@@ -662,7 +691,11 @@ def makeService(options: Options) -> IService:
         cache_ttl=options["room-cache-ttl"],
         max_waiting=options["max-unchecked-messages"],
     )
-    relay = RedisRelay(broker, options["redis"], reactor) if options["redis"] else None
+    relay = (
+        RedisRelay(broker, options["redis"], reactor, room_of=room_of_topic,
+                   recent_size=options["cluster-recent"])
+        if options["redis"] else None
+    )
     chat = ChatService(
         store,
         writer,
@@ -682,7 +715,11 @@ def makeService(options: Options) -> IService:
         relay.listeners.append(chat.relayed)
 
     # The browser chat's features: recovery on re-subscribe, presence, unread counts.
-    presence = PresenceTracker(broker)
+    shared_presence = (
+        ClusterPresence(relay, reactor, ttl=float(options["presence-ttl"]))
+        if relay is not None else None
+    )
+    presence = PresenceTracker(broker, shared_presence)
     reads = ReadState(
         AdbapiReadPositionStore(pool), chat, broker, reactor,
         may_read=authorization.rooms.may_read if authorization.enforce else None,
@@ -704,6 +741,7 @@ def makeService(options: Options) -> IService:
         max_transaction_bytes=options["max-transaction-bytes"],
         frame_timeout=options["frame-timeout"],
         max_pending_receipts=options["max-pending-receipts"],
+        max_subscriptions=options["max-subscriptions"],
     )
     # Authentication is the chain's first link, in every mode: with --auth
     # none it names the client after its login (or a guest name).
@@ -789,6 +827,7 @@ def makeService(options: Options) -> IService:
                 timed_store=timed_store,
                 database=database_probe,
                 redis=redis_probe,
+                relay=relay,
                 draining=lambda: bool(server_ref) and server_ref[0].draining,
             )
             resources[b"metrics"] = Metrics(build_registry(sources))
@@ -826,6 +865,7 @@ def makeService(options: Options) -> IService:
         # Started before the ports, stopped after them.
         support=[
             *authentication.services,
+            *([shared_presence] if shared_presence is not None else []),
             ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
             *retention,
         ],
@@ -878,8 +918,9 @@ def readiness_checks(
         probe = redis
 
         def redis_check() -> Any:
-            if not relay.connected:
-                return {"ok": False, "state": "down", "error": "not connected"}
+            degraded = relay.degraded
+            if degraded is not None:
+                return {"ok": False, "state": "down", "error": degraded}
             return probe.check().addCallback(lambda result: result.as_check())
 
         checks["redis"] = redis_check

@@ -17,7 +17,7 @@ ROOM_TOPIC = "/topic/chat/room/{}"
 class ChatClient(stomp.ConnectionListener):
     """A stomp.py WebSocket client that records what the server sends it."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, login: str | None = None) -> None:
         self._lock = threading.Condition()
         self.messages: list[stomp.utils.Frame] = []
         self.receipts: list[str] = []
@@ -27,7 +27,10 @@ class ChatClient(stomp.ConnectionListener):
             [("127.0.0.1", port)], ws_path="/ws/chat", heartbeats=(0, 0)
         )
         self.conn.set_listener("recorder", self)
-        self.conn.connect(wait=True)
+        if login is None:
+            self.conn.connect(wait=True)
+        else:
+            self.conn.connect(login, "", wait=True)
         self._subscriptions = 0
 
     # listener callbacks run on stomp.py's receiver thread

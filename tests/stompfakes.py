@@ -55,6 +55,10 @@ class RecordingTransport:
     def resume_reading(self) -> None:
         self.reading_paused = False
 
+    @property
+    def reading_held(self) -> bool:
+        return self.reading_paused
+
     def value(self) -> bytes:
         return b"".join(self.writes)
 

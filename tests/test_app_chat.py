@@ -774,6 +774,15 @@ class _OtherNodeSequencer:
     def sequence_and_publish(self, *args: Any) -> Deferred[int]:
         raise AssertionError("not used in these tests")
 
+    def follows(self, room_id: int) -> bool:
+        return True
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        return succeed([])
+
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        return succeed(None)
+
 
 def _relayed_body(room_id: int, seq: int, text: str) -> bytes:
     message = ChatMessage(
@@ -1141,6 +1150,15 @@ class _FixedSequencer:
 
     def sequence_and_publish(self, *args: Any, **kwargs: Any) -> Deferred[int]:
         return succeed(self.seq)
+
+    def follows(self, room_id: int) -> bool:
+        return True
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        return succeed([])
+
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        return succeed(None)
 
 
 def test_a_seq_collision_is_an_error_to_its_sender_never_a_receipt() -> None:

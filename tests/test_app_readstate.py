@@ -277,3 +277,28 @@ def test_reads_in_rooms_the_user_may_not_read_are_refused() -> None:
     assert [json.loads(f.body).get("error") for f in frames] == ["forbidden", None]
     assert server.positions.positions("alice").result == {1: 1}
     assert asked == [("alice", 2), ("alice", 1)]
+
+
+def test_a_room_the_user_may_no_longer_read_gets_no_more_counts() -> None:
+    """Once a user may not read a room (they left a private room), its unread counts stop, in
+    the open tab and in a tab that comes online later: they would tell how busy it is."""
+    readable = {1, 2}
+
+    def may_read(principal: Principal, room_id: int) -> Deferred[bool]:
+        return succeed(room_id in readable)
+
+    server = Server(may_read=may_read)
+    server.post(1, 2)
+    server.post(2, 2)
+    alice = server.client("alice")
+    online(alice)
+    read(alice, 1, 1)
+    read(alice, 2, 1)
+    assert sorted(updates(alice)) == [(1, 1), (2, 1)]
+    readable.discard(2)
+    server.post(2, 3)
+    server.post(1, 1)
+    assert updates(alice) == [(1, 2)]
+    later = server.client("alice")
+    online(later)
+    assert updates(later) == [(1, 2)]

@@ -73,6 +73,13 @@ def test_room_topics_are_recognised_exactly(destination: str, room: int | None) 
     assert room_of_topic(destination) == room
 
 
+@pytest.mark.parametrize("destination", ["/topic/chat/room/01", "/topic/chat/room/007"])
+def test_a_room_id_with_leading_zeros_names_no_room(destination: str) -> None:
+    """The chat publishes to /topic/chat/room/1 only, so /topic/chat/room/01 is no room: a
+    subscriber there is not present in room 1 and recovers nothing it would not hear live."""
+    assert room_of_topic(destination) is None
+
+
 def test_a_user_is_the_principal_or_the_session() -> None:
     """A principal's id and name make the user; an anonymous session is a guest of its own."""
 

@@ -23,7 +23,7 @@ from stomp_chat.auth.authenticators import (
 from stomp_chat.auth.passwords import PasswordVerifier, hash_password
 from stomp_chat.auth.throttle import FailureThrottle
 from stomp_chat.auth.tokens import JwtVerifier, LoginTokens, VerificationKey
-from stomp_chat.auth.users import UserStore, add_user
+from stomp_chat.auth.users import UserStore, add_user, remove_user, set_password
 from stomp_chat.errors import AuthError
 from stomp_chat.identity import AUTH_JWT, AUTH_NONE, AUTH_PASSWORD, ConnectionInfo, Principal
 from stomp_chat.persistence import migrate
@@ -167,6 +167,34 @@ async def test_login_token_as_passcode(passwords: PasswordAuthenticator) -> None
         == {"admin"}
     result = await outcome(passwords.authenticate(connect(login="bob", passcode=token), PEER))
     assert isinstance(result, AuthError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_token_ends_with_its_user_and_its_password(
+    passwords: PasswordAuthenticator, sqlite_database: TestDatabase
+) -> None:
+    """A token from POST /api/login stops working once its password is reset or its user is
+    removed, and carries the user's roles as they are now, not as they were when issued."""
+    assert passwords.tokens is not None
+    pool = passwords.users._pool
+    dialect = dialect_named("sqlite")
+    signed_in = await passwords.check("alice", "alice's password", PEER)
+    token, _ = passwords.tokens.issue(signed_in)
+    assert (await passwords.authenticate(connect(passcode=token), PEER)).roles == {"admin"}
+    await pool.runInteraction(remove_user, dialect, "alice")
+    await pool.runInteraction(add_user, dialect, "alice", hash_password("alice's password"),
+                              frozenset())
+    result = await outcome(passwords.authenticate(connect(passcode=token), PEER))
+    assert isinstance(result, AuthError), "a token outlived its user and password"
+    token, _ = passwords.tokens.issue(await passwords.check("alice", "alice's password", PEER))
+    assert (await passwords.authenticate(connect(passcode=token), PEER)).roles == frozenset()
+    await pool.runInteraction(set_password, dialect, "alice", hash_password("a new password"))
+    result = await outcome(passwords.authenticate(connect(passcode=token), PEER))
+    assert isinstance(result, AuthError), "a token survived a password reset"
+    token, _ = passwords.tokens.issue(await passwords.check("alice", "a new password", PEER))
+    await pool.runInteraction(remove_user, dialect, "alice")
+    result = await outcome(passwords.authenticate(connect(passcode=token), PEER))
+    assert isinstance(result, AuthError), "a token outlived its user"
 
 
 # -- throttling -----------------------------------------------------------------------------

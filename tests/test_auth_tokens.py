@@ -74,6 +74,21 @@ def test_name_falls_back_to_sub_and_claims_are_configurable():
     assert principal.roles == frozenset({"read", "write"})
 
 
+@pytest.mark.parametrize("subject", ["a\x00b", "\ud800", "eve\nversion:1.0", "tab\there"])
+def test_a_sub_that_is_not_printable_text_is_refused(subject: str):
+    """A sub holding NUL, a lone surrogate or a line break is refused: it would break the
+    CONNECTED frame's user-name header, or the database that stores members."""
+    with pytest.raises(TokenRejected, match="sub"):
+        hs_verifier().verify(hs256(claims(subject, now=NOW)))
+
+
+@pytest.mark.parametrize("name", ["x\ny", "x\x00", "\udfff"])
+def test_a_name_that_is_not_printable_text_falls_back_to_sub(name: str):
+    """A display name holding a line break, NUL or a lone surrogate is not used: the
+    principal's name is its sub, so no header can be injected into CONNECTED."""
+    assert hs_verifier().verify(hs256(claims("u-4", now=NOW, name=name))).name == "u-4"
+
+
 def test_valid_rs256_and_es256_tokens_verify(tmp_path: Path):
     """RS256 tokens verify against an RSA public key, ES256 against an EC P-256 key."""
     assert rs_verifier(tmp_path).verify(rs256(claims("r", now=NOW))).user_id == "r"

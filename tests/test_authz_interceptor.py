@@ -99,6 +99,18 @@ def test_forged_room_messages_are_refused_in_every_mode() -> None:
             assert refused.value.code == "forbidden"
 
 
+def test_forged_unread_counts_are_refused_in_every_mode() -> None:
+    """A client SEND to another user's (or its own) /user/.../queue/unread is refused, even
+    with --auth none: only the server pushes unread counts there."""
+    for enforce in (False, True):
+        setup = Setup(enforce)
+        for destination in ("/user/bob/queue/unread", "/user/alice/queue/unread"):
+            with pytest.raises(ApplicationError) as refused:
+                setup.run("SEND", destination, ALICE)
+            assert refused.value.code == "forbidden"
+        assert setup.run("SEND", "/user/bob/queue/unread-notes", ALICE).command == "SEND"
+
+
 def test_with_auth_none_everything_else_passes() -> None:
     """--auth none keeps the seed's openness: any SUBSCRIBE, any other SEND, no principal."""
     setup = Setup(enforce=False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, FileBodyProducer
@@ -239,3 +240,15 @@ def test_principal_hook_default_is_nobody() -> None:
     from stomp_chat.authz.rest import no_principal
 
     assert no_principal(DummyRequest([b"rooms"])) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("user_id", ["er\x00in", "\ud800"], ids=["nul", "lone-surrogate"])
+@pytest_twisted.ensureDeferred
+async def test_a_user_id_no_database_can_store_is_a_400(open_api: Client, user_id: str) -> None:
+    """Joining someone by a userId holding NUL or a lone surrogate is a 400, never a 503."""
+    room = await open_api.call("POST", "/rooms", None, {"name": "team"})
+    joined = await open_api.call("POST", f"/rooms/{room.body['id']}/members", None,
+                                 {"userId": user_id})
+    assert joined.status == 400 and joined.body["error"] == "invalid-id"
+    members = await open_api.call("GET", f"/rooms/{room.body['id']}/members", None)
+    assert members.body["members"] == []

@@ -94,3 +94,21 @@ def test_an_unknown_member_closes_nothing() -> None:
     """A member id that does not exist names no session."""
     _, broker, store = setup()
     assert value(SubscriptionRevoker(broker, store).member_left(1, 999)) == 0
+
+
+def test_the_leaver_stops_watching_who_is_in_the_room() -> None:
+    """A leaver subscribed only to the room's presence topic is closed too (it names who comes
+    and goes in a private room); a session on both topics is closed once."""
+    rooms, broker, _ = setup()
+    alice, bob = Principal("alice", "Alice"), Principal("bob", "Bob")
+    room = value(rooms.create_room("team", None, True, alice)).id
+    bob_id = value(rooms.member_id(bob))
+    value(rooms.join(room, bob_id))
+    watcher, both = Session(bob), Session(bob)
+    presence = f"/topic/chat/room/{room}/presence"
+    broker.subscribe(Subscription(watcher, presence, presence), "bob")
+    subscribe(broker, both, room)
+    broker.subscribe(Subscription(both, "p", presence), "bob")
+    assert value(rooms.leave(room, bob_id)) is True
+    assert [f[0] for f in watcher.failures] == [ACCESS_REVOKED]
+    assert [f[0] for f in both.failures] == [ACCESS_REVOKED]

@@ -1131,3 +1131,29 @@ def test_closing_session_at_max_unacked_takes_nothing_from_its_starved_queues():
     got = [(f.body, f.headers.get("x-delivery-count")) for f in staying.frames()]
     assert got == [(b"b0", None), (b"b1", None), (b"b2", None)]
     assert context.broker.dead_lettered == 0
+
+
+def test_interest_listeners_hear_of_the_first_and_the_last_subscriber_of_a_key() -> None:
+    """A topic or user key is reported wanted at its first subscriber and unwanted when its
+    last leaves; later subscribers, queues and a failing listener change nothing else."""
+    broker = Broker()
+    heard: list[tuple[str, bool]] = []
+
+    def failing(key: str, wanted: bool) -> None:
+        raise RuntimeError("a listener that fails")
+
+    broker.interest_listeners.extend([failing, lambda key, wanted: heard.append((key, wanted))])
+    first = Subscription(Recorder(), "1", "/topic/a")
+    second = Subscription(Recorder(), "2", "/topic/a")
+    mine = Subscription(Recorder(), "3", "/user/queue/x")
+    job = Subscription(Recorder(), "4", "/queue/jobs")
+    for subscription in (first, second, mine, job):
+        broker.subscribe(subscription, "alice")
+    assert heard == [("/topic/a", True), ("/user/alice/queue/x", True)]
+    assert sorted(broker.wanted_keys()) == ["/topic/a", "/user/alice/queue/x"]
+    broker.unsubscribe(first)
+    assert heard[-1] == ("/user/alice/queue/x", True)
+    broker.unsubscribe(second)
+    broker.unsubscribe(job)
+    assert heard[-1] == ("/topic/a", False)
+    assert broker.wanted_keys() == ["/user/alice/queue/x"]

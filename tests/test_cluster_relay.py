@@ -28,9 +28,11 @@ from zope.interface import implementer
 
 from stomp_chat.app.chat import ChatRequest, ChatService
 from stomp_chat.app.routes import AppContext, ApplicationError
+from stomp_chat.app.subscriptions import room_of_topic
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.cluster import RedisAddress, RedisRelay, parse_redis_url
-from stomp_chat.cluster.relay import DEFAULT_NAMESPACE, decode_envelope, encode_envelope
+from stomp_chat.cluster.address import DEFAULT_NAMESPACE
+from stomp_chat.cluster.envelope import decode_envelope, encode_envelope
 from stomp_chat.persistence import ChatMessage, MemoryChatStore, WriteBehindWriter
 from stomp_chat.stomp.frame import Frame
 
@@ -138,7 +140,7 @@ class Node:
 
     def __init__(self, url: str, with_chat: bool, store: MemoryChatStore | None = None) -> None:
         self.broker = Broker()
-        self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor)
+        self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor, room_of=room_of_topic)
         self.probe = subscribe(self.broker, PROBE_TOPIC)
         self.store = store if store is not None else MemoryChatStore()
         self.writer = WriteBehindWriter(self.store, reactor, flush_interval=0.01)
@@ -159,10 +161,7 @@ class Node:
             try:
                 await relay.stopService().addTimeout(WAIT, reactor)
             except TimeoutError:
-                # Do not leave connections behind even if the relay cannot stop.
-                for client in (relay._commands, relay._subscriber):
-                    if client is not None:
-                        client.disconnect()
+                relay.disconnect_now()  # leave no connections behind
         if self.writer.running:
             await self.writer.stopService()
 
@@ -330,7 +329,9 @@ def test_envelope_round_trip(body: bytes) -> None:
     }
     for local in (False, True):
         payload = encode_envelope("node-é1", local, headers, body)
-        assert decode_envelope(payload) == ("node-é1", local, headers, body)
+        assert decode_envelope(payload) == ("node-é1", local, headers, None, body)
+        numbered = encode_envelope("node-é1", local, headers, body, seq=42)
+        assert decode_envelope(numbered) == ("node-é1", local, headers, 42, body)
 
 
 # -- relaying broker publishes ---------------------------------------------------------------
@@ -423,6 +424,9 @@ async def test_queue_destinations_are_not_relayed(cluster: Cluster) -> None:
         b'{"a": 1, "b": 2, "c": 3}\nbody',
         b'["origin", false, 5]\nbody',
         b'["origin", false, {"x-n": 1}]\nbody',
+        b'["origin", true, {}, 0, 4]\nbody',
+        b'["origin", true, {}, "1", 4]\nbody',
+        b'["origin", true, {}, true, 4]\nbody',
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -628,3 +632,174 @@ async def test_a_node_that_missed_messages_never_reuses_a_stored_seq_after_redis
         (1, "B opens the room"), (2, "a0"), (3, "a1"), (4, "a2"), (message.seq, "B again")
     ]
     assert a.writer.collided_count == b.writer.collided_count == 0
+
+
+# -- room-scoped relaying --------------------------------------------------------------------
+
+
+async def subscriber_count(cluster: Cluster, key: str) -> int:
+    """How many connections Redis has subscribed to ``key``'s channel (PUBSUB NUMSUB)."""
+    reply = await cluster.redis.execute_command("PUBSUB", "NUMSUB", cluster.channel(key))
+    return int(reply[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_subscribes_to_a_channel_only_while_it_has_local_subscribers(
+    cluster: Cluster,
+) -> None:
+    """A node SUBSCRIBEs to a topic's channel when its first local subscriber arrives and
+    UNSUBSCRIBEs when the last leaves; a node without subscribers receives none of it."""
+    a, b = await cluster.node(), await cluster.node()
+    assert await subscriber_count(cluster, "/topic/news") == 0
+    recorder = Recorder()
+    subscriptions = [Subscription(recorder, f"s{i}", "/topic/news") for i in range(2)]
+    for subscription in subscriptions:
+        b.broker.subscribe(subscription, "anon")
+    await eventually(lambda: "/topic/news" in b.relay.subscribed, "B's subscription")
+    assert await subscriber_count(cluster, "/topic/news") == 1, "one SUBSCRIBE for two"
+
+    await cluster.sync()
+    received_on_a = a.relay.ingestion.routed_count
+    b.broker.publish("/topic/news", b"from B")
+    await eventually(lambda: len(recorder.messages) == 2, "B's own subscribers")
+    await cluster.sync()
+    assert a.relay.ingestion.routed_count == received_on_a + 1, "A received only the probe"
+
+    b.broker.unsubscribe(subscriptions[0])
+    assert "/topic/news" in b.relay.wanted
+    b.broker.unsubscribe(subscriptions[1])
+    assert "/topic/news" not in b.relay.wanted
+
+    async def unsubscribed() -> None:
+        while await subscriber_count(cluster, "/topic/news") != 0:
+            await deferLater(reactor, 0.01, lambda: None)
+
+    await outcome(Deferred.fromCoroutine(unsubscribed()), "B's UNSUBSCRIBE")
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_messages_numbered_while_a_room_subscription_is_confirmed_are_filled(
+    cluster: Cluster,
+) -> None:
+    """Messages numbered after a node read the room's counter but before Redis confirmed its
+    SUBSCRIBE reach its subscribers from Redis's recent list, once each and in order, and
+    live ones follow."""
+    room = 21
+    a, b = await cluster.node(with_chat=True), await cluster.node(with_chat=True)
+    assert (await outcome(a.talk(room, "before"), "the first post")).seq == 1
+    subscribe_now = b.relay._subscribe
+
+    def slow_subscribe(key: str) -> None:  # widen the window to a fixed 0.3 s
+        reactor.callLater(0.3, subscribe_now, key)
+
+    b.relay._subscribe = slow_subscribe  # type: ignore[method-assign]
+    key = f"/topic/chat/room/{room}"
+    watcher = subscribe(b.broker, key)
+    followed = b.relay.ingestion.followed[key]
+    await eventually(lambda: followed.delivered_through is not None, "B's baseline")
+    assert followed.delivered_through == 1
+    for i in range(4):
+        await outcome(a.talk(room, f"in the window {i}"), f"post {i}")
+    assert watcher.messages == [], "the SUBSCRIBE is not confirmed yet"
+    await eventually(lambda: len(watcher.messages) == 4, "the window's messages on B")
+    assert followed.filled == 4
+    for i in range(2):
+        await outcome(a.talk(room, f"live {i}"), f"live post {i}")
+    await eventually(lambda: len(watcher.messages) == 6, "the live messages on B")
+    await cluster.sync()
+    assert [m["seq"] for m in chat_bodies(watcher)] == [2, 3, 4, 5, 6, 7]
+    assert followed.duplicates == 0
+
+
+# -- Redis faults ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_cut_off_from_redis_keeps_local_delivery_and_recovers_without_gaps(
+    cluster: Cluster,
+) -> None:
+    """Behind a proxy that cuts its connections and then closes every new one at once, a
+    node delivers locally, refuses chat as unavailable and reports which links are down;
+    once the proxy forwards again it reconnects and re-subscribes by itself, and its
+    subscribers see the room's seqs without a gap or a duplicate."""
+    from tests.tcpproxy import TcpProxy
+
+    room = 41
+    key = f"/topic/chat/room/{room}"
+    with TcpProxy(REDIS_HOST, REDIS_PORT) as proxy:
+        a = await cluster.node(with_chat=True)
+        b = Node(f"redis://{REDIS_HOST}:{proxy.port}/0?namespace={cluster.namespace}", True)
+        b.relay.max_retry = 0.2
+        cluster.nodes.append(b)
+        b.start()
+        await cluster.sync()
+        on_a, on_b = subscribe(a.broker, key), subscribe(b.broker, key)
+        local_b = subscribe(b.broker, "/topic/local")
+        await eventually(lambda: key in b.relay.subscribed, "B's room subscription")
+        for i in range(2):
+            await outcome(a.talk(room, f"before {i}"), f"post {i}")
+        await eventually(lambda: len(on_b.messages) == 2, "2 messages on B")
+
+        proxy.block()
+        await eventually(lambda: b.relay.degraded == "commands and subscriber link down",
+                         "B to notice")
+        b.broker.publish("/topic/local", b"still delivered here")
+        assert [m.body for m in local_b.messages] == [b"still delivered here"]
+        refused = await outcome(b.talk(room, "while cut off"), "B's refused post")
+        assert isinstance(refused, Failure) and refused.value.code == "unavailable"
+        for i in range(3):
+            await outcome(a.talk(room, f"during {i}"), f"A's post {i} during the cut")
+        await deferLater(reactor, 0.5, lambda: None)  # several refused reconnections
+        assert b.relay.degraded is not None
+
+        proxy.unblock()
+        await eventually(lambda: b.relay.degraded is None, "B to reconnect", 5.0)
+        await eventually(lambda: len(on_b.messages) == 5, "the missed messages on B", 5.0)
+        after = await outcome(b.talk(room, "back"), "B's post after the cut")
+        assert isinstance(after, ChatMessage) and after.seq == 6
+        await eventually(lambda: len(on_b.messages) == 6 and len(on_a.messages) == 6,
+                         "the last message on both")
+        await cluster.sync()
+        assert [m["seq"] for m in chat_bodies(on_b)] == [1, 2, 3, 4, 5, 6]
+        assert chat_bodies(on_b) == chat_bodies(on_a)
+        assert b.relay.commands_link.ups >= 2 and b.relay.subscriber_link.ups >= 2
+        await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rooms_recent_list_keeps_its_configured_number_of_last_messages(
+    cluster: Cluster,
+) -> None:
+    """Redis keeps a room's last --cluster-recent records, numbered, oldest dropped, with
+    an expiry; recent() gives their bodies in seq order."""
+    room = 71
+    node = await cluster.node(with_chat=True)
+    node.relay.batch.recent_size = 3
+    for i in range(5):
+        await outcome(node.talk(room, f"m{i}"), f"post {i}")
+    recent_key = f"{cluster.namespace}:recent:{room}"
+    assert await cluster.redis.llen(recent_key) == 3
+    assert 0 < await cluster.redis.ttl(recent_key) <= 86400
+    bodies = await outcome(node.relay.recent(room), "the recent bodies")
+    assert [json.loads(b)["seq"] for b in bodies] == [3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_message_leaves_the_rooms_recent_list(cluster: Cluster) -> None:
+    """Deleting a message in cluster mode removes it from Redis's recent list too, so no
+    server's history brings it back."""
+    room = 72
+    node = await cluster.node(with_chat=True)
+    assert node.chat is not None
+    for i in range(3):
+        await outcome(node.talk(room, f"m{i}"), f"post {i}")
+    await node.writer.flush()
+    removed = await outcome(node.chat.delete_message(room, 2), "the delete")
+    assert isinstance(removed, ChatMessage) and removed.seq == 2
+    recent_key = f"{cluster.namespace}:recent:{room}"
+    deadline = reactor.seconds() + WAIT
+    while await cluster.redis.llen(recent_key) != 2:  # the delete's LREM follows it
+        assert reactor.seconds() < deadline, "the deleted record stayed in the recent list"
+        await deferLater(reactor, 0.01, lambda: None)
+    bodies = await outcome(node.relay.recent(room), "the recent bodies")
+    assert [json.loads(b)["seq"] for b in bodies] == [1, 3]

@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -317,3 +318,172 @@ def test_a_lost_redis_counter_restarts_past_the_shared_database(
         f"SELECT seq, text FROM messages WHERE room_id = {room} ORDER BY seq"
     )
     assert rows == [(m["seq"], m["detailMessage"]) for m in [*before, after]]
+
+
+def relayed_count(server: RunningServer) -> float:
+    """The server's stomp_chat_relayed_messages_received_total, from /metrics."""
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("stomp_chat_relayed_messages_received_total "):
+            return float(line.split()[1])
+    raise AssertionError("no relayed-messages counter in /metrics")
+
+
+def channel_subscribers(redis_url: str, key: str) -> int:
+    namespace = redis_url.rpartition("namespace=")[2]
+    reply = redis_command("PUBSUB", "NUMSUB", f"{namespace}:{key}")
+    return int(reply[1])
+
+
+def test_a_server_receives_no_traffic_for_rooms_it_has_no_subscribers_for(
+    tmp_path: Path, redis_url: str, start_node, clients
+) -> None:
+    """Rooms partitioned over two servers, publishers anywhere: each server's Redis channels
+    are its own rooms', it receives only their messages (its /metrics counts them), and a
+    room's channel is dropped when its last subscriber leaves."""
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db")
+    on_a, on_b = clients(server_a), clients(server_b)
+    on_a.subscribe(ROOM_TOPIC.format(31))
+    on_b.subscribe(ROOM_TOPIC.format(32))
+    for client in (on_a, on_b):
+        client.subscribe(ERRORS)
+    before_a, before_b = relayed_count(server_a), relayed_count(server_b)
+
+    for i in range(5):  # B's client talks in A's room, and A's client in B's
+        on_b.send_chat({"type": "TALK", "roomId": 31, "senderId": 2, "detailMessage": f"b{i}"})
+        on_a.send_chat({"type": "TALK", "roomId": 32, "senderId": 1, "detailMessage": f"a{i}"})
+    assert [m["seq"] for m in on_a.wait_chat(31, 5)] == [1, 2, 3, 4, 5]
+    assert [m["seq"] for m in on_b.wait_chat(32, 5)] == [1, 2, 3, 4, 5]
+    assert on_a.chat(32) == [] and on_b.chat(31) == []
+    assert relayed_count(server_a) - before_a == 5, "A received only its own room's messages"
+    assert relayed_count(server_b) - before_b == 5, "B received only its own room's messages"
+    assert channel_subscribers(redis_url, ROOM_TOPIC.format(31)) == 1
+    assert channel_subscribers(redis_url, ROOM_TOPIC.format(32)) == 1
+    assert on_a.errors == [] and on_a.at(ERRORS) == [] and on_b.at(ERRORS) == []
+
+    on_b.conn.unsubscribe(id="1")  # B's last subscriber of room 32 leaves
+    deadline = time.monotonic() + TIMEOUT
+    while channel_subscribers(redis_url, ROOM_TOPIC.format(32)) != 0:
+        assert time.monotonic() < deadline, "B kept its subscription to room 32"
+        time.sleep(0.02)
+
+
+def test_a_direct_message_reaches_every_session_of_its_user_on_every_server(
+    tmp_path: Path, redis_url: str, start_node
+) -> None:
+    """SEND /user/bob/queue/dm on one server reaches each of bob's /user/queue/dm sessions
+    on both servers once, and nobody else's."""
+    from tests.chatclient import ChatClient
+
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db")
+    opened: list[ChatClient] = []
+    try:
+        bob_a, bob_b1, bob_b2, dave_b, carol_a = (
+            ChatClient(server.http_port, login)
+            for server, login in (
+                (server_a, "bob"), (server_b, "bob"), (server_b, "bob"), (server_b, "dave"),
+                (server_a, "carol"),
+            )
+        )
+        opened += [bob_a, bob_b1, bob_b2, dave_b, carol_a]
+        for client in (bob_a, bob_b1, bob_b2, dave_b):
+            client.subscribe("/user/queue/dm")
+        carol_a.conn.send("/user/bob/queue/dm", "hi bob 👋", headers={"x-from": "carol"})
+        for client in (bob_a, bob_b1, bob_b2):
+            [message] = client.wait_at("/user/queue/dm", 1)
+            assert (message.body, message.headers["x-from"]) == ("hi bob 👋", "carol")
+        carol_a.conn.send("/user/dave/queue/dm", "and dave")
+        dave_b.wait_at("/user/queue/dm", 1)
+        for client in (bob_a, bob_b1, bob_b2):
+            assert len(client.at("/user/queue/dm")) == 1, "once each, and not dave's"
+        assert [m.body for m in dave_b.at("/user/queue/dm")] == ["and dave"]
+    finally:
+        for client in opened:
+            client.close()
+
+
+def test_recovery_after_reconnecting_to_another_server_is_gap_and_duplicate_free(
+    tmp_path: Path, redis_url: str, start_node, clients
+) -> None:
+    """A client that saw seqs 1-3 on A, while B's client talks, comes back to A with
+    since-seq 3 after B numbered 4-6 and has not written them yet (a long write
+    interval): A replays 4-6 from Redis, once each, then the live ones follow."""
+    room = 51
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db",
+                          "--write-interval", "60000")
+    first = clients(server_a)
+    first.subscribe(ROOM_TOPIC.format(room))
+    talker = clients(server_b)
+    talker.subscribe(ROOM_TOPIC.format(room))
+    talker.subscribe(ERRORS)
+    for i in range(3):
+        talker.send_chat({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": f"{i}"})
+    assert [m["seq"] for m in first.wait_chat(room, 3)] == [1, 2, 3]
+    first.close()  # A follows the room no more
+    for i in range(3, 6):
+        talker.send_chat({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": f"{i}"})
+    assert [m["seq"] for m in talker.wait_chat(room, 6)] == [1, 2, 3, 4, 5, 6]
+
+    again = clients(server_a)
+    again.conn.subscribe(ROOM_TOPIC.format(room), id="1", ack="auto",
+                         headers={"since-seq": "3", "receipt": "resub"})
+    replayed = again.wait_at(ROOM_TOPIC.format(room), 3)
+    assert [json.loads(m.body)["seq"] for m in replayed] == [4, 5, 6]
+    assert replayed[0].headers.get("recovery") == "complete"
+    talker.send_chat({"type": "TALK", "roomId": room, "senderId": 2, "detailMessage": "live"})
+    assert [m["seq"] for m in again.wait_chat(room, 4)] == [4, 5, 6, 7]
+    time.sleep(0.2)
+    assert [m["seq"] for m in again.chat(room)] == [4, 5, 6, 7], "nothing twice"
+    assert talker.at(ERRORS) == [] and again.errors == []
+
+
+def test_presence_is_the_clusters_on_every_server(
+    tmp_path: Path, redis_url: str, start_node
+) -> None:
+    """Alice in a room on A and again on B is one user with two sessions in either
+    server's REST presence; a watcher on B sees one join, and one leave once both go."""
+    from tests.chatclient import ChatClient
+
+    room = 61
+    server_a = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db")
+    server_b = start_node("b", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/b.db")
+    opened: list[ChatClient] = []
+
+    def presence(server: RunningServer) -> list[tuple[str, int]]:
+        url = f"{server.http_url}/api/rooms/{room}/presence"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            body = json.loads(response.read())
+        return [(u["id"], u["sessions"]) for u in body["users"]]
+
+    try:
+        watcher = ChatClient(server_b.http_port, "watcher")
+        opened.append(watcher)
+        watcher.subscribe(ROOM_TOPIC.format(room) + "/presence")
+        alice_a = ChatClient(server_a.http_port, "alice")
+        alice_b = ChatClient(server_b.http_port, "alice")
+        opened += [alice_a, alice_b]
+        alice_a.subscribe(ROOM_TOPIC.format(room))
+        alice_b.subscribe(ROOM_TOPIC.format(room))
+        for client in (alice_a, alice_b):  # the room exists in each server's database
+            client.send_chat({"type": "TALK", "roomId": room, "senderId": 1,
+                              "detailMessage": "hi"})
+        alice_a.wait_chat(room, 2)
+        [joined] = watcher.wait_at(ROOM_TOPIC.format(room) + "/presence", 1)
+        assert json.loads(joined.body)["type"] == "join"
+        deadline = time.monotonic() + TIMEOUT
+        while presence(server_a) != [("alice", 2)]:
+            assert time.monotonic() < deadline, presence(server_a)
+            time.sleep(0.05)
+        assert presence(server_b) == [("alice", 2)]
+        alice_a.close()
+        alice_b.close()
+        events = watcher.wait_at(ROOM_TOPIC.format(room) + "/presence", 2)
+        assert [json.loads(e.body)["type"] for e in events] == ["join", "leave"]
+        assert presence(server_a) == presence(server_b) == []
+    finally:
+        for client in opened:
+            client.close()

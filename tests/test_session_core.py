@@ -354,6 +354,26 @@ def test_any_byte_counts_as_liveness(clock):
     assert not client.closed
 
 
+def test_a_client_the_server_does_not_read_is_not_dropped_for_silence(clock):
+    """While the server holds a client's input (an interceptor waits, storage is behind), the
+    heart-beats it sends stay unread: that silence is the server's, not the client's."""
+    waiting = Waiting()
+    context = make_context(clock=clock, tick=0.25, heartbeat=(1000, 1000),
+                           interceptors=[waiting])
+    context.heartbeats.startService()
+    client = connected(context, heartbeat="1000,0")
+    client.send("SEND", {"destination": "/topic/t"}, b"x")
+    assert client.transport.reading_paused
+    advance(clock, 10.0)
+    assert not client.closed
+    assert only(client.frames(), "ERROR") == []
+    waiting.pending[0].callback(None)
+    advance(clock, 1.0)
+    assert not client.closed, "the silence allowed starts again once reading resumes"
+    advance(clock, 2.0)
+    assert "heart-beat" in assert_error_then_closed(client).headers["message"]
+
+
 def test_client_without_heartbeats_is_never_dropped(clock):
     """Client cx of 0 means the server expects nothing and never times it out."""
     context = heartbeat_context(clock, server=(1000, 1000))
@@ -1669,6 +1689,26 @@ def test_frame_timeout_also_applies_with_heartbeats_flowing(clock):
     assert assert_error_then_closed(client).headers["message"] == "frame timeout"
 
 
+def test_a_frame_the_server_does_not_read_on_is_not_timed_out(clock):
+    """While the server holds a client's input (storage behind), the rest of an unfinished
+    frame waits unread: its deadline starts again once reading resumes."""
+    context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=5.0)
+    client = connected(context, heartbeat="0,0")
+    client.send_bytes(b"SEND\ndestination:/topic/t\n\npartial")
+    client.transport.pause_reading()  # as the storage gate does
+    for _ in range(30):
+        clock.advance(1)
+        context.heartbeats.sweep()
+    assert not client.closed
+    client.transport.resume_reading()
+    clock.advance(4)
+    context.heartbeats.sweep()
+    assert not client.closed
+    clock.advance(1)
+    context.heartbeats.sweep()
+    assert assert_error_then_closed(client).headers["message"] == "frame timeout"
+
+
 def test_frames_completed_in_time_reset_the_deadline(clock):
     """A client whose frames each complete in time is never cut, however long it stays."""
     context = make_context(clock=clock, heartbeat=(0, 0), frame_timeout=5.0)
@@ -1721,6 +1761,8 @@ class RaisingTransport:
 
     def resume_reading(self) -> None:
         pass
+
+    reading_held = False
 
 
 def test_heartbeat_sweep_survives_a_session_whose_transport_raises(clock):
@@ -1849,6 +1891,43 @@ def test_shut_down_sends_due_receipts_before_the_error(clock):
     receipt, error = client.frames()
     assert receipt.headers["receipt-id"] == "stored"
     assert error.command == "ERROR" and error.headers["message"] == "server shutting down"
+    assert client.closed
+
+
+def test_a_protocol_error_waits_for_the_receipts_of_earlier_frames(clock):
+    """A frame refused with ERROR behind a durable SEND first lets that SEND's RECEIPT out, so
+    a client never resends a message the server stored; frames after it are not handled."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.send("SEND", {"destination": "/app/nowhere", "receipt": "bad"}, b"y")
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "0", "receipt": "after"})
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and error.headers["receipt-id"] == "bad"
+    assert client.closed
+
+
+def test_a_malformed_frame_waits_for_the_receipts_of_earlier_frames(clock):
+    """A frame the parser cannot read, behind a durable SEND, gets its ERROR only after that
+    SEND's RECEIPT: what was stored is acknowledged even when the stream breaks."""
+    router = AppRouter()
+    pending: Deferred = Deferred()
+    router.add("/slow", lambda frame, ctx, v: pending)
+    context = app_context(clock, router)
+    client = connected(context)
+    client.send("SEND", {"destination": "/app/slow", "receipt": "stored"}, b"x")
+    client.send_bytes(b"SEND\nno colon here\n\n\x00")
+    assert client.frames() == [] and not client.closed
+    pending.callback(None)
+    receipt, error = client.frames()
+    assert receipt.headers["receipt-id"] == "stored"
+    assert error.command == "ERROR" and "malformed" in error.headers["message"]
     assert client.closed
 
 

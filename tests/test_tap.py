@@ -403,13 +403,14 @@ def test_session_limits_reach_the_sessions(build):
     (with --auth none, naming clients after their login) and authorization only."""
     root = build("--stomp", LOOPBACK, "--http", "none", "--max-transactions", "3",
                  "--max-transaction-bytes", "5000", "--frame-timeout", "7.5",
-                 "--max-pending-receipts", "12")
+                 "--max-pending-receipts", "12", "--max-subscriptions", "4")
     (listener,) = _listeners(root)
     context = listener.factory.context
     settings = context.settings
     assert (settings.max_transactions, settings.max_transaction_bytes) == (3, 5000)
     assert settings.frame_timeout == 7.5
     assert settings.max_pending_receipts == 12
+    assert settings.max_subscriptions == 4
     authentication, authorization = context.interceptors
     assert isinstance(authentication, AuthenticationInterceptor)
     assert isinstance(authentication.authenticator, NoneAuthenticator)

@@ -780,3 +780,15 @@ def test_input_read_before_the_gate_closed_waits_until_it_opens():
     clock.advance(0)
     assert frames_of(transport.value())[0].command == "CONNECTED"
     assert transport.producerState == "producing"
+
+
+def test_a_closed_gate_holds_reading_so_silence_is_not_counted():
+    """While storage is behind the connection reports its reading held (its heart-beats stay
+    unread), and no longer once the gate opens."""
+    clock, writer, protocol, transport = _gated_connection()
+    assert not protocol.reading_held
+    for seq in range(1, 4):
+        writer.append(chat_message(seq))
+    assert protocol.reading_held
+    clock.advance(1.0)
+    assert not protocol.reading_held

@@ -312,6 +312,24 @@ def test_with_auth_none_the_admin_api_is_off_unless_opened_on_loopback(tmp_path:
         opened.stop()
 
 
+def test_the_loopback_admin_api_refuses_a_foreign_host_name(tmp_path: Path) -> None:
+    """With --admin-on-loopback on, a request naming a foreign host (what a browser sends
+    after DNS rebinding points that name at 127.0.0.1) is refused, reads included; a request
+    to localhost or a loopback address gets in."""
+    server = RunningServer(tmp_path, [f"--database=sqlite:///{tmp_path}/open.db",
+                                      "--admin-on-loopback=on"]).start()
+    try:
+        port = server.http_port
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            status, _ = call(server, "GET", "/api/admin/sessions", headers={"Host": host})
+            assert status == 404, host
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+            status, body = call(server, "GET", "/api/admin/sessions", headers={"Host": host})
+            assert (status, body["count"]) == (200, 0), host
+    finally:
+        server.stop()
+
+
 def test_system_messages_and_deletes_reach_the_database(
     database: TestDatabase, tmp_path: Path
 ) -> None:

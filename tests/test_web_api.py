@@ -571,3 +571,14 @@ async def test_store_failures_are_logged_once_per_outage(
         assert not outage.in_outage
     finally:
         await port.stopListening()
+
+
+@pytest.mark.parametrize("name", ["team\x00", "team\ud800"], ids=["nul", "lone-surrogate"])
+@pytest_twisted.ensureDeferred
+async def test_a_room_name_no_database_can_store_is_a_400(
+    api_on_each_database: ApiClient, name: str
+) -> None:
+    """A room name holding NUL or a lone surrogate is a JSON 400, never a 503 or a stored name."""
+    api = api_on_each_database
+    assert_error(await api.post("/api/rooms", {"name": name}), 400, "invalid-room")
+    assert (await api.get("/api/rooms")).json == {"rooms": []}

@@ -24,7 +24,7 @@ from stomp_chat.auth.authenticators import FailureGate, JwtAuthenticator, Passwo
 from stomp_chat.auth.passwords import PasswordVerifier, hash_password
 from stomp_chat.auth.throttle import FailureThrottle
 from stomp_chat.auth.tokens import JwtVerifier, LoginTokens, VerificationKey
-from stomp_chat.auth.users import UserStore, add_user
+from stomp_chat.auth.users import UserStore, add_user, set_password
 from stomp_chat.broker import Broker
 from stomp_chat.persistence import AdbapiChatStore, WriteBehindWriter, migrate
 from stomp_chat.persistence._dialect import dialect_named
@@ -203,6 +203,24 @@ async def test_login_gives_a_token_that_authenticates(password_api: Http) -> Non
     assert created.header("x-content-type-options") == "nosniff"
     echoed = await password_api.request("GET", "/echo", authorization=bearer)
     assert echoed.json == {"id": "alice", "roles": ["admin"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_token_is_refused_after_a_password_reset(password_api: Http) -> None:
+    """A REST Bearer token from POST /api/login stops working once the user's password is set
+    again (a stolen token must not outlive the reset); a fresh login works."""
+    login = {"login": "alice", "password": "alice's password"}
+    token = (await password_api.request("POST", "/api/login", login)).json["token"]
+    assert (await password_api.request("GET", "/echo", authorization=f"Bearer {token}")).status \
+        == 200
+    await password_api.store._pool.runInteraction(
+        set_password, dialect_named("sqlite"), "alice", hash_password("a new password"))
+    assert_json_error(await password_api.request("GET", "/echo", authorization=f"Bearer {token}"),
+                      401, "invalid-credentials")
+    login["password"] = "a new password"
+    token = (await password_api.request("POST", "/api/login", login)).json["token"]
+    assert (await password_api.request("GET", "/echo", authorization=f"Bearer {token}")).json \
+        == {"id": "alice", "roles": ["admin"]}
 
 
 @pytest_twisted.ensureDeferred

@@ -151,6 +151,7 @@ def test_ready_follows_a_redis_outage_in_cluster_mode(start_server, tmp_path) ->
         proxy.block()
         body = _wait_ready(ready, 503)
         assert body["checks"]["redis"]["state"] == "down"
+        assert body["checks"]["redis"]["error"].endswith("link down")
         proxy.unblock()
         body = _wait_ready(ready, 200, timeout=60)
         assert body["checks"]["redis"]["state"] == "up"

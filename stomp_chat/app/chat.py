@@ -84,7 +84,7 @@ def encode_template(
 
     The same bytes as ``json.dumps(message.to_json_dict())``, written out by
     hand because it runs once per chat message on the hot path. In cluster
-    mode Redis fills in the seq (see stomp_chat.cluster).
+    mode the chat hands Redis the template and SEQ_PLACEHOLDER to fill in.
     """
     name = "" if sender_name is None else f'"senderName": {_json_string(sender_name)}, '
     return (
@@ -118,11 +118,26 @@ class RoomSequencer(Protocol):
         key: str,
         headers: dict[str, str],
         template: bytes,
+        placeholder: bytes,
         floor: int,
         durable_floor: Callable[[int], Deferred[int]] | None = None,
     ) -> Deferred[int]:
-        """Number and broadcast; `floor` is the highest seq this server has seen, and
-        `durable_floor` reads the database's, for a counter that Redis lost."""
+        """Number and broadcast, the seq written where `template` holds `placeholder`;
+        `floor` is the highest seq this server has seen, and `durable_floor` reads the
+        database's, for a counter that Redis lost."""
+        ...
+
+    def follows(self, room_id: int) -> bool:
+        """Whether every message of the room reaches this server now, so that its cache
+        can answer for the room."""
+        ...
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        """The room's last messages as broadcast (JSON bodies), from the cluster."""
+        ...
+
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        """Drop a deleted message from the cluster's recent messages of its room."""
         ...
 
 
@@ -362,6 +377,8 @@ class ChatService:
 
         def deleted(found: bool) -> ChatMessage | None:
             self._forget_message(room_id, seq)
+            if self.sequencer is not None:
+                self.sequencer.forget(room_id, seq).addErrback(_not_forgotten, room_id, seq)
             if not found:
                 return None
             topic = ROOM_TOPIC.format(room_id=room_id)
@@ -462,7 +479,7 @@ class ChatService:
             ))
 
         d = self.sequencer.sequence_and_publish(
-            room_id, state.topic, _JSON_HEADERS, template, state.last_seq,
+            room_id, state.topic, _JSON_HEADERS, template, SEQ_PLACEHOLDER, state.last_seq,
             durable_floor=self._durable_floor,
         )
         return d.addCallbacks(sequenced, unavailable)
@@ -500,11 +517,7 @@ class ChatService:
             if isinstance(data, dict) and data.get("type") == DELETE_EVENT:
                 self._forget_message(room_id, int(data["deletedSeq"]))
                 return
-            message = ChatMessage(
-                data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
-                data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
-                data.get("senderName"),
-            )
+            message = message_of(data)
         except (ValueError, KeyError, TypeError):
             log.warn("ignoring an unreadable relayed chat message on {key}", key=key)
             return
@@ -728,22 +741,80 @@ class ChatService:
         a page read from the database is completed from it.
         """
         state = self._rooms.peek(room_id)
-        if state is not None:
+        sequencer = self.sequencer
+        if state is not None and (sequencer is None or sequencer.follows(room_id)):
             cached = state.page(limit, before, after)
             if cached is not None:
                 return succeed(cached)
         d = self.store.load_messages(room_id, limit, before_seq=before, after_seq=after)
+        # Cluster mode: the other servers' latest messages may not be written yet; the
+        # cluster keeps the room's last ones.
+        recent: Deferred[list[ChatMessage]] = (
+            sequencer.recent(room_id).addCallbacks(_decode_recent, _no_recent, errbackArgs=(
+                room_id,))
+            if sequencer is not None else succeed([])
+        )
 
-        def merge(stored: list[ChatMessage]) -> list[ChatMessage]:
+        def merge(results: list[Any]) -> list[ChatMessage]:
+            stored, shared = results
             by_seq = {m.seq: m for m in stored}
             unsaved = self.writer.unsaved_messages(room_id)
-            for m in chain(state.recent if state is not None else (), unsaved):
+            for m in chain(state.recent if state is not None else (), unsaved, shared):
                 if (before is None or m.seq < before) and (after is None or m.seq > after):
                     by_seq.setdefault(m.seq, m)
             ordered = sorted(by_seq.values(), key=lambda m: m.seq)
             return ordered[:limit] if after is not None else ordered[-limit:]
 
-        return d.addCallback(merge)
+        return gatherResults([d, recent], consumeErrors=True).addCallbacks(
+            merge, _first_error
+        )
+
+
+def message_of(data: Any) -> ChatMessage:
+    """A broadcast chat message's JSON back into a ChatMessage (KeyError, TypeError or
+    ValueError if it is not one)."""
+    return ChatMessage(
+        data["roomId"], data["seq"], data["messageId"], data["type"], data["senderId"],
+        data["detailMessage"], datetime.fromisoformat(data["createdAt"]),
+        data.get("senderName"),
+    )
+
+
+def decode_broadcast(body: bytes) -> ChatMessage:
+    """A broadcast chat message back into a ChatMessage; ValueError if it is not one."""
+    try:
+        return message_of(json.loads(body))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"not a chat message: {error}") from None
+
+
+def _decode_recent(bodies: list[bytes]) -> list[ChatMessage]:
+    messages = []
+    for body in bodies:
+        try:
+            messages.append(decode_broadcast(body))
+        except ValueError:
+            continue
+    return messages
+
+
+def _no_recent(failure: Failure, room_id: int) -> list[ChatMessage]:
+    """History goes on from the database when the cluster cannot answer."""
+    log.warn("cannot read the recent messages of chat room {room} from the cluster: {error}",
+             room=room_id, error=failure.getErrorMessage())
+    return []
+
+
+def _not_forgotten(failure: Failure, room_id: int, seq: int) -> None:
+    log.warn("message {seq} of chat room {room} is deleted but stays in the cluster's recent "
+             "messages until newer ones push it out: {error}", seq=seq, room=room_id,
+             error=failure.getErrorMessage())
+
+
+def _first_error(failure: Failure) -> Failure:
+    """gatherResults wraps the failure; the caller wants the database's own."""
+    error = getattr(failure.value, "subFailure", None)
+    return error if isinstance(error, Failure) else failure
 
 
 def _not_written_yet(failure: Failure, room_id: int, seq: int) -> Failure:

@@ -9,6 +9,10 @@ its subscriptions, so it leaves like any other.
 
 Each event carries the room's whole list of users, so a client never has to
 reconcile events with an earlier snapshot.
+
+In cluster mode a ``ClusterPresence`` (stomp_chat.cluster.presence) counts
+the user's sessions on every server: join and leave then mean the first
+arrival and the last departure anywhere, and the list is the cluster's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 
 from stomp_chat.app.subscriptions import User, room_of_topic, user_of
 from stomp_chat.broker import Broker, Subscription
@@ -26,6 +33,19 @@ PRESENCE_TOPIC = "/topic/chat/room/{room_id}" + PRESENCE_SUFFIX
 JOIN = "join"
 LEAVE = "leave"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+
+log = Logger()
+
+
+class SharedPresence(Protocol):
+    """Presence counted across servers (cluster mode)."""
+
+    announce: Any
+
+    def change(self, room_id: int, user_key: str, name: str,
+               count: int) -> Deferred[tuple[str, list[dict[str, Any]]]]: ...
+
+    def users(self, room_id: int) -> Deferred[list[dict[str, Any]]]: ...
 
 
 @dataclass(slots=True)
@@ -39,10 +59,13 @@ class _Presence:
 class PresenceTracker:
     """Counts room subscriptions per user and announces arrivals and departures."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, shared: SharedPresence | None = None) -> None:
         self.broker = broker
         #: room id -> user key -> presence, in order of arrival.
         self._rooms: dict[int, dict[str, _Presence]] = {}
+        self.shared = shared
+        if shared is not None:
+            shared.announce = self._publish
 
     # -- SubscriptionListener ---------------------------------------------
 
@@ -59,7 +82,9 @@ class PresenceTracker:
             presence = people[user.key] = _Presence(user)
         first = not presence.subscriptions
         presence.subscriptions.add(subscription)
-        if first:
+        if self.shared is not None:
+            self._share(room_id, user, len(presence.subscriptions), JOIN if first else None)
+        elif first:
             self._announce(room_id, JOIN, user)
 
     def unsubscribed(self, session: Any, subscription: Subscription) -> None:
@@ -75,11 +100,36 @@ class PresenceTracker:
             return
         presence.subscriptions.discard(subscription)
         if presence.subscriptions:
+            if self.shared is not None:
+                self._share(room_id, user, len(presence.subscriptions), None)
             return
         del people[user.key]
         if not people:
             del self._rooms[room_id]
-        self._announce(room_id, LEAVE, user)
+        if self.shared is not None:
+            self._share(room_id, user, 0, LEAVE)
+        else:
+            self._announce(room_id, LEAVE, user)
+
+    def _share(self, room_id: int, user: User, count: int, local_event: str | None) -> None:
+        """Cluster mode: tell the cluster this server's count; announce what it answers,
+        or, while it cannot answer, what this server saw."""
+        assert self.shared is not None
+
+        def answered(answer: tuple[str, list[dict[str, Any]]]) -> None:
+            kind, users = answer
+            if kind:
+                self._publish(room_id, kind, user.key, user.name, users)
+
+        def unanswered(failure: Any) -> None:
+            log.warn("presence in room {room} is this server's alone for now: {error}",
+                     room=room_id, error=failure.getErrorMessage())
+            if local_event is not None:
+                self._announce(room_id, local_event, user)
+
+        self.shared.change(room_id, user.key, user.name, count).addCallbacks(
+            answered, unanswered
+        )
 
     # -- queries -----------------------------------------------------------
 
@@ -90,15 +140,25 @@ class PresenceTracker:
             for p in self._rooms.get(room_id, {}).values()
         ]
 
+    def room_users(self, room_id: int) -> Deferred[list[dict[str, Any]]]:
+        """The users in a room on every server (cluster mode), else on this one."""
+        if self.shared is None:
+            return maybeDeferred(self.users, room_id)
+        return self.shared.users(room_id).addErrback(lambda _: self.users(room_id))
+
     def rooms_of(self, user_key: str) -> list[int]:
         return [room for room, people in self._rooms.items() if user_key in people]
 
     def _announce(self, room_id: int, kind: str, user: User) -> None:
+        self._publish(room_id, kind, user.key, user.name, self.users(room_id))
+
+    def _publish(self, room_id: int, kind: str, user_key: str, name: str,
+                 users: list[dict[str, Any]]) -> None:
         event = {
             "type": kind,
             "roomId": room_id,
-            "user": {"id": user.key, "name": user.name},
-            "users": self.users(room_id),
+            "user": {"id": user_key, "name": name},
+            "users": users,
         }
         body = json.dumps(event, ensure_ascii=False).encode("utf-8")
         self.broker.publish(PRESENCE_TOPIC.format(room_id=room_id), body, _JSON_HEADERS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -55,6 +56,8 @@ class _Reader:
     """An online user: their sessions' unread subscriptions and their positions."""
 
     subscriptions: set[Subscription] = field(default_factory=set)
+    #: Who the user signed in as: counts go only to rooms they may read now.
+    principal: Principal | None = None
     #: room -> last read seq; None while loading from the store.
     positions: dict[int, int] | None = None
     #: room -> the unread count last pushed.
@@ -126,7 +129,7 @@ class ReadState:
                 return
             reader.positions[room_id] = max(reader.positions.get(room_id, 0), position)
             self._readers.setdefault(room_id, set()).add(user_key)
-            self._push(user_key, reader, room_id)
+            self._push_count(user_key, reader, room_id)  # the read was just allowed
 
         return self._last_seq(room_id).addCallback(store).addCallback(stored)
 
@@ -140,7 +143,7 @@ class ReadState:
         key = user_of(session).key
         reader = self._online.get(key)
         if reader is None:
-            reader = self._online[key] = _Reader()
+            reader = self._online[key] = _Reader(principal=session.principal)
             reader.subscriptions.add(subscription)
             self.store.positions(key).addCallbacks(
                 self._positions_loaded, self._positions_failed, (key, reader),
@@ -221,13 +224,34 @@ class ReadState:
                 return
             for room_id, last_seq in zip(rooms, last_seqs, strict=True):
                 if last_seq is not None:
-                    self._send(key, reader, room_id, last_seq)
+                    self._when_readable(key, reader, room_id, partial(
+                        self._send, key, reader, room_id, last_seq))
 
         d.addCallbacks(push, lambda failure: log.warn(
             "cannot compute unread counts of {user}: {error}", user=key,
             error=failure.getErrorMessage()))
 
+    def _when_readable(
+        self, key: str, reader: _Reader, room_id: int, send: Callable[[], None]
+    ) -> None:
+        """Run ``send`` if the user may read the room now (a membership can end while its
+        position stays) and the same reader is still online."""
+        if self.may_read is None or reader.principal is None:
+            send()
+            return
+
+        def decided(ok: Any) -> None:
+            if ok and self._online.get(key) is reader:
+                send()
+
+        maybeDeferred(self.may_read, reader.principal, room_id).addCallback(decided).addErrback(
+            lambda failure: log.warn("cannot check room {room} for unread counts: {error}",
+                                     room=room_id, error=failure.getErrorMessage()))
+
     def _push(self, key: str, reader: _Reader, room_id: int) -> None:
+        self._when_readable(key, reader, room_id, lambda: self._push_count(key, reader, room_id))
+
+    def _push_count(self, key: str, reader: _Reader, room_id: int) -> None:
         state = self.chat.active_room(room_id)
         if state is not None:
             self._send(key, reader, room_id, state.last_seq, only_changes=True)

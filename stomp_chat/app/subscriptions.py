@@ -45,8 +45,9 @@ def room_of_topic(destination: str) -> int | None:
     suffix = destination[len(ROOM_TOPIC_PREFIX) :]
     if not (suffix.isascii() and suffix.isdigit()) or len(suffix) > 18:
         return None
-    room_id = int(suffix)
-    return room_id if room_id > 0 else None
+    if suffix.startswith("0"):  # the chat publishes to the canonical form only
+        return None
+    return int(suffix)
 
 
 @dataclass(frozen=True, slots=True)

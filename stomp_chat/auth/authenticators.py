@@ -8,8 +8,10 @@ never the secret.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
@@ -117,8 +119,18 @@ def user_principal(user: User) -> Principal:
         name=user.name,
         roles=user.roles,
         method=AUTH_PASSWORD,
-        claims={"uid": user.id},
+        claims={"uid": user.id, PASSWORD_CLAIM: password_fingerprint(user.password_hash)},
     )
+
+
+#: The login-token claim naming the password it was issued for (a fingerprint of its hash).
+PASSWORD_CLAIM = "pwd"
+
+
+def password_fingerprint(password_hash: str) -> str:
+    """Changes whenever the password is set again (the hash has a fresh salt), so a login
+    token issued before a reset, or for a user removed and added again, is refused."""
+    return hashlib.sha256(password_hash.encode("utf-8")).hexdigest()[:16]
 
 
 class PasswordAuthenticator:
@@ -151,7 +163,8 @@ class PasswordAuthenticator:
                 pass  # perhaps a password that looks like a token
             else:
                 if not login or login == principal.user_id:
-                    return principal
+                    current = yield self.token_user(principal, connection)
+                    return current
         if not login or not passcode:
             raise refused("login or passcode missing", connection, login)
         user = yield self.users.find(login)
@@ -161,6 +174,20 @@ class PasswordAuthenticator:
         if not matches:
             raise refused("wrong password", connection, login)
         return user_principal(user)
+
+    @inlineCallbacks
+    def token_user(
+        self, principal: Principal, connection: ConnectionInfo
+    ) -> Generator[Deferred[Any], Any, Principal]:
+        """A login token's principal as its user is now: refused once the user is removed or
+        its password set again; roles are the user's current ones."""
+        user = yield self.users.find(principal.user_id)
+        if user is None:
+            raise refused("token of a removed user", connection, principal.user_id)
+        issued_for = principal.claims.get(PASSWORD_CLAIM)
+        if issued_for is not None and issued_for != password_fingerprint(user.password_hash):
+            raise refused("token issued before a password change", connection, principal.user_id)
+        return replace(principal, roles=user.roles)
 
 
 class FailureGate:

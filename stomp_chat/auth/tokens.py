@@ -130,8 +130,12 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise TokenRejected("sub is not a non-empty string")
+        # The user id and name go into the CONNECTED frame's user-name header (which
+        # STOMP does not escape) and into the database: no NUL, line break or lone surrogate.
+        if not subject.isprintable():
+            raise TokenRejected("sub is not printable text")
         name = claims.get(self.name_claim)
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name or not name.isprintable():
             name = subject
         return Principal(
             user_id=subject,
@@ -213,6 +217,8 @@ class LoginTokens:
             "aud": LOGIN_AUDIENCE,
             "jti": os.urandom(8).hex(),
         }
+        if "pwd" in principal.claims:  # which password the token stands for
+            claims["pwd"] = principal.claims["pwd"]
         return jwt.encode(claims, self._secret, algorithm="HS256"), float(expires)
 
     def verify(self, token: str) -> Principal:

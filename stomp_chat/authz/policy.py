@@ -3,7 +3,8 @@
 Decided once per SUBSCRIBE or SEND, never per delivery:
 
 - **Application-owned destinations** (the chat rooms' topics
-  ``/topic/chat/room/**`` and every user's ``/user/*/queue/errors``) take no
+  ``/topic/chat/room/**`` and every user's ``/user/*/queue/errors`` and
+  ``/user/*/queue/unread``) take no
   SEND from clients, in every auth mode: only the application publishes
   there, so every message a subscriber sees was validated and stored.
 - With ``--auth none`` nothing else is checked (the development mode).
@@ -33,6 +34,7 @@ from stomp_chat.identity import Principal
 APPLICATION_OWNED = (
     DestinationPattern(ROOM_TOPIC_PREFIX + "**"),
     DestinationPattern(USER_PREFIX + "*/queue/errors"),
+    DestinationPattern(USER_PREFIX + "*/queue/unread"),
 )
 
 _OWN_USER_DESTINATION = (USER_PREFIX + "queue/", USER_PREFIX + "topic/")

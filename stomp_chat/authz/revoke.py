@@ -3,7 +3,8 @@
 Authorization is decided when a client subscribes; a member who leaves a
 private room (or is removed by an admin) would otherwise go on reading it
 through a subscription made while still a member. On leaving, each of that
-user's sessions subscribed to the room's topic on this server gets an ERROR
+user's sessions subscribed to the room's topic or its presence topic on this
+server gets an ERROR
 (``access revoked``) and is closed; a client that reconnects cannot subscribe
 again. Sessions on other servers of a cluster keep their subscription until
 they reconnect.
@@ -18,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stomp_chat.app.chat import ROOM_TOPIC
+from stomp_chat.app.presence import PRESENCE_SUFFIX
 from stomp_chat.broker import Broker
 from stomp_chat.persistence import ChatStore
 
@@ -48,12 +50,20 @@ class SubscriptionRevoker:
         if member is None:
             return 0
         topic = ROOM_TOPIC.format(room_id=room_id)
+        subscriptions = [
+            *self.broker.topic_subscriptions(topic),
+            *self.broker.topic_subscriptions(topic + PRESENCE_SUFFIX),
+        ]
         closed = 0
-        for subscription in self.broker.topic_subscriptions(topic):
+        seen: set[int] = set()
+        for subscription in subscriptions:
             session: Any = subscription.subscriber
             principal = getattr(session, "principal", None)
             if principal is None or principal.user_id != member.name or principal.is_admin:
                 continue
+            if id(session) in seen:
+                continue
+            seen.add(id(session))
             try:
                 session.fail(ACCESS_REVOKED, f"you are no longer a member of room {room_id}")
             except Exception:  # one session's failure must not spare the others

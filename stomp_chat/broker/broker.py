@@ -124,6 +124,10 @@ class Broker:
         self.published_listeners: list[Callable[[str, Message], object]] = []
         #: Messages published here (a counter for metrics).
         self.published_count = 0
+        #: Told ``(key, True)`` when a topic or user routing key gets its first
+        #: subscriber and ``(key, False)`` when its last one leaves, e.g. so that
+        #: a cluster relay listens to other processes only for what is wanted here.
+        self.interest_listeners: list[Callable[[str, bool], object]] = []
 
     # -- subscriptions ---------------------------------------------------
 
@@ -144,7 +148,12 @@ class Broker:
             except QueueFull as error:
                 raise BrokerError(str(error)) from None
         else:
-            self._topics.setdefault(subscription.key, []).append(subscription)
+            subs = self._topics.get(subscription.key)
+            if subs is None:
+                self._topics[subscription.key] = [subscription]
+                self._interest(subscription.key, True)
+            else:
+                subs.append(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop routing to ``subscription``; its unacked queue messages go back."""
@@ -158,6 +167,7 @@ class Broker:
             if subs is not None and subscription in subs:
                 if len(subs) == 1:
                     del self._topics[key]
+                    self._interest(key, False)
                 else:
                     # Copy on write: a fan-out in progress keeps its list.
                     self._topics[key] = [s for s in subs if s is not subscription]
@@ -165,6 +175,17 @@ class Broker:
         total = subscription.pending.total
         total.starved.pop(subscription, None)
         self._wake(total)
+
+    def _interest(self, key: str, wanted: bool) -> None:
+        for listener in self.interest_listeners:
+            try:
+                listener(key, wanted)
+            except Exception:
+                log.failure("an interest listener failed for {key}", key=key)
+
+    def wanted_keys(self) -> list[str]:
+        """The topic and user routing keys that have subscribers here now."""
+        return list(self._topics)
 
     def topic_subscriptions(self, key: str) -> tuple[Subscription, ...]:
         """The subscriptions a topic's messages go to now (e.g. to end some of them)."""

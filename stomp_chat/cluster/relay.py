@@ -1,27 +1,26 @@
 """Cluster mode: several server processes share destinations through Redis.
 
 Each process keeps its own broker and relays what it publishes to the
-others over Redis pub/sub; every process pattern-subscribes to all
-relayed channels, so a subscription made on one process never races the
-Redis subscription that would feed it. ``/queue/`` destinations stay local
-to a process (competing consumers need one owner).
+others over Redis pub/sub; ``/queue/`` destinations stay local to a process
+(competing consumers need one owner). Chat messages are numbered and
+published by Redis in one step (see stomp_chat.cluster.batching), and every
+process, the sender's included, delivers them from the pub/sub stream.
 
-Chat rooms need one order that every process agrees on, and sequence
-numbers without gaps: a chat message is numbered and published by one
-Redis script (INCR, then PUBLISH), atomically, so the order of the pub/sub
-stream *is* the order of ``seq``, and every process, the sender's included,
-delivers chat messages from that stream.
+A process SUBSCRIBEs to a destination's channel only while it has local
+subscribers for it (the broker tells it of the first and the last), so a
+process receives no traffic for rooms nobody follows there. A plain topic's
+messages published before Redis confirms such a subscription (about one
+round trip after the first local SUBSCRIBE) are not delivered; a chat room
+loses nothing after the counter it read on subscribing (stomp_chat.cluster.follow).
 
-This is the only module that imports txredisapi (which needs the reactor).
+The relay composes the seams: the envelope codec, the two Redis links and
+their state machine, per-turn batching and ingestion.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -34,185 +33,19 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger
 
-from stomp_chat.broker import QUEUE_PREFIX, USER_PREFIX, Broker, Message
+from stomp_chat.broker import QUEUE_PREFIX, Broker, Message
+from stomp_chat.cluster.address import RedisAddress
+from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE, ChatEntry, TurnBatch
+from stomp_chat.cluster.envelope import decode_envelope, encode_envelope, meta_prefix
+from stomp_chat.cluster.follow import FollowedRoom, RecentUnavailable, bodies_of
+from stomp_chat.cluster.ingest import Ingestion, RelayListener
+from stomp_chat.cluster.linkstate import Link
 
 log = Logger()
-
-DEFAULT_NAMESPACE = "stomp-chat"
-
-#: Number chat messages and publish them, in one atomic step. Per message,
-#: ARGV holds: the room's counter key, ``floor`` (the highest seq the caller
-#: knows of), whether that floor was just read from the database, the
-#: channel, the record's metadata up to the body length, and the body
-#: template. Each channel gets one PUBLISH with all its records, in order.
-#:
-#: Redis keeps nothing on disk: a counter that is missing was lost (or never
-#: made), and one server's memory is no safe floor for it (that server may
-#: have missed messages). Such a message gets seq -1 and is not published;
-#: its server reads the floor from the database and sends it again.
-_SEQUENCE_AND_PUBLISH = """
-local n = tonumber(ARGV[1])
-local seqs = {}
-local records = {}
-local channels = {}
-for i = 0, n - 1 do
-  local b = 2 + i * 6
-  local seq = -1
-  if ARGV[b + 2] == '1' or redis.call('EXISTS', ARGV[b]) == 1 then
-    seq = redis.call('INCR', ARGV[b])
-    local floor = tonumber(ARGV[b + 1])
-    if seq <= floor then
-      seq = floor + 1
-      redis.call('SET', ARGV[b], seq)
-    end
-    -- the NULs of the template (see stomp_chat.app.chat.SEQ_PLACEHOLDER) become seq
-    local body = string.gsub(ARGV[b + 5], '%z', tostring(seq))
-    local channel = ARGV[b + 3]
-    if records[channel] == nil then
-      records[channel] = {}
-      channels[#channels + 1] = channel
-    end
-    table.insert(records[channel], ARGV[b + 4] .. #body .. ']\\n' .. body)
-  end
-  seqs[#seqs + 1] = seq
-end
-for _, channel in ipairs(channels) do
-  redis.call('PUBLISH', channel, table.concat(records[channel]))
-end
-return seqs
-"""
-
-#: The seq the script answers for a message whose counter Redis lost.
-_NEEDS_FLOOR = -1
-
-
-@dataclass(slots=True)
-class _ChatEntry:
-    """A chat message waiting for Redis to number it."""
-
-    room_id: int
-    seq_key: str
-    floor: int
-    channel: str
-    meta: bytes
-    template: bytes
-    deferred: Deferred[int]
-    durable_floor: Callable[[int], Deferred[int]] | None
-    #: Whether `floor` was read from the database just now.
-    fresh: bool = False
-
-
-#: The most chat messages numbered by one script call.
-MAX_SCRIPT_BATCH = 500
-
-
-
-@dataclass(frozen=True, slots=True)
-class RedisAddress:
-    host: str
-    port: int
-    db: int | None
-    password: str | None
-    #: Prefix of every channel and key: one Redis can serve several clusters
-    #: (pub/sub channels are shared by all Redis databases).
-    namespace: str = DEFAULT_NAMESPACE
-
-    def redacted(self) -> str:
-        db = f"/{self.db}" if self.db is not None else ""
-        return f"redis://{self.host}:{self.port}{db}?namespace={self.namespace}"
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """``redis://[:password@]host[:port][/db][?namespace=name]``.
-
-    Raises ValueError saying what is wrong.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"Redis URLs look like redis://host:port/db, not {url!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"invalid port in Redis URL {url!r}") from None
-    if port is None:
-        port = 6379
-    elif port == 0:
-        raise ValueError(f"invalid port 0 in Redis URL {url!r}")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the database in a Redis URL is a number, not {path!r}")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"namespace"}
-    if unknown:
-        raise ValueError(f"unknown Redis URL option(s): {', '.join(sorted(unknown))}")
-    namespace = query.get("namespace", [DEFAULT_NAMESPACE])[-1]
-    if not namespace or not all(c.isalnum() or c in "-_." for c in namespace):
-        raise ValueError("the Redis namespace is letters, digits, '-', '_' and '.'")
-    return RedisAddress(parts.hostname or "127.0.0.1", port, int(path) if path else None,
-                        parts.password, namespace)
-
-
-def _meta_prefix(origin: str, local: bool, headers: dict[str, str]) -> bytes:
-    """A record's metadata up to its body length: ``[origin,local,headers,``."""
-    meta = json.dumps([origin, local, headers], separators=(",", ":"), ensure_ascii=False)
-    return meta[:-1].encode("utf-8") + b","
-
-
-def encode_envelope(origin: str, local: bool, headers: dict[str, str], body: bytes) -> bytes:
-    """One relayed message: ``[origin,local,headers,length]``, LF, then the body.
-
-    A payload on a channel is one or more of these back to back: messages
-    published in one reactor turn cross Redis together.
-    """
-    return _meta_prefix(origin, local, headers) + b"%d]\n" % len(body) + body
-
-
-def decode_envelopes(payload: bytes) -> Iterator[tuple[str, bool, dict[str, str], bytes]]:
-    """The records of a payload; ValueError at the first that is not what we send."""
-    pos, end = 0, len(payload)
-    while pos < end:
-        newline = payload.find(b"\n", pos)
-        if newline < 0:
-            raise ValueError("no metadata line")
-        meta = json.loads(payload[pos:newline])
-        if not (isinstance(meta, list) and len(meta) == 4):
-            raise ValueError("metadata is not [origin, local, headers, length]")
-        origin, local, headers, length = meta
-        if not (
-            isinstance(origin, str)
-            and isinstance(local, bool)
-            and isinstance(headers, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-            and isinstance(length, int)
-            and not isinstance(length, bool)
-            and 0 <= length <= end - newline - 1
-        ):
-            raise ValueError("metadata has the wrong types")
-        pos = newline + 1 + length
-        yield origin, local, headers, payload[newline + 1 : pos]
-
-
-def decode_envelope(payload: bytes) -> tuple[str, bool, dict[str, str], bytes]:
-    """The single record of a payload."""
-    records = list(decode_envelopes(payload))
-    if len(records) != 1:
-        raise ValueError(f"expected one record, found {len(records)}")
-    return records[0]
-
-
-def _no_delay(transport: Any) -> None:
-    """Small commands and messages must not wait for Nagle's algorithm."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        set_no_delay(True)
 
 
 class RedisUnavailable(Exception):
     """Redis cannot be reached: cluster-wide work cannot be done now."""
-
-
-#: Told of every relayed chat message: (routing key, origin node, body).
-RelayListener = Callable[[str, str, bytes], object]
 
 
 class RedisRelay(Service):
@@ -224,48 +57,74 @@ class RedisRelay(Service):
         address: RedisAddress,
         reactor: Any,
         reply_timeout: float = 5.0,
+        *,
+        room_of: Callable[[str], int | None] | None = None,
+        recent_size: int = DEFAULT_RECENT_SIZE,
+        max_retry: float = 10.0,
     ) -> None:
         self.broker = broker
+        #: Which routing keys are chat rooms (numbered, followed by seq), and their ids.
+        self.room_of = room_of
         self.address = address
         self.reactor = reactor
         self.reply_timeout = reply_timeout
+        #: The longest wait between two attempts to reconnect (back-off doubles up to it).
+        self.max_retry = max_retry
         self.node_id = broker.node_id
         self.channel_prefix = f"{address.namespace}:"
         self.sequence_key = f"{address.namespace}:seq:{{room_id}}"
-        self.listeners: list[RelayListener] = []
+        self.recent_key = f"{address.namespace}:recent:{{room_id}}"
+        self.recent_size = recent_size
+        self.ingestion = Ingestion(broker, self.channel_prefix)
+        self.batch = TurnBatch(reactor, self._publish, self._eval, recent_size)
+        #: Routing keys with local subscribers: their channels are subscribed.
+        self.wanted: set[str] = set()
+        #: Wanted keys whose subscription Redis has confirmed on the current connection.
+        self.subscribed: set[str] = set()
+        self.commands_link = Link("commands", self._commands_up, self._link_down)
+        self.subscriber_link = Link("subscriber", self._subscriber_up, self._subscriber_down)
         self._commands: Any = None
-        self._command_factory: Any = None
         self._subscriber: Any = None
         #: Chat messages sent to Redis whose seq has not come back yet.
         self._sequencing: set[Deferred[Any]] = set()
-        #: What this reactor turn relays, sent together at its end: chat
-        #: messages to number, and other records by channel.
-        self._chat_batch: list[_ChatEntry] = []
-        #: Rooms whose counter Redis lost, by counter key: messages parked while the
-        #: floor is read from the database, in arrival order.
-        self._awaiting_floor: dict[str, list[_ChatEntry]] = {}
-        self._raw_batch: dict[str, list[bytes]] = {}
-        self._flush_call: Any = None
+        #: Told each time the commands link comes up (again).
+        self.up_listeners: list[Callable[[], object]] = []
         self._is_ready = False
         self._ready_waiters: list[Deferred[None]] = []
-        #: Which of the two Redis connections have come up at least once.
-        self._links: set[str] = set()
-        self._commands_up = False
         self._outage_reported = False
+
+    @property
+    def listeners(self) -> list[RelayListener]:
+        """Told of every relayed message: (routing key, origin node, body)."""
+        return self.ingestion.listeners
 
     @property
     def connected(self) -> bool:
         """Whether commands can be sent to Redis right now."""
-        return self._commands_up
+        return self.commands_link.is_up
+
+    @property
+    def degraded(self) -> str | None:
+        """Why relaying is not whole now (a link is down), or None."""
+        down = [link.name for link in (self.commands_link, self.subscriber_link)
+                if not link.is_up]
+        return f"{' and '.join(down)} link down" if down else None
+
+    def commands(self) -> Any:
+        """The commands link's client, for cluster features that talk to Redis."""
+        if self._commands is None:
+            raise RedisUnavailable("the relay is not started")
+        return self._commands.handler
 
     def ping(self) -> Deferred[Any]:
         """PING over the commands link: how health checks time Redis."""
         if self._commands is None:
             raise RedisUnavailable("the relay is not started")
-        return self._commands.ping()  # type: ignore[no-any-return]
+        return self._commands.handler.ping()  # type: ignore[no-any-return]
 
     def ready(self) -> Deferred[None]:
-        """Fires when this server receives relayed messages."""
+        """Fires once both links have been up: commands go out and channels can be
+        subscribed."""
         if self._is_ready:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -275,89 +134,167 @@ class RedisRelay(Service):
     # -- lifecycle -----------------------------------------------------
 
     def startService(self) -> None:
-        import txredisapi
-        from twisted.internet.endpoints import HostnameEndpoint
+        from stomp_chat.cluster import links  # imports the reactor: only once running
 
         super().startService()
-        address = self.address
-        endpoint = HostnameEndpoint(self.reactor, address.host, address.port, timeout=5)
-        relay = self
-
-        class Commands(txredisapi.RedisProtocol):  # type: ignore[misc]
-            def connectionMade(self) -> Any:
-                _no_delay(self.transport)
-                d = super().connectionMade()
-                if isinstance(d, Deferred):
-                    d.addCallback(relay._commands_connected)
-                else:
-                    relay._commands_connected(None)
-                return d
-
-            def connectionLost(self, reason: Any) -> Any:
-                relay._commands_up = False
-                return super().connectionLost(reason)
-
-        commands = txredisapi.RedisFactory(
-            address.redacted(), address.db, 1, isLazy=True, charset=None,
-            password=address.password, replyTimeout=self.reply_timeout,
+        self._commands = links.connect_commands(
+            self.address, self.reactor, self.commands_link, self.reply_timeout, self.max_retry
         )
-        commands.protocol = Commands
-        commands.startConnecting(endpoint)
-        self._command_factory = commands
-        self._commands = commands.handler
-
-        class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-            def connectionMade(self) -> Any:
-                _no_delay(self.transport)
-                d = super().connectionMade()
-                subscribed = self.psubscribe(relay.channel_prefix + "*")
-                subscribed.addCallbacks(relay._subscribed, relay._subscribe_failed)
-                return d
-
-            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                relay.received(channel, message)
-
-        subscriber = txredisapi.SubscriberFactory(isLazy=True)
-        subscriber.protocol = Subscriber
-        subscriber.charset = None  # bodies are bytes, not always UTF-8
-        subscriber.convertNumbers = False
-        subscriber.password = address.password
-        subscriber.startConnecting(endpoint)
-        self._subscriber = subscriber
+        self._subscriber = links.connect_subscriber(
+            self.address, self.reactor, self.subscriber_link, self.ingestion.received,
+            self.max_retry,
+        )
         self.broker.published_listeners.append(self.published)
+        self.broker.interest_listeners.append(self.interest)
+        for key in self.broker.wanted_keys():
+            self.interest(key, True)
 
     @inlineCallbacks
     def stopService(self) -> Generator[Deferred[Any], Any, None]:
         super().stopService()
         if self.published in self.broker.published_listeners:
             self.broker.published_listeners.remove(self.published)
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-            self.flush()
+        if self.interest in self.broker.interest_listeners:
+            self.broker.interest_listeners.remove(self.interest)
+        self.batch.flush_now()
         # Messages Redis is numbering may already be broadcast: let their
         # seq come back so that this server stores them before it stops.
         if self._sequencing:
             yield DeferredList(list(self._sequencing))
-        waits = []
-        if self._commands is not None:
-            waits.append(self._commands.disconnect())
-        if self._subscriber is not None:
-            waits.append(self._subscriber.disconnect())
+        self.commands_link.stop()
+        self.subscriber_link.stop()
+        waits = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
         if waits:
             yield gatherResults(waits, consumeErrors=True)
 
-    def _commands_connected(self, result: object) -> object:
-        self._commands_up = True
-        self._links.add("commands")
-        self._link_up()
-        return result
+    def disconnect_now(self) -> None:
+        """Drop both connections without waiting for anything (a test's last resort)."""
+        for factory in (self._commands, self._subscriber):
+            if factory is not None:
+                factory.disconnect()
 
-    def _subscribed(self, _: object) -> None:
-        self._links.add("subscriber")
+    def _commands_up(self, protocol: Any) -> None:
+        for key, room in list(self.ingestion.followed.items()):
+            if room.delivered_through is None:
+                self._follow(key, room)  # waited for the commands link to read the counter
+            else:
+                room.resume()  # a fill that waited for the commands link
+        for listener in list(self.up_listeners):
+            try:
+                listener()
+            except Exception:
+                log.failure("a listener of the commands link failed")
         self._link_up()
+
+    def _subscriber_up(self, protocol: Any) -> None:
+        self.subscribed.clear()
+        for key in sorted(self.wanted):
+            room = self.ingestion.followed.get(key)
+            if room is None or room.delivered_through is not None:
+                self._subscribe(key)
+        self._link_up()
+
+    def _subscriber_down(self) -> None:
+        self.subscribed.clear()
+        for room in self.ingestion.followed.values():
+            room.lost()
+        self._link_down()
+
+    # -- what this server listens to -----------------------------------
+
+    def interest(self, key: str, wanted: bool) -> None:
+        """The broker's first subscriber for ``key`` arrived, or its last one left."""
+        if key.startswith(QUEUE_PREFIX):
+            return
+        if not wanted:
+            self.wanted.discard(key)
+            self.ingestion.unfollow(key)
+            self.subscribed.discard(key)
+            protocol = self.subscriber_link.protocol
+            if protocol is not None:
+                protocol.unsubscribe(self.channel_prefix + key).addErrback(
+                    self._subscribe_failed, key
+                )
+            return
+        if key in self.wanted:
+            return
+        self.wanted.add(key)
+        room_id = self.room_of(key) if self.room_of is not None else None
+        if room_id is None:
+            self._subscribe(key)
+            return
+        room = FollowedRoom(key, room_id, self.ingestion.deliver, self._fetch_recent)
+        self.ingestion.follow(room)
+        self._follow(key, room)
+
+    def _follow(self, key: str, room: FollowedRoom) -> None:
+        """Read the room's counter, then subscribe: what is numbered after it arrives."""
+        if not self.commands_link.is_up:
+            return  # again once the commands link is up
+        counter = self._commands.handler.get(self.sequence_key.format(room_id=room.room_id))
+
+        def read(value: Any) -> None:
+            if self.ingestion.followed.get(key) is not room:
+                return  # no longer wanted, or wanted anew since
+            room.start(int(value) if value is not None else 0)
+            self._subscribe(key)
+
+        def failed(failure: Any) -> None:
+            log.warn("cannot read the counter of chat room {room}: {error}; following it "
+                     "once Redis is back", room=room.room_id, error=failure.getErrorMessage())
+
+        counter.addCallbacks(read, failed)
+
+    def _subscribe(self, key: str) -> None:
+        protocol = self.subscriber_link.protocol
+        if protocol is None:
+            return  # subscribed with the others once the link is up
+        d = protocol.subscribe(self.channel_prefix + key)
+        d.addCallbacks(self._confirmed, self._subscribe_failed,
+                       callbackArgs=(key, protocol), errbackArgs=(key,))
+
+    def _confirmed(self, _: object, key: str, protocol: Any) -> None:
+        if key not in self.wanted or protocol is not self.subscriber_link.protocol:
+            return
+        self.subscribed.add(key)
+        room = self.ingestion.followed.get(key)
+        if room is not None:
+            room.confirmed()
+
+    def follows(self, room_id: int) -> bool:
+        """Whether every message of the room reaches this server now (a live follow)."""
+        room = self.ingestion.rooms.get(room_id)
+        return room is not None and room.live
+
+    def recent(self, room_id: int) -> Deferred[list[bytes]]:
+        """The bodies of the room's last messages, oldest first, from the recent list."""
+        return self._fetch_recent(room_id).addCallback(bodies_of)
+
+    def forget(self, room_id: int, seq: int) -> Deferred[None]:
+        """Remove a deleted message's record from the room's recent list."""
+        key = self.recent_key.format(room_id=room_id)
+
+        def remove(records: list[bytes]) -> Any:
+            for raw in records:
+                try:
+                    numbered = decode_envelope(raw)[3]
+                except ValueError:
+                    continue
+                if numbered == seq:
+                    return self.commands().lrem(key, 1, raw).addCallback(lambda _: None)
+            return None
+
+        return self._fetch_recent(room_id).addCallback(remove)
+
+    def _fetch_recent(self, room_id: int) -> Deferred[list[bytes]]:
+        if not self.commands_link.is_up:
+            return fail(RecentUnavailable("the commands link is down"))
+        return self._commands.handler.lrange(  # type: ignore[no-any-return]
+            self.recent_key.format(room_id=room_id), 0, -1
+        )
 
     def _link_up(self) -> None:
-        if self._links != {"commands", "subscriber"}:
+        if not (self.commands_link.is_up and self.subscriber_link.is_up):
             return
         if self._outage_reported:
             log.info("relaying through {redis} again", redis=self.address.redacted())
@@ -368,9 +305,14 @@ class RedisRelay(Service):
             for waiter in waiters:
                 waiter.callback(None)  # a waiter that timed out ignores this
 
-    def _subscribe_failed(self, failure: Any) -> None:
-        log.error("cannot subscribe to relayed messages at {redis}: {error}",
-                  redis=self.address.redacted(), error=failure.getErrorMessage())
+    def _link_down(self) -> None:
+        if self.running:
+            self._report_outage("connection lost")
+
+    def _subscribe_failed(self, failure: Any, key: str) -> None:
+        if self.running:
+            log.warn("cannot (un)subscribe {key} at {redis}: {error}", key=key,
+                     redis=self.address.redacted(), error=failure.getErrorMessage())
 
     def _report_outage(self, error: str) -> None:
         if not self._outage_reported:
@@ -380,6 +322,12 @@ class RedisRelay(Service):
 
     # -- out -----------------------------------------------------------
 
+    def _publish(self, channel: str, payload: bytes) -> Deferred[Any]:
+        return self._commands.handler.publish(channel, payload)  # type: ignore[no-any-return]
+
+    def _eval(self, script: str, args: list[Any]) -> Deferred[Any]:
+        return self._commands.handler.eval(script, [], args)  # type: ignore[no-any-return]
+
     def published(self, key: str, message: Message) -> None:
         """A local publish (already delivered locally): tell the others."""
         if key.startswith(QUEUE_PREFIX) or self._commands is None:
@@ -388,76 +336,7 @@ class RedisRelay(Service):
             self._report_outage("not connected")
             return
         record = encode_envelope(self.node_id, False, message.headers, message.body)
-        self._raw_batch.setdefault(self.channel_prefix + key, []).append(record)
-        self._schedule_flush()
-
-    def _publish_failed(self, failure: Any, channel: str) -> None:
-        log.warn("could not relay messages on {channel} to other servers: {error}",
-                 channel=channel, error=failure.getErrorMessage())
-
-    def _schedule_flush(self) -> None:
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        """Send what this turn relays: one PUBLISH per channel, one script call
-        per few hundred chat messages (Redis round trips, not messages, cost)."""
-        self._flush_call = None
-        raw, self._raw_batch = self._raw_batch, {}
-        for channel, records in raw.items():
-            d = self._commands.publish(channel, b"".join(records))
-            d.addErrback(self._publish_failed, channel)
-        chat, self._chat_batch = self._chat_batch, []
-        for start in range(0, len(chat), MAX_SCRIPT_BATCH):
-            chunk = chat[start : start + MAX_SCRIPT_BATCH]
-            args: list[Any] = [len(chunk)]
-            for entry in chunk:
-                args += [entry.seq_key, entry.floor, "1" if entry.fresh else "0",
-                         entry.channel, entry.meta, entry.template]
-            numbered = self._commands.eval(_SEQUENCE_AND_PUBLISH, [], args)
-            numbered.addCallbacks(
-                self._numbered, self._not_numbered, callbackArgs=(chunk,), errbackArgs=(chunk,)
-            )
-
-    def _numbered(self, seqs: list[Any], chunk: list[_ChatEntry]) -> None:
-        for entry, seq in zip(chunk, seqs, strict=True):
-            if int(seq) == _NEEDS_FLOOR:
-                self._park_for_floor(entry)
-            else:
-                entry.deferred.callback(int(seq))
-
-    def _not_numbered(self, failure: Any, chunk: list[_ChatEntry]) -> None:
-        for entry in chunk:
-            entry.deferred.errback(failure)
-
-    def _park_for_floor(self, entry: _ChatEntry) -> None:
-        """Redis lost the room's counter: read the durable floor once, then number the
-        room's parked messages, in order, from above it."""
-        parked = self._awaiting_floor.get(entry.seq_key)
-        if parked is not None:
-            parked.append(entry)
-            return
-        self._awaiting_floor[entry.seq_key] = [entry]
-        if entry.durable_floor is None:
-            self._floor_read(entry.floor, entry.seq_key)
-            return
-        log.info("the seq counter of chat room {room} is missing from Redis; reading its "
-                 "floor from the database", room=entry.room_id)
-        reading = entry.durable_floor(entry.room_id)
-        reading.addCallbacks(self._floor_read, self._floor_failed, callbackArgs=(entry.seq_key,),
-                             errbackArgs=(entry.seq_key,))
-
-    def _floor_read(self, floor: int, seq_key: str) -> None:
-        for entry in self._awaiting_floor.pop(seq_key, []):
-            entry.floor = max(entry.floor, floor)
-            entry.fresh = True
-            self._chat_batch.append(entry)
-        self._schedule_flush()
-
-    def _floor_failed(self, failure: Any, seq_key: str) -> None:
-        log.warn("cannot read a chat room's seq floor: {error}", error=failure.getErrorMessage())
-        for entry in self._awaiting_floor.pop(seq_key, []):
-            entry.deferred.errback(failure)
+        self.batch.add_record(self.channel_prefix + key, record)
 
     def sequence_and_publish(
         self,
@@ -465,31 +344,32 @@ class RedisRelay(Service):
         key: str,
         headers: dict[str, str],
         template: bytes,
+        placeholder: bytes,
         floor: int,
         durable_floor: Callable[[int], Deferred[int]] | None = None,
     ) -> Deferred[int]:
         """Number a chat message and publish it to every server, this one included.
 
-        Fails at once while Redis is unreachable: the message is refused
-        rather than queued for a publication the sender was not told about.
-        `durable_floor` reads the highest seq the database holds or reserves
-        for the room, for when Redis has lost the room's counter.
+        Redis puts the seq where `template` holds `placeholder`. Fails at once
+        while Redis is unreachable: the message is refused rather than queued
+        for a publication the sender was not told about. `durable_floor` reads
+        the highest seq the database holds or reserves for the room, for when
+        Redis has lost the room's counter.
         """
+        if not placeholder:
+            raise ValueError("the seq placeholder must not be empty")
         if not self.connected:
             self._report_outage("not connected")
             return fail(RedisUnavailable(f"Redis at {self.address.redacted()} is unreachable"))
         d: Deferred[int] = Deferred()
-        seq_key = self.sequence_key.format(room_id=room_id)
-        entry = _ChatEntry(room_id, seq_key, floor, self.channel_prefix + key,
-                           _meta_prefix(self.node_id, True, headers), template, d, durable_floor)
-        parked = self._awaiting_floor.get(seq_key)
-        if parked is not None:
-            parked.append(entry)  # behind the messages waiting for the same floor
-        else:
-            self._chat_batch.append(entry)
+        entry = ChatEntry(
+            room_id, self.sequence_key.format(room_id=room_id), floor,
+            self.channel_prefix + key, meta_prefix(self.node_id, True, headers), template,
+            placeholder, self.recent_key.format(room_id=room_id), d, durable_floor,
+        )
         self._sequencing.add(d)
         d.addBoth(self._sequenced, d)
-        self._schedule_flush()
+        self.batch.add_chat(entry)
         return d
 
     def _sequenced(self, result: Any, d: Deferred[Any]) -> Any:
@@ -499,22 +379,5 @@ class RedisRelay(Service):
     # -- in ------------------------------------------------------------
 
     def received(self, channel: bytes | str, payload: bytes | str) -> None:
-        """A relayed message: route it to this server's subscribers."""
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8")
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8")
-        key = channel[len(self.channel_prefix) :]
-        shown = key
-        if key.startswith(USER_PREFIX):
-            shown = USER_PREFIX + key[len(USER_PREFIX) :].partition("/")[2]
-        try:
-            for origin, local, headers, body in decode_envelopes(payload):
-                if origin == self.node_id and not local:
-                    continue  # published here, and already delivered here
-                message = Message(shown, self.broker.new_message_id(), body, headers)
-                self.broker.route(key, message)
-                for listener in self.listeners:
-                    listener(key, origin, body)
-        except ValueError:
-            log.warn("ignoring a malformed relayed payload on {channel}", channel=channel)
+        """A relayed payload: route it to this server's subscribers."""
+        self.ingestion.received(channel, payload)

@@ -37,6 +37,11 @@ class FrameTransport(Protocol):
 
     def resume_reading(self) -> None: ...
 
+    @property
+    def reading_held(self) -> bool:
+        """Whether the server is not reading this client now (the session waits, storage is
+        behind): what the client sends meanwhile stays unread."""
+
 
 @dataclass(slots=True)
 class SessionSettings:

@@ -89,6 +89,7 @@ class StompSession:
         "_opened_at",
         "_outgoing",
         "_partial_since",
+        "_pending_failure",
         "_receipts",
         "_received",
         "_sent",
@@ -140,6 +141,8 @@ class StompSession:
         )
         self._close_after_receipts = False
         self._shutdown_message: str | None = None
+        #: The ERROR of a refused frame, sent once earlier frames' RECEIPTs are out.
+        self._pending_failure: tuple[str, str, Frame | None, dict[str, str] | None] | None = None
         #: An interceptor's Deferred is pending: input is paused.
         self._waiting = False
         #: Frames parsed behind a waiting one (at most what one read held).
@@ -192,7 +195,7 @@ class StompSession:
         try:
             parser.feed(data)
         except FrameError as error:
-            self.fail(str(error), frame=error.frame)
+            self._fail_in_order(str(error), "", error.frame)
             return
         if self._partial_since is None and parser.partial:
             self._partial_since = self.context.clock.seconds()
@@ -202,7 +205,7 @@ class StompSession:
         self.context.stats.frame_received(frame.command)
         self._partial_since = None  # whatever follows is a new frame
         state = self.state
-        if state is _CLOSED:
+        if state is _CLOSED or self._pending_failure is not None:
             return
         if self._waiting:
             self._held.append(frame)
@@ -289,9 +292,9 @@ class StompSession:
             else:  # nobody to report to before CONNECTED
                 self.fail(error.message, error.message, frame)
         elif isinstance(error, ProtocolError):
-            self.fail(error.message, error.detail, frame, error.headers)
+            self._fail_in_order(error.message, error.detail, frame, error.headers)
         elif isinstance(error, (BrokerError, FrameError)):
-            self.fail(str(error), str(error), frame)
+            self._fail_in_order(str(error), str(error), frame)
         elif failure is None:  # unexpected: log it with its traceback
             self._refuse(error, frame, Failure(error, type(error), error.__traceback__))
         elif self.state is State.AUTHENTICATING:
@@ -424,7 +427,10 @@ class StompSession:
         if sub_id in acks:
             raise ProtocolError("duplicate subscription", f"subscription id {sub_id!r} is in use")
         if len(acks) >= self.context.settings.max_subscriptions:
-            raise ProtocolError("too many subscriptions")
+            raise ProtocolError(
+                "too many subscriptions",
+                f"a connection may hold {self.context.settings.max_subscriptions} subscriptions",
+            )
         ack_mode = frame.headers.get("ack", ACK_AUTO)
         if ack_mode not in ACK_MODES:
             raise ProtocolError("invalid ack mode", f"ack must be one of {sorted(ACK_MODES)}")
@@ -535,8 +541,26 @@ class StompSession:
         elif not self._waiting:
             self.transport.resume_reading()
 
+    def _fail_in_order(
+        self,
+        message: str,
+        detail: str,
+        frame: Frame | None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        """ERROR for a refused frame, after the RECEIPTs earlier frames are owed: a client
+        told nothing of a stored message would send it again."""
+        if self.state is not State.CONNECTED or not self._receipts:
+            self.fail(message, detail, frame, extra_headers)
+            return
+        self.parser.stop()
+        self._pending_failure = (message, detail, frame, extra_headers)
+        self._close_after_receipts = True
+
     def _receipts_drained(self) -> None:
-        if self._close_after_receipts:
+        if self._pending_failure is not None:
+            self.fail(*self._pending_failure)
+        elif self._close_after_receipts:
             if self._shutdown_message is not None:
                 self.fail(self._shutdown_message)
             else:
@@ -632,8 +656,11 @@ class StompSession:
             if now - self._opened_at >= settings.connect_timeout:
                 self.fail("connect timeout", "the connection was not established in time")
                 return
+        held = self.transport.reading_held
         partial_since = self._partial_since
-        if partial_since is not None and now - partial_since >= settings.frame_timeout:
+        if partial_since is not None and held:
+            self._partial_since = now  # the rest of the frame waits unread, by the server
+        elif partial_since is not None and now - partial_since >= settings.frame_timeout:
             self.fail(
                 "frame timeout",
                 f"a frame was not complete {settings.frame_timeout:g} s after its first byte",
@@ -644,7 +671,8 @@ class StompSession:
             if now >= principal.expires_at:
                 self.fail("token expired", "the credentials of this session have expired")
                 return
-        if self._received:
+        if self._received or held:
+            # Heart-beats the server does not read prove nothing either way.
             self._received = False
             self._last_read = now
         elif self._incoming and now - self._last_read > self._incoming * HEARTBEAT_GRACE + tick:

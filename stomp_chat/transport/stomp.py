@@ -282,6 +282,10 @@ class StompProtocol(Protocol):
             return measured
         return self._largest_at_pause + self._backlog
 
+    @property
+    def reading_held(self) -> bool:
+        return self._reading_paused or self._gate_closed
+
     def pause_reading(self) -> None:
         """Read nothing more until ``resume_reading`` (the session is waiting)."""
         self._reading_paused = True

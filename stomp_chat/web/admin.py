@@ -32,6 +32,8 @@ log = Logger()
 DISCONNECTED = "disconnected by an administrator"
 #: Headers a reverse proxy adds: a request carrying one did not start on this host.
 _PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+#: Host names that mean this machine (besides loopback addresses).
+_LOOPBACK_NAMES = ("localhost",)
 #: Chat errors and the HTTP status each becomes.
 _CHAT_ERROR_STATUS = {"busy": 503, "unavailable": 503, "unknown-room": 404}
 
@@ -177,10 +179,20 @@ def _session_json(session: Any) -> dict[str, Any]:
 
 
 def _from_this_host(request: Request) -> bool:
-    """A request from a loopback address that no proxy forwarded."""
+    """A request from a loopback address that no proxy forwarded, naming a loopback host.
+
+    The name matters: after DNS rebinding a foreign page's requests come from
+    loopback too, but name the attacker's host, and its reads are its own.
+    """
     if any(request.getHeader(name) is not None for name in _PROXY_HEADERS):
         return False
-    host = getattr(request.getClientAddress(), "host", "")
+    if not _is_loopback(getattr(request.getClientAddress(), "host", "")):
+        return False
+    name = request.getRequestHostname().decode("ascii", "replace").strip("[]").lower()
+    return name in _LOOPBACK_NAMES or _is_loopback(name)
+
+
+def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -17,9 +17,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from stomp_chat.app.chat import ChatService
+from stomp_chat.app.chat import ChatService, check_storable_text
 from stomp_chat.authz.rest import RoomRestPolicy
 from stomp_chat.authz.rooms import AccessDenied, NotAuthenticated
+from stomp_chat.errors import ApplicationError
 from stomp_chat.outage import OutageLog
 from stomp_chat.persistence import (
     ChatMessage,
@@ -182,6 +183,7 @@ class ChatApi(Resource):
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ApiError(400, "invalid-room", "name must be a non-empty string of at most 200 "
                                                 "characters")
+        _storable(name, "name", "invalid-room")
         room_id = body.get("id")
         if room_id is not None:
             room_id = _positive(room_id, "id")
@@ -261,6 +263,8 @@ class ChatApi(Resource):
         member_id = None if raw_member is None else _positive(raw_member, "memberId")
         if user_id is not None and (not isinstance(user_id, str) or not user_id):
             raise ApiError(400, "invalid-id", "userId must be a non-empty string")
+        if user_id is not None:
+            _storable(user_id, "userId", "invalid-id")
         if not access.enforce and member_id is None and user_id is None:
             member_id = _positive(None, "memberId")
         access.caller(request)
@@ -348,6 +352,14 @@ def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid-json", "the request body must be a JSON object")
     return body
+
+
+def _storable(text: str, name: str, code: str) -> None:
+    """Text every database can store (no NUL, no lone surrogate), or a 400 naming it."""
+    try:
+        check_storable_text(text, name)
+    except ApplicationError as error:
+        raise ApiError(400, code, error.message) from None
 
 
 #: Ids and seqs are 64-bit signed integers in both databases (BIGINT).

@@ -107,9 +107,10 @@ class RestAuthenticator:
         header = (_header(request, b"authorization") or "").strip()
         token = bearer_token(header)
         if token is not None:
-            return self._attempt(connection, self._token, token, connection).addCallback(
-                _optional
-            )
+            checked = self._attempt(connection, self._token, token, connection)
+            if self.mode == AUTH_PASSWORD and self.passwords is not None:
+                checked.addCallback(self.passwords.token_user, connection)
+            return checked.addCallback(_optional)
         scheme, _, credentials = header.partition(" ")
         if self.mode == AUTH_PASSWORD and scheme.lower() == "basic":
             login, password = _basic(credentials)

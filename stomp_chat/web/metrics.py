@@ -45,6 +45,8 @@ class MetricSources:
     database: Probe | None = None
     redis: Probe | None = None
     draining: Callable[[], bool] = lambda: False
+    #: Cluster mode: the relay (its ingestion counts what other servers sent here).
+    relay: Any = None
 
 
 class ChatCollector(Collector):
@@ -140,6 +142,13 @@ class ChatCollector(Collector):
             yield GaugeMetricFamily(f"{PREFIX}_{name}_rtt_seconds",
                                     f"Round trip of the last {name} probe.",
                                     value=probe.last.seconds)
+        if src.relay is not None:
+            yield CounterMetricFamily(f"{PREFIX}_relayed_messages_received",
+                                      "Messages received from the cluster through Redis.",
+                                      value=src.relay.ingestion.routed_count)
+            yield GaugeMetricFamily(f"{PREFIX}_relay_channels",
+                                    "Redis channels subscribed: destinations with local "
+                                    "subscribers.", value=len(src.relay.subscribed))
         yield GaugeMetricFamily(f"{PREFIX}_draining", "1 while the server shuts down.",
                                 value=1 if src.draining() else 0)
 

@@ -22,6 +22,10 @@ class PresenceApi:
         self.api.add_route(r"/rooms/(?P<room_id>[^/]+)/presence", GET=self.get)
 
     def get(self, request: Request, room_id: str) -> Deferred[tuple[int, Any]]:
-        return self.api.readable_room(request, room_id).addCallback(
-            lambda shown: (200, {"roomId": shown[0].id, "users": self.presence.users(shown[0].id)})
-        )
+        def answer(shown: Any) -> Deferred[tuple[int, Any]]:
+            room = shown[0].id
+            return self.presence.room_users(room).addCallback(
+                lambda users: (200, {"roomId": room, "users": users})
+            )
+
+        return self.api.readable_room(request, room_id).addCallback(answer)

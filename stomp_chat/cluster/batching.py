@@ -1,0 +1,243 @@
+"""Per-turn batching: what one reactor turn relays crosses Redis together.
+
+Round trips, not messages, cost: plain records are joined into one PUBLISH
+per channel, and chat messages are numbered and published by one script
+call per few hundred.
+
+Chat rooms need one order that every server agrees on, and sequence numbers
+without gaps: a chat message is numbered and published by one Redis script
+(INCR, then PUBLISH), atomically, so the order of the pub/sub stream *is*
+the order of ``seq``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Number chat messages and publish them, in one atomic step. ARGV starts with
+#: the message count, how many records each room's recent list keeps, and
+#: that list's time to live in seconds; then per message: the room's counter
+#: key, ``floor`` (the highest seq the caller knows of), the database's floor
+#: for the room (-1 when not read), the channel, the record's metadata up to
+#: its seq, the body template, the template's seq placeholder, and the room's
+#: recent list. Each channel gets one PUBLISH with all its records, in order;
+#: each record is also appended to its room's capped recent list, from which
+#: a server fills what it missed (see stomp_chat.cluster.follow).
+#:
+#: Redis keeps nothing on disk: a counter that is missing was lost (or never
+#: made), and one server's memory is no safe floor for it (that server may
+#: have missed messages). Such a message gets seq -1 and is not published;
+#: its server reads the floor from the database and sends it again. The
+#: database's floor counts only while the counter is still missing: a counter
+#: another server has made again since (from the same floor) goes on by INCR,
+#: so two servers that found it missing at once leave no gap between them.
+SEQUENCE_AND_PUBLISH = """
+local function fill(template, placeholder, seq)
+  local parts = {}
+  local start = 1
+  while true do
+    local i, j = string.find(template, placeholder, start, true)
+    if i == nil then break end
+    parts[#parts + 1] = string.sub(template, start, i - 1)
+    start = j + 1
+  end
+  parts[#parts + 1] = string.sub(template, start)
+  return table.concat(parts, seq)
+end
+local n = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local seqs = {}
+local records = {}
+local channels = {}
+for i = 0, n - 1 do
+  local b = 4 + i * 8
+  local seq = -1
+  local floor = tonumber(ARGV[b + 1])
+  local durable = tonumber(ARGV[b + 2])
+  if redis.call('EXISTS', ARGV[b]) == 1 then
+    seq = redis.call('INCR', ARGV[b])
+    if seq <= floor then
+      seq = floor + 1
+      redis.call('SET', ARGV[b], seq)
+    end
+  elseif durable >= 0 then
+    seq = math.max(floor, durable) + 1
+    redis.call('SET', ARGV[b], seq)
+  end
+  if seq >= 0 then
+    local body = fill(ARGV[b + 5], ARGV[b + 6], tostring(seq))
+    local channel = ARGV[b + 3]
+    if records[channel] == nil then
+      records[channel] = {}
+      channels[#channels + 1] = channel
+    end
+    local record = ARGV[b + 4] .. seq .. ',' .. #body .. ']\\n' .. body
+    table.insert(records[channel], record)
+    redis.call('RPUSH', ARGV[b + 7], record)
+    redis.call('LTRIM', ARGV[b + 7], -cap, -1)
+    redis.call('EXPIRE', ARGV[b + 7], ttl)
+  end
+  seqs[#seqs + 1] = seq
+end
+for _, channel in ipairs(channels) do
+  redis.call('PUBLISH', channel, table.concat(records[channel]))
+end
+return seqs
+"""
+
+#: The seq the script answers for a message whose counter Redis lost.
+NEEDS_FLOOR = -1
+
+#: The most chat messages numbered by one script call.
+MAX_SCRIPT_BATCH = 500
+#: How many of a room's last messages Redis keeps for servers to fill gaps from.
+DEFAULT_RECENT_SIZE = 1000
+#: How long a room's recent list outlives its last message, in seconds.
+RECENT_TTL = 86400
+#: The arguments the numbering script takes before, and per, message.
+SCRIPT_HEAD_ARGS = 3
+SCRIPT_ARGS_PER_MESSAGE = 8
+
+
+@dataclass(slots=True)
+class ChatEntry:
+    """A chat message waiting for Redis to number it."""
+
+    room_id: int
+    seq_key: str
+    floor: int
+    channel: str
+    meta: bytes
+    template: bytes
+    placeholder: bytes
+    recent_key: str
+    deferred: Deferred[int]
+    durable_floor: Callable[[int], Deferred[int]] | None
+    #: The database's floor for the room, once read (-1 until then).
+    durable: int = -1
+
+
+class TurnBatch:
+    """Collects one turn's records and chat messages and sends them at its end."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        publish: Callable[[str, bytes], Deferred[Any]],
+        run_script: Callable[[str, list[Any]], Deferred[Any]],
+        recent_size: int = DEFAULT_RECENT_SIZE,
+    ) -> None:
+        self.reactor = reactor
+        self.recent_size = recent_size
+        self._publish = publish
+        self._run_script = run_script
+        self._records: dict[str, list[bytes]] = {}
+        self._chat: list[ChatEntry] = []
+        #: Rooms whose counter Redis lost, by counter key: messages parked while the
+        #: floor is read from the database, in arrival order.
+        self._awaiting_floor: dict[str, list[ChatEntry]] = {}
+        self._flush_call: Any = None
+
+    @property
+    def scheduled(self) -> bool:
+        return self._flush_call is not None
+
+    def add_record(self, channel: str, record: bytes) -> None:
+        self._records.setdefault(channel, []).append(record)
+        self._schedule()
+
+    def add_chat(self, entry: ChatEntry) -> None:
+        parked = self._awaiting_floor.get(entry.seq_key)
+        if parked is not None:
+            parked.append(entry)  # behind the messages waiting for the same floor
+        else:
+            self._chat.append(entry)
+        self._schedule()
+
+    def flush_now(self) -> None:
+        """Send at once what waits for the end of the turn (on stop)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self.flush()
+
+    def _schedule(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what this turn relays: one PUBLISH per channel, one script call
+        per few hundred chat messages."""
+        self._flush_call = None
+        records, self._records = self._records, {}
+        for channel, batch in records.items():
+            d = self._publish(channel, b"".join(batch))
+            d.addErrback(_publish_failed, channel)
+        chat, self._chat = self._chat, []
+        for start in range(0, len(chat), MAX_SCRIPT_BATCH):
+            chunk = chat[start : start + MAX_SCRIPT_BATCH]
+            args: list[Any] = [len(chunk), self.recent_size, RECENT_TTL]
+            for entry in chunk:
+                args += [entry.seq_key, entry.floor, entry.durable,
+                         entry.channel, entry.meta, entry.template, entry.placeholder,
+                         entry.recent_key]
+            try:
+                numbered = self._run_script(SEQUENCE_AND_PUBLISH, args)
+            except Exception as error:  # the link went down since the message was accepted
+                for entry in chunk:
+                    entry.deferred.errback(error)
+                continue
+            numbered.addCallbacks(
+                self._numbered, self._not_numbered, callbackArgs=(chunk,), errbackArgs=(chunk,)
+            )
+
+    def _numbered(self, seqs: list[Any], chunk: list[ChatEntry]) -> None:
+        for entry, seq in zip(chunk, seqs, strict=True):
+            if int(seq) == NEEDS_FLOOR:
+                self._park_for_floor(entry)
+            else:
+                entry.deferred.callback(int(seq))
+
+    def _not_numbered(self, failure: Any, chunk: list[ChatEntry]) -> None:
+        for entry in chunk:
+            entry.deferred.errback(failure)
+
+    def _park_for_floor(self, entry: ChatEntry) -> None:
+        """Redis lost the room's counter: read the durable floor once, then number the
+        room's parked messages, in order, from above it."""
+        parked = self._awaiting_floor.get(entry.seq_key)
+        if parked is not None:
+            parked.append(entry)
+            return
+        self._awaiting_floor[entry.seq_key] = [entry]
+        if entry.durable_floor is None:
+            self._floor_read(entry.floor, entry.seq_key)
+            return
+        log.info("the seq counter of chat room {room} is missing from Redis; reading its "
+                 "floor from the database", room=entry.room_id)
+        reading = entry.durable_floor(entry.room_id)
+        reading.addCallbacks(self._floor_read, self._floor_failed, callbackArgs=(entry.seq_key,),
+                             errbackArgs=(entry.seq_key,))
+
+    def _floor_read(self, floor: int, seq_key: str) -> None:
+        for entry in self._awaiting_floor.pop(seq_key, []):
+            entry.durable = floor
+            self._chat.append(entry)
+        self._schedule()
+
+    def _floor_failed(self, failure: Any, seq_key: str) -> None:
+        log.warn("cannot read a chat room's seq floor: {error}", error=failure.getErrorMessage())
+        for entry in self._awaiting_floor.pop(seq_key, []):
+            entry.deferred.errback(failure)
+
+
+def _publish_failed(failure: Any, channel: str) -> None:
+    log.warn("could not relay messages on {channel} to other servers: {error}",
+             channel=channel, error=failure.getErrorMessage())
