@@ -1,4 +1,4 @@
-"""A stomp.py WebSocket chat client for end-to-end tests, recording what it receives."""
+"""A stomp.py chat client for end-to-end tests, recording what it receives."""
 
 from __future__ import annotations
 
@@ -15,22 +15,26 @@ ROOM_TOPIC = "/topic/chat/room/{}"
 
 
 class ChatClient(stomp.ConnectionListener):
-    """A stomp.py WebSocket client that records what the server sends it."""
+    """A stomp.py client (WebSocket unless given another connection) that records what the
+    server sends it."""
 
-    def __init__(self, port: int, login: str | None = None) -> None:
+    def __init__(
+        self, port: int, login: str | None = None, *, passcode: str = "", connection: Any = None
+    ) -> None:
+        """Connect over WebSocket to ``port``, or over ``connection`` (e.g. a TCP one)."""
         self._lock = threading.Condition()
         self.messages: list[stomp.utils.Frame] = []
         self.receipts: list[str] = []
         self.errors: list[stomp.utils.Frame] = []
         self.disconnected = False
-        self.conn = stomp.WSStompConnection(
+        self.conn = connection or stomp.WSStompConnection(
             [("127.0.0.1", port)], ws_path="/ws/chat", heartbeats=(0, 0)
         )
         self.conn.set_listener("recorder", self)
         if login is None:
             self.conn.connect(wait=True)
         else:
-            self.conn.connect(login, "", wait=True)
+            self.conn.connect(login, passcode, wait=True)
         self._subscriptions = 0
 
     # listener callbacks run on stomp.py's receiver thread

@@ -40,6 +40,7 @@ from stomp_chat.transport.stomp import StompFactory
 from stomp_chat.transport.websocket import StompWebSocketFactory
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.site import build_site
+from tests.chatclient import ChatClient
 
 if TYPE_CHECKING:
     from tests.conftest_db import TestDatabase
@@ -61,61 +62,26 @@ class LoginAuthenticator:
         return Principal(login, login.title(), ROLES.get(login, frozenset()), method=AUTH_JWT)
 
 
-class Client(stomp.ConnectionListener):
-    """A blocking stomp.py client; the tests call it from threads (deferToThread)."""
+class Client(ChatClient):
+    """A blocking stomp.py client over TCP or WebSocket whose bodies are JSON; the tests call
+    it from threads (deferToThread)."""
 
     def __init__(self, transport: str, server: Server, login: str | None) -> None:
-        self._lock = threading.Condition()
-        self.messages: list[Any] = []
-        self.receipts: list[str] = []
-        self.errors: list[Any] = []
-        self.disconnected = False
-        self._ids = 0
         if transport == "ws":
-            self.conn: Any = stomp.WSStompConnection(
+            connection: Any = stomp.WSStompConnection(
                 [("127.0.0.1", server.http_port)], ws_path="/ws/chat", heartbeats=(0, 0)
             )
         else:
-            self.conn = stomp.Connection([("127.0.0.1", server.stomp_port)], heartbeats=(0, 0))
-        self.conn.set_listener("recorder", self)
-        self.conn.connect(login or "", "secret", wait=True)
-
-    def on_message(self, frame: Any) -> None:
-        with self._lock:
-            self.messages.append(frame)
-            self._lock.notify_all()
-
-    def on_receipt(self, frame: Any) -> None:
-        with self._lock:
-            self.receipts.append(frame.headers["receipt-id"])
-            self._lock.notify_all()
-
-    def on_error(self, frame: Any) -> None:
-        with self._lock:
-            self.errors.append(frame)
-            self._lock.notify_all()
-
-    def on_disconnected(self) -> None:
-        with self._lock:
-            self.disconnected = True
-            self._lock.notify_all()
-
-    def wait_for(self, condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not (result := condition()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; errors="
-                                         f"{[(e.headers, e.body) for e in self.errors]}")
-                self._lock.wait(remaining)
-            return result
+            connection = stomp.Connection([("127.0.0.1", server.stomp_port)], heartbeats=(0, 0))
+        super().__init__(
+            server.http_port, login or "", passcode="secret", connection=connection
+        )
 
     def subscribe(self, destination: str) -> None:
         """Subscribe and wait for the receipt, so the subscription surely exists."""
-        self._ids += 1
-        receipt = f"sub-{self._ids}"
-        self.conn.subscribe(destination, id=str(self._ids), headers={"receipt": receipt})
+        self._subscriptions += 1
+        receipt = f"sub-{self._subscriptions}"
+        self.conn.subscribe(destination, id=str(self._subscriptions), headers={"receipt": receipt})
         self.wait_for(lambda: receipt in self.receipts or self.errors, f"receipt {receipt}")
 
     def send(self, destination: str, body: Any, receipt: str | None = None) -> None:
@@ -128,16 +94,8 @@ class Client(stomp.ConnectionListener):
             return [json.loads(m.body) for m in self.messages
                     if m.headers.get("destination") == destination]
 
-    def wait_at(self, destination: str, count: int) -> list[Any]:
-        self.wait_for(lambda: len(self.at(destination)) >= count, f"{count} at {destination}")
-        return self.at(destination)
-
     def app_errors(self, count: int = 1) -> list[Any]:
         return self.wait_at("/user/queue/errors", count)
-
-    def close(self) -> None:
-        if self.conn.is_connected():
-            self.conn.disconnect()
 
 
 @dataclass
