@@ -15,7 +15,6 @@ from stomp_chat.persistence import (
     AdbapiChatStore,
     ChatMessage,
     ChatStore,
-    DatabaseTimeout,
     MemberNameTaken,
     MemberNotFound,
     MessagesRejected,
@@ -26,31 +25,12 @@ from stomp_chat.persistence import (
     parse_database_url,
 )
 from stomp_chat.persistence import store as store_module
+from tests.chatmessages import T0, chat_message, seqs
 
 if TYPE_CHECKING:
     from tests.conftest_db import CuttableProxy, TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
-
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def chat_message(
-    room_id: int, seq: int, text: str | None = None, sender_id: int = 1
-) -> ChatMessage:
-    return ChatMessage(
-        room_id=room_id,
-        seq=seq,
-        message_id=f"r{room_id}-m{seq}",
-        type="TALK",
-        sender_id=sender_id,
-        text=text if text is not None else f"message {seq}",
-        created_at=T0 + timedelta(milliseconds=seq),
-    )
-
-
-def seqs(messages: list[ChatMessage]) -> list[int]:
-    return [message.seq for message in messages]
 
 
 # -- rooms -------------------------------------------------------------------------------
@@ -526,30 +506,6 @@ async def test_postgres_stores_real_timestamps(postgresql_database: TestDatabase
     assert utc_text == "2024-05-01 12:00:00.124456"
 
 
-@pytest_twisted.ensureDeferred
-async def test_generated_ids_skip_rows_inserted_behind_the_sequence(
-    database: TestDatabase,
-) -> None:
-    """Rows inserted with explicit ids by someone else (another tool, a restore) do not make
-    generated ids collide: the store skips ids already taken."""
-    store = AdbapiChatStore(database.open_pool())
-    await migrate(store.pool)
-    for room_id in (1, 2, 3):
-        await store.pool.runOperation(
-            "INSERT INTO rooms (id, name, created_at) "
-            f"VALUES ({room_id}, 'restored', '2024-01-01T00:00:00Z')"
-        )
-    await store.pool.runOperation(
-        "INSERT INTO members (id, name, created_at) VALUES (1, 'restored', '2024-01-01T00:00:00Z')"
-    )
-    room = await store.create_room("new")
-    member = await store.create_member("new")
-    assert room.id == 4
-    assert member.id == 2
-    with pytest.raises(MemberNameTaken):
-        await store.create_member("restored")
-
-
 # -- seq reservations and collisions ---------------------------------------------------------
 
 
@@ -590,35 +546,6 @@ async def test_a_different_message_under_a_stored_seq_is_reported(store: ChatSto
     intruder = chat_message(1, 2, text="another message, same seq", sender_id=9)
     assert await store.save_messages([intruder, chat_message(1, 4)]) == [intruder]
     assert await store.load_messages(1, limit=10) == [chat_message(1, s) for s in range(1, 5)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_silent_postgres_times_out_and_frees_the_only_connection(
-    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
-) -> None:
-    """With PostgreSQL answering nothing (packets dropped), a call fails with
-    DatabaseTimeout after the timeout, and once it answers again the next call succeeds
-    at once on a fresh connection, though the pool has a single one."""
-    from twisted.internet import reactor
-
-    routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
-    pool = postgresql_database.open_pool(routed)
-    await migrate(pool)
-    store = AdbapiChatStore(pool, timeout=0.5, clock=reactor)
-    await store.save_messages([chat_message(1, 1)])
-    postgres_proxy.blackhole()
-    started = reactor.seconds()
-    with pytest.raises(DatabaseTimeout):
-        await store.save_messages([chat_message(1, 2)])
-    assert 0.4 < reactor.seconds() - started < 2
-    assert postgres_proxy.blackholed_bytes > 0, "the call reached the silent server"
-    with pytest.raises(DatabaseTimeout):
-        await store.last_seq(1)
-    postgres_proxy.restore()
-    started = reactor.seconds()
-    await store.save_messages([chat_message(1, 2)])
-    assert await store.last_seq(1) == 2
-    assert reactor.seconds() - started < 2
 
 
 # -- retention -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -20,7 +20,13 @@ from stomp_chat.persistence._dialect import (
     epoch_microseconds,
 )
 from stomp_chat.persistence.model import ChatMessage, Member, Room
-from stomp_chat.persistence.url import ChatConnectionPool, DatabaseTimeout
+from stomp_chat.persistence.transactions import (
+    advance_id_sequence,
+    execute,
+    fetch_one,
+    insert_with_new_id,
+    run_interaction,
+)
 
 
 class RoomNotFound(LookupError):
@@ -340,12 +346,6 @@ def _insert_postgres(
     return int(transaction.rowcount)
 
 
-def _timed_out(outcome: object, timeout: float) -> object:
-    if isinstance(outcome, Failure) and outcome.check(CancelledError):
-        return Failure(DatabaseTimeout(f"the database did not answer within {timeout:g}s"))
-    return outcome
-
-
 def delete_old_messages(transaction: Any, dialect: Dialect, cutoff: Any, limit: int) -> int:
     """Delete at most ``limit`` messages created before ``cutoff`` (already in the database's
     time format), keeping each room's newest; how many went. Shared by the retention job and
@@ -405,15 +405,7 @@ class AdbapiChatStore:
         return self._pool
 
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        pool = self._pool
-        if self._timeout is not None and self._clock is not None:
-            if isinstance(pool, ChatConnectionPool):
-                return pool.run_within(self._timeout, self._clock, interaction, *args)
-            bounded: Deferred[Any] = pool.runInteraction(interaction, *args)
-            bounded.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
-            return bounded
-        result: Deferred[Any] = pool.runInteraction(interaction, *args)
-        return result
+        return run_interaction(self._pool, self._timeout, self._clock, interaction, *args)
 
     # -- rows to records (called in pool threads) ------------------------------------------
 
@@ -434,45 +426,6 @@ class AdbapiChatStore:
             created_at=self._dialect.time_from_db(row[6]),
         )
 
-    def _execute(self, transaction: Any, query: str, params: Sequence[Any] = ()) -> None:
-        transaction.execute(self._dialect.sql(query), tuple(params))
-
-    def _fetch_one(self, transaction: Any, query: str, params: Sequence[Any]) -> Any:
-        self._execute(transaction, query, params)
-        rows = transaction.fetchall()
-        return rows[0] if rows else None
-
-    def _insert_with_new_id(
-        self,
-        transaction: Any,
-        query: str,
-        params: Sequence[Any],
-        explain_conflict: Callable[[], None] | None = None,
-    ) -> int:
-        """Insert a row whose id the database picks; `query` must end in RETURNING id.
-
-        On PostgreSQL the sequence may hand out an id that was inserted explicitly (a room
-        created from a client's roomId): ON CONFLICT DO NOTHING returns no row and the next
-        attempt draws the next id, so ids never collide. `explain_conflict` raises when the
-        conflict is on another unique column (a member's name), which retrying cannot fix.
-        """
-        while True:
-            self._execute(transaction, query, params)
-            rows = transaction.fetchall()
-            if rows:
-                return int(rows[0][0])
-            if explain_conflict is not None:
-                explain_conflict()
-
-    def _advance_id_sequence(self, transaction: Any, table: str) -> None:
-        """Move PostgreSQL's id sequence past explicitly inserted ids (a hint for speed only:
-        `_insert_with_new_id` stays correct if a concurrent transaction moves it back)."""
-        if self._dialect.is_postgres:
-            transaction.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                f"(SELECT MAX(id) FROM {table}))"
-            )
-
     # -- rooms ---------------------------------------------------------------------------
 
     def create_room(self, name: str, room_id: int | None = None) -> Deferred[Room]:
@@ -483,30 +436,35 @@ class AdbapiChatStore:
     ) -> Room:
         stored_time = self._dialect.time_to_db(created_at)
         if room_id is None:
-            new_id = self._insert_with_new_id(
+            new_id = insert_with_new_id(
                 transaction,
+                self._dialect,
                 "INSERT INTO rooms (name, created_at) VALUES (?, ?) "
                 "ON CONFLICT DO NOTHING RETURNING id",
                 (name, stored_time),
             )
             return Room(new_id, name, created_at.astimezone(UTC))
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING RETURNING id",
             (room_id, name, stored_time),
         )
         if not transaction.fetchall():
             raise RoomAlreadyExists(room_id)
-        self._advance_id_sequence(transaction, "rooms")
+        advance_id_sequence(transaction, self._dialect, "rooms")
         return Room(room_id, name, created_at.astimezone(UTC))
 
     def get_room(self, room_id: int) -> Deferred[Room | None]:
         return self._run(self._get_room, room_id)
 
     def _get_room(self, transaction: Any, room_id: int) -> Room | None:
-        row = self._fetch_one(
-            transaction, f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ?", (room_id,)
+        row = fetch_one(
+            transaction,
+            self._dialect,
+            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ?",
+            (room_id,),
         )
         return None if row is None else self._room(row)
 
@@ -514,7 +472,7 @@ class AdbapiChatStore:
         return self._run(self._list_rooms)
 
     def _list_rooms(self, transaction: Any) -> list[Room]:
-        self._execute(transaction, f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY id")
+        execute(transaction, self._dialect, f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY id")
         return [self._room(row) for row in transaction.fetchall()]
 
     def ensure_room(self, room_id: int) -> Deferred[Room]:
@@ -525,14 +483,15 @@ class AdbapiChatStore:
         if existing is not None:
             return existing
         # A concurrent creator makes this insert wait for its commit, then do nothing.
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING RETURNING id",
             (room_id, _default_room_name(room_id), self._dialect.time_to_db(created_at)),
         )
         if transaction.fetchall():
-            self._advance_id_sequence(transaction, "rooms")
+            advance_id_sequence(transaction, self._dialect, "rooms")
         room = self._get_room(transaction, room_id)
         assert room is not None, "the room was just inserted or already committed"
         return room
@@ -551,8 +510,9 @@ class AdbapiChatStore:
             if self._get_member_by_name(transaction, name) is not None:
                 raise MemberNameTaken(name)
 
-        new_id = self._insert_with_new_id(
+        new_id = insert_with_new_id(
             transaction,
+            self._dialect,
             "INSERT INTO members (name, password_hash, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING RETURNING id",
             (name, password_hash, self._dialect.time_to_db(created_at)),
@@ -564,8 +524,11 @@ class AdbapiChatStore:
         return self._run(self._get_member, member_id)
 
     def _get_member(self, transaction: Any, member_id: int) -> Member | None:
-        row = self._fetch_one(
-            transaction, f"SELECT {_MEMBER_COLUMNS} FROM members WHERE id = ?", (member_id,)
+        row = fetch_one(
+            transaction,
+            self._dialect,
+            f"SELECT {_MEMBER_COLUMNS} FROM members WHERE id = ?",
+            (member_id,),
         )
         return None if row is None else self._member(row)
 
@@ -573,8 +536,11 @@ class AdbapiChatStore:
         return self._run(self._get_member_by_name, name)
 
     def _get_member_by_name(self, transaction: Any, name: str) -> Member | None:
-        row = self._fetch_one(
-            transaction, f"SELECT {_MEMBER_COLUMNS} FROM members WHERE name = ?", (name,)
+        row = fetch_one(
+            transaction,
+            self._dialect,
+            f"SELECT {_MEMBER_COLUMNS} FROM members WHERE name = ?",
+            (name,),
         )
         return None if row is None else self._member(row)
 
@@ -584,8 +550,9 @@ class AdbapiChatStore:
     def _get_member_credentials(
         self, transaction: Any, name: str
     ) -> tuple[Member, str | None] | None:
-        row = self._fetch_one(
+        row = fetch_one(
             transaction,
+            self._dialect,
             f"SELECT {_MEMBER_COLUMNS}, password_hash FROM members WHERE name = ?",
             (name,),
         )
@@ -600,14 +567,15 @@ class AdbapiChatStore:
             member = self._get_member(transaction, member_id)
             if member is not None:
                 return member
-            self._execute(
+            execute(
                 transaction,
+                self._dialect,
                 "INSERT INTO members (id, name, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT DO NOTHING RETURNING id",
                 (member_id, name, stored_time),
             )
             if transaction.fetchall():
-                self._advance_id_sequence(transaction, "members")
+                advance_id_sequence(transaction, self._dialect, "members")
                 return Member(member_id, name, created_at.astimezone(UTC))
         raise AssertionError("unreachable: the name candidates never run out")
 
@@ -623,8 +591,9 @@ class AdbapiChatStore:
             raise RoomNotFound(room_id)
         if self._get_member(transaction, member_id) is None:
             raise MemberNotFound(member_id)
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "INSERT INTO room_members (room_id, member_id, joined_at) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING RETURNING room_id",
             (room_id, member_id, self._dialect.time_to_db(joined_at)),
@@ -635,8 +604,9 @@ class AdbapiChatStore:
         return self._run(self._leave_room, room_id, member_id)
 
     def _leave_room(self, transaction: Any, room_id: int, member_id: int) -> bool:
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "DELETE FROM room_members WHERE room_id = ? AND member_id = ?",
             (room_id, member_id),
         )
@@ -646,8 +616,9 @@ class AdbapiChatStore:
         return self._run(self._list_members, room_id)
 
     def _list_members(self, transaction: Any, room_id: int) -> list[Member]:
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "SELECT m.id, m.name, m.created_at FROM room_members AS rm "
             "JOIN members AS m ON m.id = rm.member_id "
             "WHERE rm.room_id = ? ORDER BY rm.joined_at, m.id",
@@ -672,8 +643,11 @@ class AdbapiChatStore:
         return self._run(self._delete_message, room_id, seq)
 
     def _delete_message(self, transaction: Any, room_id: int, seq: int) -> bool:
-        self._execute(
-            transaction, "DELETE FROM messages WHERE room_id = ? AND seq = ?", (room_id, seq)
+        execute(
+            transaction,
+            self._dialect,
+            "DELETE FROM messages WHERE room_id = ? AND seq = ?",
+            (room_id, seq),
         )
         deleted = transaction.rowcount > 0
         if deleted:
@@ -681,8 +655,11 @@ class AdbapiChatStore:
         return bool(deleted)
 
     def _last_seq(self, transaction: Any, room_id: int) -> int:
-        row = self._fetch_one(
-            transaction, "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?", (room_id,)
+        row = fetch_one(
+            transaction,
+            self._dialect,
+            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?",
+            (room_id,),
         )
         return int(row[0])
 
@@ -730,14 +707,15 @@ class AdbapiChatStore:
         room_params: list[Any] = []
         for room_id in room_ids:
             room_params.extend((room_id, _default_room_name(room_id), created_at))
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             f"INSERT INTO rooms (id, name, created_at) VALUES {placeholders} "
             "ON CONFLICT DO NOTHING RETURNING id",
             room_params,
         )
         if transaction.fetchall():
-            self._advance_id_sequence(transaction, "rooms")
+            advance_id_sequence(transaction, self._dialect, "rooms")
         if insert(transaction) == len(messages):
             return []
         return self._collisions(transaction, messages)
@@ -754,8 +732,9 @@ class AdbapiChatStore:
         stored: dict[tuple[int, int], tuple[Any, ...]] = {}
         for room_id, room_messages in by_room.items():
             seqs = [m.seq for m in room_messages]
-            self._execute(
+            execute(
                 transaction,
+                self._dialect,
                 "SELECT seq, message_id, type, sender_id, text, created_at FROM messages "
                 "WHERE room_id = ? AND seq BETWEEN ? AND ?",
                 (room_id, min(seqs), max(seqs)),
@@ -785,16 +764,18 @@ class AdbapiChatStore:
         return stored, before, through
 
     def _reserved_through(self, transaction: Any, room_id: int) -> int:
-        row = self._fetch_one(
+        row = fetch_one(
             transaction,
+            self._dialect,
             "SELECT reserved_through FROM room_seq_reservations WHERE room_id = ?",
             (room_id,),
         )
         return 0 if row is None else int(row[0])
 
     def _raise_reservation(self, transaction: Any, room_id: int, through: int) -> int:
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "INSERT INTO room_seq_reservations (room_id, reserved_through) VALUES (?, ?) "
             "ON CONFLICT (room_id) DO UPDATE SET reserved_through = CASE "
             "WHEN excluded.reserved_through > room_seq_reservations.reserved_through "
@@ -816,8 +797,9 @@ class AdbapiChatStore:
     def _release_reservation(
         self, transaction: Any, room_id: int, reserved_through: int, last_seq: int
     ) -> bool:
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             "UPDATE room_seq_reservations SET reserved_through = ? "
             "WHERE room_id = ? AND reserved_through = ?",
             (last_seq, room_id, reserved_through),
@@ -875,8 +857,9 @@ class AdbapiChatStore:
         newest_first = after_seq is None
         order = "DESC" if newest_first else "ASC"
         params.append(limit)
-        self._execute(
+        execute(
             transaction,
+            self._dialect,
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
             f"ORDER BY seq {order} LIMIT ?",
             params,
