@@ -1,6 +1,7 @@
 """The chat's storage: adbapi on SQLite or PostgreSQL, migrations, write-behind batching."""
 
 from stomp_chat.persistence.model import ChatMessage, Member, Room, utc_isoformat
+from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound
 from stomp_chat.persistence.schema import (
     MIGRATIONS,
     Migration,
@@ -17,8 +18,6 @@ from stomp_chat.persistence.store import (
     MemberNotFound,
     MemoryChatStore,
     MessagesRejected,
-    RoomAlreadyExists,
-    RoomNotFound,
     SeqCollision,
 )
 from stomp_chat.persistence.url import (

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from stomp_chat.persistence import rooms
 from stomp_chat.persistence._dialect import (
     Dialect,
     dialect_named,
@@ -20,6 +21,7 @@ from stomp_chat.persistence._dialect import (
     epoch_microseconds,
 )
 from stomp_chat.persistence.model import ChatMessage, Member, Room
+from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound, default_room_name
 from stomp_chat.persistence.transactions import (
     advance_id_sequence,
     execute,
@@ -29,22 +31,10 @@ from stomp_chat.persistence.transactions import (
 )
 
 
-class RoomNotFound(LookupError):
-    def __init__(self, room_id: int) -> None:
-        super().__init__(f"no room with id {room_id}")
-        self.room_id = room_id
-
-
 class MemberNotFound(LookupError):
     def __init__(self, member_id: int) -> None:
         super().__init__(f"no member with id {member_id}")
         self.member_id = member_id
-
-
-class RoomAlreadyExists(ValueError):
-    def __init__(self, room_id: int) -> None:
-        super().__init__(f"a room with id {room_id} already exists")
-        self.room_id = room_id
 
 
 class MemberNameTaken(ValueError):
@@ -77,10 +67,6 @@ class MessagesRejected(Exception):
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _default_room_name(room_id: int) -> str:
-    return f"room {room_id}"
 
 
 def _member_name_candidates(member_id: int) -> Iterator[str]:
@@ -211,7 +197,6 @@ class ChatStore(Protocol):
     def close(self) -> Deferred[None]: ...
 
 
-_ROOM_COLUMNS = "id, name, created_at"
 _MEMBER_COLUMNS = "id, name, created_at"
 _MESSAGE_COLUMNS = "room_id, seq, message_id, type, sender_id, text, created_at"
 
@@ -409,9 +394,6 @@ class AdbapiChatStore:
 
     # -- rows to records (called in pool threads) ------------------------------------------
 
-    def _room(self, row: Sequence[Any]) -> Room:
-        return Room(int(row[0]), row[1], self._dialect.time_from_db(row[2]))
-
     def _member(self, row: Sequence[Any]) -> Member:
         return Member(int(row[0]), row[1], self._dialect.time_from_db(row[2]))
 
@@ -429,72 +411,16 @@ class AdbapiChatStore:
     # -- rooms ---------------------------------------------------------------------------
 
     def create_room(self, name: str, room_id: int | None = None) -> Deferred[Room]:
-        return self._run(self._create_room, name, room_id, self._now())
-
-    def _create_room(
-        self, transaction: Any, name: str, room_id: int | None, created_at: datetime
-    ) -> Room:
-        stored_time = self._dialect.time_to_db(created_at)
-        if room_id is None:
-            new_id = insert_with_new_id(
-                transaction,
-                self._dialect,
-                "INSERT INTO rooms (name, created_at) VALUES (?, ?) "
-                "ON CONFLICT DO NOTHING RETURNING id",
-                (name, stored_time),
-            )
-            return Room(new_id, name, created_at.astimezone(UTC))
-        execute(
-            transaction,
-            self._dialect,
-            "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING RETURNING id",
-            (room_id, name, stored_time),
-        )
-        if not transaction.fetchall():
-            raise RoomAlreadyExists(room_id)
-        advance_id_sequence(transaction, self._dialect, "rooms")
-        return Room(room_id, name, created_at.astimezone(UTC))
+        return self._run(rooms.create_room, self._dialect, name, room_id, self._now())
 
     def get_room(self, room_id: int) -> Deferred[Room | None]:
-        return self._run(self._get_room, room_id)
-
-    def _get_room(self, transaction: Any, room_id: int) -> Room | None:
-        row = fetch_one(
-            transaction,
-            self._dialect,
-            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ?",
-            (room_id,),
-        )
-        return None if row is None else self._room(row)
+        return self._run(rooms.get_room, self._dialect, room_id)
 
     def list_rooms(self) -> Deferred[list[Room]]:
-        return self._run(self._list_rooms)
-
-    def _list_rooms(self, transaction: Any) -> list[Room]:
-        execute(transaction, self._dialect, f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY id")
-        return [self._room(row) for row in transaction.fetchall()]
+        return self._run(rooms.list_rooms, self._dialect)
 
     def ensure_room(self, room_id: int) -> Deferred[Room]:
-        return self._run(self._ensure_room, room_id, self._now())
-
-    def _ensure_room(self, transaction: Any, room_id: int, created_at: datetime) -> Room:
-        existing = self._get_room(transaction, room_id)
-        if existing is not None:
-            return existing
-        # A concurrent creator makes this insert wait for its commit, then do nothing.
-        execute(
-            transaction,
-            self._dialect,
-            "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING RETURNING id",
-            (room_id, _default_room_name(room_id), self._dialect.time_to_db(created_at)),
-        )
-        if transaction.fetchall():
-            advance_id_sequence(transaction, self._dialect, "rooms")
-        room = self._get_room(transaction, room_id)
-        assert room is not None, "the room was just inserted or already committed"
-        return room
+        return self._run(rooms.ensure_room, self._dialect, room_id, self._now())
 
     # -- members -------------------------------------------------------------------------
 
@@ -587,7 +513,7 @@ class AdbapiChatStore:
     def _join_room(
         self, transaction: Any, room_id: int, member_id: int, joined_at: datetime
     ) -> bool:
-        if self._get_room(transaction, room_id) is None:
+        if rooms.get_room(transaction, self._dialect, room_id) is None:
             raise RoomNotFound(room_id)
         if self._get_member(transaction, member_id) is None:
             raise MemberNotFound(member_id)
@@ -703,19 +629,7 @@ class AdbapiChatStore:
     ) -> list[ChatMessage]:
         # Create missing rooms in the same transaction, so a batch never fails on the foreign
         # key (one multi-row statement: a single round trip however many rooms).
-        placeholders = ", ".join(["(?, ?, ?)"] * len(room_ids))
-        room_params: list[Any] = []
-        for room_id in room_ids:
-            room_params.extend((room_id, _default_room_name(room_id), created_at))
-        execute(
-            transaction,
-            self._dialect,
-            f"INSERT INTO rooms (id, name, created_at) VALUES {placeholders} "
-            "ON CONFLICT DO NOTHING RETURNING id",
-            room_params,
-        )
-        if transaction.fetchall():
-            advance_id_sequence(transaction, self._dialect, "rooms")
+        rooms.insert_missing_rooms(transaction, self._dialect, room_ids, created_at)
         if insert(transaction) == len(messages):
             return []
         return self._collisions(transaction, messages)
@@ -920,7 +834,7 @@ class MemoryChatStore:
     def _ensure_room(self, room_id: int) -> Room:
         room = self._rooms.get(room_id)
         if room is None:
-            room = Room(room_id, _default_room_name(room_id), self._now().astimezone(UTC))
+            room = Room(room_id, default_room_name(room_id), self._now().astimezone(UTC))
             self._rooms[room_id] = room
         return room
 
