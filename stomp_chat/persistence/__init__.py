@@ -1,5 +1,6 @@
 """The chat's storage: adbapi on SQLite or PostgreSQL, migrations, write-behind batching."""
 
+from stomp_chat.persistence.members import MemberNameTaken, MemberNotFound
 from stomp_chat.persistence.model import ChatMessage, Member, Room, utc_isoformat
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound
 from stomp_chat.persistence.schema import (
@@ -14,8 +15,6 @@ from stomp_chat.persistence.schema import (
 from stomp_chat.persistence.store import (
     AdbapiChatStore,
     ChatStore,
-    MemberNameTaken,
-    MemberNotFound,
     MemoryChatStore,
     MessagesRejected,
     SeqCollision,

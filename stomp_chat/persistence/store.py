@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -13,34 +13,26 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from stomp_chat.persistence import rooms
+from stomp_chat.persistence import members, rooms
 from stomp_chat.persistence._dialect import (
     Dialect,
     dialect_named,
     dialect_of,
     epoch_microseconds,
 )
+from stomp_chat.persistence.members import (
+    MemberNameTaken,
+    MemberNotFound,
+    check_member_name,
+    member_name_candidates,
+)
 from stomp_chat.persistence.model import ChatMessage, Member, Room
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound, default_room_name
 from stomp_chat.persistence.transactions import (
-    advance_id_sequence,
     execute,
     fetch_one,
-    insert_with_new_id,
     run_interaction,
 )
-
-
-class MemberNotFound(LookupError):
-    def __init__(self, member_id: int) -> None:
-        super().__init__(f"no member with id {member_id}")
-        self.member_id = member_id
-
-
-class MemberNameTaken(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"the member name {name!r} is taken")
-        self.name = name
 
 
 class SeqCollision(Exception):
@@ -67,16 +59,6 @@ class MessagesRejected(Exception):
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _member_name_candidates(member_id: int) -> Iterator[str]:
-    """Names for a member created from a bare id; later ones only if a person took the first."""
-    yield str(member_id)
-    yield f"member-{member_id}"
-    attempt = 2
-    while True:
-        yield f"member-{member_id}-{attempt}"
-        attempt += 1
 
 
 def _check_history_arguments(limit: int) -> None:
@@ -197,7 +179,6 @@ class ChatStore(Protocol):
     def close(self) -> Deferred[None]: ...
 
 
-_MEMBER_COLUMNS = "id, name, created_at"
 _MESSAGE_COLUMNS = "room_id, seq, message_id, type, sender_id, text, created_at"
 
 #: SQLite: rows per INSERT statement when saving a batch. One executemany of 200-row
@@ -394,9 +375,6 @@ class AdbapiChatStore:
 
     # -- rows to records (called in pool threads) ------------------------------------------
 
-    def _member(self, row: Sequence[Any]) -> Member:
-        return Member(int(row[0]), row[1], self._dialect.time_from_db(row[2]))
-
     def _message(self, row: Sequence[Any]) -> ChatMessage:
         return ChatMessage(
             room_id=int(row[0]),
@@ -425,85 +403,20 @@ class AdbapiChatStore:
     # -- members -------------------------------------------------------------------------
 
     def create_member(self, name: str, password_hash: str | None = None) -> Deferred[Member]:
-        if not name:
-            raise ValueError("a member name must not be empty")
-        return self._run(self._create_member, name, password_hash, self._now())
-
-    def _create_member(
-        self, transaction: Any, name: str, password_hash: str | None, created_at: datetime
-    ) -> Member:
-        def explain_conflict() -> None:
-            if self._get_member_by_name(transaction, name) is not None:
-                raise MemberNameTaken(name)
-
-        new_id = insert_with_new_id(
-            transaction,
-            self._dialect,
-            "INSERT INTO members (name, password_hash, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING RETURNING id",
-            (name, password_hash, self._dialect.time_to_db(created_at)),
-            explain_conflict,
-        )
-        return Member(new_id, name, created_at.astimezone(UTC))
+        members.check_member_name(name)
+        return self._run(members.create_member, self._dialect, name, password_hash, self._now())
 
     def get_member(self, member_id: int) -> Deferred[Member | None]:
-        return self._run(self._get_member, member_id)
-
-    def _get_member(self, transaction: Any, member_id: int) -> Member | None:
-        row = fetch_one(
-            transaction,
-            self._dialect,
-            f"SELECT {_MEMBER_COLUMNS} FROM members WHERE id = ?",
-            (member_id,),
-        )
-        return None if row is None else self._member(row)
+        return self._run(members.get_member, self._dialect, member_id)
 
     def get_member_by_name(self, name: str) -> Deferred[Member | None]:
-        return self._run(self._get_member_by_name, name)
-
-    def _get_member_by_name(self, transaction: Any, name: str) -> Member | None:
-        row = fetch_one(
-            transaction,
-            self._dialect,
-            f"SELECT {_MEMBER_COLUMNS} FROM members WHERE name = ?",
-            (name,),
-        )
-        return None if row is None else self._member(row)
+        return self._run(members.get_member_by_name, self._dialect, name)
 
     def get_member_credentials(self, name: str) -> Deferred[tuple[Member, str | None] | None]:
-        return self._run(self._get_member_credentials, name)
-
-    def _get_member_credentials(
-        self, transaction: Any, name: str
-    ) -> tuple[Member, str | None] | None:
-        row = fetch_one(
-            transaction,
-            self._dialect,
-            f"SELECT {_MEMBER_COLUMNS}, password_hash FROM members WHERE name = ?",
-            (name,),
-        )
-        return None if row is None else (self._member(row), row[3])
+        return self._run(members.get_member_credentials, self._dialect, name)
 
     def ensure_member(self, member_id: int) -> Deferred[Member]:
-        return self._run(self._ensure_member, member_id, self._now())
-
-    def _ensure_member(self, transaction: Any, member_id: int, created_at: datetime) -> Member:
-        stored_time = self._dialect.time_to_db(created_at)
-        for name in _member_name_candidates(member_id):
-            member = self._get_member(transaction, member_id)
-            if member is not None:
-                return member
-            execute(
-                transaction,
-                self._dialect,
-                "INSERT INTO members (id, name, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT DO NOTHING RETURNING id",
-                (member_id, name, stored_time),
-            )
-            if transaction.fetchall():
-                advance_id_sequence(transaction, self._dialect, "members")
-                return Member(member_id, name, created_at.astimezone(UTC))
-        raise AssertionError("unreachable: the name candidates never run out")
+        return self._run(members.ensure_member, self._dialect, member_id, self._now())
 
     # -- membership ----------------------------------------------------------------------
 
@@ -515,7 +428,7 @@ class AdbapiChatStore:
     ) -> bool:
         if rooms.get_room(transaction, self._dialect, room_id) is None:
             raise RoomNotFound(room_id)
-        if self._get_member(transaction, member_id) is None:
+        if members.get_member(transaction, self._dialect, member_id) is None:
             raise MemberNotFound(member_id)
         execute(
             transaction,
@@ -550,7 +463,7 @@ class AdbapiChatStore:
             "WHERE rm.room_id = ? ORDER BY rm.joined_at, m.id",
             (room_id,),
         )
-        return [self._member(row) for row in transaction.fetchall()]
+        return [members.member_from_row(self._dialect, row) for row in transaction.fetchall()]
 
     # -- messages ------------------------------------------------------------------------
 
@@ -845,8 +758,7 @@ class MemoryChatStore:
         return member
 
     def create_member(self, name: str, password_hash: str | None = None) -> Deferred[Member]:
-        if not name:
-            raise ValueError("a member name must not be empty")
+        check_member_name(name)
         if name in self._members_by_name:
             return fail(MemberNameTaken(name))
         member = Member(self._next_id(self._members), name, self._now().astimezone(UTC))
@@ -868,7 +780,7 @@ class MemoryChatStore:
         member = self._members.get(member_id)
         if member is not None:
             return succeed(member)
-        name = next(n for n in _member_name_candidates(member_id) if n not in self._members_by_name)
+        name = next(n for n in member_name_candidates(member_id) if n not in self._members_by_name)
         member = Member(member_id, name, self._now().astimezone(UTC))
         return succeed(self._add_member(member, None))
 
