@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from stomp_chat.persistence import members, rooms
+from stomp_chat.persistence import members, membership, rooms
 from stomp_chat.persistence._dialect import (
     Dialect,
     dialect_named,
@@ -421,49 +421,13 @@ class AdbapiChatStore:
     # -- membership ----------------------------------------------------------------------
 
     def join_room(self, room_id: int, member_id: int) -> Deferred[bool]:
-        return self._run(self._join_room, room_id, member_id, self._now())
-
-    def _join_room(
-        self, transaction: Any, room_id: int, member_id: int, joined_at: datetime
-    ) -> bool:
-        if rooms.get_room(transaction, self._dialect, room_id) is None:
-            raise RoomNotFound(room_id)
-        if members.get_member(transaction, self._dialect, member_id) is None:
-            raise MemberNotFound(member_id)
-        execute(
-            transaction,
-            self._dialect,
-            "INSERT INTO room_members (room_id, member_id, joined_at) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING RETURNING room_id",
-            (room_id, member_id, self._dialect.time_to_db(joined_at)),
-        )
-        return bool(transaction.fetchall())
+        return self._run(membership.join_room, self._dialect, room_id, member_id, self._now())
 
     def leave_room(self, room_id: int, member_id: int) -> Deferred[bool]:
-        return self._run(self._leave_room, room_id, member_id)
-
-    def _leave_room(self, transaction: Any, room_id: int, member_id: int) -> bool:
-        execute(
-            transaction,
-            self._dialect,
-            "DELETE FROM room_members WHERE room_id = ? AND member_id = ?",
-            (room_id, member_id),
-        )
-        return bool(transaction.rowcount > 0)
+        return self._run(membership.leave_room, self._dialect, room_id, member_id)
 
     def list_members(self, room_id: int) -> Deferred[list[Member]]:
-        return self._run(self._list_members, room_id)
-
-    def _list_members(self, transaction: Any, room_id: int) -> list[Member]:
-        execute(
-            transaction,
-            self._dialect,
-            "SELECT m.id, m.name, m.created_at FROM room_members AS rm "
-            "JOIN members AS m ON m.id = rm.member_id "
-            "WHERE rm.room_id = ? ORDER BY rm.joined_at, m.id",
-            (room_id,),
-        )
-        return [members.member_from_row(self._dialect, row) for row in transaction.fetchall()]
+        return self._run(membership.list_members, self._dialect, room_id)
 
     # -- messages ------------------------------------------------------------------------
 
