@@ -1,6 +1,7 @@
 """The chat's storage: adbapi on SQLite or PostgreSQL, migrations, write-behind batching."""
 
 from stomp_chat.persistence.members import MemberNameTaken, MemberNotFound
+from stomp_chat.persistence.messages import MessagesRejected, SeqCollision
 from stomp_chat.persistence.model import ChatMessage, Member, Room, utc_isoformat
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound
 from stomp_chat.persistence.schema import (
@@ -16,8 +17,6 @@ from stomp_chat.persistence.store import (
     AdbapiChatStore,
     ChatStore,
     MemoryChatStore,
-    MessagesRejected,
-    SeqCollision,
 )
 from stomp_chat.persistence.url import (
     DEFAULT_DB_TIMEOUT,

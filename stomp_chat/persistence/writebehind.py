@@ -18,8 +18,9 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from stomp_chat.persistence.messages import MessagesRejected, SeqCollision
 from stomp_chat.persistence.model import ChatMessage
-from stomp_chat.persistence.store import ChatStore, MessagesRejected, SeqCollision
+from stomp_chat.persistence.store import ChatStore
 
 
 class BufferFull(Exception):
