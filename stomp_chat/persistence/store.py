@@ -11,18 +11,19 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from stomp_chat.persistence import members, membership, rooms
+from stomp_chat.persistence import history, members, membership, rooms
 from stomp_chat.persistence._dialect import (
     Dialect,
     dialect_of,
 )
+from stomp_chat.persistence.history import check_history_arguments
 from stomp_chat.persistence.members import (
     MemberNameTaken,
     MemberNotFound,
     check_member_name,
     member_name_candidates,
 )
-from stomp_chat.persistence.messages import MESSAGE_COLUMNS, MessageBatchSaver
+from stomp_chat.persistence.messages import MessageBatchSaver
 from stomp_chat.persistence.model import ChatMessage, Member, Room
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound, default_room_name
 from stomp_chat.persistence.transactions import (
@@ -34,11 +35,6 @@ from stomp_chat.persistence.transactions import (
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _check_history_arguments(limit: int) -> None:
-    if limit < 0:
-        raise ValueError(f"history limit must not be negative, got {limit}")
 
 
 class ChatStore(Protocol):
@@ -205,19 +201,6 @@ class AdbapiChatStore:
     def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return run_interaction(self._pool, self._timeout, self._clock, interaction, *args)
 
-    # -- rows to records (called in pool threads) ------------------------------------------
-
-    def _message(self, row: Sequence[Any]) -> ChatMessage:
-        return ChatMessage(
-            room_id=int(row[0]),
-            seq=int(row[1]),
-            message_id=row[2],
-            type=row[3],
-            sender_id=int(row[4]),
-            text=row[5],
-            created_at=self._dialect.time_from_db(row[6]),
-        )
-
     # -- rooms ---------------------------------------------------------------------------
 
     def create_room(self, name: str, room_id: int | None = None) -> Deferred[Room]:
@@ -264,7 +247,21 @@ class AdbapiChatStore:
     # -- messages ------------------------------------------------------------------------
 
     def last_seq(self, room_id: int) -> Deferred[int]:
-        return self._run(self._last_seq, room_id)
+        return self._run(history.last_seq, self._dialect, room_id)
+
+    def load_messages(
+        self,
+        room_id: int,
+        limit: int,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+    ) -> Deferred[list[ChatMessage]]:
+        history.check_history_arguments(limit)
+        if limit == 0:
+            return succeed([])
+        return self._run(
+            history.load_messages, self._dialect, room_id, limit, before_seq, after_seq
+        )
 
     def delete_messages_before(self, cutoff: datetime, limit: int) -> Deferred[int]:
         return self._run(
@@ -289,15 +286,6 @@ class AdbapiChatStore:
             self._raise_reservation(transaction, room_id, seq)
         return bool(deleted)
 
-    def _last_seq(self, transaction: Any, room_id: int) -> int:
-        row = fetch_one(
-            transaction,
-            self._dialect,
-            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?",
-            (room_id,),
-        )
-        return int(row[0])
-
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
         return self._batches.save(messages)
 
@@ -309,7 +297,7 @@ class AdbapiChatStore:
         return self._run(self._reserve_seqs, room_id, count)
 
     def _reserve_seqs(self, transaction: Any, room_id: int, count: int) -> tuple[int, int, int]:
-        stored = self._last_seq(transaction, room_id)
+        stored = history.last_seq(transaction, self._dialect, room_id)
         before = self._reserved_through(transaction, room_id)
         through = self._raise_reservation(transaction, room_id, max(stored, before) + count)
         return stored, before, through
@@ -362,53 +350,9 @@ class AdbapiChatStore:
 
     def _seq_floor(self, transaction: Any, room_id: int) -> int:
         return max(
-            self._last_seq(transaction, room_id), self._reserved_through(transaction, room_id)
+            history.last_seq(transaction, self._dialect, room_id),
+            self._reserved_through(transaction, room_id),
         )
-
-    def load_messages(
-        self,
-        room_id: int,
-        limit: int,
-        before_seq: int | None = None,
-        after_seq: int | None = None,
-    ) -> Deferred[list[ChatMessage]]:
-        _check_history_arguments(limit)
-        if limit == 0:
-            return succeed([])
-        return self._run(self._load_messages, room_id, limit, before_seq, after_seq)
-
-    def _load_messages(
-        self,
-        transaction: Any,
-        room_id: int,
-        limit: int,
-        before_seq: int | None,
-        after_seq: int | None,
-    ) -> list[ChatMessage]:
-        conditions = ["room_id = ?"]
-        params: list[Any] = [room_id]
-        if after_seq is not None:
-            conditions.append("seq > ?")
-            params.append(after_seq)
-        if before_seq is not None:
-            conditions.append("seq < ?")
-            params.append(before_seq)
-        # Paging forward reads the oldest rows; otherwise the newest, read backwards along
-        # the (room_id, seq) primary key and flipped to ascending here.
-        newest_first = after_seq is None
-        order = "DESC" if newest_first else "ASC"
-        params.append(limit)
-        execute(
-            transaction,
-            self._dialect,
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(conditions)} "
-            f"ORDER BY seq {order} LIMIT ?",
-            params,
-        )
-        messages = [self._message(row) for row in transaction.fetchall()]
-        if newest_first:
-            messages.reverse()
-        return messages
 
     def close(self) -> Deferred[None]:
         """Close the pool (after the write-behind writer has flushed); safe to call twice."""
@@ -593,7 +537,7 @@ class MemoryChatStore:
         before_seq: int | None = None,
         after_seq: int | None = None,
     ) -> Deferred[list[ChatMessage]]:
-        _check_history_arguments(limit)
+        check_history_arguments(limit)
         seqs = self._sorted_seqs.get(room_id, [])
         low = 0 if after_seq is None else bisect.bisect_right(seqs, after_seq)
         high = len(seqs) if before_seq is None else bisect.bisect_left(seqs, before_seq)
