@@ -11,7 +11,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from stomp_chat.persistence import history, members, membership, rooms
+from stomp_chat.persistence import history, members, membership, reservations, rooms
 from stomp_chat.persistence._dialect import (
     Dialect,
     dialect_of,
@@ -25,10 +25,10 @@ from stomp_chat.persistence.members import (
 )
 from stomp_chat.persistence.messages import MessageBatchSaver
 from stomp_chat.persistence.model import ChatMessage, Member, Room
+from stomp_chat.persistence.reservations import check_reservation_count
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound, default_room_name
 from stomp_chat.persistence.transactions import (
     execute,
-    fetch_one,
     run_interaction,
 )
 
@@ -283,7 +283,7 @@ class AdbapiChatStore:
         )
         deleted = transaction.rowcount > 0
         if deleted:
-            self._raise_reservation(transaction, room_id, seq)
+            reservations.raise_reservation(transaction, self._dialect, room_id, seq)
         return bool(deleted)
 
     def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
@@ -292,67 +292,21 @@ class AdbapiChatStore:
     # -- seq reservations ----------------------------------------------------------------
 
     def reserve_seqs(self, room_id: int, count: int) -> Deferred[tuple[int, int, int]]:
-        if count < 1:
-            raise ValueError(f"reserve at least one seq, not {count}")
-        return self._run(self._reserve_seqs, room_id, count)
-
-    def _reserve_seqs(self, transaction: Any, room_id: int, count: int) -> tuple[int, int, int]:
-        stored = history.last_seq(transaction, self._dialect, room_id)
-        before = self._reserved_through(transaction, room_id)
-        through = self._raise_reservation(transaction, room_id, max(stored, before) + count)
-        return stored, before, through
-
-    def _reserved_through(self, transaction: Any, room_id: int) -> int:
-        row = fetch_one(
-            transaction,
-            self._dialect,
-            "SELECT reserved_through FROM room_seq_reservations WHERE room_id = ?",
-            (room_id,),
-        )
-        return 0 if row is None else int(row[0])
-
-    def _raise_reservation(self, transaction: Any, room_id: int, through: int) -> int:
-        execute(
-            transaction,
-            self._dialect,
-            "INSERT INTO room_seq_reservations (room_id, reserved_through) VALUES (?, ?) "
-            "ON CONFLICT (room_id) DO UPDATE SET reserved_through = CASE "
-            "WHEN excluded.reserved_through > room_seq_reservations.reserved_through "
-            "THEN excluded.reserved_through "
-            "ELSE room_seq_reservations.reserved_through END "
-            "RETURNING reserved_through",
-            (room_id, through),
-        )
-        return int(transaction.fetchall()[0][0])
+        reservations.check_reservation_count(count)
+        return self._run(reservations.reserve_seqs, self._dialect, room_id, count)
 
     def extend_seq_reservation(self, room_id: int, through: int) -> Deferred[int]:
-        return self._run(self._raise_reservation, room_id, through)
+        return self._run(reservations.raise_reservation, self._dialect, room_id, through)
 
     def release_seq_reservation(
         self, room_id: int, reserved_through: int, last_seq: int
     ) -> Deferred[bool]:
-        return self._run(self._release_reservation, room_id, reserved_through, last_seq)
-
-    def _release_reservation(
-        self, transaction: Any, room_id: int, reserved_through: int, last_seq: int
-    ) -> bool:
-        execute(
-            transaction,
-            self._dialect,
-            "UPDATE room_seq_reservations SET reserved_through = ? "
-            "WHERE room_id = ? AND reserved_through = ?",
-            (last_seq, room_id, reserved_through),
+        return self._run(
+            reservations.release_reservation, self._dialect, room_id, reserved_through, last_seq
         )
-        return bool(transaction.rowcount > 0)
 
     def seq_floor(self, room_id: int) -> Deferred[int]:
-        return self._run(self._seq_floor, room_id)
-
-    def _seq_floor(self, transaction: Any, room_id: int) -> int:
-        return max(
-            history.last_seq(transaction, self._dialect, room_id),
-            self._reserved_through(transaction, room_id),
-        )
+        return self._run(reservations.seq_floor, self._dialect, room_id)
 
     def close(self) -> Deferred[None]:
         """Close the pool (after the write-behind writer has flushed); safe to call twice."""
@@ -508,8 +462,7 @@ class MemoryChatStore:
         return seqs[-1] if seqs else 0
 
     def reserve_seqs(self, room_id: int, count: int) -> Deferred[tuple[int, int, int]]:
-        if count < 1:
-            raise ValueError(f"reserve at least one seq, not {count}")
+        check_reservation_count(count)
         stored = self._stored_max(room_id)
         before = self._reservations.get(room_id, 0)
         through = self._reservations[room_id] = max(stored, before) + count
