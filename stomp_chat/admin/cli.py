@@ -32,7 +32,7 @@ from stomp_chat.auth.users import (
 )
 from stomp_chat.persistence import DatabaseConfig, migrate_blocking, parse_database_url
 from stomp_chat.persistence._dialect import Dialect, dialect_named
-from stomp_chat.persistence.store import delete_old_messages
+from stomp_chat.persistence.purge import delete_old_messages
 from stomp_chat.persistence.url import open_connection
 from stomp_chat.retention import DEFAULT_RETENTION_BATCH
 

@@ -11,7 +11,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from stomp_chat.persistence import history, members, membership, reservations, rooms
+from stomp_chat.persistence import history, members, membership, purge, reservations, rooms
 from stomp_chat.persistence._dialect import (
     Dialect,
     dialect_of,
@@ -28,7 +28,6 @@ from stomp_chat.persistence.model import ChatMessage, Member, Room
 from stomp_chat.persistence.reservations import check_reservation_count
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound, default_room_name
 from stomp_chat.persistence.transactions import (
-    execute,
     run_interaction,
 )
 
@@ -151,22 +150,6 @@ class ChatStore(Protocol):
 
 
 
-def delete_old_messages(transaction: Any, dialect: Dialect, cutoff: Any, limit: int) -> int:
-    """Delete at most ``limit`` messages created before ``cutoff`` (already in the database's
-    time format), keeping each room's newest; how many went. Shared by the retention job and
-    ``stomp-chat-admin messages purge``."""
-    transaction.execute(
-        dialect.sql(
-            "DELETE FROM messages WHERE (room_id, seq) IN ("
-            " SELECT m.room_id, m.seq FROM messages m WHERE m.created_at < ?"
-            " AND m.seq < (SELECT MAX(n.seq) FROM messages n WHERE n.room_id = m.room_id)"
-            " LIMIT ?)"
-        ),
-        (cutoff, int(limit)),
-    )
-    return int(transaction.rowcount)
-
-
 class AdbapiChatStore:
     """`ChatStore` on an adbapi pool; the same SQL runs on SQLite and PostgreSQL.
 
@@ -246,6 +229,9 @@ class AdbapiChatStore:
 
     # -- messages ------------------------------------------------------------------------
 
+    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
+        return self._batches.save(messages)
+
     def last_seq(self, room_id: int) -> Deferred[int]:
         return self._run(history.last_seq, self._dialect, room_id)
 
@@ -265,29 +251,11 @@ class AdbapiChatStore:
 
     def delete_messages_before(self, cutoff: datetime, limit: int) -> Deferred[int]:
         return self._run(
-            self._delete_messages_before, self._dialect.time_to_db(cutoff), int(limit)
+            purge.delete_old_messages, self._dialect, self._dialect.time_to_db(cutoff), int(limit)
         )
-
-    def _delete_messages_before(self, transaction: Any, cutoff: Any, limit: int) -> int:
-        return delete_old_messages(transaction, self._dialect, cutoff, limit)
 
     def delete_message(self, room_id: int, seq: int) -> Deferred[bool]:
-        return self._run(self._delete_message, room_id, seq)
-
-    def _delete_message(self, transaction: Any, room_id: int, seq: int) -> bool:
-        execute(
-            transaction,
-            self._dialect,
-            "DELETE FROM messages WHERE room_id = ? AND seq = ?",
-            (room_id, seq),
-        )
-        deleted = transaction.rowcount > 0
-        if deleted:
-            reservations.raise_reservation(transaction, self._dialect, room_id, seq)
-        return bool(deleted)
-
-    def save_messages(self, messages: Sequence[ChatMessage]) -> Deferred[list[ChatMessage]]:
-        return self._batches.save(messages)
+        return self._run(purge.delete_message, self._dialect, room_id, seq)
 
     # -- seq reservations ----------------------------------------------------------------
 
