@@ -1,6 +1,7 @@
 """The chat's storage: adbapi on SQLite or PostgreSQL, migrations, write-behind batching."""
 
 from stomp_chat.persistence.members import MemberNameTaken, MemberNotFound
+from stomp_chat.persistence.memory import MemoryChatStore
 from stomp_chat.persistence.messages import MessagesRejected, SeqCollision
 from stomp_chat.persistence.model import ChatMessage, Member, Room, utc_isoformat
 from stomp_chat.persistence.rooms import RoomAlreadyExists, RoomNotFound
@@ -13,11 +14,7 @@ from stomp_chat.persistence.schema import (
     migrate,
     migrate_blocking,
 )
-from stomp_chat.persistence.store import (
-    AdbapiChatStore,
-    ChatStore,
-    MemoryChatStore,
-)
+from stomp_chat.persistence.store import AdbapiChatStore, ChatStore
 from stomp_chat.persistence.url import (
     DEFAULT_DB_TIMEOUT,
     ChatConnectionPool,

@@ -179,7 +179,6 @@ def _insert_postgres(
     return int(transaction.rowcount)
 
 
-
 # -- in the pool's threads --------------------------------------------------------------------
 
 
