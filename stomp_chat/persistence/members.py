@@ -1,8 +1,8 @@
 """The members table: people by id and by unique name, with their password hashes.
 
-Apart from the rooms they join because authentication reads it alone: a CONNECT looks up
-a name and its credentials, nothing about rooms. Members are created by name (a person
-registering) or from a bare id the chat has seen, which must never take a person's name.
+Apart from the rooms they join because a member exists without any: created by name (a
+person registering) or from a bare id the chat has seen, which must never take a person's
+name, and looked up by either.
 """
 
 from __future__ import annotations
