@@ -735,7 +735,7 @@ def makeService(options: Options) -> IService:
         ClusterPresence(relay, reactor, ttl=float(options["presence-ttl"]))
         if relay is not None else None
     )
-    presence = PresenceTracker(broker, shared_presence)
+    presence = PresenceTracker(broker, shared_presence, clock=reactor)
     reads = ReadState(
         AdbapiReadPositionStore(pool), chat, broker, reactor,
         may_read=authorization.rooms.may_read if authorization.enforce else None,
