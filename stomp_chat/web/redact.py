@@ -29,9 +29,9 @@ def redact_uri(uri: bytes) -> bytes:
         return uri
     query, hash_mark, fragment = rest.partition(b"#")
     pairs = []
-    for separator_split in query.split(b"&"):
+    for piece in query.split(b"&"):
         parts = []
-        for pair in separator_split.split(b";"):
+        for pair in piece.split(b";"):
             name, equals, _ = pair.partition(b"=")
             parts.append(name + b"=" + REDACTED if equals and _secret(name) else pair)
         pairs.append(b";".join(parts))
