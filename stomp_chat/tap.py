@@ -63,6 +63,7 @@ from stomp_chat.persistence import (
 )
 from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
+from stomp_chat.proxies import TrustedProxies, parse_trusted_proxies
 from stomp_chat.retention import RetentionService
 from stomp_chat.session import (
     AuthenticationInterceptor,
@@ -156,7 +157,7 @@ class Options(usage.Options):
         "'ssl:8443:privateKey=key.pem:certKey=cert.pem' serves TLS."
     )
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         [
             "stomp",
             None,
@@ -181,6 +182,16 @@ class Options(usage.Options):
             "no Origin header (Node's ws) are always allowed; stomp.py sends the origin of "
             "the URL it connects to (http://HOST:PORT), so list that too when you set "
             "patterns.",
+        ],
+        [
+            "trusted-proxies",
+            None,
+            "",
+            "Comma-separated addresses or networks (CIDR, IPv4 or IPv6) of reverse proxies "
+            "whose X-Forwarded-For header names the client, for HTTP requests and WebSocket "
+            "handshakes (login throttling, --max-connections-per-address, logs). Default: "
+            "none; raw STOMP over TCP always sees its TCP peer.",
+            parse_trusted_proxies,
         ],
         [
             "max-frame-size",
@@ -621,6 +632,11 @@ class Options(usage.Options):
         self["allowed-origins"] = [
             origin.strip() for origin in self["allowed-origins"].split(",") if origin.strip()
         ]
+        if not isinstance(self["trusted-proxies"], TrustedProxies):  # the default is text
+            try:
+                self["trusted-proxies"] = parse_trusted_proxies(self["trusted-proxies"])
+            except ValueError as error:
+                raise usage.UsageError(str(error)) from None
         try:
             names = parse_interceptor_names(self["interceptors"])
             self["interceptors"] = [load_interceptor(name) for name in names]
@@ -719,7 +735,7 @@ def makeService(options: Options) -> IService:
         ClusterPresence(relay, reactor, ttl=float(options["presence-ttl"]))
         if relay is not None else None
     )
-    presence = PresenceTracker(broker, shared_presence)
+    presence = PresenceTracker(broker, shared_presence, clock=reactor)
     reads = ReadState(
         AdbapiReadPositionStore(pool), chat, broker, reactor,
         may_read=authorization.rooms.may_read if authorization.enforce else None,
@@ -788,6 +804,7 @@ def makeService(options: Options) -> IService:
         ws_factory = StompWebSocketFactory(
             stomp_factory,
             allowed_origins=options["allowed-origins"],
+            trusted_proxies=options["trusted-proxies"],
             reactor=reactor,
         )
         on_drain.append(lambda: setattr(ws_factory, "close_code", GOING_AWAY))
@@ -839,6 +856,11 @@ def makeService(options: Options) -> IService:
             idle_timeout=float(options["http-idle-timeout"]),
             reactor=reactor,
             resources=resources,
+            trusted_proxies=options["trusted-proxies"],
+            # Nobody authenticated: a request must name this server (DNS rebinding).
+            host_patterns=(
+                options["allowed-origins"] if authentication.mode == AUTH_NONE else None
+            ),
         )
         listeners.append(Listener("http", options["http"], options.endpoints["http"], site))
 

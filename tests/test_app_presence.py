@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from stomp_chat.app.presence import PresenceTracker
+from stomp_chat.app.presence import PRESENCE_WINDOW, PresenceTracker
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.identity import Principal
@@ -27,11 +27,15 @@ class Server:
     def __init__(self) -> None:
         self.clock = Clock()
         self.broker = Broker()
-        self.presence = PresenceTracker(self.broker)
+        self.presence = PresenceTracker(self.broker, clock=self.clock)
         self.context = make_context(clock=self.clock, broker=self.broker, router=AppRouter(),
                                     authenticator=LoginNames())
         self.context.subscription_listeners.append(self.presence)
         self.context.heartbeats.startService()
+
+    def window_passes(self) -> None:
+        """Let the room's presence window close, so a trailing event goes out."""
+        self.clock.advance(PRESENCE_WINDOW)
 
     def pass_time(self, seconds: int) -> None:
         for _ in range(seconds):
@@ -76,6 +80,7 @@ def test_first_session_joins_and_last_leaves() -> None:
     tab1.send("UNSUBSCRIBE", {"id": "room"})
     assert events(observer) == []
     tab2.send("DISCONNECT", {})
+    server.window_passes()  # the leave came within the join's window: it trails it
     left = events(observer)
     assert [(e["type"], e["user"]["name"], e["users"]) for e in left] == [("leave", "alice", [])]
     assert server.presence.users(1) == []
@@ -100,6 +105,7 @@ def test_a_dropped_connection_leaves() -> None:
     alice = server.client("alice")
     enter(alice, 1)
     alice.session.connection_lost()
+    server.window_passes()
     kinds = [e["type"] for e in events(observer)]
     assert kinds == ["join", "leave"]
     assert names(server, 1) == []
@@ -145,3 +151,73 @@ def test_only_room_topics_count() -> None:
     alice.send("SUBSCRIBE", {"id": "x", "destination": "/topic/chat/room/1/extra"})
     alice.send("SUBSCRIBE", {"id": "y", "destination": "/topic/chat/room/0"})
     assert server.presence.users(1) == [] and server.presence.users(0) == []
+
+
+# -- coalescing: at most one event per room per window --------------------------------
+
+
+def test_the_first_change_goes_out_at_once_and_later_ones_trail_with_the_latest_list() -> None:
+    """A room's first change is announced at once; the next ones within the window become one
+    event, naming the latest change and listing everyone; then the room is quiet again."""
+    server = Server()
+    observer = server.client("observer")
+    watch(observer, 1)
+    enter(server.client("alice"), 1)
+    assert [e["user"]["name"] for e in events(observer)] == ["alice"]
+    server.clock.advance(PRESENCE_WINDOW / 3)
+    enter(server.client("bob"), 1)
+    enter(server.client("carol"), 1)
+    assert events(observer) == []
+    server.window_passes()
+    [trailing] = events(observer)
+    assert (trailing["type"], trailing["user"]["name"]) == ("join", "carol")
+    assert [u["name"] for u in trailing["users"]] == ["alice", "bob", "carol"]
+    server.window_passes()
+    assert events(observer) == []
+    enter(server.client("dave"), 1)  # a window after the last event: at once again
+    assert [e["user"]["name"] for e in events(observer)] == ["dave"]
+
+
+def test_a_join_and_leave_within_the_window_announce_nothing() -> None:
+    """A user who arrives and leaves within one window leaves the room as it was: no event;
+    another room's events are not held by this room's window."""
+    server = Server()
+    observer = server.client("observer")
+    watch(observer, 1)
+    enter(server.client("alice"), 1)
+    events(observer)
+    bob = server.client("bob")
+    enter(bob, 1)
+    bob.send("UNSUBSCRIBE", {"id": "room"})
+    server.window_passes()
+    assert events(observer) == []
+    other = server.client("observer2")
+    watch(other, 2)
+    enter(server.client("carol"), 2)
+    assert [e["user"]["name"] for e in events(other)] == ["carol"]
+
+
+def test_a_client_toggling_its_subscription_costs_watchers_one_list_per_window() -> None:
+    """4,000 SUBSCRIBE/UNSUBSCRIBE frames over 4 s in a room of 150 users reach each
+    watcher as at most one event per window (the limit this replaces: one per frame)."""
+    server = Server()
+    observer = server.client("observer")
+    watch(observer, 1)
+    for number in range(150):
+        enter(server.client(f"user-{number:03d}"), 1)
+    server.window_passes()
+    events(observer)
+    toggler = server.client("toggler")
+    seconds = 4.0
+    frames = 4000
+    for _ in range(frames // 2):
+        enter(toggler, 1)
+        toggler.send("UNSUBSCRIBE", {"id": "room"})
+        server.clock.advance(seconds / (frames // 2))
+    server.window_passes()
+    received = [f for f in observer.frames() if f.command == "MESSAGE"]
+    assert len(received) <= seconds / PRESENCE_WINDOW + 1
+    pushed = sum(len(f.body) for f in received)
+    assert pushed < 17 * 8_000, pushed  # each list of 151 users is about 7.5 KB
+    last = json.loads(received[-1].body)
+    assert "toggler" not in [u["name"] for u in last["users"]]  # the room as it ended

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from stomp_chat.app.chat import ChatRequest, ChatService
-from stomp_chat.app.readstate import ReadState
+from stomp_chat.app.readstate import FULL_PUSH_WINDOW, ReadState
 from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.identity import Principal
@@ -151,6 +151,8 @@ def test_a_new_tab_gets_every_count_from_stored_positions() -> None:
     assert sorted(updates(later)) == [(1, 2), (2, 7)]
     second = server.client("alice")
     online(second)
+    assert updates(second) == []  # the first tab's counts went out less than a window ago
+    server.clock.advance(FULL_PUSH_WINDOW)
     assert sorted(updates(second)) == [(1, 2), (2, 7)]
 
 
@@ -301,4 +303,37 @@ def test_a_room_the_user_may_no_longer_read_gets_no_more_counts() -> None:
     assert updates(alice) == [(1, 2)]
     later = server.client("alice")
     online(later)
+    server.clock.advance(FULL_PUSH_WINDOW)  # alice's counts went out less than a window ago
     assert updates(later) == [(1, 2)]
+
+
+def test_repeated_unread_subscriptions_send_every_count_at_most_once_per_window() -> None:
+    """A user with positions in many rooms repeating SUBSCRIBE /user/queue/unread: another
+    subscription of the same session gets nothing more, other sessions' ones within a window
+    share one trailing push, and toggling SUBSCRIBE/UNSUBSCRIBE is rationed the same way."""
+    server = Server()
+    rooms = range(1, 201)
+    for room in rooms:
+        server.post(room, 1)
+    alice = server.client("alice")
+    for room in rooms:
+        read(alice, room, 0)
+    online(alice)
+    updates(alice)
+    for number in range(40):
+        alice.send("SUBSCRIBE", {"id": f"again-{number}", "destination": "/user/queue/unread"})
+    server.clock.advance(FULL_PUSH_WINDOW)
+    assert updates(alice) == []  # (it used to be 40 x 200 counts)
+    for number in range(40):
+        alice.send("UNSUBSCRIBE", {"id": f"again-{number}"})
+    tabs = [server.client("alice") for _ in range(10)]
+    for tab in tabs:
+        online(tab)
+        tab.send("UNSUBSCRIBE", {"id": "unread"})
+        online(tab)
+    server.clock.advance(FULL_PUSH_WINDOW)
+    # The first new tab at once, the 19 SUBSCRIBEs after it in one trailing push.
+    assert len(updates(alice)) == 2 * len(rooms)
+    assert all(len(updates(tab)) <= 2 * len(rooms) for tab in tabs)
+    server.clock.advance(FULL_PUSH_WINDOW)
+    assert updates(alice) == []

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from stomp_chat.auth.origins import matches_local_address, matches_patterns, origin_allowed
+from stomp_chat.auth.origins import (
+    host_allowed,
+    matches_local_address,
+    matches_patterns,
+    origin_allowed,
+)
 
 
 def test_no_origin_is_not_a_browser_and_is_allowed():
@@ -52,3 +57,41 @@ def test_malformed_origins_are_refused():
     """An origin with a bad port or no host matches nothing."""
     assert not matches_local_address("http://127.0.0.1:notaport", "127.0.0.1", 8080)
     assert not matches_local_address("garbage", "127.0.0.1", 8080)
+
+
+# -- the Host header, checked with --auth none -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "patterns", "local", "allowed"),
+    [
+        (None, [], "127.0.0.1", True),  # HTTP/1.0 tools send none; browsers always do
+        ("127.0.0.1:8080", [], "127.0.0.1", True),
+        ("localhost:8080", [], "127.0.0.1", True),
+        ("LOCALHOST", [], "127.0.0.1", True),
+        ("[::1]:8080", [], "::1", True),
+        ("127.0.0.2", [], "127.0.0.1", True),  # any loopback address is this machine
+        ("192.0.2.5:8080", [], "192.0.2.5", True),  # the address the connection reached
+        ("192.0.2.5", [], "::ffff:192.0.2.5", True),
+        # DNS rebinding: the attacker's name now resolves to this server
+        ("rebound.example:8080", [], "127.0.0.1", False),
+        ("127.0.0.1.rebound.example", [], "127.0.0.1", False),
+        ("192.0.2.6", [], "192.0.2.5", False),
+        # hosts of --allowed-origins patterns, with or without scheme and port
+        ("chat.example.com", ["https://chat.example.com"], "127.0.0.1", True),
+        ("chat.example.com:8443", ["chat.example.com:8443"], "127.0.0.1", True),
+        ("eu.chat.example.com", ["https://*.chat.example.com"], "127.0.0.1", True),
+        ("chat.example.com.evil", ["https://chat.example.com"], "127.0.0.1", False),
+        ("anything.example", ["*"], "127.0.0.1", True),
+        ("[2001:db8::1]", ["http://[2001:db8::1]:8080"], "127.0.0.1", True),
+        # not a host at all
+        ("", [], "127.0.0.1", False),
+        ("localhost:http", [], "127.0.0.1", False),
+        ("user@localhost", [], "127.0.0.1", False),
+        ("[::1", [], "::1", False),
+        ("[localhost]", [], "127.0.0.1", False),
+    ],
+)
+def test_host_allowed(host, patterns, local, allowed):
+    """A Host must name the reached address, loopback, or an allowed origin's host."""
+    assert host_allowed(host, patterns, local) is allowed

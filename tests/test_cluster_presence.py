@@ -40,7 +40,7 @@ class Member:
     def __init__(self, node: Node, ttl: float) -> None:
         self.node = node
         self.shared = ClusterPresence(node.relay, reactor, ttl=ttl)
-        self.tracker = PresenceTracker(node.broker, self.shared)
+        self.tracker = PresenceTracker(node.broker, self.shared, clock=reactor)
         self.shared.startService()
         self.events = subscribe(node.broker, TOPIC + "/presence")
 

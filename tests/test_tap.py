@@ -288,6 +288,37 @@ def test_make_service_wires_the_transport_limits(build):
     assert (site.header_timeout, site.timeOut) == (3.0, 40.0)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies: '10.0.0.0/33' is not an IP"),
+        (["--trusted-proxies", "127.0.0.1,nginx"], "'nginx' is not an IP address or network"),
+    ],
+)
+def test_trusted_proxies_refuse_what_is_not_an_address_or_network(args, message):
+    """A bad --trusted-proxies entry is a usage error naming it."""
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_trusted_proxies_and_the_host_check_reach_the_site(build):
+    """--trusted-proxies reaches the site and the WebSocket factory; --auth none turns on
+    the Host check with the allowed origins, other modes do not."""
+    from stomp_chat.web.site import Root
+
+    root = build("--stomp", "none", "--http", LOOPBACK, "--trusted-proxies", "127.0.0.1, ::1",
+                 "--allowed-origins", "https://chat.example.com")
+    (listener,) = _listeners(root)
+    site = listener.factory
+    assert site.trusted_proxies.trusts("::1") and not site.trusted_proxies.trusts("10.0.0.1")
+    assert isinstance(site.resource, Root)
+    assert site.resource.host_patterns == ["https://chat.example.com"]
+    websocket = site.resource.children[b"ws"].children[b"chat"]._factory
+    assert websocket.trusted_proxies is site.trusted_proxies
+    root = build("--stomp", "none", "--http", LOOPBACK)
+    assert not _listeners(root)[0].factory.trusted_proxies
+
+
 def test_make_service_without_stomp_listener(build):
     """--stomp none leaves only the HTTP listener."""
     root = build("--stomp", "none", "--http", LOOPBACK)
@@ -494,6 +525,8 @@ STARTUP_FAILURES = {
     "unusable database": (["--database=postgresql://nobody@127.0.0.1:1/none"], "not usable"),
     "unreachable redis": (["--redis=redis://127.0.0.1:1/0"], "--redis"),
     "bad config": (["--config=bad.toml"], "unknown option 'bogus'"),
+    "bad trusted proxy": (["--trusted-proxies=127.0.0.1,10.0.0.0/33"],
+                          "--trusted-proxies: '10.0.0.0/33' is not an IP address or network"),
 }
 
 

@@ -96,3 +96,20 @@ def test_parse_cookies_keeps_the_good_pairs_of_a_malformed_header():
     assert cookies["b"] == "quoted"
     assert cookies["c"] == "3"
     assert parse_cookies("") == {}
+
+
+def test_a_handshake_through_a_trusted_proxy_is_from_the_forwarded_client():
+    """Through a trusted proxy the handshake's peer is the client X-Forwarded-For names
+    (the per-address cap counts it), shown as 'client via proxy'; from others the
+    header is ignored."""
+    from stomp_chat.proxies import TrustedProxies
+
+    proxies = TrustedProxies.parse("198.51.100.0/24")
+    forwarded = _request({"x-forwarded-for": "6.6.6.6, 203.0.113.9"})
+    info = connection_info_from_request(forwarded, _tcp(), proxies)
+    assert (info.peer_host, info.peer) == ("203.0.113.9", "203.0.113.9 via 198.51.100.4:5000")
+    untrusted = connection_info_from_request(forwarded, _tcp("192.0.2.1"), proxies)
+    assert untrusted.peer_host == "192.0.2.1"
+    assert connection_info_from_request(forwarded, _tcp()).peer_host == "198.51.100.4"
+    broken = _request({"x-forwarded-for": "203.0.113.9, ???"})
+    assert connection_info_from_request(broken, _tcp(), proxies).peer_host == "198.51.100.4"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+from stomp_chat.app.presence import PRESENCE_WINDOW
 from tests.serverproc import RunningServer
 
 
@@ -34,11 +36,15 @@ def test_presence_lists_who_subscribes_to_a_room(server: RunningServer, clients)
     assert _get(server, f"/api/rooms/{room}/presence") == (200, {"roomId": room, "users": []})
     watcher, first, second = clients(server), clients(server), clients(server)
     watcher.subscribe(f"/topic/chat/room/{room}/presence")
+    # A room's changes within PRESENCE_WINDOW are coalesced: one window apart, each has its
+    # own event.
     first.subscribe(f"/topic/chat/room/{room}")
+    time.sleep(2 * PRESENCE_WINDOW)
     second.subscribe(f"/topic/chat/room/{room}")
     status, body = _get(server, f"/api/rooms/{room}/presence")
     assert status == 200 and len(body["users"]) == 2
     assert all(user["sessions"] == 1 for user in body["users"])
+    time.sleep(2 * PRESENCE_WINDOW)
     first.close()
     events = watcher.wait_at(f"/topic/chat/room/{room}/presence", 3)
     kinds = [json.loads(frame.body)["type"] for frame in events]

@@ -208,3 +208,89 @@ def test_the_chat_page_is_at_the_root_and_its_files_under_static() -> None:
     site = build_site(object())
     assert isinstance(site.getResourceFor(DummyRequest([b""])), ChatPage)
     assert isinstance(site.getResourceFor(DummyRequest([b"static", b"app.js"])), StaticFiles)
+
+
+# -- the client behind trusted proxies, the Host check, the access log -------------------
+
+
+class _Who(Resource):
+    """Answers the client address the request reports."""
+
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        return request.getClientAddress().host.encode()
+
+
+def _exchange(site, raw: bytes, peer: str = "127.0.0.1") -> tuple[bytes, bytes]:
+    """One request over a real HTTP channel of ``site``; answers (status line, body)."""
+    channel = site.buildProtocol(IPv4Address("TCP", peer, 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000),
+                                hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+def _who(site, peer: str, *headers: bytes) -> bytes:
+    raw = b"GET /who HTTP/1.1\r\nHost: localhost\r\n" + b"".join(h + b"\r\n" for h in headers)
+    status, body = _exchange(site, raw + b"\r\n", peer)
+    assert status.startswith(b"HTTP/1.1 200"), status
+    return body
+
+
+def _who_site(proxies: str):
+    from stomp_chat.proxies import TrustedProxies
+
+    return build_site(object(), resources={b"who": _Who()},
+                      trusted_proxies=TrustedProxies.parse(proxies))
+
+
+def test_a_trusted_proxys_request_is_from_the_client_it_forwarded_for() -> None:
+    """Behind a trusted proxy the request's client address is the one X-Forwarded-For names;
+    from anyone else, or without trusted proxies, the header changes nothing."""
+    site = _who_site("127.0.0.1")
+    assert b"203.0.113.9" in _who(site, "127.0.0.1", b"X-Forwarded-For: 6.6.6.6, 203.0.113.9")
+    assert b"198.51.100.7" in _who(site, "198.51.100.7", b"X-Forwarded-For: 203.0.113.9")
+    assert b"127.0.0.1" in _who(site, "127.0.0.1", b"X-Forwarded-For: garbage")
+    assert b"127.0.0.1" in _who(_who_site(""), "127.0.0.1", b"X-Forwarded-For: 203.0.113.9")
+
+
+def test_with_the_host_check_a_foreign_host_is_refused_everywhere_but_health() -> None:
+    """With the Host check on (--auth none), a request naming another host gets a JSON 403,
+    the WebSocket handshake included; loopback names, allowed hosts and /health pass."""
+    site = build_site(object(), api=_Api(), host_patterns=["https://chat.example.com"])
+    for path in (b"/api/rooms", b"/", b"/ws/chat", b"/metrics"):
+        status, body = _exchange(
+            site, b"GET " + path + b" HTTP/1.1\r\nHost: rebound.example:8080\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 403"), (path, status)
+        assert b'"forbidden-host"' in body
+    for host in (b"localhost:8080", b"127.0.0.1:8080", b"chat.example.com"):
+        status, body = _exchange(site, b"GET /api/rooms HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 200") and body.endswith(b"api"), host
+    status, _ = _exchange(site, b"GET /health HTTP/1.1\r\nHost: lb.internal\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 404")  # not refused: no /health on this bare site
+    status, _ = _exchange(site, b"GET /healthz HTTP/1.1\r\nHost: lb.internal\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200")
+
+
+def test_without_the_host_check_any_host_is_served() -> None:
+    """With authentication (no host patterns given) the Host header is not checked."""
+    site = build_site(object(), api=_Api())
+    status, _ = _exchange(site, b"GET /api/rooms HTTP/1.1\r\nHost: rebound.example\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200")
+
+
+def test_the_access_log_shows_the_forwarded_client_and_no_token() -> None:
+    """The site's access log line names the forwarded client and hides a URL's token."""
+    import io
+
+    site = _who_site("127.0.0.1")
+    site.logFile = io.StringIO()
+    _exchange(site, b"GET /who?access_token=eyJ.secret.sig HTTP/1.1\r\nHost: localhost\r\n"
+                    b"X-Forwarded-For: 203.0.113.9\r\n\r\n")
+    line = site.logFile.getvalue()
+    assert line.startswith('"203.0.113.9"')
+    assert "GET /who?access_token=REDACTED HTTP/1.1" in line and "secret" not in line

@@ -8,7 +8,14 @@ that ends any way (DISCONNECT, a dropped socket, a heart-beat timeout) ends
 its subscriptions, so it leaves like any other.
 
 Each event carries the room's whole list of users, so a client never has to
-reconcile events with an earlier snapshot.
+reconcile events with an earlier snapshot. That makes each event cost the
+size of the room for every watcher, so a room's events are coalesced: the
+first change goes out at once, and the changes of the next
+``PRESENCE_WINDOW`` seconds become one trailing event with the latest list
+(its ``type`` and ``user`` name the latest change), or none at all when the
+room's users are the same as in the last event (a join and a leave that
+cancel out). A client toggling SUBSCRIBE/UNSUBSCRIBE on a room therefore
+costs each watcher at most one list per window, however fast it toggles.
 
 In cluster mode a ``ClusterPresence`` (stomp_chat.cluster.presence) counts
 the user's sessions on every server: join and leave then mean the first
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from stomp_chat.app.subscriptions import User, room_of_topic, user_of
@@ -33,6 +41,10 @@ PRESENCE_TOPIC = "/topic/chat/room/{room_id}" + PRESENCE_SUFFIX
 JOIN = "join"
 LEAVE = "leave"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+#: Seconds over which a room's presence changes after the first are gathered into one
+#: event: short enough that people see arrivals at once, long enough that a client
+#: toggling its subscription cannot make every watcher receive the room's list per frame.
+PRESENCE_WINDOW = 0.25
 
 log = Logger()
 
@@ -56,13 +68,43 @@ class _Presence:
     subscriptions: set[Subscription] = field(default_factory=set)
 
 
+#: Who is in a room as its events show it: (id, name) in order of arrival.
+_Membership = list[tuple[str, str]]
+
+
+def _membership(users: list[dict[str, Any]]) -> _Membership:
+    return [(str(user.get("id")), str(user.get("name"))) for user in users]
+
+
+@dataclass(slots=True)
+class _Window:
+    """A room whose last event went out less than ``PRESENCE_WINDOW`` ago."""
+
+    closes: IDelayedCall
+    #: Who the last event listed.
+    published: _Membership
+    #: The latest change since, as ``_publish`` arguments: the trailing event.
+    pending: tuple[str, str, str, list[dict[str, Any]]] | None = None
+
+
 class PresenceTracker:
     """Counts room subscriptions per user and announces arrivals and departures."""
 
-    def __init__(self, broker: Broker, shared: SharedPresence | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        shared: SharedPresence | None = None,
+        *,
+        clock: IReactorTime,
+        window: float = PRESENCE_WINDOW,
+    ) -> None:
         self.broker = broker
+        self.clock = clock
+        self.window = window
         #: room id -> user key -> presence, in order of arrival.
         self._rooms: dict[int, dict[str, _Presence]] = {}
+        #: Rooms whose events are being coalesced, until their window closes.
+        self._windows: dict[int, _Window] = {}
         self.shared = shared
         if shared is not None:
             shared.announce = self._publish
@@ -154,6 +196,27 @@ class PresenceTracker:
 
     def _publish(self, room_id: int, kind: str, user_key: str, name: str,
                  users: list[dict[str, Any]]) -> None:
+        """Send a room's event now, or, within its window, keep it as the trailing one."""
+        window = self._windows.get(room_id)
+        if window is not None:
+            window.pending = (kind, user_key, name, users)
+            return
+        self._send(room_id, kind, user_key, name, users)
+
+    def _window_closes(self, room_id: int) -> None:
+        window = self._windows.pop(room_id)
+        if window.pending is None:
+            return
+        kind, user_key, name, users = window.pending
+        if _membership(users) == window.published:
+            return  # changes that cancelled out: nobody needs to hear of them
+        self._send(room_id, kind, user_key, name, users)
+
+    def _send(self, room_id: int, kind: str, user_key: str, name: str,
+              users: list[dict[str, Any]]) -> None:
+        self._windows[room_id] = _Window(
+            self.clock.callLater(self.window, self._window_closes, room_id), _membership(users)
+        )
         event = {
             "type": kind,
             "roomId": room_id,

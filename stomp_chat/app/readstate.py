@@ -8,6 +8,13 @@ to ``/user/queue/unread``: it then receives ``{"roomId", "unread",
 for a room whenever its count changes: a message arrives, or another tab of
 the same user reads. Changes are gathered over one reactor turn, so a burst
 of messages costs one update per user and room, not one per message.
+
+Sending every count costs one frame per room the user has a position in
+(thousands, for some users), so it is rationed: a session that already
+holds an unread subscription gets nothing more for another one (it has
+every count and keeps receiving changes), and a user's full set goes out at
+most once per ``FULL_PUSH_WINDOW``: a tab that comes online sooner after
+another gets its counts in one trailing push at the window's end.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ log = Logger()
 UNREAD_QUEUE = "/user/queue/unread"
 READ_ROUTE = "/read"
 _JSON_HEADERS = {"content-type": "application/json;charset=utf-8"}
+#: Seconds between two sends of a user's every count: a new tab waits at most this long
+#: for its counts, and SUBSCRIBEs repeated faster cost no more than one full set each time.
+FULL_PUSH_WINDOW = 1.0
 
 
 #: Whether a principal may read a room (``RoomAccess.may_read``).
@@ -88,6 +98,11 @@ class ReadState:
         self._readers: dict[int, set[str]] = {}
         self._changed_rooms: set[int] = set()
         self._flush_call: IDelayedCall | None = None
+        #: user key -> when their every count was last sent, oldest first (only the last
+        #: ``FULL_PUSH_WINDOW`` seconds are kept).
+        self._full_pushes: dict[str, float] = {}
+        #: user key -> the trailing full push waiting for the window's end.
+        self._trailing: dict[str, IDelayedCall] = {}
 
     def register(self, router: AppRouter) -> None:
         """Mount ``/app/read`` and watch the rooms' messages."""
@@ -150,8 +165,9 @@ class ReadState:
                 errbackArgs=(key,),
             )
             return
+        holds_one = any(s.subscriber is subscription.subscriber for s in reader.subscriptions)
         reader.subscriptions.add(subscription)
-        if reader.positions is not None:
+        if reader.positions is not None and not holds_one:
             self._push_all(key, reader)  # the new tab needs every count
 
     def unsubscribed(self, session: Any, subscription: Subscription) -> None:
@@ -215,6 +231,31 @@ class ReadState:
                     self._push(key, reader, room_id)
 
     def _push_all(self, key: str, reader: _Reader) -> None:
+        """Send every count now, or, within a window of the last full send, once at its end."""
+        now = self.clock.seconds()
+        pushes = self._full_pushes
+        while pushes:  # forget what is older than the window: the oldest come first
+            oldest = next(iter(pushes))
+            if now - pushes[oldest] < FULL_PUSH_WINDOW:
+                break
+            del pushes[oldest]
+        last = pushes.get(key)
+        if last is not None:
+            if key not in self._trailing:
+                self._trailing[key] = self.clock.callLater(
+                    FULL_PUSH_WINDOW - (now - last), self._trailing_push, key
+                )
+            return
+        pushes[key] = now
+        self._send_all(key, reader)
+
+    def _trailing_push(self, key: str) -> None:
+        del self._trailing[key]
+        reader = self._online.get(key)
+        if reader is not None and reader.positions is not None:
+            self._push_all(key, reader)
+
+    def _send_all(self, key: str, reader: _Reader) -> None:
         rooms = sorted(reader.positions or ())
         reader.pushed.clear()
         d = gatherResults([self._last_seq(room) for room in rooms], consumeErrors=True)

@@ -2,7 +2,8 @@
 
 Built once per connection: from the socket for raw STOMP, from the socket and
 the opening handshake for WebSocket. Authenticators read the headers, cookies
-and query of a handshake; per-address limits key on ``peer_host``.
+and query of a handshake; per-address limits key on ``peer_host``, which on a
+WebSocket from a trusted proxy is the client ``X-Forwarded-For`` names.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import ISSLTransport
 
 from stomp_chat.identity import TRANSPORT_TCP, TRANSPORT_WEBSOCKET, ConnectionInfo
+from stomp_chat.proxies import FORWARDED_FOR, NO_PROXIES, TrustedProxies
 
 
 def peer_of(transport: Any) -> tuple[str, str]:
@@ -42,15 +44,22 @@ def connection_info_from_transport(transport: Any) -> ConnectionInfo:
     )
 
 
-def connection_info_from_request(request: ConnectionRequest, transport: Any) -> ConnectionInfo:
+def connection_info_from_request(
+    request: ConnectionRequest, transport: Any, proxies: TrustedProxies = NO_PROXIES
+) -> ConnectionInfo:
     """The ``ConnectionInfo`` of a WebSocket: the socket plus its opening handshake.
 
     ``transport`` is the connection under the WebSocket (TCP, or TLS over TCP).
     Header names are lower case; a cookie the browser sent twice keeps its first
-    value, as most servers do.
+    value, as most servers do. Through a trusted proxy the peer is the client it
+    forwarded for, shown in logs as ``client via proxy``.
     """
     peer, host = peer_of(transport)
     headers = {str(name).lower(): str(value) for name, value in request.headers.items()}
+    if proxies and FORWARDED_FOR in headers:
+        client = proxies.client(host, [headers[FORWARDED_FOR]])
+        if client != host:
+            peer, host = f"{client} via {peer}", client
     query = {str(name): tuple(str(v) for v in values) for name, values in request.params.items()}
     return ConnectionInfo(
         peer=peer,

@@ -30,7 +30,8 @@ from zope.interface import implementer
 
 from stomp_chat.auth.origins import origin_allowed as auth_origin_allowed
 from stomp_chat.identity import ConnectionInfo
-from stomp_chat.transport.connection import connection_info_from_request, peer_of
+from stomp_chat.proxies import NO_PROXIES, TrustedProxies
+from stomp_chat.transport.connection import connection_info_from_request
 from stomp_chat.transport.limits import TOO_MANY_CONNECTIONS
 from stomp_chat.transport.sockets import set_no_delay
 from stomp_chat.transport.stomp import StompFactory, StompProtocol
@@ -180,10 +181,12 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> str | None:
         if not self.factory.origin_allowed(request, self.transport):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        _, host = peer_of(self.transport)
-        if not self.factory.stomp_factory.admits(host):
+        info = connection_info_from_request(
+            request, self.transport, self.factory.trusted_proxies
+        )
+        if not self.factory.stomp_factory.admits(info.peer_host):
             raise ConnectionDeny(TOO_MANY_REQUESTS, TOO_MANY_CONNECTIONS)
-        self.connection_info = connection_info_from_request(request, self.transport)
+        self.connection_info = info
         for subprotocol in STOMP_SUBPROTOCOLS:
             if subprotocol in request.protocols:
                 return subprotocol
@@ -264,11 +267,14 @@ class StompWebSocketFactory(WebSocketServerFactory):
         stomp_factory: StompFactory,
         *,
         allowed_origins: Sequence[str] = (),
+        trusted_proxies: TrustedProxies = NO_PROXIES,
         url: str | None = None,
         reactor: Any = None,
     ) -> None:
         super().__init__(url, protocols=list(STOMP_SUBPROTOCOLS), reactor=reactor)
         self.stomp_factory = stomp_factory
+        #: Proxies whose ``X-Forwarded-For`` names the client (per-address cap, logs).
+        self.trusted_proxies = trusted_proxies
         self.allowed_origins = [pattern.strip() for pattern in allowed_origins if pattern.strip()]
         self.setProtocolOptions(
             # Messages are streamed into the STOMP parser, which enforces the

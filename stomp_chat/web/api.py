@@ -33,6 +33,7 @@ from stomp_chat.persistence import (
     utc_isoformat,
 )
 from stomp_chat.web.json import error_body, write_json
+from stomp_chat.web.redact import redact_text
 
 log = Logger()
 
@@ -148,10 +149,12 @@ class ChatApi(Resource):
             body = error_body(request, 409, "room-exists", str(error))
         else:
             if self.outage is not None:
-                self.outage.failed(failure, f"{request.method.decode()} {request.uri.decode()}")
+                self.outage.failed(
+                    failure, f"{request.method.decode('latin-1')} {redact_text(request.uri)}"
+                )
             else:
                 log.failure("REST request {method} {uri} failed", failure,
-                            method=request.method, uri=request.uri)
+                            method=request.method, uri=redact_text(request.uri))
             body = error_body(request, 503, "unavailable",
                               "the server could not complete the request; try again")
         self._finish(request, body, gone)

@@ -59,10 +59,13 @@ def _header(request: Request, name: bytes) -> str | None:
 
 
 def _connection_of(request: Request) -> ConnectionInfo:
+    """The request's client: behind a trusted proxy, the one it forwarded for (whose
+    port is not known, so none is shown)."""
     peer = request.getClientAddress()
     host = getattr(peer, "host", "") or ""
     port = getattr(peer, "port", "")
-    return ConnectionInfo(peer=f"{host}:{port}", peer_host=host, transport="http")
+    return ConnectionInfo(peer=f"{host}:{port}" if port else host, peer_host=host,
+                          transport="http")
 
 
 class RestAuthenticator:

@@ -8,6 +8,13 @@ Every connection must send its request line and headers within
 next request), however slowly it trickles them: twisted.web's own timeout is
 an idle one, reset by every byte. Too slow, the client gets a JSON 408 and is
 closed. A connection idle between requests is closed after ``idle_timeout``.
+
+Behind a trusted reverse proxy (``--trusted-proxies``) a request's client
+address is the one ``X-Forwarded-For`` names (stomp_chat.proxies), for the
+REST login throttle and the access log alike; the access log never shows a
+token carried in a URL. With ``--auth none`` a request whose ``Host`` names
+none of this server's addresses (DNS rebinding) is refused with 403 before
+any resource, the WebSocket endpoint included, sees it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -25,9 +33,12 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from stomp_chat.auth.origins import host_allowed
+from stomp_chat.proxies import FORWARDED_FOR, NO_PROXIES, TrustedProxies
 from stomp_chat.web.health import Health
-from stomp_chat.web.json import JSONNotFound
+from stomp_chat.web.json import JSONNotFound, error_body
 from stomp_chat.web.page import ChatPage, StaticFiles
+from stomp_chat.web.redact import access_log_line
 
 log = Logger()
 
@@ -102,6 +113,32 @@ class DeadlineHTTPChannel(HTTPChannel):
         self.loseConnection()
 
 
+class ChatRequest(Request):
+    """A request whose client address is the one a trusted proxy forwarded, if any."""
+
+    _client_address: Any = None
+
+    def getClientAddress(self) -> Any:
+        if self._client_address is None:
+            self._client_address = self._forwarded_client()
+        return self._client_address
+
+    def _forwarded_client(self) -> Any:
+        peer = super().getClientAddress()
+        site = getattr(self.channel, "site", None) if self.channel is not None else None
+        proxies: TrustedProxies = getattr(site, "trusted_proxies", NO_PROXIES)
+        host = getattr(peer, "host", None)
+        if not proxies or host is None:
+            return peer
+        values = self.requestHeaders.getRawHeaders(FORWARDED_FOR.encode("ascii"), [])
+        client = proxies.client(host, [v.decode("latin-1") for v in values])
+        if client == host:
+            return peer
+        # The client's port is not forwarded: 0 stands for "unknown".
+        kind = IPv6Address if ":" in client else IPv4Address
+        return kind("TCP", client, 0)
+
+
 class ChatSite(Site):
     """The site: its channels have a header deadline and a sane idle timeout."""
 
@@ -113,10 +150,18 @@ class ChatSite(Site):
         *,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        trusted_proxies: TrustedProxies = NO_PROXIES,
         reactor: Any = None,
     ) -> None:
-        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        super().__init__(
+            resource,
+            requestFactory=ChatRequest,
+            timeout=idle_timeout,
+            logFormatter=access_log_line,
+            reactor=reactor,
+        )
         self.header_timeout = header_timeout
+        self.trusted_proxies = trusted_proxies
 
     def logPrefix(self) -> str:
         """Keep twisted.web's log line, "Site starting on PORT", that tooling reads."""
@@ -128,12 +173,45 @@ class ChatSite(Site):
         return channel
 
 
+#: Paths a load balancer's health check may reach under any ``Host``: they tell nothing.
+HOST_CHECK_EXEMPT = frozenset({b"health", b"healthz", b"ready"})
+
+
+class ForbiddenHost(Resource):
+    """403 JSON for a request naming a host this server is not (DNS rebinding)."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return error_body(
+            request, 403, "forbidden-host",
+            "this server does not answer to that host name; list it in --allowed-origins",
+        )
+
+
 class Root(Resource):
     """Unknown paths get a JSON 404 rather than twisted.web's HTML page; no response may
-    be sniffed into another content type (a JSON body read as HTML or script)."""
+    be sniffed into another content type (a JSON body read as HTML or script).
+
+    ``host_patterns`` (``--auth none`` only: the ``--allowed-origins`` patterns) turns
+    on the ``Host`` check, here so that it stands in front of every resource."""
+
+    def __init__(self, host_patterns: list[str] | None = None) -> None:
+        super().__init__()
+        self.host_patterns = host_patterns
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if self.host_patterns is not None and path not in HOST_CHECK_EXEMPT:
+            host = request.getHeader(b"host")
+            local = getattr(request.getHost(), "host", "")
+            if not host_allowed(
+                host.decode("latin-1") if host is not None else None, self.host_patterns, local
+            ):
+                log.info("refusing a request for host {host!r} from {peer} (--auth none: "
+                         "not an address of this server)", host=host,
+                         peer=getattr(request.getClientAddress(), "host", "?"))
+                return ForbiddenHost()
         return super().getChildWithDefault(path, request)
 
     def getChild(self, path: bytes, request: Request) -> Resource:
@@ -149,10 +227,12 @@ def build_site(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     reactor: Any = None,
     resources: Mapping[bytes, Resource] | None = None,
+    trusted_proxies: TrustedProxies = NO_PROXIES,
+    host_patterns: list[str] | None = None,
 ) -> Site:
     """The root: the chat page at ``/``, ``/ws/chat`` (WebSocket), ``/healthz``, ``/api/...``,
-    and ``resources``."""
-    root = Root()
+    and ``resources``. ``host_patterns`` turns the ``Host`` check on (``--auth none``)."""
+    root = Root(host_patterns)
     root.putChild(b"", ChatPage())
     root.putChild(b"static", StaticFiles())
     ws = Resource()
@@ -164,7 +244,8 @@ def build_site(
     for path, resource in (resources or {}).items():
         root.putChild(path, resource)
     site = ChatSite(
-        root, header_timeout=header_timeout, idle_timeout=idle_timeout, reactor=reactor
+        root, header_timeout=header_timeout, idle_timeout=idle_timeout,
+        trusted_proxies=trusted_proxies, reactor=reactor,
     )
     site.displayTracebacks = False
     return site
