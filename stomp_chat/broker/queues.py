@@ -13,13 +13,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from stomp_chat.broker.message import ORIGINAL_DESTINATION_HEADER, Message
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from stomp_chat.broker.broker import Subscription
 
 log = Logger()
@@ -97,6 +99,10 @@ class Queue:
 
 class QueueSet:
     """Every queue of one broker and the byte, count and redelivery limits on them."""
+
+    #: Whether the queues live outside this process (cluster mode): a SEND is
+    #: then stored by ``submit``, which answers later.
+    remote = False
 
     def __init__(
         self,
@@ -301,6 +307,13 @@ class QueueSet:
         finally:
             queue.draining = False
         self._forget_if_idle(queue)
+
+    def submit(self, name: str, message: Message) -> Deferred[Any]:
+        """Store a new message where the queues live (only when ``remote``)."""
+        raise NotImplementedError("local queues take messages through put()")
+
+    def acknowledged(self, name: str, messages: Iterable[Message]) -> None:
+        """Delivered messages a client acknowledged: local queues have nothing more to do."""
 
     # -- introspection -----------------------------------------------------
 
