@@ -151,7 +151,7 @@ async def streams() -> AsyncIterator[Streams]:
             await node.stop()
         keys = await redis.keys(f"{namespace}:*")
         if keys:
-            await redis.delete(*keys)
+            await redis.delete(keys)
         await redis.disconnect()
 
 
@@ -246,6 +246,30 @@ async def test_full_queue_refuses_with_a_clear_error_and_trims_nothing(
     consumer = Consumer(a.broker)
     consumer.subscribe("/queue/full")
     await eventually(lambda: consumer.bodies == [b"0", b"1", b"2"], "the stored messages")
+
+
+@pytest_twisted.ensureDeferred
+async def test_queued_bytes_are_bounded_across_the_cluster(streams: Streams) -> None:
+    """--max-queued-bytes bounds the bytes every queue stream holds together, whichever node
+    stored them; acknowledged messages free their bytes, and the total leaves Redis once
+    every queue is empty."""
+    a = await streams.node(max_queued_bytes=300)
+    b = await streams.node(max_queued_bytes=300)
+    assert isinstance(await a.send("/queue/x", b"a" * 100), bytes)
+    assert isinstance(await b.send("/queue/y", b"b" * 100), bytes)
+    refused = await a.send("/queue/z", b"c" * 100)
+    assert "the cluster's queues are full" in refused.getErrorMessage()
+    consumer = Consumer(b.broker)
+    consumer.subscribe("/queue/x")
+    await eventually(lambda: consumer.bodies == [b"a" * 100], "the first message")
+    await eventually(lambda: not b.queues.held, "its acknowledgement")
+    assert isinstance(await a.send("/queue/z", b"c" * 100), bytes)
+    consumer.subscribe("/queue/y")
+    consumer.subscribe("/queue/z")
+    await eventually(lambda: len(consumer.bodies) == 3, "the others")
+    await eventually(lambda: not b.queues.held, "their acknowledgements")
+    assert await streams.redis.exists(f"{streams.namespace}:queued-bytes") == 0
+    assert await streams.redis.execute_command("SCARD", f"{streams.namespace}:queues") == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -382,3 +406,46 @@ async def test_queue_send_is_refused_while_redis_is_unreachable(streams: Streams
     assert lost.broker.accept("/topic/t", b"still", {}) is None
     assert topic.bodies == [b"still"]
     assert lost.queues.degraded is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_node_gives_everything_back_at_once(streams: Streams) -> None:
+    """A node that stops in order (its sessions closed first, as on SIGTERM) gives back its
+    consumers' unacknowledged messages and a read under way: another node gets them long
+    before the lease would run out."""
+    a = await streams.node(lease=30.0)
+    b = await streams.node(lease=30.0)
+    on_a = Consumer(a.broker)
+    on_a.subscribe("/queue/handover", ACK_CLIENT_INDIVIDUAL)
+    other = Consumer(a.broker)
+    other.subscribe("/queue/idle")  # a's reader blocks on this one when the stop begins
+    for i in range(3):
+        await a.send("/queue/handover", b"%d" % i)
+    await eventually(lambda: len(on_a.messages) == 3, "deliveries on a")
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/handover", ACK_CLIENT_INDIVIDUAL)
+    on_a.close()
+    other.close()
+    await a.stop()
+    await eventually(lambda: len(on_b.messages) == 3, "the handover", 2.0)
+    assert sorted(on_b.bodies) == [b"0", b"1", b"2"]
+    assert all(m.headers["redelivered"] == "true" for m in on_b.messages)
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_dead_letter_queue_drops_its_oldest(streams: Streams) -> None:
+    """A dead-letter stream at --max-queue-messages drops its oldest letter to take a new
+    one, and the drop is counted."""
+    a = await streams.node(max_redeliveries=0, max_queue_messages=2)
+    on_a = Consumer(a.broker)
+    on_a.subscribe("/queue/poison", ACK_CLIENT_INDIVIDUAL)
+    for i in range(3):
+        await a.send("/queue/poison", b"%d" % i)
+        await eventually(lambda n=i: len(on_a.messages) > n, "a delivery")
+        on_a.ack(on_a.messages[i], requeue=True)
+        await eventually(lambda: not a.queues.held, "the dead letter")
+    assert await streams.length("/queue/dead-letter") == 2
+    assert a.queues.queues.dead_letters_dropped == 1
+    letters = Consumer(a.broker)
+    letters.subscribe("/queue/dead-letter")
+    await eventually(lambda: letters.bodies == [b"1", b"2"], "the newest letters")

@@ -61,60 +61,100 @@ IDS_PER_CALL = 500
 
 # -- scripts -----------------------------------------------------------------------------------
 
-#: KEYS: stream, names set. ARGV: group, max messages, max queues, name, entry.
+#: What the scripts below share. ``remove`` acknowledges an entry and deletes it,
+#: returning its size; ``free`` takes bytes off the cluster's total; ``drop_if_empty``
+#: removes an emptied stream (its readers make its group again) and, once no queue
+#: holds anything, the byte total with it, so that it can never drift for long.
+_HELPERS = """
+local function remove(key, group, id)
+  local entry = redis.call('XRANGE', key, id, id)
+  redis.call('XACK', key, group, id)
+  if entry[1] then
+    redis.call('XDEL', key, id)
+    return #entry[1][2][2]
+  end
+  return 0
+end
+local function free(bytes_key, size)
+  if size > 0 and redis.call('DECRBY', bytes_key, size) < 0 then
+    redis.call('SET', bytes_key, 0)
+  end
+end
+local function drop_if_empty(key, names_key, name, bytes_key)
+  if redis.call('XLEN', key) == 0 then
+    redis.call('DEL', key)
+    redis.call('SREM', names_key, name)
+    if redis.call('SCARD', names_key) == 0 then redis.call('DEL', bytes_key) end
+  end
+end
+"""
+
+#: KEYS: stream, names set, byte total. ARGV: group, max messages, max queues, name,
+#: entry, max bytes. Refuses what would pass a limit; never trims.
 SEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local size = #ARGV[5]
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if not exists then
   if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 0
      and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
     return redis.error_reply('QUEUES too many queues')
   end
-  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then
   return redis.error_reply('FULL queue is full')
 end
+local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+if total + size > tonumber(ARGV[6]) then
+  return redis.error_reply('BYTES ' .. total)
+end
+if not exists then
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+end
 redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('INCRBY', KEYS[3], size)
 return redis.call('XADD', KEYS[1], '*', 'm', ARGV[5])
 """
 
-#: KEYS: stream, names set. ARGV: group, name, ids... Acknowledged entries leave the
-#: stream; an emptied stream leaves Redis (its readers recreate the group).
-ACK = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 3))
-redis.call('XDEL', KEYS[1], unpack(ARGV, 3))
-if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[2])
-end
-return acked
+#: KEYS: stream, names set, byte total. ARGV: group, name, ids... Acknowledged entries
+#: leave the stream, so its length counts what is not acknowledged yet.
+ACK = _HELPERS + """
+local freed = 0
+for i = 3, #ARGV do freed = freed + remove(KEYS[1], ARGV[1], ARGV[i]) end
+free(KEYS[3], freed)
+drop_if_empty(KEYS[1], KEYS[2], ARGV[2], KEYS[3])
+return freed
 """
 
-#: KEYS: from stream, to stream, names set. ARGV: group, consumer, from name, to name,
-#: max length of the target (0: none), then old id, entry pairs. Moves entries this
-#: consumer still holds to the target's tail; what another server claimed stays its.
-RELEASE = """
-local moved = 0
+#: KEYS: from stream, to stream, names set, byte total. ARGV: group, consumer, from
+#: name, to name, max length of the target (0: none), then old id, entry pairs. Moves
+#: the entries this consumer still holds to the target's tail (what another server
+#: claimed stays its); a target at its length drops its oldest entries to make room.
+#: Returns {moved, dropped}.
+RELEASE = _HELPERS + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+local moved, dropped, freed, added = 0, 0, 0, 0
+local max_length = tonumber(ARGV[5])
 for i = 6, #ARGV, 2 do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('XDEL', KEYS[1], ARGV[i])
+    freed = freed + remove(KEYS[1], ARGV[1], ARGV[i])
     if redis.call('EXISTS', KEYS[2]) == 0 then
       redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
     end
-    if tonumber(ARGV[5]) > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], '*', 'm', ARGV[i + 1])
-    else
-      redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
+    while max_length > 0 and redis.call('XLEN', KEYS[2]) >= max_length do
+      local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+      freed = freed + remove(KEYS[2], ARGV[1], oldest[1][1])
+      dropped = dropped + 1
     end
+    redis.call('XADD', KEYS[2], '*', 'm', ARGV[i + 1])
+    added = added + #ARGV[i + 1]
     moved = moved + 1
   end
 end
+if added > 0 then redis.call('INCRBY', KEYS[4], added) end
+free(KEYS[4], freed)
 if moved > 0 then redis.call('SADD', KEYS[3], ARGV[4]) end
-if KEYS[1] ~= KEYS[2] and redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[3], ARGV[3])
-end
-return moved
+if KEYS[1] ~= KEYS[2] then drop_if_empty(KEYS[1], KEYS[3], ARGV[3], KEYS[4]) end
+return {moved, dropped}
 """
 
 #: KEYS: stream. ARGV: group, consumer, ids... Resets the idle time of the entries
@@ -450,7 +490,10 @@ class ClusterQueues(Service):
         self.max_retry = max_retry
         self.consumer = broker.node_id
         self.limits = broker.limits
+        #: The queues holding messages, across the cluster (for --max-queues).
         self.names_key = f"{address.namespace}:queues"
+        #: Bytes of the entries every queue holds, across the cluster (--max-queued-bytes).
+        self.bytes_key = f"{address.namespace}:queued-bytes"
         self.queues: StreamQueueSet = broker.use_queues(
             lambda limits, deliver, has_room: StreamQueueSet(limits, deliver, has_room, self)
         )
@@ -467,6 +510,8 @@ class ClusterQueues(Service):
         self._grouped: set[str] = set()
         #: The queues the XREADGROUP in flight covers (None: no read in flight).
         self._in_flight: frozenset[str] | None = None
+        #: Fires once the read in flight has been handled.
+        self._read_done_d: Deferred[None] | None = None
         self._reader_id: Any = None
         self._read_retry: Any = None
         self._retry_delay = 0.05
@@ -511,11 +556,24 @@ class ClusterQueues(Service):
             self._renewal.stop()
         if self._read_retry is not None and self._read_retry.active():
             self._read_retry.cancel()
-        self._flush_acks()
-        waiting = gatherResults(list(self._calls), consumeErrors=True)
-        waiting.addTimeout(self.reply_timeout, self.reactor)
-        waiting.addErrback(lambda _: None)
-        return waiting.addCallback(lambda _: self._disconnect())
+        # A read under way may bring messages nobody here takes any more: end it, and
+        # give what it brings back to the stream, before the connections go.
+        reading: Deferred[None] = Deferred()
+        if self._read_done_d is not None:
+            self._read_done_d.addBoth(lambda _: None if reading.called else reading.callback(None))
+            self._unblock()
+        else:
+            reading.callback(None)
+        reading.addTimeout(self.reply_timeout, self.reactor)
+        reading.addErrback(lambda _: None)
+
+        def settle(_: Any) -> Deferred[Any]:
+            self._flush_acks()
+            waiting = gatherResults(list(self._calls), consumeErrors=True)
+            waiting.addTimeout(self.reply_timeout, self.reactor)
+            return waiting.addErrback(lambda _: None)
+
+        return reading.addCallback(settle).addCallback(lambda _: self._disconnect())
 
     def _disconnect(self) -> Deferred[None]:
         self.commands_link.stop()
@@ -537,13 +595,16 @@ class ClusterQueues(Service):
     def _reader_up(self, protocol: Any) -> None:
         self._grouped.clear()
         self._in_flight = None
+        self._read_done_d = None
 
         def known(client_id: Any) -> None:
             self._reader_id = client_id
             self._read()
 
         d = protocol.execute_command("CLIENT", "ID")
-        d.addCallbacks(known, self._read_failed)
+        d.addCallbacks(known, lambda failure: log.warn(
+            "cluster queues: the reader connection did not say its id: {error}",
+            error=failure.getErrorMessage()))
 
     def _link_down(self) -> None:
         if self.running:
@@ -580,21 +641,27 @@ class ClusterQueues(Service):
     def send(self, name: str, message: Message) -> Deferred[Any]:
         """XADD a new message, unless the queue is full; fires once Redis has it."""
         limits = self.limits
-        d = self._script(SEND, [self.key(name), self.names_key],
+        d = self._script(SEND, [self.key(name), self.names_key, self.bytes_key],
                          [GROUP, limits.max_queue_messages, limits.max_queues, name,
-                          entry_of(message)])
-        return d.addErrback(self._refused, name)
+                          entry_of(message), limits.max_queued_bytes])
+        return d.addErrback(self._refused, name, message)
 
-    def _refused(self, failure: Failure, name: str) -> None:
+    def _refused(self, failure: Failure, name: str, message: Message) -> None:
         if failure.check(BrokerError):
             failure.raiseException()
         text = failure.getErrorMessage()
-        if "FULL" in text:
+        if text.startswith("FULL"):
             raise BrokerError(
                 f"queue full: {name} holds {self.limits.max_queue_messages} messages not yet "
                 "acknowledged across the cluster"
             )
-        if "QUEUES" in text:
+        if text.startswith("BYTES"):
+            raise BrokerError(
+                f"the cluster's queues are full ({text.partition(' ')[2]} bytes waiting, "
+                f"limit {self.limits.max_queued_bytes}): {name} cannot take "
+                f"{len(entry_of(message))} more bytes"
+            )
+        if text.startswith("QUEUES"):
             raise BrokerError(
                 f"too many queues: {name} would exceed the cluster's limit of "
                 f"{self.limits.max_queues} queue destinations"
@@ -624,7 +691,8 @@ class ClusterQueues(Service):
             return  # again once the commands link is up
         for name, ids in list(self.unconfirmed.items()):
             batch = list(ids)[:IDS_PER_CALL]
-            d = self._script(ACK, [self.key(name), self.names_key], [GROUP, name, *batch])
+            d = self._script(ACK, [self.key(name), self.names_key, self.bytes_key],
+                             [GROUP, name, *batch])
             d.addCallbacks(self._acked, self._ack_failed, callbackArgs=(name, batch))
 
     def _acked(self, _: Any, name: str, batch: list[bytes]) -> None:
@@ -683,8 +751,17 @@ class ClusterQueues(Service):
         if not pairs:
             return
         self._forget(origin, pairs[::2])
-        d = self._script(RELEASE, [self.key(origin), self.key(target), self.names_key],
+        d = self._script(RELEASE, [self.key(origin), self.key(target), self.names_key,
+                                   self.bytes_key],
                          [GROUP, self.consumer, origin, target, max_length, *pairs])
+
+        def moved(reply: Any) -> None:
+            dropped = int(reply[1])
+            if dropped:
+                self.queues.dead_letters_dropped += dropped
+                log.warn("cluster queues: {count} dead letter(s) dropped: {queue} is full",
+                         count=dropped, queue=target)
+            self.readable(target)
 
         def failed(failure: Failure) -> None:
             log.warn("cluster queues: giving {count} message(s) of {queue} back failed: "
@@ -692,7 +769,7 @@ class ClusterQueues(Service):
                      count=len(pairs) // 2, queue=origin, error=failure.getErrorMessage(),
                      lease=self.lease)
 
-        d.addCallbacks(lambda _: self.readable(target), failed)
+        d.addCallbacks(moved, failed)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -732,6 +809,8 @@ class ClusterQueues(Service):
             return  # read again once a queue has room
         names = sorted(rooms)
         self._in_flight = frozenset(names)
+        handled: Deferred[None] = Deferred()
+        self._read_done_d = handled
         missing = [name for name in names if name not in self._grouped]
         d: Deferred[Any] = (
             gatherResults([self._create_group(protocol, name) for name in missing],
@@ -744,8 +823,9 @@ class ClusterQueues(Service):
             "BLOCK", int(self.block * 1000), "STREAMS",
             *[self.key(name) for name in names], *([">"] * len(names)),
         ))
-        d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(names, protocol),
-                       errbackArgs=(protocol,))
+        d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(names, handled),
+                       errbackArgs=(handled,))
+        d.addBoth(lambda _: handled.callback(None))
 
     def _create_group(self, protocol: Any, name: str) -> Deferred[None]:
         def created(_: Any) -> None:
@@ -759,19 +839,24 @@ class ClusterQueues(Service):
         d = protocol.execute_command("XGROUP", "CREATE", self.key(name), GROUP, "0", "MKSTREAM")
         return d.addCallbacks(created, exists)  # type: ignore[no-any-return]
 
-    def _read_done(self, reply: Any, names: list[str], protocol: Any) -> None:
+    def _read_done(self, reply: Any, names: list[str], handled: Deferred[None]) -> None:
+        if handled is not self._read_done_d:
+            return  # a read on a connection lost since: its entries are claimed back later
         self._in_flight = None
+        self._read_done_d = None
         self._retry_delay = 0.05
         by_key = {self.key(name): name for name in names}
         for stream_key, entries in reply or ():
             name = by_key.get(_text(stream_key))
             if name is not None:
                 self._arrived(name, [(entry_id, fields, 1) for entry_id, fields in entries])
-        if protocol is self.reader_link.protocol:
-            self._read()
+        self._read()
 
-    def _read_failed(self, failure: Failure, protocol: Any = None) -> None:
+    def _read_failed(self, failure: Failure, handled: Deferred[None]) -> None:
+        if handled is not self._read_done_d:
+            return
         self._in_flight = None
+        self._read_done_d = None
         self._grouped.clear()  # a stream deleted once emptied: its group is made again
         if not self.running or self.reader_link.protocol is None:
             return
