@@ -861,11 +861,16 @@ class ClusterQueues(Service):
         if not self.running or self.reader_link.protocol is None:
             return
         text = failure.getErrorMessage()
-        if "UNBLOCKED" not in text and "NOGROUP" not in text:
+        if "UNBLOCKED" in text or "NOGROUP" in text:
+            # A stream emptied and removed while this server waited on it (or just before
+            # the read): make its group again and read on, at once.
+            delay = 0.0
+        else:
             log.warn("cluster queues: reading failed: {error}; retrying", error=text)
+            delay = self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, 2.0)
         if self._read_retry is None or not self._read_retry.active():
-            self._read_retry = self.reactor.callLater(self._retry_delay, self._read)
+            self._read_retry = self.reactor.callLater(delay, self._read)
 
     def _arrived(self, name: str, entries: list[tuple[Any, Any, Any]]) -> None:
         """Entries read or claimed: this server holds them now; hand them to its consumers."""
