@@ -217,6 +217,17 @@ class QueueSet:
         by the subscriber's prefetch meanwhile); each is marked redelivered,
         and one that came back too often is dead-lettered instead.
         """
+        returned = self._returned(name, messages)
+        if not returned:
+            return
+        queue = self._ensure(name)
+        for message in reversed(returned):
+            self._push(queue, message, at_head=True)
+        self.drain(queue)
+
+    def _returned(self, name: str, messages: Iterable[Message]) -> list[Message]:
+        """Messages given back, marked redelivered; those that came back too often are
+        dead-lettered instead (and not in the list)."""
         returned = []
         for message in messages:
             if message.redeliveries >= self.limits.max_redeliveries and (
@@ -225,12 +236,7 @@ class QueueSet:
                 self._dead_letter(name, message)
             else:
                 returned.append(message.redelivered())
-        if not returned:
-            return
-        queue = self._ensure(name)
-        for message in reversed(returned):
-            self._push(queue, message, at_head=True)
-        self.drain(queue)
+        return returned
 
     def _dead_letter(self, origin: str, message: Message) -> None:
         """Move a message that keeps coming back to the bounded dead-letter queue."""

@@ -358,14 +358,7 @@ class StreamQueueSet(QueueSet):
         if queue is not None and queue.subscriptions:
             super().give_back(name, messages)  # a local consumer takes it, or dead letters
             return
-        returned = []
-        for message in messages:
-            if message.redeliveries >= self.limits.max_redeliveries and (
-                name != self.limits.dead_letter_queue
-            ):
-                self._dead_letter(name, message)
-            else:
-                returned.append(message.redelivered())
+        returned = self._returned(name, messages)  # no consumer here: for any server
         if returned:
             self.backend.release(name, returned)
 
