@@ -2,8 +2,10 @@
 
 Each queue is a stream (``{namespace}:queue:{destination}``) with one
 consumer group; each server is a consumer named after its node id. A SEND
-is an XADD (by a script that refuses it when the stream already holds
-``--max-queue-messages`` entries), and its RECEIPT waits for Redis. A server
+is an XADD by a script that first checks the limits across the cluster
+(``--max-queue-messages`` entries in the stream, ``--max-queued-bytes`` in
+every queue stream, ``--max-queues`` streams holding messages) and refuses
+rather than trims; the SEND's RECEIPT waits for Redis. A server
 reads (XREADGROUP) only for queues it has subscribers for, and only as many
 messages as they can take now; a message it read is pending to it alone in
 the group, so each message reaches one consumer across the cluster.
