@@ -6,6 +6,9 @@ Every test gets a namespace of its own; under CI a Redis that is down fails the 
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -449,3 +452,52 @@ async def test_full_dead_letter_queue_drops_its_oldest(streams: Streams) -> None
     letters = Consumer(a.broker)
     letters.subscribe("/queue/dead-letter")
     await eventually(lambda: letters.bodies == [b"1", b"2"], "the newest letters")
+
+
+@pytest_twisted.ensureDeferred
+async def test_queues_work_again_after_redis_restarts_empty(streams: Streams, tmp_path) -> None:
+    """A throwaway Redis restarted without its data: the node reconnects by itself, makes the
+    stream's group again and delivers what is sent after, once; a SEND in between is
+    refused with a clear error."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed")
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    redis = start()
+    try:
+        await eventually(lambda: _answers(port), "the throwaway Redis")
+        node = await streams.node(url=f"redis://{REDIS_HOST}:{port}/0?namespace=restart")
+        await eventually(lambda: node.queues.degraded is None and
+                         node.queues._reader_id is not None, "the node's links")
+        consumer = Consumer(node.broker)
+        consumer.subscribe("/queue/r")
+        assert isinstance(await node.send("/queue/r", b"before"), bytes)
+        await eventually(lambda: consumer.bodies == [b"before"], "the first message")
+        redis.terminate()
+        redis.wait()
+        await eventually(lambda: node.queues.degraded is not None, "the outage")
+        with pytest.raises(BrokerError, match="cluster link down"):
+            node.broker.accept("/queue/r", b"refused", {})
+        redis = start()
+        await eventually(lambda: node.queues.degraded is None, "the reconnection", 5.0)
+        assert isinstance(await node.send("/queue/r", b"after"), bytes)
+        await eventually(lambda: consumer.bodies == [b"before", b"after"], "the next message")
+    finally:
+        redis.terminate()
+        redis.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, port), timeout=0.2) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
