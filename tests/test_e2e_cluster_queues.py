@@ -27,8 +27,10 @@ pytest_plugins = ["tests.conftest_db"]
 
 __all__ = ["redis_url", "start_node"]  # fixtures this module uses
 
-#: The lease the servers run with: a dead server's messages come back after about this.
-LEASE = 1.0
+#: The lease the servers run with: a dead server's messages come back within 4/3 of it.
+LEASE = 2.0
+#: What a redelivery may take beyond that: the sweep's round trips, a loaded machine.
+MARGIN = 2.0
 TIMEOUT = 10.0
 
 
@@ -125,15 +127,15 @@ def test_queue_messages_go_once_across_servers_and_a_killed_servers_come_back(
         killed_at = time.monotonic()
         came_back = on_b.wait_for(
             lambda: on_b.at(queue)[count - 4:] if len(on_b.at(queue)) >= count - 1 else None,
-            "A's unacknowledged messages on B", LEASE * 3 + 3,
+            "A's unacknowledged messages on B", LEASE * 4 / 3 + MARGIN,
         )
-        assert time.monotonic() - killed_at < LEASE * 3 + 3
+        assert time.monotonic() - killed_at < LEASE * 4 / 3 + MARGIN
         assert sorted(m.body for m in came_back) == sorted(m.body for m in held)
         for message in came_back:
             assert message.headers["redelivered"] == "true"
             assert message.headers["x-delivery-count"] == "1"
             on_b.ack_message(message, f"ack-{message.body}")
-        time.sleep(LEASE * 2)
+        time.sleep(LEASE)
         assert len(on_b.at(queue)) == count - 1, "nothing else came back, A's ACKed one not"
         assert first.body not in on_b.bodies(queue)
         wait_until(lambda: queue_length(redis_url, queue) == 0, "an empty stream")
@@ -195,7 +197,7 @@ def test_redis_cut_refuses_queue_sends_keeps_topics_and_recovers_without_duplica
             again.conn.send(queue, "after", headers={"receipt": "s-after"})
             again.wait_for(lambda: "s-after" in again.receipts, "the receipt after recovery")
             consumer.wait_at(queue, 7)
-            time.sleep(LEASE * 2)
+            time.sleep(LEASE)
             assert consumer.bodies(queue) == ["before", *(f"during {i}" for i in range(5)),
                                               "after"]
             wait_until(lambda: queue_length(redis_url, queue) == 0, "an empty stream")
