@@ -46,6 +46,7 @@ from stomp_chat.broker import (
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE
 from stomp_chat.cluster.presence import DEFAULT_PRESENCE_TTL, ClusterPresence
+from stomp_chat.cluster.streams import DEFAULT_LEASE, ClusterQueues
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.identity import AUTH_NONE
@@ -479,6 +480,15 @@ class Options(usage.Options):
             _positive_int("--presence-ttl"),
         ],
         [
+            "cluster-queue-lease",
+            None,
+            int(DEFAULT_LEASE),
+            "Cluster mode: seconds after which the unacknowledged /queue/ messages of a "
+            "server that stopped answering are redelivered by another (a live server renews "
+            "its lease every third of this).",
+            _positive_seconds("--cluster-queue-lease"),
+        ],
+        [
             "retention-days",
             None,
             0.0,
@@ -712,6 +722,11 @@ def makeService(options: Options) -> IService:
                    recent_size=options["cluster-recent"])
         if options["redis"] else None
     )
+    # /queue/ destinations shared by every server, on Redis streams.
+    cluster_queues = (
+        ClusterQueues(broker, options["redis"], reactor, lease=options["cluster-queue-lease"])
+        if options["redis"] else None
+    )
     chat = ChatService(
         store,
         writer,
@@ -830,7 +845,8 @@ def makeService(options: Options) -> IService:
             ),
             options["allowed-origins"],
         )
-        checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer)
+        checks = readiness_checks(server_ref, database_probe, relay, redis_probe, writer,
+                                  cluster_queues)
         resources: dict[bytes, Any] = {
             b"health": Health(lambda: {"connections": len(monitor)}),
             b"ready": Ready(checks),
@@ -888,6 +904,7 @@ def makeService(options: Options) -> IService:
         support=[
             *authentication.services,
             *([shared_presence] if shared_presence is not None else []),
+            *([cluster_queues] if cluster_queues is not None else []),
             ProbeService(reactor, probes, DEFAULT_PROBE_INTERVAL),
             *retention,
         ],
@@ -908,6 +925,7 @@ def readiness_checks(
     relay: RedisRelay | None,
     redis: Probe | None,
     writer: WriteBehindWriter,
+    cluster_queues: ClusterQueues | None = None,
 ) -> dict[str, Any]:
     """What ``/ready`` asks: listening, the database, Redis, the write-behind, draining."""
 
@@ -940,7 +958,9 @@ def readiness_checks(
         probe = redis
 
         def redis_check() -> Any:
-            degraded = relay.degraded
+            degraded = relay.degraded or (
+                cluster_queues.degraded if cluster_queues is not None else None
+            )
             if degraded is not None:
                 return {"ok": False, "state": "down", "error": degraded}
             return probe.check().addCallback(lambda result: result.as_check())

@@ -162,3 +162,18 @@ def test_ack_at_the_prefetch_lets_the_queue_send_the_next_message():
     assert [m.body for m in holder.delivered] == [b"1"]
     tracker.settle(sub, first.message_id, requeue=False)
     assert [m.body for m in holder.delivered] == [b"1", b"2"]
+
+
+def test_queues_are_told_which_messages_were_acknowledged_and_not_of_nacks():
+    """ACK tells the queues the messages it settles (a cumulative ACK, all of them); NACK
+    gives them back instead, so the queues hear nothing of it as acknowledged."""
+    broker, tracker, holder, sub = setup(ack_mode=ACK_CLIENT)
+    told: list[list[str]] = []
+    broker.queues.acknowledged = lambda name, messages: told.append(  # type: ignore[method-assign]
+        [m.body.decode() for m in messages])
+    for body in (b"a", b"b", b"c"):
+        broker.publish("/queue/q", body)
+    tracker.settle(sub, holder.delivered[1].message_id, requeue=False)
+    assert told == [["a", "b"]]
+    tracker.settle(sub, holder.delivered[2].message_id, requeue=True)
+    assert told == [["a", "b"]]

@@ -10,7 +10,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from stomp_chat.app.routes import ApplicationError, AppRouter
-from stomp_chat.broker import Broker
+from stomp_chat.broker import Broker, BrokerError
+from stomp_chat.broker.queues import QueueSet
 from stomp_chat.errors import ProtocolError
 from stomp_chat.identity import Principal
 from stomp_chat.session import AuthenticationInterceptor, AuthError, SendRateInterceptor, State
@@ -1976,3 +1977,76 @@ def test_anonymous_connects_count_as_method_none(context):
     """An anonymous CONNECT is counted under the method 'none'."""
     connected(context)
     assert context.stats.connects == {("tcp", "none"): 1}
+
+
+# -- queues kept outside the process (cluster mode) ------------------------
+
+
+class RemoteQueues(QueueSet):
+    """Queues that answer a SEND later, as cluster mode's do once Redis has it."""
+
+    remote = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stored: list[tuple[str, Deferred]] = []
+
+    def submit(self, name, message):
+        d: Deferred = Deferred()
+        self.stored.append((message.body.decode(), d))
+        return d
+
+
+@pytest.fixture
+def remote(clock):
+    broker = Broker()
+    queues = broker.use_queues(RemoteQueues)
+    return make_context(clock=clock, broker=broker), queues
+
+
+def test_queue_send_is_receipted_once_the_remote_queue_has_it(remote):
+    """A SEND to a queue kept elsewhere gets its RECEIPT only once that queue stored it,
+    and later frames' receipts wait behind it."""
+    context, queues = remote
+    client = connected(context)
+    client.send("SEND", {"destination": "/queue/q", "receipt": "r1"}, b"one")
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "1", "receipt": "r2"})
+    assert only(client.frames(), "RECEIPT") == []
+    [(body, stored)] = queues.stored
+    assert body == "one"
+    stored.callback(b"1-0")
+    assert [f.headers["receipt-id"] for f in client.frames()] == ["r1", "r2"]
+
+
+def test_queue_send_refused_later_is_an_error_and_later_frames_get_no_receipt(remote):
+    """A SEND the remote queue refuses (full): ERROR naming it and its receipt, after the
+    RECEIPTs of earlier frames, none for the frames read after it, then the close."""
+    context, queues = remote
+    client = connected(context)
+    client.send("SUBSCRIBE", {"destination": "/topic/t", "id": "1", "receipt": "before"})
+    client.send("SEND", {"destination": "/queue/q", "receipt": "r1"}, b"one")
+    client.send("SEND", {"destination": "/queue/q", "receipt": "r2"}, b"two")
+    [(_, first), (_, second)] = queues.stored
+    second.callback(b"2-0")
+    first.errback(BrokerError("queue full: /queue/q holds 3 messages"))
+    frames = client.frames()
+    assert [f.headers.get("receipt-id") for f in only(frames, "RECEIPT")] == ["before"]
+    error = frames[-1]
+    assert error.command == "ERROR"
+    assert error.headers["message"].startswith("queue full")
+    assert error.headers["receipt-id"] == "r1"
+    assert client.closed
+
+
+def test_refused_send_inside_a_commit_refuses_the_commit(remote):
+    """A transaction whose SEND the remote queue refuses gets no RECEIPT for its COMMIT."""
+    context, queues = remote
+    client = connected(context)
+    client.send("BEGIN", {"transaction": "t"})
+    client.send("SEND", {"destination": "/queue/q", "transaction": "t"}, b"one")
+    client.send("COMMIT", {"transaction": "t", "receipt": "c"})
+    [(_, stored)] = queues.stored
+    stored.errback(BrokerError("queue full: /queue/q holds 3 messages"))
+    frames = client.frames()
+    assert only(frames, "RECEIPT") == []
+    assert frames[-1].command == "ERROR" and client.closed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
+from stomp_chat.session.receipts import NOT_RECEIPTED, REFUSED, OrderedReceipts
 
 
 def receipts() -> tuple[OrderedReceipts, list[str], list[str]]:
@@ -116,3 +116,20 @@ def test_ready_receipts_behind_a_slow_one_count_toward_the_limit():
     assert states == []
     ordered.add("b")
     assert states == [True]
+
+
+def test_refused_frame_sends_earlier_receipts_and_none_after_it():
+    """A frame refused after later frames were read: the receipts before it go out, its own
+    and every later one are dropped, and the caller is told nothing more waits."""
+    ordered, sent, drained = receipts()
+    earlier: Deferred[object] = Deferred()
+    refused: Deferred[object] = Deferred()
+    ordered.add("earlier", earlier)
+    ordered.add("refused", refused)
+    ordered.add("later")
+    refused.callback(REFUSED)
+    assert sent == [] and drained == []
+    earlier.callback(None)
+    assert sent == ["earlier"]
+    assert drained == ["drained"]
+    assert len(ordered) == 0

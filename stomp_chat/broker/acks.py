@@ -103,6 +103,8 @@ class AckTracker:
             settled = [pending.pop(message_id)]
         if requeue:
             self._broker.requeue(sub.key, settled)
+        else:
+            self._broker.acknowledged(sub, settled)
         # Room under the prefetch again: the queue may send the next message.
         self._broker.settled(sub)
 

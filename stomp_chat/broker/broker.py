@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from weakref import WeakKeyDictionary
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from stomp_chat.broker.message import (
@@ -31,6 +32,8 @@ from stomp_chat.broker.queues import BrokerLimits, QueueFull, QueueSet
 from stomp_chat.broker.unacked import PendingMessages, UnackedTotal
 
 log = Logger()
+
+QueueSetT = TypeVar("QueueSetT", bound=QueueSet)
 
 TOPIC_PREFIX = "/topic/"
 QUEUE_PREFIX = "/queue/"
@@ -242,6 +245,19 @@ class Broker:
             listener(destination, message)
         return message
 
+    def accept(
+        self, destination: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> Deferred[Any] | None:
+        """Publish a client's SEND: None once routed, or a Deferred that fires once
+        queues that live outside this process (cluster mode) have stored it."""
+        if self.queues.remote and destination.startswith(QUEUE_PREFIX):
+            self.check_destination(destination)
+            message = Message(destination, self.new_message_id(), body, headers)
+            self.published_count += 1
+            return self.queues.submit(destination, message)
+        self.publish(destination, body, headers)
+        return None
+
     def route(self, key: str, message: Message) -> None:
         """Deliver a message to the local subscribers of routing ``key``."""
         if key.startswith(QUEUE_PREFIX):
@@ -279,6 +295,27 @@ class Broker:
         messages = list(messages)
         if messages:
             self.queues.give_back(destination, messages)
+
+    def acknowledged(self, subscription: Subscription, messages: list[Message]) -> None:
+        """A client acknowledged ``messages``: queues kept elsewhere forget them there."""
+        if subscription.key.startswith(QUEUE_PREFIX):
+            self.queues.acknowledged(subscription.key, messages)
+
+    def use_queues(
+        self,
+        factory: Callable[
+            [BrokerLimits, Callable[[Subscription, Message], bool],
+             Callable[[Subscription], bool]],
+            QueueSetT,
+        ],
+    ) -> QueueSetT:
+        """Replace the local queues (before any subscription) by ones ``factory`` makes,
+        e.g. queues that live in Redis in cluster mode."""
+        if len(self.queues):
+            raise RuntimeError("the queues are in use already")
+        queues = factory(self.limits, self._deliver, self._has_room)
+        self.queues = queues
+        return queues
 
     def settled(self, subscription: Subscription) -> None:
         """``subscription`` acknowledged messages: its queue may give it more now."""

@@ -13,13 +13,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from stomp_chat.broker.message import ORIGINAL_DESTINATION_HEADER, Message
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from stomp_chat.broker.broker import Subscription
 
 log = Logger()
@@ -97,6 +99,10 @@ class Queue:
 
 class QueueSet:
     """Every queue of one broker and the byte, count and redelivery limits on them."""
+
+    #: Whether the queues live outside this process (cluster mode): a SEND is
+    #: then stored by ``submit``, which answers later.
+    remote = False
 
     def __init__(
         self,
@@ -211,6 +217,17 @@ class QueueSet:
         by the subscriber's prefetch meanwhile); each is marked redelivered,
         and one that came back too often is dead-lettered instead.
         """
+        returned = self._returned(name, messages)
+        if not returned:
+            return
+        queue = self._ensure(name)
+        for message in reversed(returned):
+            self._push(queue, message, at_head=True)
+        self.drain(queue)
+
+    def _returned(self, name: str, messages: Iterable[Message]) -> list[Message]:
+        """Messages given back, marked redelivered; those that came back too often are
+        dead-lettered instead (and not in the list)."""
         returned = []
         for message in messages:
             if message.redeliveries >= self.limits.max_redeliveries and (
@@ -219,12 +236,7 @@ class QueueSet:
                 self._dead_letter(name, message)
             else:
                 returned.append(message.redelivered())
-        if not returned:
-            return
-        queue = self._ensure(name)
-        for message in reversed(returned):
-            self._push(queue, message, at_head=True)
-        self.drain(queue)
+        return returned
 
     def _dead_letter(self, origin: str, message: Message) -> None:
         """Move a message that keeps coming back to the bounded dead-letter queue."""
@@ -301,6 +313,13 @@ class QueueSet:
         finally:
             queue.draining = False
         self._forget_if_idle(queue)
+
+    def submit(self, name: str, message: Message) -> Deferred[Any]:
+        """Store a new message where the queues live (only when ``remote``)."""
+        raise NotImplementedError("local queues take messages through put()")
+
+    def acknowledged(self, name: str, messages: Iterable[Message]) -> None:
+        """Delivered messages a client acknowledged: local queues have nothing more to do."""
 
     # -- introspection -----------------------------------------------------
 

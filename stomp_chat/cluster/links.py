@@ -99,12 +99,17 @@ def _back_off(factory: Any, max_retry: float) -> None:
 
 def connect_commands(
     address: RedisAddress, reactor: Any, link: Link, reply_timeout: float,
-    max_retry: float = DEFAULT_MAX_RETRY,
+    max_retry: float = DEFAULT_MAX_RETRY, *, convert_numbers: bool = True,
 ) -> Any:
-    """Start the commands connection; returns its factory (``.handler`` sends commands)."""
+    """Start the commands connection; returns its factory (``.handler`` sends commands).
+
+    ``convert_numbers=False`` keeps every reply as Redis sent it (bytes): for
+    connections that read stream entries, whose ids and values look like numbers.
+    """
     factory = txredisapi.RedisFactory(
         address.redacted(), address.db, 1, isLazy=True, charset=None,
         password=address.password, replyTimeout=reply_timeout,
+        convertNumbers=convert_numbers,
     )
     factory.protocol = CommandProtocol
     factory.link = link

@@ -1,8 +1,9 @@
 """Cluster mode: several server processes share destinations through Redis.
 
 Each process keeps its own broker and relays what it publishes to the
-others over Redis pub/sub; ``/queue/`` destinations stay local to a process
-(competing consumers need one owner). Chat messages are numbered and
+others over Redis pub/sub; ``/queue/`` destinations are not relayed: they
+live in Redis streams (stomp_chat.cluster.streams), where a consumer group
+gives each message one owner. Chat messages are numbered and
 published by Redis in one step (see stomp_chat.cluster.batching), and every
 process, the sender's included, delivers them from the pub/sub stream.
 

@@ -36,7 +36,7 @@ from stomp_chat.errors import ApplicationError, ProtocolError, required_header
 from stomp_chat.identity import AUTH_NONE, ConnectionInfo, Principal
 from stomp_chat.interceptors import Interceptor
 from stomp_chat.session.context import FrameTransport, ServerContext
-from stomp_chat.session.receipts import NOT_RECEIPTED, OrderedReceipts
+from stomp_chat.session.receipts import NOT_RECEIPTED, REFUSED, OrderedReceipts
 from stomp_chat.session.transactions import Transactions
 from stomp_chat.stomp.frame import (
     SUPPORTED_VERSIONS,
@@ -382,8 +382,28 @@ class StompSession:
         if destination.startswith(APP_PREFIX):
             return self._dispatch_to_app(frame)
         headers = {k: v for k, v in frame.headers.items() if k not in RESERVED_HEADERS}
-        self.broker.publish(destination, frame.body, headers)
-        return None
+        stored = self.broker.accept(destination, frame.body, headers)
+        if stored is None:
+            return None
+        return stored.addErrback(self._send_refused, frame)
+
+    def _send_refused(self, failure: Failure, frame: Frame) -> object:
+        """A SEND that a queue kept elsewhere refused after later frames were read:
+        ERROR once the earlier frames' RECEIPTs are out, and no RECEIPT after it."""
+        error = failure.value
+        if isinstance(error, BrokerError):
+            message = str(error)
+        else:
+            log.failure("storing a message for {destination} failed", failure,
+                        destination=frame.headers.get("destination"))
+            message = "internal server error"
+        if self.state is not State.CONNECTED:
+            return NOT_RECEIPTED
+        self.parser.stop()
+        if self._pending_failure is None:
+            self._pending_failure = (message, message, frame, None)
+        self._close_after_receipts = True
+        return REFUSED
 
     def _dispatch_to_app(self, frame: Frame) -> Deferred[Any] | object | None:
         context = AppContext(self.session_id, self.principal, self.broker)
@@ -512,7 +532,8 @@ class StompSession:
             else:
                 sub, message_id = acks.target(queued, self.version)
                 acks.settle(sub, message_id, requeue=queued.command == "NACK")
-        self._receipts.add(frame.headers.get("receipt"), DeferredList(waits) if waits else None)
+        self._receipts.add(frame.headers.get("receipt"),
+                           DeferredList(waits).addCallback(_refused_if_any) if waits else None)
 
     def _on_abort(self, frame: Frame) -> None:
         self._transactions.take(required_header(frame, "transaction"))
@@ -696,3 +717,8 @@ class StompSession:
         "ABORT": _on_abort,
         "DISCONNECT": _on_disconnect,
     }
+
+
+def _refused_if_any(results: list[tuple[bool, Any]]) -> object:
+    """A COMMIT whose SENDs include a refused one is refused too."""
+    return REFUSED if any(result is REFUSED for _, result in results) else None

@@ -17,9 +17,15 @@ from twisted.internet.defer import Deferred
 #: failure was reported on /user/queue/errors instead).
 NOT_RECEIPTED = object()
 
+#: What a waiting frame's Deferred fires with when the frame was refused after
+#: later frames were handled: no RECEIPT is sent for it nor for any frame after
+#: it (the session closes with an ERROR instead).
+REFUSED = object()
+
 _PENDING = "pending"
 _READY = "ready"
 _SKIPPED = "skipped"
+_REFUSED = "refused"
 
 
 class OrderedReceipts:
@@ -84,10 +90,16 @@ class OrderedReceipts:
         self.full = False
 
     def _ready(self, result: object, entry: list[Any]) -> None:
-        entry[1] = _SKIPPED if result is NOT_RECEIPTED else _READY
+        if result is REFUSED:
+            entry[1] = _REFUSED
+        else:
+            entry[1] = _SKIPPED if result is NOT_RECEIPTED else _READY
         entries = self._entries
         while entries and entries[0][1] is not _PENDING:
             receipt_id, status = entries.popleft()
+            if status is _REFUSED:
+                entries.clear()  # what came after it gets no RECEIPT either
+                break
             if receipt_id is not None and status is _READY:
                 self._send(receipt_id)
         if self.full and len(entries) <= self.limit // 2:
