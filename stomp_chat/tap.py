@@ -63,6 +63,7 @@ from stomp_chat.persistence import (
 )
 from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
 from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
+from stomp_chat.probes import database_probe as make_database_probe
 from stomp_chat.retention import RetentionService
 from stomp_chat.session import (
     AuthenticationInterceptor,
@@ -684,6 +685,7 @@ def makeService(options: Options) -> IService:
         chat_store=store,
         pool=pool,
         clock=reactor,
+        db_timeout=database.timeout,
         router=router,
         broker=broker,
         rules=options["rules"],
@@ -721,7 +723,8 @@ def makeService(options: Options) -> IService:
     )
     presence = PresenceTracker(broker, shared_presence)
     reads = ReadState(
-        AdbapiReadPositionStore(pool), chat, broker, reactor,
+        AdbapiReadPositionStore(pool, timeout=database.timeout, clock=reactor), chat, broker,
+        reactor,
         may_read=authorization.rooms.may_read if authorization.enforce else None,
     )
     reads.register(router)
@@ -770,7 +773,7 @@ def makeService(options: Options) -> IService:
         input_gate=writer,
     )
 
-    database_probe = Probe(reactor, lambda: pool.runQuery("SELECT 1"), DEFAULT_PROBE_TIMEOUT)
+    database_probe = make_database_probe(pool, reactor)
     probes = [database_probe]
     redis_probe = None
     if relay is not None:

@@ -176,7 +176,7 @@ async def test_a_login_token_ends_with_its_user_and_its_password(
     """A token from POST /api/login stops working once its password is reset or its user is
     removed, and carries the user's roles as they are now, not as they were when issued."""
     assert passwords.tokens is not None
-    pool = passwords.users._pool
+    pool = passwords.users.pool
     dialect = dialect_named("sqlite")
     signed_in = await passwords.check("alice", "alice's password", PEER)
     token, _ = passwords.tokens.issue(signed_in)

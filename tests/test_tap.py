@@ -592,5 +592,5 @@ def test_make_service_wires_the_durability_options(build):
     assert writer._stop_timeout == 9
     handler, _ = factory.context.router.resolve("/app/message")
     chat = handler.__self__
-    assert chat.store._timeout == 3
+    assert chat.store._run.timeout == 3
     assert (chat._rooms.idle_seconds, chat._rooms.max_rooms) == (45, 9)

@@ -34,6 +34,14 @@ class DatabaseTimeout(Exception):
     """The database did not answer in time; the call was abandoned (its outcome unknown)."""
 
 
+def as_database_timeout(outcome: object, seconds: float) -> object:
+    """``Deferred.addTimeout``'s onTimeoutCancel for a database call: the cancellation
+    becomes a DatabaseTimeout that says how long the database had."""
+    if isinstance(outcome, Failure) and outcome.check(CancelledError):
+        return Failure(DatabaseTimeout(f"the database did not answer within {seconds:g}s"))
+    return outcome
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     """Everything needed to open a connection pool; built by `parse_database_url`."""
@@ -261,25 +269,25 @@ class ChatConnectionPool(adbapi.ConnectionPool):
         self, timeout: float, clock: IReactorTime, interaction: Any, *args: Any
     ) -> Deferred[Any]:
         """runInteraction with a deadline: past it the Deferred fails with DatabaseTimeout,
-        the late outcome is ignored, and the connection is severed (then replaced)."""
+        the late outcome is ignored, and the connection is severed (then replaced). A caller
+        that cancels the Deferred sooner (a probe with a shorter deadline) abandons the call
+        the same way, its Deferred failing with CancelledError."""
         call = _Call()
         self._calls.add(call)
         result: Deferred[Any] = self.runInteraction(interaction, *args, **{_CALL: call})
 
-        def timed_out(outcome: object, seconds: float) -> object:
-            if isinstance(outcome, Failure) and outcome.check(CancelledError):
+        def abandon(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
                 call.abandoned = True
                 self._sever(call)
-                return Failure(DatabaseTimeout(
-                    f"the database did not answer within {seconds:g}s"
-                ))
-            return outcome
+            return failure
 
         def done(outcome: object) -> object:
             self._calls.discard(call)
             return outcome
 
-        result.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
+        result.addErrback(abandon)
+        result.addTimeout(timeout, clock, onTimeoutCancel=as_database_timeout)
         return result.addBoth(done)
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
