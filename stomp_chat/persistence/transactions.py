@@ -4,8 +4,8 @@ with the dialect's SQL.
 Every table module of the store writes its SQL once, with ``?`` placeholders, as functions
 of a transaction; this is the plumbing they share, kept apart so each of them holds only
 what its tables mean. The other stores on the server's pool (users, room access, read
-positions) run their calls through the same `Runner`. The deadline exists because a database host that drops packets
-never answers: without one a call would wait forever.
+positions) run their calls through the same `Runner`. The deadline exists because a
+database host that drops packets never answers: without one a call would wait forever.
 """
 
 from __future__ import annotations
