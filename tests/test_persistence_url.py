@@ -18,6 +18,7 @@ from stomp_chat.persistence import (
     ChatConnectionPool,
     DatabaseConfig,
     DatabaseTimeout,
+    database_unavailable,
     make_pool,
     parse_database_url,
 )
@@ -321,3 +322,20 @@ async def test_a_caller_giving_up_early_severs_the_stuck_connection(
         await stuck
     assert await _until(lambda: len(ended) == 2, 3), "the pool's thread is still stuck"
     assert ended[0] == "answered" and ended[1] != "answered"
+
+
+def test_database_unavailable_tells_an_outage_from_a_refused_request_or_a_bug() -> None:
+    """A deadline passed, a connect or statement timeout and a dead connection (the drivers'
+    OperationalError and InterfaceError) say the database is unavailable; a constraint
+    violation, bad SQL or any other exception do not."""
+    import sqlite3
+
+    import psycopg2
+
+    for outage in (DatabaseTimeout("late"), sqlite3.OperationalError("database is locked"),
+                   psycopg2.OperationalError("timeout expired"),
+                   psycopg2.InterfaceError("connection already closed")):
+        assert database_unavailable(outage), outage
+    for other in (psycopg2.IntegrityError("duplicate key"), sqlite3.IntegrityError("unique"),
+                  psycopg2.ProgrammingError("syntax error"), ValueError("bug"), None):
+        assert not database_unavailable(other), other

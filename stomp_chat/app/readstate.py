@@ -28,7 +28,7 @@ from stomp_chat.app.subscriptions import room_of_topic, user_of
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.errors import ApplicationError
 from stomp_chat.identity import Principal
-from stomp_chat.persistence import ChatStore, DatabaseTimeout
+from stomp_chat.persistence import ChatStore, database_unavailable
 from stomp_chat.persistence.readpositions import ReadPositionStore
 from stomp_chat.stomp.frame import Frame
 
@@ -297,10 +297,11 @@ class ReadState:
         return dict(reader.pushed) if reader is not None else {}
 
 
-def _unavailable(failure: Failure, room_id: int) -> Any:
-    """The database did not answer in time: refused ``unavailable`` (send it again later),
+def _unavailable(failure: Failure, room_id: int) -> Failure:
+    """The database did not answer (in time): refused ``unavailable`` (send it again later),
     the connection stays."""
-    failure.trap(DatabaseTimeout)
+    if not database_unavailable(failure.value):
+        return failure
     log.warn("cannot store a read position in room {room}: {error}", room=room_id,
              error=failure.getErrorMessage())
     raise ApplicationError(

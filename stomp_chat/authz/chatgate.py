@@ -10,7 +10,7 @@ an application error with code ``forbidden``; the connection stays.
 A session's requests leave the gate in the order they came in, even when
 one of them waits for the database (the first message of a new member), so
 an ``ENTER`` is always admitted before the ``TALK`` that follows it. A look-up the
-database does not answer within ``--db-timeout`` refuses the message ``unavailable``.
+database does not answer (within ``--db-timeout``) refuses the message ``unavailable``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from stomp_chat.app.routes import AppContext
 from stomp_chat.authz.rooms import MaybeDeferred, RoomAccess, then
 from stomp_chat.errors import ApplicationError
 from stomp_chat.identity import Principal
-from stomp_chat.persistence import DatabaseTimeout
+from stomp_chat.persistence import database_unavailable
 
 log = Logger()
 
@@ -135,10 +135,11 @@ class ChatGate:
         return then(self.rooms.is_private(room_id), by_privacy)
 
 
-def _unavailable(failure: Failure, room_id: int) -> Any:
-    """The database did not answer in time: refused ``unavailable``, so the client may send
+def _unavailable(failure: Failure, room_id: int) -> Failure:
+    """The database did not answer (in time): refused ``unavailable``, so the client may send
     again; the connection stays."""
-    failure.trap(DatabaseTimeout)
+    if not database_unavailable(failure.value):
+        return failure
     log.warn("cannot check a chat message to room {room}: {error}", room=room_id,
              error=failure.getErrorMessage())
     raise ApplicationError(f"room {room_id} cannot be checked now; try again", code=UNAVAILABLE)

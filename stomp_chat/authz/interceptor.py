@@ -3,7 +3,7 @@
 A refused SUBSCRIBE is an ERROR (``access denied``) and the connection
 closes, as a client must not believe it is subscribed; a refused SEND is an
 application error with code ``forbidden`` on ``/user/queue/errors`` and the
-connection stays. A SUBSCRIBE the database did not decide on within ``--db-timeout`` is
+connection stays. A SUBSCRIBE the database did not decide on (within ``--db-timeout``) is
 an ERROR too (``authorization unavailable``: try again), never a hang.
 """
 
@@ -19,7 +19,7 @@ from stomp_chat.authz.policy import DestinationPolicy
 from stomp_chat.broker import APP_PREFIX
 from stomp_chat.errors import ApplicationError, AuthError, ProtocolError
 from stomp_chat.interceptors import SessionView
-from stomp_chat.persistence import DatabaseTimeout
+from stomp_chat.persistence import database_unavailable
 from stomp_chat.stomp.frame import Frame
 
 log = Logger()
@@ -78,9 +78,10 @@ class AuthorizationInterceptor:
         raise AuthError(ACCESS_DENIED, f"you may not subscribe to {destination}")
 
     @staticmethod
-    def _subscribe_unchecked(failure: Failure, session: SessionView, destination: str) -> Frame:
-        """The database did not answer in time: the client is told to try again."""
-        failure.trap(DatabaseTimeout)
+    def _subscribe_unchecked(failure: Failure, session: SessionView, destination: str) -> Failure:
+        """The database did not answer (in time): the client is told to try again."""
+        if not database_unavailable(failure.value):
+            return failure
         log.warn(
             "cannot check SUBSCRIBE {destination} (session {session}): {error}",
             destination=destination,

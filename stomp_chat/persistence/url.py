@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,18 @@ DEFAULT_DB_TIMEOUT = 10.0
 
 class DatabaseTimeout(Exception):
     """The database did not answer in time; the call was abandoned (its outcome unknown)."""
+
+
+def database_unavailable(error: object) -> bool:
+    """Whether `error` says the database did not answer or could not be reached: a
+    DatabaseTimeout, or the driver's OperationalError or InterfaceError (its own connect,
+    statement and TCP timeouts race the deadline), rather than a refused request or a bug."""
+    if isinstance(error, (DatabaseTimeout, sqlite3.OperationalError, sqlite3.InterfaceError)):
+        return True
+    psycopg2 = sys.modules.get("psycopg2")  # never imported: none of its errors can exist
+    return psycopg2 is not None and isinstance(
+        error, (psycopg2.OperationalError, psycopg2.InterfaceError)
+    )
 
 
 def as_database_timeout(outcome: object, seconds: float) -> object:
