@@ -71,7 +71,7 @@ class Probe:
         return answer.addCallbacks(answered, failed).addCallback(remember)
 
 
-def database_probe(
+def select_one_probe(
     pool: adbapi.ConnectionPool, clock: Any, timeout: float = DEFAULT_PROBE_TIMEOUT
 ) -> Probe:
     """``SELECT 1`` on the pool under the probe's deadline, bounded as every database call

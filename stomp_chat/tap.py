@@ -62,8 +62,13 @@ from stomp_chat.persistence import (
     parse_database_url,
 )
 from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
-from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
-from stomp_chat.probes import database_probe as make_database_probe
+from stomp_chat.probes import (
+    DEFAULT_PROBE_INTERVAL,
+    DEFAULT_PROBE_TIMEOUT,
+    Probe,
+    ProbeService,
+    select_one_probe,
+)
 from stomp_chat.retention import RetentionService
 from stomp_chat.session import (
     AuthenticationInterceptor,
@@ -773,7 +778,7 @@ def makeService(options: Options) -> IService:
         input_gate=writer,
     )
 
-    database_probe = make_database_probe(pool, reactor)
+    database_probe = select_one_probe(pool, reactor)
     probes = [database_probe]
     redis_probe = None
     if relay is not None:

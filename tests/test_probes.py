@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
-from stomp_chat.probes import Probe, ProbeService, database_probe
+from stomp_chat.probes import Probe, ProbeService, select_one_probe
 from tests.silentdb import SilentPool
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def test_the_database_probe_is_down_when_the_database_never_answers() -> None:
     """The database probe's SELECT 1 is bounded by the probe's timeout, on its clock."""
     clock = Clock()
     pool = SilentPool()
-    probe = database_probe(pool, clock, timeout=2.0)  # type: ignore[arg-type]
+    probe = select_one_probe(pool, clock, timeout=2.0)  # type: ignore[arg-type]
     results = []
     probe.check().addCallback(results.append)
     assert len(pool.calls) == 1
@@ -95,7 +95,7 @@ async def test_the_database_probe_severs_its_connection_to_a_silent_postgres(
 
     routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
     pool = postgresql_database.open_pool(routed)
-    probe = database_probe(pool, reactor, timeout=0.5)
+    probe = select_one_probe(pool, reactor, timeout=0.5)
     assert (await probe.check()).up
     assert len(pool.connections) == 1
     postgres_proxy.blackhole()

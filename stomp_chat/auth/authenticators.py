@@ -199,8 +199,8 @@ class PasswordAuthenticator:
 
 
 def _users_unavailable(failure: Failure, login: str) -> Failure:
-    """The users table did not answer (in time): the client is told to
-    try again (not that its credentials failed, and the failure throttle ignores it)."""
+    """The users table did not answer (in time): the client is told to try again, not that
+    its credentials failed, and the failure throttle ignores it."""
     if not database_unavailable(failure.value):
         return failure
     log.warn("cannot check the credentials of {login}: {error}", login=repr(login),
