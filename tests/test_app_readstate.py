@@ -307,8 +307,7 @@ def test_a_room_the_user_may_no_longer_read_gets_no_more_counts() -> None:
 
 def test_a_read_the_database_does_not_store_in_time_is_refused_unavailable() -> None:
     """With the position store's database silent, a read report is refused ``unavailable``
-    once the database timeout passes (no RECEIPT, no hang), the unread subscription still
-    works, and the session stays."""
+    once the database timeout passes (no RECEIPT, no hang), and the session stays."""
     server = Server()
     server.reads.store = AdbapiReadPositionStore(SilentPool(), timeout=3, clock=server.clock)
     server.post(1, 2)

@@ -441,7 +441,6 @@ def run_js(url: str, login: str, passcode: str) -> dict[str, Any]:
     return result
 
 
-
 # -- a database that stops answering ----------------------------------------------------------
 
 
