@@ -11,8 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
+
+from stomp_chat.persistence.transactions import run_interaction
 
 #: The longest a dependency may take to answer before it counts as down.
 DEFAULT_PROBE_TIMEOUT = 2.0
@@ -66,6 +69,20 @@ class Probe:
             return result
 
         return answer.addCallbacks(answered, failed).addCallback(remember)
+
+
+def select_one_probe(
+    pool: adbapi.ConnectionPool, clock: Any, timeout: float = DEFAULT_PROBE_TIMEOUT
+) -> Probe:
+    """``SELECT 1`` on the pool under the probe's deadline, bounded as every database call
+    is: giving up on a silent database abandons the call and severs its connection (merely
+    cancelling adbapi's Deferred would leave a pool thread stuck on it)."""
+    return Probe(clock, lambda: run_interaction(pool, timeout, clock, _select_one), timeout)
+
+
+def _select_one(transaction: Any) -> None:
+    transaction.execute("SELECT 1")
+    transaction.fetchall()
 
 
 class ProbeService(Service):

@@ -63,7 +63,13 @@ from stomp_chat.persistence import (
     parse_database_url,
 )
 from stomp_chat.persistence.readpositions import AdbapiReadPositionStore
-from stomp_chat.probes import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, Probe, ProbeService
+from stomp_chat.probes import (
+    DEFAULT_PROBE_INTERVAL,
+    DEFAULT_PROBE_TIMEOUT,
+    Probe,
+    ProbeService,
+    select_one_probe,
+)
 from stomp_chat.proxies import TrustedProxies, parse_trusted_proxies
 from stomp_chat.retention import RetentionService
 from stomp_chat.session import (
@@ -710,6 +716,7 @@ def makeService(options: Options) -> IService:
         chat_store=store,
         pool=pool,
         clock=reactor,
+        db_timeout=database.timeout,
         router=router,
         broker=broker,
         rules=options["rules"],
@@ -752,7 +759,8 @@ def makeService(options: Options) -> IService:
     )
     presence = PresenceTracker(broker, shared_presence, clock=reactor)
     reads = ReadState(
-        AdbapiReadPositionStore(pool), chat, broker, reactor,
+        AdbapiReadPositionStore(pool, timeout=database.timeout, clock=reactor), chat, broker,
+        reactor,
         may_read=authorization.rooms.may_read if authorization.enforce else None,
     )
     reads.register(router)
@@ -801,7 +809,7 @@ def makeService(options: Options) -> IService:
         input_gate=writer,
     )
 
-    database_probe = Probe(reactor, lambda: pool.runQuery("SELECT 1"), DEFAULT_PROBE_TIMEOUT)
+    database_probe = select_one_probe(pool, reactor)
     probes = [database_probe]
     redis_probe = None
     if relay is not None:

@@ -18,8 +18,9 @@ from stomp_chat.app.routes import AppRouter
 from stomp_chat.broker import Broker
 from stomp_chat.identity import Principal
 from stomp_chat.persistence import MemoryChatStore, WriteBehindWriter
-from stomp_chat.persistence.readpositions import MemoryReadPositionStore
+from stomp_chat.persistence.readpositions import AdbapiReadPositionStore, MemoryReadPositionStore
 from stomp_chat.stomp.frame import Frame
+from tests.silentdb import SilentPool
 from tests.stompfakes import Client, make_context
 
 
@@ -337,3 +338,24 @@ def test_repeated_unread_subscriptions_send_every_count_at_most_once_per_window(
     assert all(len(updates(tab)) <= 2 * len(rooms) for tab in tabs)
     server.clock.advance(FULL_PUSH_WINDOW)
     assert updates(alice) == []
+
+
+def test_a_read_the_database_does_not_store_in_time_is_refused_unavailable() -> None:
+    """With the position store's database silent, a read report is refused ``unavailable``
+    once the database timeout passes (no RECEIPT, no hang), and the session stays."""
+    server = Server()
+    server.reads.store = AdbapiReadPositionStore(SilentPool(), timeout=3, clock=server.clock)
+    server.post(1, 2)
+    alice = server.client("alice")
+    online(alice)  # loading the positions waits on the silent database too
+    body = json.dumps({"roomId": 1, "seq": 1}).encode()
+    alice.send("SEND", {"destination": "/app/read", "receipt": "r"}, body)
+    server.clock.advance(2.9)
+    assert errors(alice) == []
+    server.clock.advance(0.1)
+    frames = alice.frames()
+    assert [f.command for f in frames].count("RECEIPT") == 0
+    [refusal] = [json.loads(f.body) for f in frames if f.command == "MESSAGE"
+                 and f.headers["destination"] == "/user/queue/errors"]
+    assert refusal["error"] == "unavailable" and "try again" in refusal["message"]
+    assert not alice.closed

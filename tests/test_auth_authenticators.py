@@ -30,6 +30,8 @@ from stomp_chat.persistence import migrate
 from stomp_chat.persistence._dialect import dialect_named
 from stomp_chat.stomp.frame import Frame
 from tests.authkeys import SECRET, claims, hs256
+from tests.silentdb import SilentPool
+from tests.stompfakes import Client, make_context
 
 if TYPE_CHECKING:
     from tests.conftest_db import TestDatabase
@@ -176,7 +178,7 @@ async def test_a_login_token_ends_with_its_user_and_its_password(
     """A token from POST /api/login stops working once its password is reset or its user is
     removed, and carries the user's roles as they are now, not as they were when issued."""
     assert passwords.tokens is not None
-    pool = passwords.users._pool
+    pool = passwords.users.pool
     dialect = dialect_named("sqlite")
     signed_in = await passwords.check("alice", "alice's password", PEER)
     token, _ = passwords.tokens.issue(signed_in)
@@ -242,3 +244,27 @@ def test_successes_do_not_count():
     for _ in range(5):
         assert isinstance(throttled.authenticate(connect(login="x"), PEER).result, Principal)
     assert throttle.delay(PEER.peer_host) == 0
+
+
+def test_a_login_the_users_table_does_not_answer_in_time_gets_a_clear_error() -> None:
+    """With the users table's database silent, a password CONNECT ends after the database
+    timeout with ERROR "authentication unavailable" and a close, long before the connect
+    timeout, and is not counted as a failed login (an outage slows nobody down later)."""
+    clock = Clock()
+    users = UserStore(SilentPool(), timeout=3, clock=clock)  # type: ignore[arg-type]
+    gate = FailureGate(FailureThrottle(clock, burst=1), clock)
+    passwords = PasswordAuthenticator(users, PasswordVerifier(clock))
+    context = make_context(clock=clock, authenticator=ThrottledAuthenticator(passwords, gate),
+                           connect_timeout=30.0)
+    for _ in range(2):
+        client = Client(context, peer="198.51.100.7:50000")
+        client.send("CONNECT", {"accept-version": "1.2", "host": "chat", "login": "alice",
+                                "passcode": "alice's password"})
+        clock.advance(2.9)
+        assert client.frames() == [] and not client.closed
+        clock.advance(0.1)
+        [error] = client.frames()
+        assert error.command == "ERROR"
+        assert error.headers["message"] == "authentication unavailable"
+        assert client.closed
+    assert gate.throttle.delay("198.51.100.7") == 0

@@ -21,9 +21,10 @@ from stomp_chat.auth.users import (
 )
 from stomp_chat.persistence import migrate
 from stomp_chat.persistence._dialect import dialect_named
+from tests.silentdb import assert_times_out, routed_and_migrated
 
 if TYPE_CHECKING:
-    from tests.conftest_db import TestDatabase
+    from tests.conftest_db import CuttableProxy, TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
 
@@ -77,3 +78,19 @@ def test_names_and_roles_are_checked():
     assert check_roles(["admin", "ops"]) == {"admin", "ops"}
     with pytest.raises(ValueError):
         check_roles(["Admin"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_look_up_fails_within_the_timeout_when_postgres_is_silent(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With PostgreSQL answering nothing (packets dropped), finding a user fails with
+    DatabaseTimeout at the store's timeout, so a login never hangs on it."""
+    from twisted.internet import reactor
+
+    pool = await routed_and_migrated(postgresql_database, postgres_proxy)
+    await pool.runInteraction(add_user, dialect_named("postgresql"), "alice", "not-a-hash")
+    users = UserStore(pool, timeout=0.5, clock=reactor)
+    assert (await users.find("alice")) is not None
+    postgres_proxy.blackhole()
+    await assert_times_out(lambda: users.find("alice"), 0.5)

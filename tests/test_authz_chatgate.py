@@ -19,12 +19,13 @@ from stomp_chat.app.chat import ChatService, encode_message
 from stomp_chat.app.routes import AppContext
 from stomp_chat.authz.chatgate import ChatGate
 from stomp_chat.authz.rooms import RoomAccess
-from stomp_chat.authz.store import MemoryRoomAccessStore
+from stomp_chat.authz.store import AdbapiRoomAccessStore, MemoryRoomAccessStore
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.errors import ApplicationError
 from stomp_chat.identity import AUTH_JWT, Principal
 from stomp_chat.persistence import MemoryChatStore, WriteBehindWriter, utc_isoformat
 from stomp_chat.stomp.frame import Frame
+from tests.silentdb import SilentPool
 
 ALICE = Principal("alice", "Alice A.", method=AUTH_JWT)
 BOB = Principal("bob", "Bob", method=AUTH_JWT)
@@ -57,13 +58,15 @@ class HeldAccessStore(MemoryRoomAccessStore):
 
 
 class Harness:
-    def __init__(self, held: bool = False) -> None:
+    def __init__(self, held: bool = False, silent: bool = False) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.store = MemoryChatStore()
-        self.access_store = (
+        self.access_store: Any = (
             HeldAccessStore(self.store) if held else MemoryRoomAccessStore(self.store)
         )
+        if silent:  # a database that never answers, each look-up bounded by 3 s
+            self.access_store = AdbapiRoomAccessStore(SilentPool(), timeout=3, clock=self.clock)
         self.rooms = RoomAccess(self.store, self.access_store, self.clock)
         self.gate = ChatGate(self.rooms, max_waiting=3)
         self.broker = Broker()
@@ -229,3 +232,24 @@ def test_a_refused_request_does_not_hold_back_the_next() -> None:
     assert _failure_of(forged).code == "forbidden"
     assert isinstance(enter, Deferred) and isinstance(talk, Deferred)
     assert [b["detailMessage"] for b in h.broadcasts()][1:] == ["fine"]
+
+
+def test_messages_the_database_cannot_check_in_time_are_refused_unavailable() -> None:
+    """When the membership look-up outlives the database timeout, the message is refused
+    ``unavailable`` (send it again), in order with what waited behind it, and nothing is
+    broadcast: no hang, no internal error."""
+    h = Harness(silent=True)
+    h.watch(1)
+    first = h.send(ALICE, {"type": "ENTER", "roomId": 1})
+    second = h.send(ALICE, {"type": "TALK", "roomId": 1, "detailMessage": "hello"})
+    outcomes: list[Any] = []
+    first.addBoth(outcomes.append)
+    second.addBoth(outcomes.append)
+    h.clock.advance(2.9)
+    assert outcomes == []
+    h.clock.advance(0.1)
+    assert len(outcomes) == 1
+    h.clock.advance(3)
+    assert [failure.value.code for failure in outcomes] == ["unavailable", "unavailable"]
+    assert "room 1 cannot be checked now; try again" == outcomes[0].value.message
+    assert h.broadcasts() == []

@@ -18,12 +18,13 @@ from stomp_chat.authz.interceptor import AuthorizationInterceptor
 from stomp_chat.authz.policy import DestinationPolicy
 from stomp_chat.authz.rooms import RoomAccess
 from stomp_chat.authz.rules import RuleSet
-from stomp_chat.authz.store import MemoryRoomAccessStore
-from stomp_chat.errors import ApplicationError, AuthError
+from stomp_chat.authz.store import AdbapiRoomAccessStore, MemoryRoomAccessStore
+from stomp_chat.errors import ApplicationError, AuthError, ProtocolError
 from stomp_chat.identity import ConnectionInfo, Principal
 from stomp_chat.interceptors import Interceptor
 from stomp_chat.persistence import MemoryChatStore
 from stomp_chat.stomp.frame import Frame
+from tests.silentdb import SilentPool
 from tests.stompfakes import Client, make_context
 
 ALICE = Principal("alice", "Alice")
@@ -238,3 +239,27 @@ def test_enforcing_needs_the_rooms() -> None:
     """A policy that enforces without room access is a programming error caught at build."""
     with pytest.raises(ValueError):
         DestinationPolicy(enforce=True)
+
+
+def test_a_subscribe_the_database_does_not_decide_in_time_is_an_error_to_retry() -> None:
+    """When the room look-up outlives the database timeout, the SUBSCRIBE is refused with a
+    clear ERROR ("authorization unavailable", try again), not left waiting or reported as an
+    internal error; the client is not told it is denied."""
+    clock = Clock()
+    chat_store = MemoryChatStore()
+    silent = AdbapiRoomAccessStore(SilentPool(), timeout=3, clock=clock)  # type: ignore[arg-type]
+    rooms = RoomAccess(chat_store, silent, clock)
+    policy = DestinationPolicy(enforce=True, rules=RuleSet.from_config([]), rooms=rooms)
+    interceptor = AuthorizationInterceptor(policy)
+    frame = Frame("SUBSCRIBE", {"destination": "/topic/chat/room/5", "id": "1"})
+    decided = interceptor.inbound(frame, Session(BOB))
+    assert isinstance(decided, Deferred)
+    outcome: list[Any] = []
+    decided.addBoth(outcome.append)
+    clock.advance(2.9)
+    assert outcome == []
+    clock.advance(0.1)
+    [failure] = outcome
+    assert failure.check(ProtocolError) and not failure.check(AuthError)
+    assert failure.value.message == "authorization unavailable"
+    assert "try again" in failure.value.detail

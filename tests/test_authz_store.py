@@ -21,9 +21,10 @@ from stomp_chat.persistence import (
     RoomAlreadyExists,
     migrate,
 )
+from tests.silentdb import assert_times_out, routed_and_migrated
 
 if TYPE_CHECKING:
-    from tests.conftest_db import TestDatabase
+    from tests.conftest_db import CuttableProxy, TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
 
@@ -104,3 +105,24 @@ async def test_a_failed_creation_leaves_no_private_room_behind(stores: Stores) -
     with pytest.raises(Exception):  # noqa: B017 - the driver's IntegrityError or ValueError
         await stores.access.create_room("orphan", None, True, 424242)
     assert await stores.chat.list_rooms() == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_look_up_fails_within_the_timeout_when_postgres_is_silent(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With PostgreSQL answering nothing (packets dropped), privacy, membership, room
+    creation and the rooms overview each fail with DatabaseTimeout at the store's timeout
+    instead of waiting forever; once it answers again, so does the store."""
+    from twisted.internet import reactor
+
+    pool = await routed_and_migrated(postgresql_database, postgres_proxy)
+    access = AdbapiRoomAccessStore(pool, timeout=0.5, clock=reactor)
+    room = await access.create_room("before", None, True, None)
+    postgres_proxy.blackhole()
+    await assert_times_out(lambda: access.room_privacy(room.id), 0.5)
+    await assert_times_out(lambda: access.is_member(room.id, 1), 0.5)
+    await assert_times_out(lambda: access.create_room("during", None, True, None), 0.5)
+    await assert_times_out(lambda: access.rooms_overview(None), 0.5)
+    postgres_proxy.restore()
+    assert await access.room_privacy(room.id) is True

@@ -37,6 +37,8 @@ AUDIENCE = "chat"
 #: Every test client comes from 127.0.0.1: do not slow it down for the refusals tested here.
 LENIENT = ("--auth-failure-burst=1000",)
 
+pytest_plugins = ["tests.conftest_db"]
+
 
 def add_user(database: str, name: str, password: str, *roles: str) -> None:
     args = [f"--database={database}", "user", "add", name, "--password-stdin"]
@@ -439,3 +441,98 @@ def run_js(url: str, login: str, passcode: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
+
+# -- a database that stops answering ----------------------------------------------------------
+
+
+class RawStomp:
+    """A STOMP 1.2 client on a plain socket, reading whole frames."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.stomp_port), timeout=WAIT)
+        self.pending = b""
+
+    def send(self, command: str, **headers: str) -> None:
+        lines = "".join(f"{name}:{value}\n" for name, value in headers.items())
+        self.sock.sendall(f"{command}\n{lines}\n\x00".encode())
+
+    def frame(self) -> tuple[str, dict[str, str]]:
+        """The next frame's command and headers ("" once the server closed)."""
+        while b"\x00" not in self.pending:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return "", {}
+            self.pending += chunk
+        raw, self.pending = self.pending.split(b"\x00", 1)
+        head = raw.decode().lstrip("\r\n").split("\n\n", 1)[0].split("\n")
+        return head[0], dict(line.split(":", 1) for line in head[1:] if ":" in line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_silent_database_gets_clear_errors_within_the_db_timeout(
+    postgresql_database, tmp_path
+) -> None:
+    """PostgreSQL stops answering (packets dropped): within --db-timeout a password login gets
+    ERROR "authentication unavailable" over STOMP and a 503 JSON over REST, a signed-in
+    client's SUBSCRIBE to a room gets ERROR "authorization unavailable", /ready says the
+    database is down; none of them hangs, and logins work again once it answers."""
+    from tests.blackholeproxy import ThreadedProxy
+    from tests.conftest_db import parse_database_url
+    from tests.test_e2e_chat import _postgres_server_url, _server_url_through
+
+    base = parse_database_url(_postgres_server_url(postgresql_database))
+    proxy = ThreadedProxy(base.host or "127.0.0.1", base.port or 5432).start()
+    server = None
+    try:
+        url = _server_url_through(proxy.port, postgresql_database)
+        add_user(url, "alice", PASSWORD)
+        server = start(tmp_path, "--auth", "password", f"--database={url}", "--db-timeout=1",
+                       *LENIENT)
+        signed_in = RawStomp(server)
+        signed_in.send("CONNECT", **{"accept-version": "1.2", "host": "chat",
+                                     "login": "alice", "passcode": PASSWORD})
+        assert signed_in.frame()[0] == "CONNECTED"
+        signed_in.send("SUBSCRIBE", id="1", destination="/topic/chat/room/3", receipt="r1")
+        assert signed_in.frame() == ("RECEIPT", {"receipt-id": "r1"})
+        proxy.blackhole()
+
+        began = time.monotonic()
+        reply = raw_tcp_connect(server, {"login": "alice", "passcode": PASSWORD})
+        assert "message:authentication unavailable" in reply.split("\n\n", 1)[0], reply
+        assert time.monotonic() - began < 4
+        began = time.monotonic()
+        status, body, _ = http("POST", f"{server.http_url}/api/login",
+                               {"login": "alice", "password": PASSWORD})
+        assert (status, body["error"]) == (503, "unavailable")
+        assert time.monotonic() - began < 4
+        began = time.monotonic()
+        signed_in.send("SUBSCRIBE", id="2", destination="/topic/chat/room/7")
+        command, headers = signed_in.frame()
+        assert (command, headers.get("message")) == ("ERROR", "authorization unavailable")
+        assert time.monotonic() - began < 4
+        signed_in.close()
+        status, ready, _ = http("GET", f"{server.http_url}/ready")
+        assert status == 503 and ready["checks"]["database"]["state"] == "down", ready
+
+        log = server.log()
+        assert "cannot check the credentials of 'alice'" in log
+        assert "session.core#critical" not in log, "a silent database is no internal error"
+
+        proxy.restore()
+        deadline = time.monotonic() + 15
+        while True:
+            again = RawStomp(server)
+            again.send("CONNECT", **{"accept-version": "1.2", "host": "chat",
+                                     "login": "alice", "passcode": PASSWORD})
+            command, _ = again.frame()
+            again.close()
+            if command == "CONNECTED" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert command == "CONNECTED"
+    finally:
+        if server is not None:
+            server.stop()
+        proxy.stop()

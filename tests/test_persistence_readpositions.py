@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
@@ -14,6 +14,10 @@ from stomp_chat.persistence.readpositions import (
     AdbapiReadPositionStore,
     MemoryReadPositionStore,
 )
+from tests.silentdb import assert_times_out, routed_and_migrated
+
+if TYPE_CHECKING:
+    from tests.conftest_db import CuttableProxy, TestDatabase
 
 pytest_plugins = ["tests.conftest_db"]
 
@@ -85,3 +89,20 @@ async def test_positions_go_with_their_room(sqlite_database: Any) -> None:
     await store.advance("alice", 1, 3)
     await pool.runOperation("DELETE FROM rooms WHERE id = 1")
     assert await store.positions("alice") == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_positions_fail_within_the_timeout_when_postgres_is_silent(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With PostgreSQL answering nothing (packets dropped), loading and advancing positions
+    fail with DatabaseTimeout at the store's timeout instead of waiting forever."""
+    from twisted.internet import reactor
+
+    pool = await routed_and_migrated(postgresql_database, postgres_proxy)
+    await AdbapiChatStore(pool).create_room("one", 1)
+    store = AdbapiReadPositionStore(pool, timeout=0.5, clock=reactor)
+    assert await store.advance("alice", 1, 3) == 3
+    postgres_proxy.blackhole()
+    await assert_times_out(lambda: store.positions("alice"), 0.5)
+    await assert_times_out(lambda: store.advance("alice", 1, 4), 0.5)

@@ -1,16 +1,20 @@
 """The store's shared plumbing (persistence/transactions.py): generated ids that skip rows
-inserted behind the sequence, and the deadline on every call, against real databases."""
+inserted behind the sequence, and the deadline on every call, against real databases and a
+pool that never answers."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import Clock
 
 from stomp_chat.persistence import AdbapiChatStore, DatabaseTimeout, MemberNameTaken, migrate
+from stomp_chat.persistence.transactions import Runner
 from tests.chatmessages import chat_message
+from tests.silentdb import SilentPool
 
 if TYPE_CHECKING:
     from tests.conftest_db import CuttableProxy, TestDatabase
@@ -69,3 +73,25 @@ async def test_a_silent_postgres_times_out_and_frees_the_only_connection(
     await store.save_messages([chat_message(1, 2)])
     assert await store.last_seq(1) == 2
     assert reactor.seconds() - started < 2
+
+
+def test_a_call_to_a_silent_database_fails_with_database_timeout_at_its_deadline() -> None:
+    """A Runner with a deadline turns a call the database never answers into DatabaseTimeout
+    once the deadline passes on the injected clock, not before."""
+    clock = Clock()
+    run = Runner(SilentPool(), timeout=2.5, clock=clock)  # type: ignore[arg-type]
+    outcome: list[Any] = []
+    run(lambda transaction: None).addBoth(outcome.append)
+    clock.advance(2.4)
+    assert outcome == []
+    clock.advance(0.1)
+    [failure] = outcome
+    assert failure.check(DatabaseTimeout)
+    assert failure.getErrorMessage() == "the database did not answer within 2.5s"
+
+
+@pytest.mark.parametrize(("timeout", "clock"), [(0.0, Clock()), (-1.0, Clock()), (1.0, None)])
+def test_a_runner_refuses_a_deadline_it_cannot_keep(timeout: float, clock: Clock | None) -> None:
+    """A timeout must be positive and come with a clock to measure it."""
+    with pytest.raises(ValueError, match="positive and needs a clock"):
+        Runner(SilentPool(), timeout, clock)  # type: ignore[arg-type]

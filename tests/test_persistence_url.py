@@ -18,6 +18,7 @@ from stomp_chat.persistence import (
     ChatConnectionPool,
     DatabaseConfig,
     DatabaseTimeout,
+    database_unavailable,
     make_pool,
     parse_database_url,
 )
@@ -272,3 +273,69 @@ async def test_calls_queued_behind_a_silent_server_are_abandoned_not_run_later(
     postgres_proxy.restore()
     assert await pool.run_within(2, reactor, interaction, 4) == 4
     assert ran == [0, 1, 4], "the calls abandoned while queued never ran"
+
+
+async def _until(condition: Any, seconds: float) -> bool:
+    """Whether `condition()` came true within `seconds` of the reactor's time."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + seconds
+    while not condition():
+        if reactor.seconds() > deadline:
+            return False
+        await deferLater(reactor, 0.05)
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_giving_up_early_severs_the_stuck_connection(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """A caller that cancels a call before its deadline (a probe with a shorter one) gets
+    CancelledError, and the connection the call is stuck on is severed at once: the pool's
+    thread comes back while the server is still silent, instead of after the TCP timeouts."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.task import deferLater
+
+    routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
+    assert routed.timeout == DEFAULT_DB_TIMEOUT  # the driver's own timeouts: 10 s
+    pool = postgresql_database.open_pool(routed)
+    assert isinstance(pool, ChatConnectionPool)
+    ended: list[str] = []
+
+    def interaction(transaction: Any) -> None:
+        try:
+            transaction.execute("SELECT 1")
+        except Exception as error:
+            ended.append(type(error).__name__)
+            raise
+        ended.append("answered")
+
+    await pool.run_within(5, reactor, interaction)
+    postgres_proxy.blackhole()
+    stuck = pool.run_within(30, reactor, interaction)
+    await deferLater(reactor, 0.3)
+    stuck.cancel()
+    with pytest.raises(CancelledError):
+        await stuck
+    assert await _until(lambda: len(ended) == 2, 3), "the pool's thread is still stuck"
+    assert ended[0] == "answered" and ended[1] != "answered"
+
+
+def test_database_unavailable_tells_an_outage_from_a_refused_request_or_a_bug() -> None:
+    """A deadline passed, a connect or statement timeout and a dead connection (the drivers'
+    OperationalError and InterfaceError) say the database is unavailable; a constraint
+    violation, bad SQL or any other exception do not."""
+    import sqlite3
+
+    import psycopg2
+
+    for outage in (DatabaseTimeout("late"), sqlite3.OperationalError("database is locked"),
+                   psycopg2.OperationalError("timeout expired"),
+                   psycopg2.InterfaceError("connection already closed")):
+        assert database_unavailable(outage), outage
+    for other in (psycopg2.IntegrityError("duplicate key"), sqlite3.IntegrityError("unique"),
+                  psycopg2.ProgrammingError("syntax error"), ValueError("bug"), None):
+        assert not database_unavailable(other), other

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest_twisted
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
-from stomp_chat.probes import Probe, ProbeService
+from stomp_chat.probes import Probe, ProbeService, select_one_probe
+from tests.silentdb import SilentPool
+
+if TYPE_CHECKING:
+    from tests.conftest_db import CuttableProxy, TestDatabase
+
+pytest_plugins = ["tests.conftest_db"]
 
 
 def test_a_probe_times_a_good_answer() -> None:
@@ -57,3 +67,45 @@ def test_the_probe_service_refreshes_periodically() -> None:
     service.stopService()
     clock.advance(25)
     assert len(calls) == 3
+
+
+def test_the_database_probe_is_down_when_the_database_never_answers() -> None:
+    """The database probe's SELECT 1 is bounded by the probe's timeout, on its clock."""
+    clock = Clock()
+    pool = SilentPool()
+    probe = select_one_probe(pool, clock, timeout=2.0)  # type: ignore[arg-type]
+    results = []
+    probe.check().addCallback(results.append)
+    assert len(pool.calls) == 1
+    clock.advance(2.0)
+    [result] = results
+    assert not result.up and "2s" in result.error
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_database_probe_severs_its_connection_to_a_silent_postgres(
+    postgresql_database: TestDatabase, postgres_proxy: CuttableProxy
+) -> None:
+    """With PostgreSQL silent the probe is down after its timeout and its connection is
+    severed then, not after the driver's 10 s TCP timeouts: the pool's only thread is free
+    again (it has dropped the dead connection) while the server is still silent, and the
+    probe is up at once when the server answers again."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    routed = replace(postgres_proxy.route(postgresql_database.config), pool_max=1)
+    pool = postgresql_database.open_pool(routed)
+    probe = select_one_probe(pool, reactor, timeout=0.5)
+    assert (await probe.check()).up
+    assert len(pool.connections) == 1
+    postgres_proxy.blackhole()
+    started = reactor.seconds()
+    down = await probe.check()
+    assert not down.up and 0.4 < reactor.seconds() - started < 2
+    for _ in range(40):
+        if not pool.connections:
+            break
+        await deferLater(reactor, 0.05)
+    assert not pool.connections, "the probe's connection is still stuck on the silent server"
+    postgres_proxy.restore()
+    assert (await probe.check()).up

@@ -613,6 +613,29 @@ def test_positive_number_options_refuse_bad_values(name, value):
         parse(f"--{name}", value)
 
 
+def test_every_store_on_the_pool_is_bounded_by_the_db_timeout(build):
+    """Logins, room authorization and read positions run under --db-timeout on the
+    server's clock, as the chat's store does."""
+    root = build("--stomp", LOOPBACK, "--http", "none", "--db-timeout", "4",
+                 "--auth", "password")
+    (listener,) = _listeners(root)
+    context = listener.factory.context
+    chat = context.router.resolve("/app/message")[0].__self__
+    reads = context.router.resolve("/app/read")[0].__self__
+    (authentication,) = [i for i in context.interceptors
+                         if isinstance(i, AuthenticationInterceptor)]
+    (authorization,) = [i for i in context.interceptors
+                        if isinstance(i, AuthorizationInterceptor)]
+    runners = [
+        chat.store._run,
+        reads.store._run,
+        authentication.authenticator.inner.users._run,
+        authorization.policy.rooms.access_store._run,
+    ]
+    assert [(run.pool, run.timeout, run.clock) for run in runners] == \
+        [(chat.store.pool, 4, chat.clock)] * 4
+
+
 def test_make_service_wires_the_durability_options(build):
     """The database timeout bounds the store and the writer's stop; the writer gates every
     connection's reading; the chat evicts rooms by the options."""
@@ -625,5 +648,5 @@ def test_make_service_wires_the_durability_options(build):
     assert writer._stop_timeout == 9
     handler, _ = factory.context.router.resolve("/app/message")
     chat = handler.__self__
-    assert chat.store._timeout == 3
+    assert chat.store._run.timeout == 3
     assert (chat._rooms.idle_seconds, chat._rooms.max_rooms) == (45, 9)

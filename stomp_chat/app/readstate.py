@@ -35,7 +35,7 @@ from stomp_chat.app.subscriptions import room_of_topic, user_of
 from stomp_chat.broker import Broker, Message, Subscription
 from stomp_chat.errors import ApplicationError
 from stomp_chat.identity import Principal
-from stomp_chat.persistence import ChatStore
+from stomp_chat.persistence import ChatStore, database_unavailable
 from stomp_chat.persistence.readpositions import ReadPositionStore
 from stomp_chat.stomp.frame import Frame
 
@@ -126,8 +126,10 @@ class ReadState:
                     raise ApplicationError(f"you may not read room {room_id}", code="forbidden")
                 return self._read(user_key, room_id, seq)
 
-            return allowed.addCallback(checked)
-        return self._read(user_key, room_id, seq)
+            read = allowed.addCallback(checked)
+        else:
+            read = self._read(user_key, room_id, seq)
+        return read.addErrback(_unavailable, room_id)
 
     def _read(self, user_key: str, room_id: int, seq: int) -> Deferred[Any]:
 
@@ -334,6 +336,19 @@ class ReadState:
         """The counts last pushed to an online user (for tests and diagnostics)."""
         reader = self._online.get(user_key)
         return dict(reader.pushed) if reader is not None else {}
+
+
+def _unavailable(failure: Failure, room_id: int) -> Failure:
+    """The database did not answer (in time): refused ``unavailable`` (send it again later),
+    the connection stays."""
+    if not database_unavailable(failure.value):
+        return failure
+    log.warn("cannot store a read position in room {room}: {error}", room=room_id,
+             error=failure.getErrorMessage())
+    raise ApplicationError(
+        f"the read position in room {room_id} cannot be stored now; try again",
+        code="unavailable",
+    )
 
 
 def _parse_read(body: bytes) -> tuple[int, int]:

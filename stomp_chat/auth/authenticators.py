@@ -17,13 +17,15 @@ from typing import Any, Protocol, cast
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from stomp_chat.auth.passwords import PasswordVerifier
 from stomp_chat.auth.throttle import FailureThrottle
 from stomp_chat.auth.tokens import JwtVerifier, LoginTokens, TokenRejected, looks_like_jwt
 from stomp_chat.auth.users import User, UserStore
-from stomp_chat.errors import AuthError
+from stomp_chat.errors import AuthError, ProtocolError
 from stomp_chat.identity import AUTH_NONE, AUTH_PASSWORD, ConnectionInfo, Principal
+from stomp_chat.persistence import database_unavailable
 from stomp_chat.stomp.frame import Frame
 
 log = Logger()
@@ -31,6 +33,9 @@ log = Logger()
 #: What every refused client reads, whatever the reason.
 FAILED = "authentication failed"
 FAILED_DETAIL = "the credentials were not accepted"
+
+#: What a client reads when the users table does not answer (within ``--db-timeout``).
+UNAVAILABLE = "authentication unavailable"
 
 #: The cookie and query parameter a browser may carry a token in on the WebSocket handshake.
 TOKEN_PARAMETER = "access_token"
@@ -167,7 +172,7 @@ class PasswordAuthenticator:
                     return current
         if not login or not passcode:
             raise refused("login or passcode missing", connection, login)
-        user = yield self.users.find(login)
+        user = yield self._find(login)
         matches = yield self.verifier.verify(user.password_hash if user else None, passcode)
         if user is None:
             raise refused("no such user", connection, login)
@@ -175,19 +180,32 @@ class PasswordAuthenticator:
             raise refused("wrong password", connection, login)
         return user_principal(user)
 
+    def _find(self, name: str) -> Deferred[User | None]:
+        return self.users.find(name).addErrback(_users_unavailable, name)
+
     @inlineCallbacks
     def token_user(
         self, principal: Principal, connection: ConnectionInfo
     ) -> Generator[Deferred[Any], Any, Principal]:
         """A login token's principal as its user is now: refused once the user is removed or
         its password set again; roles are the user's current ones."""
-        user = yield self.users.find(principal.user_id)
+        user = yield self._find(principal.user_id)
         if user is None:
             raise refused("token of a removed user", connection, principal.user_id)
         issued_for = principal.claims.get(PASSWORD_CLAIM)
         if issued_for is not None and issued_for != password_fingerprint(user.password_hash):
             raise refused("token issued before a password change", connection, principal.user_id)
         return replace(principal, roles=user.roles)
+
+
+def _users_unavailable(failure: Failure, login: str) -> Failure:
+    """The users table did not answer (in time): the client is told to try again, not that
+    its credentials failed, and the failure throttle ignores it."""
+    if not database_unavailable(failure.value):
+        return failure
+    log.warn("cannot check the credentials of {login}: {error}", login=repr(login),
+             error=failure.getErrorMessage())
+    raise ProtocolError(UNAVAILABLE, "the server could not check credentials; try again")
 
 
 class FailureGate:

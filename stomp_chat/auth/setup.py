@@ -65,7 +65,8 @@ def build_authentication(options: Any, clock: Any, pool: Any) -> Authentication:
         tokens = LoginTokens.from_options(
             clock, options["jwt-secret-file"], int(options["login-token-lifetime"])
         )
-        passwords = PasswordAuthenticator(UserStore(pool), password_verifier, tokens)
+        users = UserStore(pool, timeout=options["database"].timeout, clock=clock)
+        passwords = PasswordAuthenticator(users, password_verifier, tokens)
         return Authentication(
             mode, ThrottledAuthenticator(passwords, gate), gate, passwords=passwords,
             login_tokens=tokens, services=[password_verifier],

@@ -14,8 +14,10 @@ from typing import Any
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 from stomp_chat.persistence._dialect import Dialect, dialect_of
+from stomp_chat.persistence.transactions import Runner
 
 #: What a user name may be: it names the user in logs, ``user-name`` headers
 #: and ``/user/{name}/queue/...`` destinations, so no slashes or spaces.
@@ -120,12 +122,23 @@ def remove_user(cursor: Any, dialect: Dialect, name: str) -> None:
 
 
 class UserStore:
-    """The server's read side of the users table, through its adbapi pool."""
+    """The server's read side of the users table, through its adbapi pool; with a
+    `timeout`, a look-up fails with DatabaseTimeout past it, so a silent database never
+    holds a login."""
 
-    def __init__(self, pool: adbapi.ConnectionPool, dialect: str | None = None) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        dialect: str | None = None,
+        *,
+        timeout: float | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        #: For tools and tests that change the table the server reads.
+        self.pool = pool
+        self._run = Runner(pool, timeout, clock)
         self._dialect = dialect_of(pool, dialect)
 
     def find(self, name: str) -> Deferred[User | None]:
-        found: Deferred[User | None] = self._pool.runInteraction(find_user, self._dialect, name)
+        found: Deferred[User | None] = self._run(find_user, self._dialect, name)
         return found

@@ -9,7 +9,8 @@ an application error with code ``forbidden``; the connection stays.
 
 A session's requests leave the gate in the order they came in, even when
 one of them waits for the database (the first message of a new member), so
-an ``ENTER`` is always admitted before the ``TALK`` that follows it.
+an ``ENTER`` is always admitted before the ``TALK`` that follows it. A look-up the
+database does not answer (within ``--db-timeout``) refuses the message ``unavailable``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from stomp_chat.app.chat import ChatRequest
@@ -25,8 +27,12 @@ from stomp_chat.app.routes import AppContext
 from stomp_chat.authz.rooms import MaybeDeferred, RoomAccess, then
 from stomp_chat.errors import ApplicationError
 from stomp_chat.identity import Principal
+from stomp_chat.persistence import database_unavailable
+
+log = Logger()
 
 FORBIDDEN = "forbidden"
+UNAVAILABLE = "unavailable"
 #: How many chat messages of one session may wait behind a database look-up.
 DEFAULT_MAX_WAITING = 256
 
@@ -109,7 +115,10 @@ class ChatGate:
                 lambda member: admitted if member else self._not_member(admitted, member_id),
             )
 
-        return then(rooms.member_id(principal), as_member)
+        checked = then(rooms.member_id(principal), as_member)
+        if isinstance(checked, Deferred):
+            checked.addErrback(_unavailable, request.room_id)
+        return checked
 
     def _not_member(self, request: ChatRequest, member_id: int) -> Any:
         room_id = request.room_id
@@ -124,6 +133,16 @@ class ChatGate:
             return self.rooms.join(room_id, member_id).addCallback(lambda _: request)
 
         return then(self.rooms.is_private(room_id), by_privacy)
+
+
+def _unavailable(failure: Failure, room_id: int) -> Failure:
+    """The database did not answer (in time): refused ``unavailable``, so the client may send
+    again; the connection stays."""
+    if not database_unavailable(failure.value):
+        return failure
+    log.warn("cannot check a chat message to room {room}: {error}", room=room_id,
+             error=failure.getErrorMessage())
+    raise ApplicationError(f"room {room_id} cannot be checked now; try again", code=UNAVAILABLE)
 
 
 def _principal_of(context: AppContext) -> Principal | None:

@@ -46,16 +46,17 @@ def build_authorization(
     pool: adbapi.ConnectionPool,
     clock: IReactorTime,
     router: AppRouter,
+    db_timeout: float | None = None,
     broker: Broker | None = None,
     rules: RuleSet | None = None,
     cache_size: int = DEFAULT_CACHE_SIZE,
     cache_ttl: float = DEFAULT_CACHE_TTL,
     max_waiting: int = DEFAULT_MAX_WAITING,
 ) -> Authorization:
+    """`db_timeout` bounds every room privacy and membership look-up (``--db-timeout``)."""
     enforce = auth_mode != AUTH_NONE
-    rooms = RoomAccess(
-        chat_store, AdbapiRoomAccessStore(pool), clock, cache_size=cache_size, cache_ttl=cache_ttl
-    )
+    access_store = AdbapiRoomAccessStore(pool, timeout=db_timeout, clock=clock)
+    rooms = RoomAccess(chat_store, access_store, clock, cache_size=cache_size, cache_ttl=cache_ttl)
     if broker is not None:
         rooms.left_private_room.append(SubscriptionRevoker(broker, chat_store).member_left)
     policy = DestinationPolicy(enforce=enforce, rules=rules, rooms=rooms, router=router)

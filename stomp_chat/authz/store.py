@@ -8,15 +8,17 @@ exists, even for a moment, without the member who can add others.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 
-from stomp_chat.persistence import MemoryChatStore, Room, RoomAlreadyExists
+from stomp_chat.persistence import MemoryChatStore, Room, rooms
 from stomp_chat.persistence._dialect import Dialect, dialect_of
+from stomp_chat.persistence.transactions import Runner, execute, fetch_one
 
 
 def _utc_now() -> datetime:
@@ -47,108 +49,88 @@ class RoomAccessStore(Protocol):
 
 
 class AdbapiRoomAccessStore:
-    """``RoomAccessStore`` on the chat's adbapi pool (SQLite or PostgreSQL)."""
+    """``RoomAccessStore`` on the chat's adbapi pool (SQLite or PostgreSQL); with a
+    `timeout`, every call fails with DatabaseTimeout past it, as the chat's store does."""
 
     def __init__(
         self,
         pool: adbapi.ConnectionPool,
         dialect: str | None = None,
         now: Callable[[], datetime] = _utc_now,
+        *,
+        timeout: float | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        self._pool = pool
+        self._run = Runner(pool, timeout, clock)
         self._dialect: Dialect = dialect_of(pool, dialect)
         self._now = now
 
-    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        result: Deferred[Any] = self._pool.runInteraction(interaction, *args)
-        return result
-
-    def _execute(self, transaction: Any, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        transaction.execute(self._dialect.sql(query), tuple(params))
-        return list(transaction.fetchall())
-
     def room_privacy(self, room_id: int) -> Deferred[bool | None]:
-        return self._run(self._room_privacy, room_id)
-
-    def _room_privacy(self, transaction: Any, room_id: int) -> bool | None:
-        rows = self._execute(transaction, "SELECT private FROM rooms WHERE id = ?", (room_id,))
-        return bool(rows[0][0]) if rows else None
+        return self._run(_room_privacy, self._dialect, room_id)
 
     def is_member(self, room_id: int, member_id: int) -> Deferred[bool]:
-        return self._run(self._is_member, room_id, member_id)
-
-    def _is_member(self, transaction: Any, room_id: int, member_id: int) -> bool:
-        rows = self._execute(
-            transaction,
-            "SELECT 1 FROM room_members WHERE room_id = ? AND member_id = ?",
-            (room_id, member_id),
-        )
-        return bool(rows)
+        return self._run(_is_member, self._dialect, room_id, member_id)
 
     def create_room(
         self, name: str, room_id: int | None, private: bool, creator: int | None
     ) -> Deferred[Room]:
-        return self._run(self._create_room, name, room_id, private, creator, self._now())
-
-    def _create_room(
-        self,
-        transaction: Any,
-        name: str,
-        room_id: int | None,
-        private: bool,
-        creator: int | None,
-        created_at: datetime,
-    ) -> Room:
-        stored_time = self._dialect.time_to_db(created_at)
-        if room_id is None:
-            # ON CONFLICT: PostgreSQL's sequence may draw an id inserted explicitly
-            # earlier; the next attempt draws the next one.
-            while True:
-                rows = self._execute(
-                    transaction,
-                    "INSERT INTO rooms (name, created_at, private) VALUES (?, ?, ?) "
-                    "ON CONFLICT DO NOTHING RETURNING id",
-                    (name, stored_time, private),
-                )
-                if rows:
-                    room_id = int(rows[0][0])
-                    break
-        else:
-            rows = self._execute(
-                transaction,
-                "INSERT INTO rooms (id, name, created_at, private) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING RETURNING id",
-                (room_id, name, stored_time, private),
-            )
-            if not rows:
-                raise RoomAlreadyExists(room_id)
-            if self._dialect.is_postgres:
-                transaction.execute(
-                    "SELECT setval(pg_get_serial_sequence('rooms', 'id'), "
-                    "(SELECT MAX(id) FROM rooms))"
-                )
-        if creator is not None:
-            transaction.execute(
-                self._dialect.sql(
-                    "INSERT INTO room_members (room_id, member_id, joined_at) VALUES (?, ?, ?)"
-                ),
-                (room_id, creator, stored_time),
-            )
-        return Room(room_id, name, created_at.astimezone(UTC))
+        return self._run(
+            _create_room, self._dialect, name, room_id, private, creator, self._now()
+        )
 
     def rooms_overview(self, member_id: int | None) -> Deferred[dict[int, tuple[bool, bool]]]:
-        return self._run(self._rooms_overview, member_id)
+        return self._run(_rooms_overview, self._dialect, member_id)
 
-    def _rooms_overview(
-        self, transaction: Any, member_id: int | None
-    ) -> dict[int, tuple[bool, bool]]:
-        rows = self._execute(
+
+# -- transaction functions (run in the pool's threads) ----------------------------------------
+
+
+def _room_privacy(transaction: Any, dialect: Dialect, room_id: int) -> bool | None:
+    row = fetch_one(transaction, dialect, "SELECT private FROM rooms WHERE id = ?", (room_id,))
+    return None if row is None else bool(row[0])
+
+
+def _is_member(transaction: Any, dialect: Dialect, room_id: int, member_id: int) -> bool:
+    row = fetch_one(
+        transaction,
+        dialect,
+        "SELECT 1 FROM room_members WHERE room_id = ? AND member_id = ?",
+        (room_id, member_id),
+    )
+    return row is not None
+
+
+def _create_room(
+    transaction: Any,
+    dialect: Dialect,
+    name: str,
+    room_id: int | None,
+    private: bool,
+    creator: int | None,
+    created_at: datetime,
+) -> Room:
+    room = rooms.create_room(transaction, dialect, name, room_id, created_at, private)
+    if creator is not None:
+        execute(
             transaction,
-            "SELECT r.id, r.private, EXISTS (SELECT 1 FROM room_members AS rm "
-            "WHERE rm.room_id = r.id AND rm.member_id = ?) FROM rooms AS r",
-            (member_id if member_id is not None else 0,),
+            dialect,
+            "INSERT INTO room_members (room_id, member_id, joined_at) VALUES (?, ?, ?)",
+            (room.id, creator, dialect.time_to_db(created_at)),
         )
-        return {int(row[0]): (bool(row[1]), bool(row[2])) for row in rows}
+    return room
+
+
+def _rooms_overview(
+    transaction: Any, dialect: Dialect, member_id: int | None
+) -> dict[int, tuple[bool, bool]]:
+    execute(
+        transaction,
+        dialect,
+        "SELECT r.id, r.private, EXISTS (SELECT 1 FROM room_members AS rm "
+        "WHERE rm.room_id = r.id AND rm.member_id = ?) FROM rooms AS r",
+        (member_id if member_id is not None else 0,),
+    )
+    return {int(row[0]): (bool(row[1]), bool(row[2])) for row in transaction.fetchall()}
 
 
 class MemoryRoomAccessStore:

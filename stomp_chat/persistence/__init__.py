@@ -21,6 +21,7 @@ from stomp_chat.persistence.url import (
     DatabaseConfig,
     DatabaseTimeout,
     DialectName,
+    database_unavailable,
     make_pool,
     parse_database_url,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "WriteBehindWriter",
     "WriterStopped",
     "current_version",
+    "database_unavailable",
     "latest_version",
     "make_pool",
     "migrate",

@@ -12,8 +12,10 @@ from typing import Any, Protocol
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from stomp_chat.persistence._dialect import Dialect, dialect_of
+from stomp_chat.persistence.transactions import Runner
 
 #: Longest user id stored (principal ids are names, token subjects or session ids).
 MAX_USER_ID_LENGTH = 200
@@ -40,15 +42,19 @@ def _check(user_id: str, seq: int) -> None:
 
 
 class AdbapiReadPositionStore:
-    """Read positions in the ``read_positions`` table, on SQLite or PostgreSQL."""
+    """Read positions in the ``read_positions`` table, on SQLite or PostgreSQL; with a
+    `timeout`, every call fails with DatabaseTimeout past it."""
 
     def __init__(
         self,
         pool: adbapi.ConnectionPool,
         dialect: str | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        timeout: float | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
-        self._pool = pool
+        self._run = Runner(pool, timeout, clock)
         self._dialect: Dialect = dialect_of(pool, dialect)
         self._now = now
         greatest = "GREATEST" if self._dialect.is_postgres else "MAX"
@@ -65,7 +71,7 @@ class AdbapiReadPositionStore:
         )
 
     def positions(self, user_id: str) -> Deferred[dict[int, int]]:
-        result: Deferred[dict[int, int]] = self._pool.runInteraction(self._positions, user_id)
+        result: Deferred[dict[int, int]] = self._run(self._positions, user_id)
         return result
 
     def _positions(self, transaction: Any, user_id: str) -> dict[int, int]:
@@ -75,9 +81,7 @@ class AdbapiReadPositionStore:
     def advance(self, user_id: str, room_id: int, seq: int) -> Deferred[int | None]:
         _check(user_id, seq)
         stamp = self._dialect.time_to_db(self._now())
-        result: Deferred[int | None] = self._pool.runInteraction(
-            self._advance, (user_id, seq, stamp, room_id)
-        )
+        result: Deferred[int | None] = self._run(self._advance, (user_id, seq, stamp, room_id))
         return result
 
     def _advance(self, transaction: Any, params: tuple[Any, ...]) -> int | None:

@@ -48,24 +48,31 @@ def _room(dialect: Dialect, row: Sequence[Any]) -> Room:
 
 
 def create_room(
-    transaction: Any, dialect: Dialect, name: str, room_id: int | None, created_at: datetime
+    transaction: Any,
+    dialect: Dialect,
+    name: str,
+    room_id: int | None,
+    created_at: datetime,
+    private: bool = False,
 ) -> Room:
+    """A new room (members only if `private`); with an explicit id, RoomAlreadyExists if
+    it is taken."""
     stored_time = dialect.time_to_db(created_at)
     if room_id is None:
         new_id = insert_with_new_id(
             transaction,
             dialect,
-            "INSERT INTO rooms (name, created_at) VALUES (?, ?) "
+            "INSERT INTO rooms (name, created_at, private) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING RETURNING id",
-            (name, stored_time),
+            (name, stored_time, private),
         )
         return Room(new_id, name, created_at.astimezone(UTC))
     execute(
         transaction,
         dialect,
-        "INSERT INTO rooms (id, name, created_at) VALUES (?, ?, ?) "
+        "INSERT INTO rooms (id, name, created_at, private) VALUES (?, ?, ?, ?) "
         "ON CONFLICT DO NOTHING RETURNING id",
-        (room_id, name, stored_time),
+        (room_id, name, stored_time, private),
     )
     if not transaction.fetchall():
         raise RoomAlreadyExists(room_id)

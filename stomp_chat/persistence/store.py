@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
@@ -28,7 +28,7 @@ from stomp_chat.persistence import (
 from stomp_chat.persistence._dialect import Dialect, dialect_of
 from stomp_chat.persistence.messages import MessageBatchSaver
 from stomp_chat.persistence.model import ChatMessage, Member, Room
-from stomp_chat.persistence.transactions import run_interaction
+from stomp_chat.persistence.transactions import Runner
 
 
 def _utc_now() -> datetime:
@@ -164,13 +164,10 @@ class AdbapiChatStore:
         timeout: float | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
-        if timeout is not None and (timeout <= 0 or clock is None):
-            raise ValueError("a database timeout must be positive and needs a clock")
         self._pool = pool
-        #: Every call fails with DatabaseTimeout after this many seconds, whatever the
+        #: Every call fails with DatabaseTimeout after `timeout` seconds, whatever the
         #: database does (a host that drops packets answers nothing, ever).
-        self._timeout = timeout
-        self._clock = clock
+        self._run = Runner(pool, timeout, clock)
         self._dialect: Dialect = dialect_of(pool, dialect)
         self._now = now
         self._batches = MessageBatchSaver(self._run, self._dialect, pool.dbapi, now)
@@ -178,9 +175,6 @@ class AdbapiChatStore:
     @property
     def pool(self) -> adbapi.ConnectionPool:
         return self._pool
-
-    def _run(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return run_interaction(self._pool, self._timeout, self._clock, interaction, *args)
 
     # -- rooms ---------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""Running the chat store's transaction functions: on the pool within a deadline, and in the
-pool's threads with the dialect's SQL.
+"""Running transaction functions: on the pool within a deadline, and in the pool's threads
+with the dialect's SQL.
 
 Every table module of the store writes its SQL once, with ``?`` placeholders, as functions
 of a transaction; this is the plumbing they share, kept apart so each of them holds only
-what its tables mean. The deadline exists because a database host that drops packets
-never answers: without one a call would wait forever.
+what its tables mean. The other stores on the server's pool (users, room access, read
+positions) run their calls through the same `Runner`. The deadline exists because a
+database host that drops packets never answers: without one a call would wait forever.
 """
 
 from __future__ import annotations
@@ -13,18 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.enterprise import adbapi
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from stomp_chat.persistence._dialect import Dialect
-from stomp_chat.persistence.url import ChatConnectionPool, DatabaseTimeout
-
-
-def _timed_out(outcome: object, timeout: float) -> object:
-    if isinstance(outcome, Failure) and outcome.check(CancelledError):
-        return Failure(DatabaseTimeout(f"the database did not answer within {timeout:g}s"))
-    return outcome
+from stomp_chat.persistence.url import ChatConnectionPool, as_database_timeout
 
 
 def run_interaction(
@@ -40,10 +34,33 @@ def run_interaction(
         if isinstance(pool, ChatConnectionPool):
             return pool.run_within(timeout, clock, interaction, *args)
         bounded: Deferred[Any] = pool.runInteraction(interaction, *args)
-        bounded.addTimeout(timeout, clock, onTimeoutCancel=_timed_out)
+        bounded.addTimeout(timeout, clock, onTimeoutCancel=as_database_timeout)
         return bounded
     result: Deferred[Any] = pool.runInteraction(interaction, *args)
     return result
+
+
+class Runner:
+    """`run_interaction` on one pool with one deadline, for every call of a store:
+    ``run(interaction, *args)``. Without a timeout a call waits as long as the database
+    takes (tests and tools); the server always gives ``--db-timeout``."""
+
+    __slots__ = ("clock", "pool", "timeout")
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        timeout: float | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if timeout is not None and (timeout <= 0 or clock is None):
+            raise ValueError("a database timeout must be positive and needs a clock")
+        self.pool = pool
+        self.timeout = timeout
+        self.clock = clock
+
+    def __call__(self, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return run_interaction(self.pool, self.timeout, self.clock, interaction, *args)
 
 
 # -- in the pool's threads: they only use their arguments and the immutable dialect -----------

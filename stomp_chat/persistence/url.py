@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,26 @@ DEFAULT_DB_TIMEOUT = 10.0
 
 class DatabaseTimeout(Exception):
     """The database did not answer in time; the call was abandoned (its outcome unknown)."""
+
+
+def database_unavailable(error: object) -> bool:
+    """Whether `error` says the database did not answer or could not be reached: a
+    DatabaseTimeout, or the driver's OperationalError or InterfaceError (its own connect,
+    statement and TCP timeouts race the deadline), rather than a refused request or a bug."""
+    if isinstance(error, (DatabaseTimeout, sqlite3.OperationalError, sqlite3.InterfaceError)):
+        return True
+    psycopg2 = sys.modules.get("psycopg2")  # never imported: none of its errors can exist
+    return psycopg2 is not None and isinstance(
+        error, (psycopg2.OperationalError, psycopg2.InterfaceError)
+    )
+
+
+def as_database_timeout(outcome: object, seconds: float) -> object:
+    """``Deferred.addTimeout``'s onTimeoutCancel for a database call: the cancellation
+    becomes a DatabaseTimeout that says how long the database had."""
+    if isinstance(outcome, Failure) and outcome.check(CancelledError):
+        return Failure(DatabaseTimeout(f"the database did not answer within {seconds:g}s"))
+    return outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,25 +282,25 @@ class ChatConnectionPool(adbapi.ConnectionPool):
         self, timeout: float, clock: IReactorTime, interaction: Any, *args: Any
     ) -> Deferred[Any]:
         """runInteraction with a deadline: past it the Deferred fails with DatabaseTimeout,
-        the late outcome is ignored, and the connection is severed (then replaced)."""
+        the late outcome is ignored, and the connection is severed (then replaced). A caller
+        that cancels the Deferred sooner (a probe with a shorter deadline) abandons the call
+        the same way, its Deferred failing with CancelledError."""
         call = _Call()
         self._calls.add(call)
         result: Deferred[Any] = self.runInteraction(interaction, *args, **{_CALL: call})
 
-        def timed_out(outcome: object, seconds: float) -> object:
-            if isinstance(outcome, Failure) and outcome.check(CancelledError):
+        def abandon(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
                 call.abandoned = True
                 self._sever(call)
-                return Failure(DatabaseTimeout(
-                    f"the database did not answer within {seconds:g}s"
-                ))
-            return outcome
+            return failure
 
         def done(outcome: object) -> object:
             self._calls.discard(call)
             return outcome
 
-        result.addTimeout(timeout, clock, onTimeoutCancel=timed_out)
+        result.addErrback(abandon)
+        result.addTimeout(timeout, clock, onTimeoutCancel=as_database_timeout)
         return result.addBoth(done)
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
