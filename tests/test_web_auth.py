@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, ResponseDone
 from twisted.web.http_headers import Headers
@@ -26,7 +28,7 @@ from stomp_chat.auth.throttle import FailureThrottle
 from stomp_chat.auth.tokens import JwtVerifier, LoginTokens, VerificationKey
 from stomp_chat.auth.users import UserStore, add_user, set_password
 from stomp_chat.broker import Broker
-from stomp_chat.persistence import AdbapiChatStore, WriteBehindWriter, migrate
+from stomp_chat.persistence import AdbapiChatStore, DatabaseTimeout, WriteBehindWriter, migrate
 from stomp_chat.persistence._dialect import dialect_named
 from stomp_chat.web.api import ChatApi
 from stomp_chat.web.auth import ApiGate, RestAuthenticator, principal_of
@@ -299,3 +301,26 @@ async def test_same_origin_is_the_reached_address(password_api: Http) -> None:
     refused = await password_api.request("POST", "/api/login", login, origin=rebound,
                                          host=f"attacker.example:{password_api.port}")
     assert_json_error(refused, 403, "forbidden-origin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_database_is_503_unavailable_and_a_warning_not_a_traceback(
+    password_api: Http, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the users table cannot be read in time, the client gets 503 JSON and the log
+    says so in one warning, with no critical traceback."""
+    def silent(*_: Any) -> Deferred[Any]:
+        return fail(DatabaseTimeout("the database did not answer within 1s"))
+
+    monkeypatch.setattr(UserStore, "find", silent)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        response = await password_api.request(
+            "GET", "/echo", authorization=basic("alice", "alice's password"))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert_json_error(response, 503, "unavailable")
+    levels = [event.get("log_level") for event in events
+              if event.get("log_level", LogLevel.debug) >= LogLevel.warn]
+    assert levels == [LogLevel.warn]

@@ -37,6 +37,11 @@ FAILED_DETAIL = "the credentials were not accepted"
 #: What a client reads when the users table does not answer (within ``--db-timeout``).
 UNAVAILABLE = "authentication unavailable"
 
+
+class AuthenticationUnavailable(ProtocolError):
+    """Credentials could not be checked (the users table did not answer in time): the
+    client should try again; already logged where it was found out."""
+
 #: The cookie and query parameter a browser may carry a token in on the WebSocket handshake.
 TOKEN_PARAMETER = "access_token"
 
@@ -205,7 +210,8 @@ def _users_unavailable(failure: Failure, login: str) -> Failure:
         return failure
     log.warn("cannot check the credentials of {login}: {error}", login=repr(login),
              error=failure.getErrorMessage())
-    raise ProtocolError(UNAVAILABLE, "the server could not check credentials; try again")
+    raise AuthenticationUnavailable(UNAVAILABLE,
+                                    "the server could not check credentials; try again")
 
 
 class FailureGate:

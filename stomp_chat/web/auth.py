@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from stomp_chat.auth.authenticators import (
     FAILED,
+    AuthenticationUnavailable,
     FailureGate,
     JwtAuthenticator,
     PasswordAuthenticator,
@@ -223,7 +224,8 @@ class ApiGate(Resource):
         elif failure.check(AuthError):
             body = error_body(request, 401, "invalid-credentials", FAILED)
         else:
-            log.failure("REST authentication failed unexpectedly", failure)
+            if not failure.check(AuthenticationUnavailable):
+                log.failure("REST authentication failed unexpectedly", failure)
             body = error_body(request, 503, "unavailable", "the server could not check "
                                                            "credentials; try again")
         if request.code == 401:
