@@ -785,6 +785,46 @@ async def test_a_rooms_recent_list_keeps_its_configured_number_of_last_messages(
 
 
 @pytest_twisted.ensureDeferred
+async def test_one_script_call_numbers_several_rooms_and_caps_each_recent_list(
+    cluster: Cluster,
+) -> None:
+    """Messages to several rooms sent in one turn are numbered by one script call: each room
+    gets its own gapless seqs in sending order, every node sees them in that order, and each
+    room's recent list is capped to its last records, with an expiry."""
+    rooms = (81, 82, 83)
+    node = await cluster.node(with_chat=True)
+    other = await cluster.node()
+    watchers = {room: subscribe(other.broker, f"/topic/chat/room/{room}") for room in rooms}
+    for room in rooms:  # the first message of a room reads its floor from the database
+        await outcome(node.talk(room, "first"), f"room {room}'s first post")
+    node.relay.batch.recent_size = 4
+    calls: list[int] = []
+    run_script = node.relay.batch._run_script
+
+    def counting(script: str, args: list[Any]) -> Any:
+        calls.append(int(args[0]))
+        return run_script(script, args)
+
+    node.relay.batch._run_script = counting
+    posts = [node.talk(room, f"{room}-{i}") for i in range(9) for room in rooms]
+    results = [await outcome(post, "a post") for post in posts]
+    assert calls == [27], "one script call for the turn"
+    for room in rooms:
+        seqs = [m.seq for m in results if m.room_id == room]
+        assert seqs == list(range(2, 11))
+        await eventually(lambda room=room: len(watchers[room].messages) == 10,
+                         f"room {room} on the other node")
+        delivered = chat_bodies(watchers[room])
+        assert [b["seq"] for b in delivered] == list(range(1, 11))
+        assert [b["detailMessage"] for b in delivered[1:]] == [f"{room}-{i}" for i in range(9)]
+        recent_key = f"{cluster.namespace}:recent:{room}"
+        assert await cluster.redis.llen(recent_key) == 4
+        assert 0 < await cluster.redis.ttl(recent_key) <= 86400
+        bodies = await outcome(node.relay.recent(room), "the recent bodies")
+        assert [json.loads(b)["seq"] for b in bodies] == [7, 8, 9, 10]
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_deleted_message_leaves_the_rooms_recent_list(cluster: Cluster) -> None:
     """Deleting a message in cluster mode removes it from Redis's recent list too, so no
     server's history brings it back."""

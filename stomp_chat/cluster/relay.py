@@ -25,7 +25,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import (
     Deferred,
-    DeferredList,
     fail,
     gatherResults,
     inlineCallbacks,
@@ -42,6 +41,9 @@ from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.linkstate import Link
 
 log = Logger()
+
+#: How many chat rooms' Redis key names are kept ready (the cache starts over beyond).
+ROOM_KEYS_CACHED = 10_000
 
 
 class RedisUnavailable(Exception):
@@ -85,8 +87,11 @@ class RedisRelay(Service):
         self.subscriber_link = Link("subscriber", self._subscriber_up, self._subscriber_down)
         self._commands: Any = None
         self._subscriber: Any = None
-        #: Chat messages sent to Redis whose seq has not come back yet.
-        self._sequencing: set[Deferred[Any]] = set()
+        #: Each chat room's counter key and recent list, by room id (a bounded cache).
+        self._room_keys: dict[int, tuple[str, str]] = {}
+        #: The last headers a chat message had, and their record metadata.
+        self._meta_headers: dict[str, str] | None = None
+        self._meta = b""
         #: Told each time the commands link comes up (again).
         self.up_listeners: list[Callable[[], object]] = []
         self._is_ready = False
@@ -159,8 +164,7 @@ class RedisRelay(Service):
         self.batch.flush_now()
         # Messages Redis is numbering may already be broadcast: let their
         # seq come back so that this server stores them before it stops.
-        if self._sequencing:
-            yield DeferredList(list(self._sequencing))
+        yield self.batch.settled()
         self.commands_link.stop()
         self.subscriber_link.stop()
         waits = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
@@ -361,20 +365,22 @@ class RedisRelay(Service):
         if not self.connected:
             self._report_outage("not connected")
             return fail(RedisUnavailable(f"Redis at {self.address.redacted()} is unreachable"))
+        keys = self._room_keys.get(room_id)
+        if keys is None:
+            if len(self._room_keys) >= ROOM_KEYS_CACHED:
+                self._room_keys.clear()
+            keys = self._room_keys[room_id] = (
+                self.sequence_key.format(room_id=room_id), self.recent_key.format(room_id=room_id)
+            )
+        if headers != self._meta_headers:
+            self._meta = meta_prefix(self.node_id, True, headers)
+            self._meta_headers = dict(headers)
         d: Deferred[int] = Deferred()
-        entry = ChatEntry(
-            room_id, self.sequence_key.format(room_id=room_id), floor,
-            self.channel_prefix + key, meta_prefix(self.node_id, True, headers), template,
-            placeholder, self.recent_key.format(room_id=room_id), d, durable_floor,
-        )
-        self._sequencing.add(d)
-        d.addBoth(self._sequenced, d)
-        self.batch.add_chat(entry)
+        self.batch.add_chat(ChatEntry(
+            room_id, keys[0], keys[1], self.channel_prefix + key, floor, self._meta, template,
+            placeholder, d, durable_floor,
+        ))
         return d
-
-    def _sequenced(self, result: Any, d: Deferred[Any]) -> Any:
-        self._sequencing.discard(d)
-        return result
 
     # -- in ------------------------------------------------------------
 
