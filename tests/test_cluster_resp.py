@@ -10,6 +10,7 @@ import txredisapi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stomp_chat.cluster import resp
 from stomp_chat.cluster.links import CommandProtocol, SubscriberProtocol
 from stomp_chat.cluster.resp import MAX_LINE, ProtocolBroken, RespReader, encode_command
 
@@ -164,6 +165,20 @@ def test_commands_are_the_bytes_txredisapi_writes(args: list[Any]) -> None:
     """Bytes, text, integers, floats and booleans: byte for byte what txredisapi sends."""
     protocol = txredisapi.BaseRedisProtocol(charset=None)
     assert encode_command(tuple(args), protocol._encode_value) == protocol._build_command(*args)
+
+
+def test_recurring_text_is_encoded_once_and_the_memory_of_it_is_bounded() -> None:
+    """Key names and channels come back in every call: the second encoding reuses the
+    first; many distinct texts (or long ones) never grow the memory past its size."""
+    protocol = txredisapi.BaseRedisProtocol(charset=None)
+    args = ("EVALSHA", "ns:seq:1", "ns:recent:1", 7, -1, b"\x00")
+    first = encode_command(args, protocol._encode_value)
+    assert resp._encoded_text["ns:seq:1"] == b"$8\r\nns:seq:1\r\n"
+    assert encode_command(args, protocol._encode_value) == first == protocol._build_command(*args)
+    for i in range(resp.ENCODED_KEPT + 5):
+        encode_command((f"key-{i}", "x" * (resp.ENCODED_LONGEST + 1)), protocol._encode_value)
+    assert len(resp._encoded_text) <= resp.ENCODED_KEPT
+    assert all(len(text) <= resp.ENCODED_LONGEST for text in resp._encoded_text)
 
 
 # -- the link protocols ----------------------------------------------------------------------

@@ -140,25 +140,41 @@ class RespReader:
 _COUNTED = frozenset(b"$*:")
 
 
+#: Encoded text arguments that recur (key names, channels), ready to be joined into a
+#: command; and the short ones only, so that unique text does not crowd them out.
+_encoded_text: dict[str, bytes] = {}
+ENCODED_KEPT = 4096
+ENCODED_LONGEST = 256
+
+
 def encode_command(args: tuple[Any, ...], encode_other: Callable[[Any], bytes]) -> bytes:
     """A command as RESP2 bytes: the same bytes txredisapi writes for ``args``.
 
-    Bytes, text and integers are encoded here; anything else (floats, booleans)
-    by ``encode_other``, txredisapi's own encoder, so that nothing changes.
+    Bytes, text and integers are encoded here (short text once, then kept);
+    anything else (floats, booleans) by ``encode_other``, txredisapi's own
+    encoder, so that nothing changes.
     """
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
+    kept = _encoded_text
     for arg in args:
         kind = type(arg)
         if kind is bytes:
-            value = arg
-        elif kind is str:
-            value = arg.encode()
+            append(b"$%d\r\n%s\r\n" % (len(arg), arg))
         elif kind is int:
             value = b"%d" % arg
+            append(b"$%d\r\n%s\r\n" % (len(value), value))
+        elif kind is str:
+            encoded = kept.get(arg)
+            if encoded is None:
+                value = arg.encode()
+                encoded = b"$%d\r\n%s\r\n" % (len(value), value)
+                if len(arg) <= ENCODED_LONGEST:
+                    if len(kept) >= ENCODED_KEPT:
+                        kept.clear()
+                    kept[arg] = encoded
+            append(encoded)
         else:
             value = encode_other(arg)
-        append(b"$%d\r\n" % len(value))
-        append(value)
-        append(b"\r\n")
+            append(b"$%d\r\n%s\r\n" % (len(value), value))
     return b"".join(parts)
