@@ -16,8 +16,10 @@ for any of them. It reports the CPU each server and Redis spent (read from
 /proc over the generator's run), CPU per delivery for one process vs the
 cluster and the latency the Redis hop adds (p50/p99), each taken from the
 two setups of one repeat side by side (median and range over the repeats),
-Redis's CPU per chat message, and Redis's own PUBLISH and script throughput
-from ``redis-benchmark`` against a throwaway ``redis-server``.
+Redis's CPU per chat message, and what Redis does alone under
+``redis-benchmark`` on a throwaway ``redis-server``: PUBLISH, and the relay's
+own numbering script in calls of 40 messages (per second, and per Redis
+CPU-second, which the machine's other load does not skew).
 ``--source DIR`` runs the servers from another checkout (to compare);
 ``--profile DIR`` has server A write cProfile statistics there.
 
@@ -30,7 +32,6 @@ builds it, or ``cargo build --release --offline`` in ``bench/gen``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -213,24 +214,48 @@ def partitioned_once(cluster: bool, args: argparse.Namespace) -> dict[str, float
     }
 
 
+#: Chat messages per numbering-script call in the redis-benchmark run.
+SCRIPT_CALL = 40
+
+
 def redis_throughput() -> dict[str, float]:
-    """PUBLISH and a numbering-sized script per second, on a throwaway redis-server."""
+    """On a throwaway redis-server: PUBLISH per second, and chat messages per second the
+    relay's own numbering script numbers, in calls of 40 messages, 4 to each of 10 rooms
+    (about what one call carries under the partitioned load; each room has a counter)."""
+    from stomp_chat.cluster.batching import RECENT_TTL, SEQUENCE_AND_PUBLISH
+
     redis = PrivateRedis()
     try:
-        script = ("local s = redis.call('INCR', KEYS[1]) "
-                  "redis.call('RPUSH', KEYS[2], ARGV[1]) redis.call('LTRIM', KEYS[2], -1000, -1) "
-                  "redis.call('PUBLISH', KEYS[3], ARGV[1]) return s")
+        cli = ["redis-cli", "-p", str(redis.port)]
+        sha = subprocess.run([*cli, "SCRIPT", "LOAD", SEQUENCE_AND_PUBLISH], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        script_args = [str(SCRIPT_CALL), "1000", str(RECENT_TTL), "#SEQ#"]
+        meta = '["bench-node",true,{"content-type":"application/json;charset=utf-8"},'
+        for room in range(1, 11):
+            subprocess.run([*cli, "SET", f"bench:seq:{room}", "1"], capture_output=True,
+                           check=True)
+            template = (f'{{"type": "TALK", "roomId": {room}, "detailMessage": "{"x" * 64}", '
+                        f'"senderId": 1, "messageId": "{room}-#SEQ#", "seq": #SEQ#, '
+                        f'"createdAt": "2026-11-29T00:00:00.000Z"}}')
+            script_args += [f"bench:seq:{room}", f"bench:recent:{room}",
+                            f"bench:/topic/chat/room/{room}", "0", "-1", meta,
+                            template] * (SCRIPT_CALL // 10)
         results = {}
-        for label, command in (
-            ("publish", ["PUBLISH", "bench", "x" * 200]),
-            ("script", ["EVAL", script, "3", "seq", "recent", "chan", "x" * 200]),
+        for label, command, per_call in (
+            ("publish", ["PUBLISH", "bench", "x" * 200], 1),
+            ("numbered", ["EVALSHA", sha, "0", *script_args], SCRIPT_CALL),
         ):
+            calls = 20000
+            before = cpu_seconds(redis.process.pid)
             out = subprocess.run(
-                ["redis-benchmark", "-p", str(redis.port), "-n", "100000", "-c", "20", "-q",
-                 "--csv", *command], capture_output=True, text=True, timeout=60,
+                ["redis-benchmark", "-p", str(redis.port), "-n", str(calls), "-c", "20", "-q",
+                 "--csv", *command], capture_output=True, text=True, timeout=120,
             ).stdout
-            rows = [row for row in csv.reader(out.splitlines()) if row and row[0] != "test"]
-            results[label] = float(rows[-1][1])
+            spent = cpu_seconds(redis.process.pid) - before
+            # the test's name (the command) is quoted unescaped: read from the right
+            rps = out.strip().splitlines()[-1].rsplit(",", 7)[1]
+            results[label] = float(rps.strip('"')) * per_call
+            results[f"{label}_per_cpu_s"] = calls * per_call / max(spent, 1e-3)
         return results
     finally:
         redis.stop()
@@ -283,8 +308,10 @@ def partitioned(args: argparse.Namespace) -> None:
     print(f"Redis CPU per chat message: {redis_us:.1f} us "
           f"(one Redis core: about {1e6 / redis_us:,.0f} messages/s)")
     throughput = redis_throughput()
-    print(f"redis-benchmark: PUBLISH {throughput['publish']:,.0f}/s, "
-          f"numbering-sized script {throughput['script']:,.0f}/s")
+    print(f"redis-benchmark: PUBLISH {throughput['publish']:,.0f}/s "
+          f"({throughput['publish_per_cpu_s']:,.0f} per Redis CPU-second); the numbering "
+          f"script, {SCRIPT_CALL} messages a call: {throughput['numbered']:,.0f} messages/s "
+          f"({throughput['numbered_per_cpu_s']:,.0f} per Redis CPU-second)")
 
 
 def main() -> None:
