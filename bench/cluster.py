@@ -20,7 +20,10 @@ Redis's CPU per chat message, and what Redis does alone under
 ``redis-benchmark`` on a throwaway ``redis-server``: PUBLISH, and the relay's
 own numbering script in calls of 40 messages (per second, and per Redis
 CPU-second, which the machine's other load does not skew).
-``--source DIR`` runs the servers from another checkout (to compare);
+``--rate N`` sends N chat messages a second (both generators together) instead
+of the closed loop: both setups then do the same work at the same pace, and
+CPU per delivery and the hop's latency are not skewed by how far each
+saturates. ``--source DIR`` runs the servers from another checkout (to compare);
 ``--profile DIR`` has server A write cProfile statistics there.
 
 Usage: ``python bench/cluster.py [--repeats 3] [--duration 4] [--partitioned]``;
@@ -92,7 +95,8 @@ def generator(port: int, room_base: int, pid: int, args: argparse.Namespace) -> 
             "--port", str(port), "--path", "/ws/chat", "--login", "",
             "--rooms", "5", "--room-base", str(room_base), "--subs", "10", "--pubs", "5",
             "--dest", "/topic/chat/room/{room}", "--send-dest", "/app/message",
-            "--body", "chat", "--body-size", "64", "--inflight", "100",
+            "--body", "chat", "--body-size", "64",
+            *(["--rate", str(args.rate / 2)] if args.rate else ["--inflight", "100"]),
             "--warmup", str(args.warmup), "--duration", str(args.duration),
             "--server-pid", str(pid),
         ],
@@ -321,6 +325,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--duration", type=float, default=4)
     parser.add_argument("--partitioned", action="store_true")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="chat messages per second in, both generators together, instead "
+                             "of the closed loop (the same load both ways)")
     parser.add_argument("--source", type=Path, default=ROOT)
     parser.add_argument("--profile", type=Path, default=None,
                         help="server A writes cProfile statistics here (slows it down)")

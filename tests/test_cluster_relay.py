@@ -245,6 +245,30 @@ def chat_bodies(recorder: Recorder) -> list[dict[str, Any]]:
     return [json.loads(body) for body in recorder.bodies]
 
 
+# -- the relay's own commands (no Redis needed) --------------------------------------------
+
+
+def test_the_relays_commands_fail_at_once_without_a_ready_connection() -> None:
+    """Numbering and publishing go straight to the commands link's connection: with none,
+    or one that has just dropped (txredisapi refuses to write on it), each call fails at
+    once instead of waiting for a reconnection."""
+    from stomp_chat.cluster.links import CommandProtocol
+    from stomp_chat.cluster.relay import RedisUnavailable
+
+    relay = RedisRelay(Broker(), parse_redis_url("redis://127.0.0.1:1/0"), reactor)
+    outcomes: list[Any] = []
+    relay._eval("return 1", []).addErrback(outcomes.append)
+    relay._publish("channel", b"payload").addErrback(outcomes.append)
+    assert [f.check(RedisUnavailable) for f in outcomes] == [RedisUnavailable] * 2
+
+    relay.commands_link.protocol = CommandProtocol(charset=None)  # connected == 0
+    outcomes.clear()
+    relay._eval("return 1", []).addErrback(outcomes.append)
+    relay._publish("channel", b"payload").addErrback(outcomes.append)
+    assert [f.check(txredisapi.ConnectionError) for f in outcomes] == [
+        txredisapi.ConnectionError] * 2
+
+
 # -- parse_redis_url and the envelope (no Redis needed) ------------------------------------
 
 
