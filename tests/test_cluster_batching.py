@@ -129,3 +129,45 @@ def test_a_script_runner_that_raises_fails_its_messages_at_once() -> None:
     clock.advance(0)
     assert [s.check(ConnectionError) for s in seqs] == [ConnectionError, ConnectionError]
     assert batch.unsettled == 0
+
+
+def test_a_room_whose_counter_was_lost_keeps_its_senders_order() -> None:
+    """Redis answers without a seq for a room whose counter it lost. Messages sent before
+    that answer came back answer the same; newer ones wait. Once the floor is read, all go
+    again in the order they were sent, even when the floor is read before the earlier
+    answers are back."""
+    clock = Clock()
+    hub = MemoryHub(clock, "t")
+    replies: list[tuple[Deferred[Any], Any]] = []
+
+    def answered_later(script: str, args: list[Any]) -> Deferred[Any]:
+        """Redis runs the call when it arrives; its answer comes back when the test says."""
+        d: Deferred[Any] = Deferred()
+        replies.append((d, hub.run_script(script, args).result))
+        return d
+
+    def answer_next() -> None:
+        d, result = replies.pop(0)
+        d.callback(result)
+
+    batch = TurnBatch(clock, hub.publish, answered_later)
+    floor: Deferred[int] = Deferred()
+    m1, m2, m3, m4 = (entry(5, durable_floor=lambda room: floor) for _ in range(4))
+    seqs = results([m1, m2, m3, m4])
+    batch.add_chat(m1)
+    clock.advance(0)  # sent: Redis has no counter for room 5
+    batch.add_chat(m2)
+    clock.advance(0)  # sent before m1's answer
+    answer_next()  # m1: no seq; the floor is read
+    batch.add_chat(m3)  # newer: waits
+    floor.callback(40)  # read before m2's answer is back
+    clock.advance(0)
+    assert seqs == [] and len(replies) == 1, "nothing goes again while m2 is with Redis"
+    answer_next()  # m2: no seq either
+    batch.add_chat(m4)
+    clock.advance(0)
+    while replies:
+        answer_next()
+    clock.advance(0)
+    assert seqs == [41, 42, 43, 44]
+    assert batch.unsettled == 0

@@ -156,8 +156,13 @@ class TurnBatch:
         self._records: dict[str, list[bytes]] = {}
         self._chat: list[ChatEntry] = []
         #: Rooms whose counter Redis lost, by counter key: messages parked while the
-        #: floor is read from the database, in arrival order.
-        self._awaiting_floor: dict[str, list[ChatEntry]] = {}
+        #: floor is read from the database. First those Redis answered without a seq,
+        #: in the order they were sent; then those not sent yet, in arrival order.
+        self._awaiting_floor: dict[str, tuple[list[ChatEntry], list[ChatEntry]]] = {}
+        #: Floors read for parked rooms whose earlier messages are still with Redis.
+        self._floors: dict[str, int] = {}
+        #: Messages sent to Redis and not answered yet, by counter key.
+        self._in_flight: dict[str, int] = {}
         self._flush_call: Any = None
         #: Chat messages added whose seq (or failure) has not been told yet.
         self.unsettled = 0
@@ -175,7 +180,7 @@ class TurnBatch:
         self.unsettled += 1
         parked = self._awaiting_floor.get(entry.seq_key)
         if parked is not None:
-            parked.append(entry)  # behind the messages waiting for the same floor
+            parked[1].append(entry)  # behind the messages waiting for the same floor
         else:
             self._chat.append(entry)
         self._schedule()
@@ -221,9 +226,11 @@ class TurnBatch:
         """One script call for messages whose templates share ``placeholder``."""
         args: list[Any] = [len(chunk), self.recent_size, RECENT_TTL, placeholder]
         extend = args.extend
+        in_flight = self._in_flight
         for entry in chunk:
             extend((entry.seq_key, entry.recent_key, entry.channel, entry.floor,
                     entry.durable, entry.meta, entry.template))
+            in_flight[entry.seq_key] = in_flight.get(entry.seq_key, 0) + 1
         try:
             numbered = self._run_script(SEQUENCE_AND_PUBLISH, args)
         except Exception as error:  # the link went down since the message was accepted
@@ -233,10 +240,18 @@ class TurnBatch:
             self._numbered, self._not_numbered, callbackArgs=(chunk,), errbackArgs=(chunk,)
         )
 
+    def _answered(self, entry: ChatEntry) -> None:
+        left = self._in_flight[entry.seq_key] - 1
+        if left:
+            self._in_flight[entry.seq_key] = left
+        else:
+            del self._in_flight[entry.seq_key]
+
     def _numbered(self, seqs: list[Any], chunk: list[ChatEntry]) -> None:
         told = 0
         try:
             for entry, seq in zip(chunk, seqs, strict=True):
+                self._answered(entry)
                 if seq == NEEDS_FLOOR:
                     self._park_for_floor(entry)  # still unsettled: sent again later
                 else:
@@ -244,13 +259,18 @@ class TurnBatch:
                     entry.deferred.callback(int(seq))
         finally:
             self._told(told)
+            for entry in chunk:
+                self._release(entry.seq_key)
 
     def _not_numbered(self, failure: Any, chunk: list[ChatEntry]) -> None:
         try:
             for entry in chunk:
+                self._answered(entry)
                 entry.deferred.errback(failure)
         finally:
             self._told(len(chunk))
+            for entry in chunk:
+                self._release(entry.seq_key)
 
     def _told(self, count: int) -> None:
         self.unsettled -= count
@@ -264,9 +284,14 @@ class TurnBatch:
         room's parked messages, in order, from above it."""
         parked = self._awaiting_floor.get(entry.seq_key)
         if parked is not None:
-            parked.append(entry)
+            parked[0].append(entry)
             return
-        self._awaiting_floor[entry.seq_key] = [entry]
+        # The room's messages not sent yet are newer than this one: they wait behind it.
+        key = entry.seq_key
+        unsent = [waiting for waiting in self._chat if waiting.seq_key == key]
+        if unsent:
+            self._chat = [waiting for waiting in self._chat if waiting.seq_key != key]
+        self._awaiting_floor[key] = ([entry], unsent)
         if entry.durable_floor is None:
             self._floor_read(entry.floor, entry.seq_key)
             return
@@ -277,14 +302,26 @@ class TurnBatch:
                              errbackArgs=(entry.seq_key,))
 
     def _floor_read(self, floor: int, seq_key: str) -> None:
-        for entry in self._awaiting_floor.pop(seq_key, []):
+        self._floors[seq_key] = floor
+        self._release(seq_key)
+
+    def _release(self, seq_key: str) -> None:
+        """Send a parked room's messages again, numbered from above its floor, once the floor
+        is read and none of the room's earlier messages is still with Redis: those come back
+        needing the floor too, and join the parked ones in order first."""
+        if seq_key not in self._floors or seq_key in self._in_flight:
+            return
+        floor = self._floors.pop(seq_key)
+        answered, unsent = self._awaiting_floor.pop(seq_key, ([], []))
+        for entry in answered + unsent:
             entry.durable = floor
             self._chat.append(entry)
         self._schedule()
 
     def _floor_failed(self, failure: Any, seq_key: str) -> None:
         log.warn("cannot read a chat room's seq floor: {error}", error=failure.getErrorMessage())
-        parked = self._awaiting_floor.pop(seq_key, [])
+        answered, unsent = self._awaiting_floor.pop(seq_key, ([], []))
+        parked = answered + unsent
         try:
             for entry in parked:
                 entry.deferred.errback(failure)
