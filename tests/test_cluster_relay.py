@@ -269,6 +269,22 @@ def test_the_relays_commands_fail_at_once_without_a_ready_connection() -> None:
         txredisapi.ConnectionError] * 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_relays_commands_wait_for_a_transaction_on_the_commands_link(
+    cluster: Cluster,
+) -> None:
+    """While another user of commands() holds the connection in a MULTI, the relay's own
+    commands wait for it (through txredisapi's handler) instead of landing inside it."""
+    node = await cluster.node()
+    transaction = await node.relay.commands().multi()
+    published = node.relay._publish(cluster.channel("/topic/x"), b"after the transaction")
+    await transaction.set(f"{cluster.namespace}:in-transaction", "1")
+    assert not published.called, "PUBLISH waits for the transaction"
+    assert await transaction.commit() == ["OK"]
+    assert await outcome(published, "the PUBLISH") == 0
+    assert await cluster.redis.get(f"{cluster.namespace}:in-transaction") == 1
+
+
 # -- parse_redis_url and the envelope (no Redis needed) ------------------------------------
 
 

@@ -342,6 +342,10 @@ class RedisRelay(Service):
         protocol = self.commands_link.protocol
         if protocol is None:
             return fail(RedisUnavailable("the commands link is down"))
+        if protocol.inTransaction or protocol.pipelining:
+            # another user of commands() holds the connection (MULTI, WATCH, a
+            # pipeline): wait for it through the handler, which keeps that order
+            return getattr(self._commands.handler, command)(*args)  # type: ignore[no-any-return]
         try:
             return getattr(protocol, command)(*args)  # type: ignore[no-any-return]
         except Exception:  # txredisapi refuses at once on a connection that just dropped
