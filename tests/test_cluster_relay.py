@@ -245,6 +245,46 @@ def chat_bodies(recorder: Recorder) -> list[dict[str, Any]]:
     return [json.loads(body) for body in recorder.bodies]
 
 
+# -- the relay's own commands (no Redis needed) --------------------------------------------
+
+
+def test_the_relays_commands_fail_at_once_without_a_ready_connection() -> None:
+    """Numbering and publishing go straight to the commands link's connection: with none,
+    or one that has just dropped (txredisapi refuses to write on it), each call fails at
+    once instead of waiting for a reconnection."""
+    from stomp_chat.cluster.links import CommandProtocol
+    from stomp_chat.cluster.relay import RedisUnavailable
+
+    relay = RedisRelay(Broker(), parse_redis_url("redis://127.0.0.1:1/0"), reactor)
+    outcomes: list[Any] = []
+    relay._eval("return 1", []).addErrback(outcomes.append)
+    relay._publish("channel", b"payload").addErrback(outcomes.append)
+    assert [f.check(RedisUnavailable) for f in outcomes] == [RedisUnavailable] * 2
+
+    relay.commands_link.protocol = CommandProtocol(charset=None)  # connected == 0
+    outcomes.clear()
+    relay._eval("return 1", []).addErrback(outcomes.append)
+    relay._publish("channel", b"payload").addErrback(outcomes.append)
+    assert [f.check(txredisapi.ConnectionError) for f in outcomes] == [
+        txredisapi.ConnectionError] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relays_commands_wait_for_a_transaction_on_the_commands_link(
+    cluster: Cluster,
+) -> None:
+    """While another user of commands() holds the connection in a MULTI, the relay's own
+    commands wait for it (through txredisapi's handler) instead of landing inside it."""
+    node = await cluster.node()
+    transaction = await node.relay.commands().multi()
+    published = node.relay._publish(cluster.channel("/topic/x"), b"after the transaction")
+    await transaction.set(f"{cluster.namespace}:in-transaction", "1")
+    assert not published.called, "PUBLISH waits for the transaction"
+    assert await transaction.commit() == ["OK"]
+    assert await outcome(published, "the PUBLISH") == 0
+    assert await cluster.redis.get(f"{cluster.namespace}:in-transaction") == 1
+
+
 # -- parse_redis_url and the envelope (no Redis needed) ------------------------------------
 
 
@@ -782,6 +822,46 @@ async def test_a_rooms_recent_list_keeps_its_configured_number_of_last_messages(
     assert 0 < await cluster.redis.ttl(recent_key) <= 86400
     bodies = await outcome(node.relay.recent(room), "the recent bodies")
     assert [json.loads(b)["seq"] for b in bodies] == [3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_script_call_numbers_several_rooms_and_caps_each_recent_list(
+    cluster: Cluster,
+) -> None:
+    """Messages to several rooms sent in one turn are numbered by one script call: each room
+    gets its own gapless seqs in sending order, every node sees them in that order, and each
+    room's recent list is capped to its last records, with an expiry."""
+    rooms = (81, 82, 83)
+    node = await cluster.node(with_chat=True)
+    other = await cluster.node()
+    watchers = {room: subscribe(other.broker, f"/topic/chat/room/{room}") for room in rooms}
+    for room in rooms:  # the first message of a room reads its floor from the database
+        await outcome(node.talk(room, "first"), f"room {room}'s first post")
+    node.relay.batch.recent_size = 4
+    calls: list[int] = []
+    run_script = node.relay.batch._run_script
+
+    def counting(script: str, args: list[Any]) -> Any:
+        calls.append(int(args[0]))
+        return run_script(script, args)
+
+    node.relay.batch._run_script = counting
+    posts = [node.talk(room, f"{room}-{i}") for i in range(9) for room in rooms]
+    results = [await outcome(post, "a post") for post in posts]
+    assert calls == [27], "one script call for the turn"
+    for room in rooms:
+        seqs = [m.seq for m in results if m.room_id == room]
+        assert seqs == list(range(2, 11))
+        await eventually(lambda room=room: len(watchers[room].messages) == 10,
+                         f"room {room} on the other node")
+        delivered = chat_bodies(watchers[room])
+        assert [b["seq"] for b in delivered] == list(range(1, 11))
+        assert [b["detailMessage"] for b in delivered[1:]] == [f"{room}-{i}" for i in range(9)]
+        recent_key = f"{cluster.namespace}:recent:{room}"
+        assert await cluster.redis.llen(recent_key) == 4
+        assert 0 < await cluster.redis.ttl(recent_key) <= 86400
+        bodies = await outcome(node.relay.recent(room), "the recent bodies")
+        assert [json.loads(b)["seq"] for b in bodies] == [7, 8, 9, 10]
 
 
 @pytest_twisted.ensureDeferred

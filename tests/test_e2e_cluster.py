@@ -196,7 +196,11 @@ def test_two_servers_share_rooms_and_topics_through_redis(
         client.subscribe(f"/topic/raw/{name}")
         client.subscribe(ERRORS)
 
-    # Plain /topic messages cross both ways, headers and all.
+    # Plain /topic messages cross both ways, headers and all, once Redis has confirmed each
+    # server's channels (what is published before that is not delivered: see README).
+    for server in (server_a, server_b):
+        wait_until(lambda server=server: metric(server, "stomp_chat_relay_channels") >= 3,
+                   f"{server.workdir.name}'s three channels subscribed in Redis")
     on_b.conn.send("/topic/raw/a", "from B ü", headers={"x-note": "B 😀"})
     on_a.conn.send("/topic/raw/b", "from A 한글", headers={"x-note": "A ✓"})
     [to_a] = on_a.wait_at("/topic/raw/a", 1)
@@ -320,14 +324,27 @@ def test_a_lost_redis_counter_restarts_past_the_shared_database(
     assert rows == [(m["seq"], m["detailMessage"]) for m in [*before, after]]
 
 
-def relayed_count(server: RunningServer) -> float:
-    """The server's stomp_chat_relayed_messages_received_total, from /metrics."""
+def metric(server: RunningServer, name: str) -> float:
+    """One unlabelled value from the server's /metrics."""
     with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=TIMEOUT) as response:
         text = response.read().decode()
     for line in text.splitlines():
-        if line.startswith("stomp_chat_relayed_messages_received_total "):
+        if line.startswith(f"{name} "):
             return float(line.split()[1])
-    raise AssertionError("no relayed-messages counter in /metrics")
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def relayed_count(server: RunningServer) -> float:
+    """The server's stomp_chat_relayed_messages_received_total, from /metrics."""
+    return metric(server, "stomp_chat_relayed_messages_received_total")
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def channel_subscribers(redis_url: str, key: str) -> int:
@@ -391,6 +408,9 @@ def test_a_direct_message_reaches_every_session_of_its_user_on_every_server(
         opened += [bob_a, bob_b1, bob_b2, dave_b, carol_a]
         for client in (bob_a, bob_b1, bob_b2, dave_b):
             client.subscribe("/user/queue/dm")
+        for server, channels in ((server_a, 1), (server_b, 2)):  # bob's; bob's and dave's
+            wait_until(lambda s=server, n=channels: metric(s, "stomp_chat_relay_channels") >= n,
+                       "the user channels subscribed in Redis")
         carol_a.conn.send("/user/bob/queue/dm", "hi bob 👋", headers={"x-from": "carol"})
         for client in (bob_a, bob_b1, bob_b2):
             [message] = client.wait_at("/user/queue/dm", 1)

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from stomp_chat.cluster.address import RedisAddress
 from stomp_chat.cluster.linkstate import Link
+from stomp_chat.cluster.resp import ProtocolBroken, RespReader, encode_command
 
 log = Logger()
 
@@ -66,7 +67,42 @@ def _prepare(protocol: Any) -> Any:
     protocol.factory.link.connected(protocol)
 
 
-class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+class _FastWire:
+    """Replies read by stomp_chat.cluster.resp, all that arrived in one pass, and
+    commands encoded there: txredisapi's protocol otherwise, with the same values."""
+
+    charset: str | None
+    transport: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._replies = RespReader(
+            self.tryConvertData,  # type: ignore[attr-defined]
+            txredisapi.ResponseError,
+            txredisapi.InvalidResponse,
+        )
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        try:
+            replies = self._replies.feed(data)
+        except ProtocolBroken as error:
+            log.error("unreadable reply from Redis: {error}; reconnecting", error=error)
+            self.transport.loseConnection()
+            return
+        for reply in replies:
+            if reply == "QUEUED":
+                self.transactions += 1  # type: ignore[attr-defined]
+            else:
+                reply = self.handleTransactionData(reply)  # type: ignore[attr-defined]
+            self.replyReceived(reply)  # type: ignore[attr-defined]
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        if self.charset is not None:
+            return super()._build_command(*args, **kwargs)  # type: ignore[misc,no-any-return]
+        return encode_command(args, self._encode_value)  # type: ignore[attr-defined]
+
+
+class CommandProtocol(_FastWire, txredisapi.RedisProtocol):  # type: ignore[misc]
     """The commands connection: scripts, PUBLISH, PING."""
 
     def connectionMade(self) -> Any:
@@ -77,7 +113,7 @@ class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         return super().connectionLost(reason)
 
 
-class SubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class SubscriberProtocol(_FastWire, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     """The subscriber connection: the channels this server has local subscribers for."""
 
     def connectionMade(self) -> Any:

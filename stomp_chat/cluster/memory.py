@@ -68,17 +68,19 @@ class MemoryHub:
             return fail(ValueError("the script's first arguments are numbers"))
         if len(args) != head + count * per:
             return fail(ValueError("wrong number of script arguments"))
+        placeholder = args[3]
         seqs: list[int] = []
         records: dict[str, list[bytes]] = {}
         for i in range(count):
-            key, floor, durable, channel, meta, template, placeholder, recent = args[
+            key, recent, channel, floor, durable, meta, template = args[
                 head + i * per : head + (i + 1) * per
             ]
-            if key in self.counters:
+            if self.counters.get(key, 0) > 0:  # INCR answering 1 means it was missing
                 seq = max(self.counters[key] + 1, int(floor) + 1)
             elif int(durable) >= 0:
                 seq = max(int(floor), int(durable)) + 1
             else:
+                self.counters.pop(key, None)
                 seqs.append(NEEDS_FLOOR)
                 continue
             self.counters[key] = seq
@@ -168,8 +170,8 @@ class MemoryRelay(Service):
             return fail(RedisUnavailable("the hub is down"))
         d: Deferred[int] = Deferred()
         self.batch.add_chat(ChatEntry(
-            room_id, self.sequence_key.format(room_id=room_id), floor,
-            self.channel_prefix + key, meta_prefix(self.node_id, True, headers), template,
-            placeholder, f"{self.hub.namespace}:recent:{room_id}", d, durable_floor,
+            room_id, self.sequence_key.format(room_id=room_id),
+            f"{self.hub.namespace}:recent:{room_id}", self.channel_prefix + key, floor,
+            meta_prefix(self.node_id, True, headers), template, placeholder, d, durable_floor,
         ))
         return d

@@ -26,7 +26,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import (
     Deferred,
-    DeferredList,
     fail,
     gatherResults,
     inlineCallbacks,
@@ -43,6 +42,9 @@ from stomp_chat.cluster.ingest import Ingestion, RelayListener
 from stomp_chat.cluster.linkstate import Link
 
 log = Logger()
+
+#: How many chat rooms' Redis key names are kept ready (the cache starts over beyond).
+ROOM_KEYS_CACHED = 10_000
 
 
 class RedisUnavailable(Exception):
@@ -86,8 +88,11 @@ class RedisRelay(Service):
         self.subscriber_link = Link("subscriber", self._subscriber_up, self._subscriber_down)
         self._commands: Any = None
         self._subscriber: Any = None
-        #: Chat messages sent to Redis whose seq has not come back yet.
-        self._sequencing: set[Deferred[Any]] = set()
+        #: Each chat room's counter key and recent list, by room id (a bounded cache).
+        self._room_keys: dict[int, tuple[str, str]] = {}
+        #: The last headers a chat message had, and their record metadata.
+        self._meta_headers: dict[str, str] | None = None
+        self._meta = b""
         #: Told each time the commands link comes up (again).
         self.up_listeners: list[Callable[[], object]] = []
         self._is_ready = False
@@ -160,8 +165,7 @@ class RedisRelay(Service):
         self.batch.flush_now()
         # Messages Redis is numbering may already be broadcast: let their
         # seq come back so that this server stores them before it stops.
-        if self._sequencing:
-            yield DeferredList(list(self._sequencing))
+        yield self.batch.settled()
         self.commands_link.stop()
         self.subscriber_link.stop()
         waits = [f.disconnect() for f in (self._commands, self._subscriber) if f is not None]
@@ -323,11 +327,30 @@ class RedisRelay(Service):
 
     # -- out -----------------------------------------------------------
 
+    # The relay's own commands go straight to the ready connection: txredisapi's
+    # handler would first find it in its pool through an inlineCallbacks generator
+    # and several Deferreds, which cost more than the command itself at a low rate
+    # (one call per chat message). With no ready connection they fail at once, as a
+    # chat message does when Redis is unreachable.
+
     def _publish(self, channel: str, payload: bytes) -> Deferred[Any]:
-        return self._commands.handler.publish(channel, payload)  # type: ignore[no-any-return]
+        return self._on_connection("publish", channel, payload)
 
     def _eval(self, script: str, args: list[Any]) -> Deferred[Any]:
-        return self._commands.handler.eval(script, [], args)  # type: ignore[no-any-return]
+        return self._on_connection("eval", script, [], args)
+
+    def _on_connection(self, command: str, *args: Any) -> Deferred[Any]:
+        protocol = self.commands_link.protocol
+        if protocol is None:
+            return fail(RedisUnavailable("the commands link is down"))
+        if protocol.inTransaction or protocol.pipelining:
+            # another user of commands() holds the connection (MULTI, WATCH, a
+            # pipeline): wait for it through the handler, which keeps that order
+            return getattr(self._commands.handler, command)(*args)  # type: ignore[no-any-return]
+        try:
+            return getattr(protocol, command)(*args)  # type: ignore[no-any-return]
+        except Exception:  # txredisapi refuses at once on a connection that just dropped
+            return fail()
 
     def published(self, key: str, message: Message) -> None:
         """A local publish (already delivered locally): tell the others."""
@@ -362,20 +385,22 @@ class RedisRelay(Service):
         if not self.connected:
             self._report_outage("not connected")
             return fail(RedisUnavailable(f"Redis at {self.address.redacted()} is unreachable"))
+        keys = self._room_keys.get(room_id)
+        if keys is None:
+            if len(self._room_keys) >= ROOM_KEYS_CACHED:
+                self._room_keys.clear()
+            keys = self._room_keys[room_id] = (
+                self.sequence_key.format(room_id=room_id), self.recent_key.format(room_id=room_id)
+            )
+        if headers != self._meta_headers:
+            self._meta = meta_prefix(self.node_id, True, headers)
+            self._meta_headers = dict(headers)
         d: Deferred[int] = Deferred()
-        entry = ChatEntry(
-            room_id, self.sequence_key.format(room_id=room_id), floor,
-            self.channel_prefix + key, meta_prefix(self.node_id, True, headers), template,
-            placeholder, self.recent_key.format(room_id=room_id), d, durable_floor,
-        )
-        self._sequencing.add(d)
-        d.addBoth(self._sequenced, d)
-        self.batch.add_chat(entry)
+        self.batch.add_chat(ChatEntry(
+            room_id, keys[0], keys[1], self.channel_prefix + key, floor, self._meta, template,
+            placeholder, d, durable_floor,
+        ))
         return d
-
-    def _sequenced(self, result: Any, d: Deferred[Any]) -> Any:
-        self._sequencing.discard(d)
-        return result
 
     # -- in ------------------------------------------------------------
 
