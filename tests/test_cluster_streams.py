@@ -18,6 +18,7 @@ import pytest_twisted
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.task import deferLater
 
 from stomp_chat.broker import (
     ACK_AUTO,
@@ -501,3 +502,47 @@ def _answers(port: int) -> bool:
             return connection.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# -- attacks --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_with_only_subscribers_still_counts_against_max_queues(
+    streams: Streams,
+) -> None:
+    """A queue some node reads (its stream made empty by the read) but that holds nothing is
+    no excuse to pass --max-queues: the first message stored in it is refused."""
+    a, b = await streams.node(max_queues=1), await streams.node(max_queues=1)
+    await a.send("/queue/one", b"1")
+    Consumer(b.broker).subscribe("/queue/two", ACK_CLIENT)
+    await eventually(lambda: "/queue/two" in b.queues._grouped, "b's read of /queue/two")
+    refused = await a.send("/queue/two", b"2")
+    assert "too many queues" in refused.getErrorMessage()
+    assert await streams.redis.execute_command("SCARD", f"{streams.namespace}:queues") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_nodes_message_behind_many_live_pending_ones_is_still_claimed(
+    streams: Streams,
+) -> None:
+    """The sweep finds a dead node's message however many older messages live nodes hold
+    (a sweep that looked only at the first entries of the pending list never would)."""
+    live = await streams.node(prefetch=30)
+    holder = Consumer(live.broker)
+    holder.subscribe("/queue/deep", ACK_CLIENT_INDIVIDUAL)
+    for i in range(30):
+        await live.send("/queue/deep", b"live-%d" % i)
+    await eventually(lambda: len(holder.messages) == 30, "the live node's 30")
+    dying = await streams.node()
+    on_dying = Consumer(dying.broker)
+    on_dying.subscribe("/queue/deep", ACK_CLIENT_INDIVIDUAL)
+    await live.send("/queue/deep", b"orphan")
+    await eventually(lambda: on_dying.bodies == [b"orphan"], "the dying node's delivery")
+    dying.kill()
+    sweeper = await streams.node(prefetch=1)
+    on_sweeper = Consumer(sweeper.broker)
+    on_sweeper.subscribe("/queue/deep", ACK_CLIENT_INDIVIDUAL)
+    await Deferred.fromCoroutine(eventually(lambda: on_sweeper.bodies == [b"orphan"],
+                                            "the orphan's redelivery", LEASE * 4))
+    assert len(holder.messages) == 30  # nothing taken from the live node

@@ -18,7 +18,7 @@ is moved to the stream's tail (XACK + XADD in one script) for any server.
 
 A server renews its claim on what it holds every third of the lease (XCLAIM
 JUSTID of its own entries, which leaves the delivery count alone); every
-server sweeps the queues it reads with XAUTOCLAIM at that same pace, so a
+server sweeps the queues it reads at that same pace (XPENDING IDLE, XCLAIM), so a
 dead server's unacknowledged messages are redelivered, marked
 ``redelivered``, once they have been idle for the lease. The delivery count
 Redis keeps (the PEL) feeds ``--max-redeliveries`` and the dead-letter queue.
@@ -96,9 +96,9 @@ end
 SEND = """
 local size = #ARGV[5]
 local exists = redis.call('EXISTS', KEYS[1]) == 1
-if not exists then
-  if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 0
-     and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 0 then
+  -- A stream a reader made holds nothing yet: its first message makes one more queue.
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
     return redis.error_reply('QUEUES too many queues')
   end
 elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then
@@ -179,15 +179,16 @@ return {lost, gone}
 
 #: KEYS: stream. ARGV: group, consumer, min idle ms, count, forget-consumer idle ms.
 #: Claims entries idle for the lease (a dead server's) with their delivery counts, and
-#: forgets consumers that hold nothing and were idle long.
+#: forgets consumers that hold nothing and were idle long. XPENDING IDLE looks through
+#: the whole pending list (XAUTOCLAIM would stop after 10 x count entries, all of them
+#: perhaps held by live servers, and never reach a dead one's behind them).
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0',
-                           'COUNT', ARGV[4])
 local out = {}
-for _, entry in ipairs(claimed[2]) do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
-  out[#out + 1] = {entry[1], entry[2], p[1] and p[1][4] or 1}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+',
+                              ARGV[4])) do
+  local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])[1]
+  if entry then out[#out + 1] = {entry[1], entry[2], p[4] + 1} end
 end
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local info = {}
