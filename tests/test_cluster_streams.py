@@ -523,6 +523,50 @@ async def test_queue_with_only_subscribers_still_counts_against_max_queues(
 
 
 @pytest_twisted.ensureDeferred
+async def test_queues_subscribed_to_and_left_leave_nothing_in_redis(streams: Streams) -> None:
+    """A client subscribing to many queue names and leaving them does not leave an empty
+    stream per name in Redis: Redis memory stays bounded by what queues hold."""
+    a = await streams.node()
+    consumer = Consumer(a.broker)
+    for i in range(20):
+        consumer.subscribe(f"/queue/name-{i}")
+    await eventually(lambda: len(a.queues._grouped) == 20, "the reads")
+    consumer.close()
+
+    async def keys() -> list[Any]:
+        return list(await streams.redis.keys(f"{streams.namespace}:queue:*"))
+
+    for _ in range(50):
+        if not await keys():
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    assert await keys() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_still_reading_a_queue_another_left_gets_its_messages_at_once(
+    streams: Streams,
+) -> None:
+    """When one node's last consumer of a queue leaves and its empty stream is removed,
+    another node reading that queue makes it again and gets what is sent next at once."""
+    a, b = await streams.node(), await streams.node()
+    leaving, staying = Consumer(a.broker), Consumer(b.broker)
+    leaving.subscribe("/queue/shared")
+    staying.subscribe("/queue/shared")
+    await eventually(lambda: "/queue/shared" in a.queues._grouped
+                     and "/queue/shared" in b.queues._grouped, "both reads")
+    leaving.close()
+    for i in range(3):
+        await deferLater(reactor, 0.1, lambda: None)
+        started = reactor.seconds()
+        assert isinstance(await a.send("/queue/shared", b"%d" % i), bytes)
+        await eventually(lambda n=i: len(staying.messages) > n, "the delivery on b", 1.0)
+        assert reactor.seconds() - started < 1.0
+    assert staying.bodies == [b"0", b"1", b"2"]
+    assert leaving.messages == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_dead_nodes_message_behind_many_live_pending_ones_is_still_claimed(
     streams: Streams,
 ) -> None:

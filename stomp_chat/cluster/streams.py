@@ -159,6 +159,15 @@ if KEYS[1] ~= KEYS[2] then drop_if_empty(KEYS[1], KEYS[3], ARGV[3], KEYS[4]) end
 return {moved, dropped}
 """
 
+#: KEYS: stream, names set, byte total. ARGV: name. Removes a stream that holds nothing
+#: once no consumer here reads it: a reader's XGROUP CREATE MKSTREAM made it, and streams
+#: left by every queue name a client ever subscribed to would grow Redis without bound.
+#: Another server still reading it makes it again (its read ends with NOGROUP).
+FORGET = _HELPERS + """
+drop_if_empty(KEYS[1], KEYS[2], ARGV[1], KEYS[3])
+return 0
+"""
+
 #: KEYS: stream. ARGV: group, consumer, ids... Resets the idle time of the entries
 #: this consumer still holds; returns {ids another consumer holds now, ids gone}.
 RENEW = """
@@ -350,9 +359,11 @@ class StreamQueueSet(QueueSet):
             return False
         queue.subscriptions.remove(subscription)
         self.give_back(name, unacked)
-        if not queue.subscriptions and queue.backlog:
-            # Read for consumers who went: back to the stream, for any server.
-            self.backend.release(name, [self._pop(queue) for _ in range(len(queue.backlog))])
+        if not queue.subscriptions:
+            if queue.backlog:
+                # Read for consumers who went: back to the stream, for any server.
+                self.backend.release(name, [self._pop(queue) for _ in range(len(queue.backlog))])
+            self.backend.unread(name)
         self._forget_if_idle(queue)
         return True
 
@@ -767,6 +778,23 @@ class ClusterQueues(Service):
 
         d.addCallbacks(moved, failed)
 
+    def unread(self, name: str) -> None:
+        """No consumer here reads ``name`` any more: its stream goes if it holds nothing."""
+        self._grouped.discard(name)
+        if not self.connected:
+            return
+        self._script(FORGET, [self.key(name), self.names_key, self.bytes_key],
+                     [name]).addErrback(lambda failure: log.warn(
+                         "cluster queues: removing the empty stream of {queue} failed: "
+                         "{error}", queue=name, error=failure.getErrorMessage()))
+
+    def _unread_after(self, names: Iterable[str]) -> None:
+        """A read covered queues whose consumers left meanwhile: it may have made their
+        streams again (MKSTREAM) after :meth:`unread` removed them."""
+        for name in names:
+            if not self.queues.subscriber_count(name):
+                self.unread(name)
+
     # -- reading ----------------------------------------------------------------------------
 
     def readable(self, name: str) -> None:
@@ -820,7 +848,7 @@ class ClusterQueues(Service):
             *[self.key(name) for name in names], *([">"] * len(names)),
         ))
         d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(names, handled),
-                       errbackArgs=(handled,))
+                       errbackArgs=(names, handled))
         d.addBoth(lambda _: handled.callback(None))
 
     def _create_group(self, protocol: Any, name: str) -> Deferred[None]:
@@ -846,9 +874,10 @@ class ClusterQueues(Service):
             name = by_key.get(_text(stream_key))
             if name is not None:
                 self._arrived(name, [(entry_id, fields, 1) for entry_id, fields in entries])
+        self._unread_after(names)
         self._read()
 
-    def _read_failed(self, failure: Failure, handled: Deferred[None]) -> None:
+    def _read_failed(self, failure: Failure, names: list[str], handled: Deferred[None]) -> None:
         if handled is not self._read_done_d:
             return
         self._in_flight = None
@@ -856,6 +885,7 @@ class ClusterQueues(Service):
         self._grouped.clear()  # a stream deleted once emptied: its group is made again
         if not self.running or self.reader_link.protocol is None:
             return
+        self._unread_after(names)
         text = failure.getErrorMessage()
         if "UNBLOCKED" in text or "NOGROUP" in text:
             # A stream emptied and removed while this server waited on it (or just before
