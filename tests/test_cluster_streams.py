@@ -38,6 +38,7 @@ from stomp_chat.cluster.streams import (
     entry_of,
     message_of,
 )
+from tests.tcpproxy import TcpProxy
 from tests.test_cluster_relay import (
     REDIS_HOST,
     REDIS_PORT,
@@ -590,3 +591,71 @@ async def test_dead_nodes_message_behind_many_live_pending_ones_is_still_claimed
     await Deferred.fromCoroutine(eventually(lambda: on_sweeper.bodies == [b"orphan"],
                                             "the orphan's redelivery", LEASE * 4))
     assert len(holder.messages) == 30  # nothing taken from the live node
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_nodes_messages_are_not_taken_after_a_redis_outage_longer_than_the_lease(
+    streams: Streams,
+) -> None:
+    """Redis unreachable for longer than the lease, then back to one node a little before
+    the other (reconnections are never simultaneous): the first back does not take the
+    messages the other, alive all along, still holds, so nothing is delivered twice."""
+    with TcpProxy(REDIS_HOST, REDIS_PORT) as to_a, TcpProxy(REDIS_HOST, REDIS_PORT) as to_b:
+        a = await streams.node(url=f"redis://{REDIS_HOST}:{to_a.port}/0?namespace="
+                               f"{streams.namespace}")
+        b = await streams.node(url=f"redis://{REDIS_HOST}:{to_b.port}/0?namespace="
+                               f"{streams.namespace}")
+        for node in (a, b):
+            await eventually(lambda n=node: n.queues.degraded is None and
+                             n.queues._reader_id is not None, "the node's links")
+        on_a = Consumer(a.broker)
+        on_a.subscribe("/queue/outage", ACK_CLIENT_INDIVIDUAL)
+        await a.send("/queue/outage", b"held by a")
+        await eventually(lambda: on_a.bodies == [b"held by a"], "the delivery on a")
+        on_b = Consumer(b.broker)
+        on_b.subscribe("/queue/outage", ACK_CLIENT_INDIVIDUAL)
+        to_a.block()
+        to_b.block()
+        await eventually(lambda: a.queues.degraded and b.queues.degraded, "the outage")
+        await deferLater(reactor, LEASE * 1.5, lambda: None)
+        to_b.unblock()
+        await eventually(lambda: b.queues.degraded is None, "b's reconnection", 5.0)
+        await deferLater(reactor, LEASE / 2, lambda: None)
+        to_a.unblock()
+        await eventually(lambda: a.queues.degraded is None, "a's reconnection", 5.0)
+        with pytest.raises(AssertionError):
+            await eventually(lambda: on_b.messages, "a second delivery", LEASE * 2)
+        on_a.ack(on_a.messages[0])
+        await eventually(lambda: not a.queues.held, "the acknowledgement")
+        assert await streams.length("/queue/outage") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_lost_by_a_stalled_node_the_first_ack_removes_the_message(
+    streams: Streams,
+) -> None:
+    """A live node that does not renew for the lease loses its message to another node,
+    which delivers it again (the documented duplicate); the stalled node's late ACK removes
+    it, the other delivery's ACK does nothing, and no byte stays counted."""
+    a, b = await streams.node(), await streams.node()
+    on_a = Consumer(a.broker)
+    on_a.subscribe("/queue/stall", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/stall", b"slow")
+    await eventually(lambda: on_a.bodies == [b"slow"], "the delivery on a")
+    a.queues._renewal.stop()  # a stalls: no renewal
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/stall", ACK_CLIENT_INDIVIDUAL)
+    await Deferred.fromCoroutine(eventually(lambda: on_b.bodies == [b"slow"],
+                                            "b's claim", LEASE * 4))
+    assert on_b.messages[0].message_id == on_a.messages[0].message_id
+    assert on_b.messages[0].headers["redelivered"] == "true"
+    await a.queues._renew_and_sweep()  # a wakes up: it learns the message is b's now
+    assert not a.queues.held
+    on_a.ack(on_a.messages[0])
+    await eventually(lambda: not a.queues.unconfirmed, "a's acknowledgement")
+    assert await streams.length("/queue/stall") == 0
+    on_b.ack(on_b.messages[0])
+    await eventually(lambda: not b.queues.held, "b's acknowledgement")
+    assert await streams.redis.exists(f"{streams.namespace}:queued-bytes") == 0
+    a.queues._renewal.start(LEASE / 3, now=False)
+

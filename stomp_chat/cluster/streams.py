@@ -528,6 +528,9 @@ class ClusterQueues(Service):
         self._calls: set[Deferred[Any]] = set()
         #: Messages redelivered here after their server's lease ran out.
         self.reclaimed = 0
+        #: No claims before this (reactor seconds): one lease after the commands link came
+        #: up, so that servers cut off by the same outage get back and renew first.
+        self._claims_from = 0.0
 
     @property
     def connected(self) -> bool:
@@ -596,6 +599,9 @@ class ClusterQueues(Service):
 
     def _commands_up(self, protocol: Any) -> None:
         log.info("cluster queues: connected to {redis}", redis=self.address.redacted())
+        # After an outage every server's entries look idle: the others, alive all along,
+        # reconnect within their back-off and renew theirs before this one claims any.
+        self._claims_from = self.reactor.seconds() + self.lease
         self._flush_acks()
         self._renew_and_sweep()
 
@@ -946,7 +952,8 @@ class ClusterQueues(Service):
                                  [GROUP, self.consumer, *ids[start:start + IDS_PER_CALL]])
                 calls.append(d.addCallback(self._renewed, name))
         lease_ms = int(self.lease * 1000)
-        for queue in self.queues:
+        claiming = self.reactor.seconds() >= self._claims_from
+        for queue in self.queues if claiming else ():
             room = self.queues.room(queue.name) if queue.subscriptions else 0
             if room > 0:
                 d = self._script(CLAIM, [self.key(queue.name)],
