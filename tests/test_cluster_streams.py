@@ -659,3 +659,29 @@ async def test_lease_lost_by_a_stalled_node_the_first_ack_removes_the_message(
     assert await streams.redis.exists(f"{streams.namespace}:queued-bytes") == 0
     a.queues._renewal.start(LEASE / 3, now=False)
 
+
+@pytest_twisted.ensureDeferred
+async def test_nack_of_a_message_another_node_claimed_does_not_deliver_it_again_here(
+    streams: Streams,
+) -> None:
+    """A NACK that comes after another node claimed the message (the NACKing node had lost
+    its lease) does not hand it to a second local consumer: the other node has it now."""
+    a, b = await streams.node(), await streams.node()
+    on_a, also_on_a = Consumer(a.broker), Consumer(a.broker)
+    on_a.subscribe("/queue/lost", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/lost", b"once more")
+    await eventually(lambda: on_a.bodies == [b"once more"], "the delivery on a")
+    also_on_a.subscribe("/queue/lost", ACK_CLIENT_INDIVIDUAL)
+    a.queues._renewal.stop()
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/lost", ACK_CLIENT_INDIVIDUAL)
+    await Deferred.fromCoroutine(eventually(lambda: on_b.bodies == [b"once more"],
+                                            "b's claim", LEASE * 4))
+    await a.queues._renew_and_sweep()
+    on_a.ack(on_a.messages[0], requeue=True)
+    with pytest.raises(AssertionError):
+        await eventually(lambda: also_on_a.messages, "a third delivery", LEASE)
+    on_b.ack(on_b.messages[0])
+    await eventually(lambda: not b.queues.held, "b's acknowledgement")
+    assert await streams.length("/queue/lost") == 0
+    a.queues._renewal.start(LEASE / 3, now=False)

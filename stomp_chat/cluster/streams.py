@@ -368,6 +368,8 @@ class StreamQueueSet(QueueSet):
         return True
 
     def give_back(self, name: str, messages: Iterable[Message]) -> None:
+        # One this server lost (another claimed it once its lease ran out) is that one's.
+        messages = [m for m in messages if self.backend.holds(name, m)]
         queue = self._queues.get(name)
         if queue is not None and queue.subscriptions:
             super().give_back(name, messages)  # a local consumer takes it, or dead letters
@@ -717,6 +719,10 @@ class ClusterQueues(Service):
         else:
             self._flush_soon()
         self._forget(name, batch)
+
+    def holds(self, name: str, message: Message) -> bool:
+        """Whether this server still holds ``message``'s entry (it was not claimed since)."""
+        return getattr(message, "entry_id", None) in self.held.get(name, ())
 
     def _forget(self, name: str, entry_ids: Iterable[bytes]) -> None:
         """No longer renew the lease on these entries."""
