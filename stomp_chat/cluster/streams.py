@@ -56,6 +56,10 @@ READ_BATCH = 100
 #: How long one XREADGROUP blocks when nothing arrives, in seconds.
 DEFAULT_BLOCK = 5.0
 DEFAULT_LEASE = 30.0
+#: The bounds of ``--cluster-queue-lease``: renewals every third of it must get through a
+#: hiccup of the process or the network, and a dead server's messages must come back.
+MIN_LEASE = 1.0
+MAX_LEASE = 86_400.0
 #: A consumer that holds nothing and was idle this many leases leaves the group.
 FORGET_CONSUMER_LEASES = 10
 #: The most entry ids one ACK, renewal or release script call carries.
