@@ -685,3 +685,35 @@ async def test_nack_of_a_message_another_node_claimed_does_not_deliver_it_again_
     await eventually(lambda: not b.queues.held, "b's acknowledgement")
     assert await streams.length("/queue/lost") == 0
     a.queues._renewal.start(LEASE / 3, now=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumer_with_little_room_does_not_slow_other_queues_reads(
+    streams: Streams,
+) -> None:
+    """One client-ack consumer at its prefetch (room for one message) does not make the node
+    read every other queue one message per round trip: an ack:auto consumer's 500 waiting
+    messages come in batches."""
+    a = await streams.node(prefetch=2)
+    holder = Consumer(a.broker)
+    holder.subscribe("/queue/slow", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/slow", b"held")
+    await eventually(lambda: holder.messages, "the held message")
+    for stored in [a.broker.accept("/queue/fast", b"m", {}) for _ in range(500)]:
+        assert isinstance(stored, Deferred)
+        await stored
+    reader = a.queues.reader_link.protocol
+    reads = []
+    execute = reader.execute_command
+
+    def counting(*args: Any) -> Any:
+        if args[0] == "XREADGROUP":
+            reads.append(args)
+        return execute(*args)
+
+    reader.execute_command = counting
+    fast = Consumer(a.broker)
+    fast.subscribe("/queue/fast")
+    await eventually(lambda: len(fast.messages) == 500, "the 500 messages", 10.0)
+    assert len(reads) <= 20
+    assert len(holder.messages) == 1  # and the full consumer got no more than its room

@@ -36,7 +36,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -527,6 +534,8 @@ class ClusterQueues(Service):
         self._read_done_d: Deferred[None] | None = None
         self._reader_id: Any = None
         self._read_retry: Any = None
+        #: Whether the last read brought messages (the next one then need not block).
+        self._brought = False
         self._retry_delay = 0.05
         self._renewal = LoopingCall(self._renew_and_sweep)
         self._renewal.clock = reactor
@@ -857,15 +866,36 @@ class ClusterQueues(Service):
                           consumeErrors=True)
             if missing else succeed(None)
         )
-        count = min(rooms.values())
-        d.addCallback(lambda _: protocol.execute_command(
-            "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
-            "BLOCK", int(self.block * 1000), "STREAMS",
-            *[self.key(name) for name in names], *([">"] * len(names)),
-        ))
+        by_room: dict[int, list[str]] = {}
+        for name in names:
+            by_room.setdefault(rooms[name], []).append(name)
+        if self._brought and len(by_room) > 1:
+            # Messages are coming: read each queue up to its own room at once (no block),
+            # so that a consumer with little room does not make every queue read that little.
+            d.addCallback(lambda _: self._read_by_room(protocol, by_room))
+        else:
+            count = min(rooms.values())
+            d.addCallback(lambda _: protocol.execute_command(
+                "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
+                "BLOCK", int(self.block * 1000), "STREAMS",
+                *[self.key(name) for name in names], *([">"] * len(names)),
+            ))
         d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(names, handled),
                        errbackArgs=(names, handled))
         d.addBoth(lambda _: handled.callback(None))
+
+    def _read_by_room(self, protocol: Any, by_room: dict[int, list[str]]) -> Deferred[Any]:
+        """One XREADGROUP without BLOCK per room size; their replies as one."""
+        reads = [
+            protocol.execute_command(
+                "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "STREAMS",
+                *[self.key(name) for name in names], *([">"] * len(names)))
+            for count, names in by_room.items()
+        ]
+        d = gatherResults(reads, consumeErrors=True)
+        d.addCallback(lambda replies: [item for reply in replies for item in reply or ()])
+        return d.addErrback(lambda failure: failure.value.subFailure
+                            if failure.check(FirstError) else failure)
 
     def _create_group(self, protocol: Any, name: str) -> Deferred[None]:
         def created(_: Any) -> None:
@@ -885,8 +915,10 @@ class ClusterQueues(Service):
         self._in_flight = None
         self._read_done_d = None
         self._retry_delay = 0.05
+        self._brought = False
         by_key = {self.key(name): name for name in names}
         for stream_key, entries in reply or ():
+            self._brought = self._brought or bool(entries)
             name = by_key.get(_text(stream_key))
             if name is not None:
                 self._arrived(name, [(entry_id, fields, 1) for entry_id, fields in entries])
