@@ -892,10 +892,13 @@ class ClusterQueues(Service):
                 *[self.key(name) for name in names], *([">"] * len(names)))
             for count, names in by_room.items()
         ]
+        def first(failure: Failure) -> Failure:
+            error = failure.value
+            return error.subFailure if isinstance(error, FirstError) else failure
+
         d = gatherResults(reads, consumeErrors=True)
         d.addCallback(lambda replies: [item for reply in replies for item in reply or ()])
-        return d.addErrback(lambda failure: failure.value.subFailure
-                            if failure.check(FirstError) else failure)
+        return d.addErrback(first)
 
     def _create_group(self, protocol: Any, name: str) -> Deferred[None]:
         def created(_: Any) -> None:
