@@ -717,3 +717,31 @@ async def test_consumer_with_little_room_does_not_slow_other_queues_reads(
     await eventually(lambda: len(fast.messages) == 500, "the 500 messages", 10.0)
     assert len(reads) <= 20
     assert len(holder.messages) == 1  # and the full consumer got no more than its room
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queue_emptied_makes_readers_create_that_groups_only(streams: Streams) -> None:
+    """A stream removed once emptied makes the nodes reading it create its group again, and
+    only its: a node reading 50 queues does not create all 50 groups each time one empties."""
+    a, b = await streams.node(), await streams.node()
+    reader_of_all = Consumer(b.broker)
+    for i in range(50):
+        reader_of_all.subscribe(f"/queue/many-{i}")
+    await eventually(lambda: len(b.queues._grouped) == 50, "b's groups")
+    reader = b.queues.reader_link.protocol
+    creates = []
+    execute = reader.execute_command
+
+    def counting(*args: Any) -> Any:
+        if args[:2] == ("XGROUP", "CREATE"):
+            creates.append(args)
+        return execute(*args)
+
+    reader.execute_command = counting
+    for i in range(5):
+        assert isinstance(await a.send("/queue/many-0", b"%d" % i), bytes)
+        await eventually(lambda n=i: len(reader_of_all.messages) > n, "the delivery on b")
+        await eventually(lambda: not b.queues.held, "the acknowledgement")
+    await deferLater(reactor, 0.2, lambda: None)
+    assert len(creates) <= 10
+    assert reader_of_all.bodies == [b"%d" % i for i in range(5)]

@@ -933,11 +933,11 @@ class ClusterQueues(Service):
             return
         self._in_flight = None
         self._read_done_d = None
-        self._grouped.clear()  # a stream deleted once emptied: its group is made again
+        text = failure.getErrorMessage()
+        self._regroup(text, names)
         if not self.running or self.reader_link.protocol is None:
             return
         self._unread_after(names)
-        text = failure.getErrorMessage()
         if "UNBLOCKED" in text or "NOGROUP" in text:
             # A stream emptied and removed while this server waited on it (or just before
             # the read): make its group again and read on, at once.
@@ -948,6 +948,19 @@ class ClusterQueues(Service):
             self._retry_delay = min(self._retry_delay * 2, 2.0)
         if self._read_retry is None or not self._read_retry.active():
             self._read_retry = self.reactor.callLater(delay, self._read)
+
+    def _regroup(self, error: str, names: list[str]) -> None:
+        """After a failed read, the queues whose group must be made again: the one a
+        NOGROUP names (a stream removed once emptied), not every queue read; none for
+        UNBLOCKED (the read again says NOGROUP for the stream that went); all otherwise."""
+        if "UNBLOCKED" in error:
+            return
+        if "NOGROUP" in error:
+            gone = [name for name in names if f"'{self.key(name)}'" in error]
+            if gone:
+                self._grouped.difference_update(gone)
+                return
+        self._grouped.clear()
 
     def _arrived(self, name: str, entries: list[tuple[Any, Any, Any]]) -> None:
         """Entries read or claimed: this server holds them now; hand them to its consumers."""
