@@ -745,3 +745,30 @@ async def test_a_queue_emptied_makes_readers_create_that_groups_only(streams: St
     await deferLater(reactor, 0.2, lambda: None)
     assert len(creates) <= 10
     assert reader_of_all.bodies == [b"%d" % i for i in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_whose_consumers_left_stops_reading_the_queue_at_once(
+    streams: Streams,
+) -> None:
+    """A node whose last consumer of a queue leaves ends its blocked read of it at once, so
+    it takes no message for nobody (to give back at the tail, out of order)."""
+    a, b = await streams.node(), await streams.node()
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/order", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/order", b"0")  # pending on b: the stream is not empty
+    await eventually(lambda: on_b.bodies == [b"0"], "the first message on b")
+    for round_ in range(5):
+        leaving = Consumer(a.broker)
+        leaving.subscribe("/queue/order")
+        await eventually(lambda: a.queues._in_flight is not None
+                         and "/queue/order" in a.queues._in_flight, "a's read of the queue")
+        await deferLater(reactor, 0.05, lambda: None)  # a's read is blocked now
+        leaving.close()
+        sent = [a.broker.accept("/queue/order", b"%d-%d" % (round_, i), {}) for i in (1, 2, 3)]
+        for stored in sent:
+            assert isinstance(stored, Deferred)
+            await stored
+        await eventually(lambda n=round_: len(on_b.messages) == 4 + 3 * n, "b's deliveries")
+        assert leaving.messages == []
+    assert on_b.bodies == [b"0", *(b"%d-%d" % (r, i) for r in range(5) for i in (1, 2, 3))]

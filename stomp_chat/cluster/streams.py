@@ -804,8 +804,11 @@ class ClusterQueues(Service):
         d.addCallbacks(moved, failed)
 
     def unread(self, name: str) -> None:
-        """No consumer here reads ``name`` any more: its stream goes if it holds nothing."""
+        """No consumer here reads ``name`` any more: a read blocked on it ends (it would take
+        messages for nobody, to give back at the tail), its stream goes if it holds nothing."""
         self._grouped.discard(name)
+        if self._in_flight is not None and name in self._in_flight:
+            self._unblock()
         if not self.connected:
             return
         self._script(FORGET, [self.key(name), self.names_key, self.bytes_key],
