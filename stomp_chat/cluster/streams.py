@@ -72,6 +72,14 @@ FORGET_CONSUMER_LEASES = 10
 #: The most entry ids one ACK, renewal or release script call carries.
 IDS_PER_CALL = 500
 
+#: Failures after which a command may have been carried out: its answer did not come.
+_UNANSWERED = (
+    "txredisapi.ConnectionError",
+    "txredisapi.TimeoutError",
+    "twisted.internet.error.ConnectionLost",
+    "twisted.internet.error.ConnectionDone",
+)
+
 # -- scripts -----------------------------------------------------------------------------------
 
 #: What the scripts below share. ``remove`` acknowledges an entry and deletes it,
@@ -696,6 +704,10 @@ class ClusterQueues(Service):
             )
         log.warn("cluster queues: storing a message for {queue} failed: {error}",
                  queue=name, error=text)
+        if failure.check(*_UNANSWERED):
+            # Redis may have carried the script out before its answer was lost.
+            raise BrokerError(f"queue unavailable: Redis did not answer ({text}); the message "
+                              f"to {name} may have been stored")
         raise BrokerError(f"queue unavailable: {name} could not be stored in Redis ({text})")
 
     # -- acknowledging ----------------------------------------------------------------------
