@@ -821,3 +821,42 @@ async def test_send_whose_reply_never_came_says_it_may_have_been_stored(
         assert message.startswith("queue unavailable: "), message
         assert "may have been stored" in message, message
         assert await streams.length("/queue/unanswered") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_redis_refused_is_sent_again_without_another_ack(
+    streams: Streams, tmp_path
+) -> None:
+    """An ACK Redis refuses while the link stays up (NOREPLICAS: a replica lagging) is sent
+    again by the node's next renewal, not only when some later ACK comes: the message
+    leaves the stream once Redis takes writes again."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed")
+    port = free_port()
+    redis = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: _answers(port), "the throwaway Redis")
+        admin = await txredisapi.Connection(REDIS_HOST, port, charset=None, reconnect=False)
+        node = await streams.node(url=f"redis://{REDIS_HOST}:{port}/0?namespace=acks")
+        await eventually(lambda: node.queues.degraded is None and
+                         node.queues._reader_id is not None, "the node's links")
+        consumer = Consumer(node.broker)
+        consumer.subscribe("/queue/acked", ACK_CLIENT_INDIVIDUAL)
+        assert isinstance(await node.send("/queue/acked", b"done"), bytes)
+        await eventually(lambda: consumer.messages, "the delivery")
+        await admin.execute_command("CONFIG", "SET", "min-replicas-to-write", "1")
+        consumer.ack(consumer.messages[0])
+        await deferLater(reactor, 0.3, lambda: None)
+        assert node.queues.unconfirmed  # refused: NOREPLICAS
+        await admin.execute_command("CONFIG", "SET", "min-replicas-to-write", "0")
+        await Deferred.fromCoroutine(eventually(lambda: not node.queues.unconfirmed,
+                                                "the ACK sent again", LEASE * 2))
+        assert int(await admin.execute_command("XLEN", "acks:queue:/queue/acked")) == 0
+        await node.stop()
+        await admin.disconnect()
+    finally:
+        redis.terminate()
+        redis.wait()

@@ -625,8 +625,7 @@ class ClusterQueues(Service):
         # After an outage every server's entries look idle: the others, alive all along,
         # reconnect within their back-off and renew theirs before this one claims any.
         self._claims_from = self.reactor.seconds() + self.lease
-        self._flush_acks()
-        self._renew_and_sweep()
+        self._renew_and_sweep()  # and the acknowledgements that waited
 
     def _reader_up(self, protocol: Any) -> None:
         self._grouped.clear()
@@ -760,7 +759,7 @@ class ClusterQueues(Service):
             del self.held[name]
 
     def _ack_failed(self, failure: Failure) -> None:
-        log.warn("cluster queues: acknowledging failed: {error}; retried once Redis answers",
+        log.warn("cluster queues: acknowledging failed: {error}; retried at the next renewal",
                  error=failure.getErrorMessage())
 
     def _flush_soon(self) -> None:
@@ -1017,6 +1016,8 @@ class ClusterQueues(Service):
         """Renew the lease on what this server holds; claim what dead servers held."""
         if not self.connected:
             return None
+        if self.unconfirmed and not self._ack_scheduled:
+            self._flush_acks()  # acknowledgements Redis refused while the link stayed up
         calls = []
         for name, held in list(self.held.items()):
             ids = list(held)
