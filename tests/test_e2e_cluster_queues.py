@@ -233,5 +233,6 @@ def test_commit_refused_by_a_full_cluster_queue_gets_an_error_naming_the_commit(
         assert error.headers.get("receipt-id") == "commit", error.headers
         assert "commit" not in client.receipts
         assert queue_length(redis_url, queue) == 1
+        client.wait_for(lambda: client.disconnected, "the close after the ERROR")
     finally:
         client.close()
