@@ -21,6 +21,7 @@ import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from stomp_chat.broker import (
     ACK_AUTO,
@@ -860,3 +861,21 @@ async def test_ack_redis_refused_is_sent_again_without_another_ack(
     finally:
         redis.terminate()
         redis.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_by_room_keep_what_one_read_when_another_fails(streams: Streams) -> None:
+    """Reads by room size go out together: when one fails (its stream removed meanwhile:
+    NOGROUP), the entries another read are still handed back, not left pending to the node
+    until the lease runs out."""
+    a = await streams.node()
+    for i in range(3):
+        await a.send("/queue/kept", b"%d" % i)
+    await a.send("/queue/removed", b"x")
+    await streams.redis.delete(streams.key("/queue/removed"))
+    reply = await a.queues._read_by_room(a.queues.reader_link.protocol,
+                                         {1: ["/queue/removed"], 100: ["/queue/kept"]})
+    assert not isinstance(reply, Failure), reply
+    [(stream, entries)] = reply
+    assert stream == streams.key("/queue/kept").encode()
+    assert [fields[1].rpartition(b"\n")[2] for _, fields in entries] == [b"0", b"1", b"2"]

@@ -38,7 +38,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import (
     Deferred,
-    FirstError,
+    DeferredList,
     fail,
     gatherResults,
     maybeDeferred,
@@ -899,20 +899,21 @@ class ClusterQueues(Service):
         d.addBoth(lambda _: handled.callback(None))
 
     def _read_by_room(self, protocol: Any, by_room: dict[int, list[str]]) -> Deferred[Any]:
-        """One XREADGROUP without BLOCK per room size; their replies as one."""
+        """One XREADGROUP without BLOCK per room size; their replies as one. What one
+        of them read is kept when another failed (those entries are this server's now)."""
         reads = [
             protocol.execute_command(
                 "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "STREAMS",
                 *[self.key(name) for name in names], *([">"] * len(names)))
             for count, names in by_room.items()
         ]
-        def first(failure: Failure) -> Failure:
-            error = failure.value
-            return error.subFailure if isinstance(error, FirstError) else failure
 
-        d = gatherResults(reads, consumeErrors=True)
-        d.addCallback(lambda replies: [item for reply in replies for item in reply or ()])
-        return d.addErrback(first)
+        def combined(results: list[tuple[bool, Any]]) -> Any:
+            replies = [item for ok, reply in results if ok for item in reply or ()]
+            failures = [failure for ok, failure in results if not ok]
+            return failures[0] if failures and not replies else replies
+
+        return DeferredList(reads, consumeErrors=True).addCallback(combined)
 
     def _create_group(self, protocol: Any, name: str) -> Deferred[None]:
         def created(_: Any) -> None:
