@@ -18,8 +18,8 @@ is moved to the stream's tail (XACK + XADD in one script) for any server.
 
 A server renews its claim on what it holds every third of the lease (XCLAIM
 JUSTID of its own entries, which leaves the delivery count alone); every
-server sweeps the queues it reads at that same pace (XPENDING IDLE, XCLAIM), so a
-dead server's unacknowledged messages are redelivered, marked
+server sweeps the queues it reads at that same pace (XPENDING IDLE, then
+XCLAIM), so a dead server's unacknowledged messages are redelivered, marked
 ``redelivered``, once they have been idle for the lease. The delivery count
 Redis keeps (the PEL) feeds ``--max-redeliveries`` and the dead-letter queue.
 
