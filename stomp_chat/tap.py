@@ -46,7 +46,7 @@ from stomp_chat.broker import (
 from stomp_chat.cluster import RedisRelay, parse_redis_url
 from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE
 from stomp_chat.cluster.presence import DEFAULT_PRESENCE_TTL, ClusterPresence
-from stomp_chat.cluster.streams import DEFAULT_LEASE, ClusterQueues
+from stomp_chat.cluster.streams import DEFAULT_LEASE, MAX_LEASE, MIN_LEASE, ClusterQueues
 from stomp_chat.config import coercions, config_path, environment_arguments, file_arguments
 from stomp_chat.heartbeat import HeartbeatMonitor, tick_for
 from stomp_chat.identity import AUTH_NONE
@@ -119,6 +119,20 @@ def _non_negative_seconds(name: str) -> Any:
 
 def _positive_seconds(name: str) -> Any:
     return option_values.seconds(name, allow_zero=False)
+
+
+def parse_queue_lease(value: str) -> float:
+    """--cluster-queue-lease: a lease shorter than a second would let servers take the
+    messages of live ones between two renewals (every third of it) on any hiccup."""
+    lease = float(_positive_seconds("--cluster-queue-lease")(value))
+    if not MIN_LEASE <= lease <= MAX_LEASE:
+        raise ValueError(f"--cluster-queue-lease must be {MIN_LEASE:g} to {MAX_LEASE:g} "
+                         f"seconds, not {value}")
+    return lease
+
+
+parse_queue_lease.coerceDoc = (  # type: ignore[attr-defined]
+    f"Seconds, {MIN_LEASE:g} to {MAX_LEASE:g}.")
 
 
 def parse_heartbeat_option(value: str) -> tuple[int, int]:
@@ -492,7 +506,7 @@ class Options(usage.Options):
             "Cluster mode: seconds after which the unacknowledged /queue/ messages of a "
             "server that stopped answering are redelivered by another (a live server renews "
             "its lease every third of this).",
-            _positive_seconds("--cluster-queue-lease"),
+            parse_queue_lease,
         ],
         [
             "retention-days",

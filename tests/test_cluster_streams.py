@@ -18,6 +18,8 @@ import pytest_twisted
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from stomp_chat.broker import (
     ACK_AUTO,
@@ -37,6 +39,7 @@ from stomp_chat.cluster.streams import (
     entry_of,
     message_of,
 )
+from tests.tcpproxy import TcpProxy
 from tests.test_cluster_relay import (
     REDIS_HOST,
     REDIS_PORT,
@@ -501,3 +504,348 @@ def _answers(port: int) -> bool:
             return connection.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# -- attacks --------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_with_only_subscribers_still_counts_against_max_queues(
+    streams: Streams,
+) -> None:
+    """A queue some node reads (its stream made empty by the read) but that holds nothing is
+    no excuse to pass --max-queues: the first message stored in it is refused."""
+    a, b = await streams.node(max_queues=1), await streams.node(max_queues=1)
+    await a.send("/queue/one", b"1")
+    Consumer(b.broker).subscribe("/queue/two", ACK_CLIENT)
+    await eventually(lambda: "/queue/two" in b.queues._grouped, "b's read of /queue/two")
+    refused = await a.send("/queue/two", b"2")
+    assert "too many queues" in refused.getErrorMessage()
+    assert await streams.redis.execute_command("SCARD", f"{streams.namespace}:queues") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_queues_subscribed_to_and_left_leave_nothing_in_redis(streams: Streams) -> None:
+    """A client subscribing to many queue names and leaving them does not leave an empty
+    stream per name in Redis: Redis memory stays bounded by what queues hold."""
+    a = await streams.node()
+    consumer = Consumer(a.broker)
+    for i in range(20):
+        consumer.subscribe(f"/queue/name-{i}")
+    await eventually(lambda: len(a.queues._grouped) == 20, "the reads")
+    consumer.close()
+
+    async def keys() -> list[Any]:
+        return list(await streams.redis.keys(f"{streams.namespace}:queue:*"))
+
+    for _ in range(50):
+        if not await keys():
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    assert await keys() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_still_reading_a_queue_another_left_gets_its_messages_at_once(
+    streams: Streams,
+) -> None:
+    """When one node's last consumer of a queue leaves and its empty stream is removed,
+    another node reading that queue makes it again and gets what is sent next at once."""
+    a, b = await streams.node(), await streams.node()
+    leaving, staying = Consumer(a.broker), Consumer(b.broker)
+    leaving.subscribe("/queue/shared")
+    staying.subscribe("/queue/shared")
+    await eventually(lambda: "/queue/shared" in a.queues._grouped
+                     and "/queue/shared" in b.queues._grouped, "both reads")
+    leaving.close()
+    for i in range(3):
+        await deferLater(reactor, 0.1, lambda: None)
+        started = reactor.seconds()
+        assert isinstance(await a.send("/queue/shared", b"%d" % i), bytes)
+        await eventually(lambda n=i: len(staying.messages) > n, "the delivery on b", 1.0)
+        assert reactor.seconds() - started < 1.0
+    assert staying.bodies == [b"0", b"1", b"2"]
+    assert leaving.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dead_nodes_message_behind_many_live_pending_ones_is_still_claimed(
+    streams: Streams,
+) -> None:
+    """The sweep finds a dead node's message however many older messages live nodes hold
+    (a sweep that looked only at the first entries of the pending list never would)."""
+    live = await streams.node(prefetch=30)
+    holder = Consumer(live.broker)
+    holder.subscribe("/queue/deep", ACK_CLIENT_INDIVIDUAL)
+    for i in range(30):
+        await live.send("/queue/deep", b"live-%d" % i)
+    await eventually(lambda: len(holder.messages) == 30, "the live node's 30")
+    dying = await streams.node()
+    on_dying = Consumer(dying.broker)
+    on_dying.subscribe("/queue/deep", ACK_CLIENT_INDIVIDUAL)
+    await live.send("/queue/deep", b"orphan")
+    await eventually(lambda: on_dying.bodies == [b"orphan"], "the dying node's delivery")
+    dying.kill()
+    sweeper = await streams.node(prefetch=1)
+    on_sweeper = Consumer(sweeper.broker)
+    on_sweeper.subscribe("/queue/deep", ACK_CLIENT_INDIVIDUAL)
+    await Deferred.fromCoroutine(eventually(lambda: on_sweeper.bodies == [b"orphan"],
+                                            "the orphan's redelivery", LEASE * 4))
+    assert len(holder.messages) == 30  # nothing taken from the live node
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_nodes_messages_are_not_taken_after_a_redis_outage_longer_than_the_lease(
+    streams: Streams,
+) -> None:
+    """Redis unreachable for longer than the lease, then back to one node a little before
+    the other (reconnections are never simultaneous): the first back does not take the
+    messages the other, alive all along, still holds, so nothing is delivered twice."""
+    with TcpProxy(REDIS_HOST, REDIS_PORT) as to_a, TcpProxy(REDIS_HOST, REDIS_PORT) as to_b:
+        a = await streams.node(url=f"redis://{REDIS_HOST}:{to_a.port}/0?namespace="
+                               f"{streams.namespace}")
+        b = await streams.node(url=f"redis://{REDIS_HOST}:{to_b.port}/0?namespace="
+                               f"{streams.namespace}")
+        for node in (a, b):
+            await eventually(lambda n=node: n.queues.degraded is None and
+                             n.queues._reader_id is not None, "the node's links")
+        on_a = Consumer(a.broker)
+        on_a.subscribe("/queue/outage", ACK_CLIENT_INDIVIDUAL)
+        await a.send("/queue/outage", b"held by a")
+        await eventually(lambda: on_a.bodies == [b"held by a"], "the delivery on a")
+        on_b = Consumer(b.broker)
+        on_b.subscribe("/queue/outage", ACK_CLIENT_INDIVIDUAL)
+        to_a.block()
+        to_b.block()
+        await eventually(lambda: a.queues.degraded and b.queues.degraded, "the outage")
+        await deferLater(reactor, LEASE * 1.5, lambda: None)
+        to_b.unblock()
+        await eventually(lambda: b.queues.degraded is None, "b's reconnection", 5.0)
+        await deferLater(reactor, LEASE / 2, lambda: None)
+        to_a.unblock()
+        await eventually(lambda: a.queues.degraded is None, "a's reconnection", 5.0)
+        with pytest.raises(AssertionError):
+            await eventually(lambda: on_b.messages, "a second delivery", LEASE * 2)
+        on_a.ack(on_a.messages[0])
+        await eventually(lambda: not a.queues.held, "the acknowledgement")
+        assert await streams.length("/queue/outage") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_lost_by_a_stalled_node_the_first_ack_removes_the_message(
+    streams: Streams,
+) -> None:
+    """A live node that does not renew for the lease loses its message to another node,
+    which delivers it again (the documented duplicate); the stalled node's late ACK removes
+    it, the other delivery's ACK does nothing, and no byte stays counted."""
+    a, b = await streams.node(), await streams.node()
+    on_a = Consumer(a.broker)
+    on_a.subscribe("/queue/stall", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/stall", b"slow")
+    await eventually(lambda: on_a.bodies == [b"slow"], "the delivery on a")
+    a.queues._renewal.stop()  # a stalls: no renewal
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/stall", ACK_CLIENT_INDIVIDUAL)
+    await Deferred.fromCoroutine(eventually(lambda: on_b.bodies == [b"slow"],
+                                            "b's claim", LEASE * 4))
+    assert on_b.messages[0].message_id == on_a.messages[0].message_id
+    assert on_b.messages[0].headers["redelivered"] == "true"
+    await a.queues._renew_and_sweep()  # a wakes up: it learns the message is b's now
+    assert not a.queues.held
+    on_a.ack(on_a.messages[0])
+    await eventually(lambda: not a.queues.unconfirmed, "a's acknowledgement")
+    assert await streams.length("/queue/stall") == 0
+    on_b.ack(on_b.messages[0])
+    await eventually(lambda: not b.queues.held, "b's acknowledgement")
+    assert await streams.redis.exists(f"{streams.namespace}:queued-bytes") == 0
+    a.queues._renewal.start(LEASE / 3, now=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nack_of_a_message_another_node_claimed_does_not_deliver_it_again_here(
+    streams: Streams,
+) -> None:
+    """A NACK that comes after another node claimed the message (the NACKing node had lost
+    its lease) does not hand it to a second local consumer: the other node has it now."""
+    a, b = await streams.node(), await streams.node()
+    on_a, also_on_a = Consumer(a.broker), Consumer(a.broker)
+    on_a.subscribe("/queue/lost", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/lost", b"once more")
+    await eventually(lambda: on_a.bodies == [b"once more"], "the delivery on a")
+    also_on_a.subscribe("/queue/lost", ACK_CLIENT_INDIVIDUAL)
+    a.queues._renewal.stop()
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/lost", ACK_CLIENT_INDIVIDUAL)
+    await Deferred.fromCoroutine(eventually(lambda: on_b.bodies == [b"once more"],
+                                            "b's claim", LEASE * 4))
+    await a.queues._renew_and_sweep()
+    on_a.ack(on_a.messages[0], requeue=True)
+    with pytest.raises(AssertionError):
+        await eventually(lambda: also_on_a.messages, "a third delivery", LEASE)
+    on_b.ack(on_b.messages[0])
+    await eventually(lambda: not b.queues.held, "b's acknowledgement")
+    assert await streams.length("/queue/lost") == 0
+    a.queues._renewal.start(LEASE / 3, now=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumer_with_little_room_does_not_slow_other_queues_reads(
+    streams: Streams,
+) -> None:
+    """One client-ack consumer at its prefetch (room for one message) does not make the node
+    read every other queue one message per round trip: an ack:auto consumer's 500 waiting
+    messages come in batches."""
+    a = await streams.node(prefetch=2)
+    holder = Consumer(a.broker)
+    holder.subscribe("/queue/slow", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/slow", b"held")
+    await eventually(lambda: holder.messages, "the held message")
+    for stored in [a.broker.accept("/queue/fast", b"m", {}) for _ in range(500)]:
+        assert isinstance(stored, Deferred)
+        await stored
+    reader = a.queues.reader_link.protocol
+    reads = []
+    execute = reader.execute_command
+
+    def counting(*args: Any) -> Any:
+        if args[0] == "XREADGROUP":
+            reads.append(args)
+        return execute(*args)
+
+    reader.execute_command = counting
+    fast = Consumer(a.broker)
+    fast.subscribe("/queue/fast")
+    await eventually(lambda: len(fast.messages) == 500, "the 500 messages", 10.0)
+    assert len(reads) <= 20
+    assert len(holder.messages) == 1  # and the full consumer got no more than its room
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queue_emptied_makes_readers_create_that_groups_only(streams: Streams) -> None:
+    """A stream removed once emptied makes the nodes reading it create its group again, and
+    only its: a node reading 50 queues does not create all 50 groups each time one empties."""
+    a, b = await streams.node(), await streams.node()
+    reader_of_all = Consumer(b.broker)
+    for i in range(50):
+        reader_of_all.subscribe(f"/queue/many-{i}")
+    await eventually(lambda: len(b.queues._grouped) == 50, "b's groups")
+    reader = b.queues.reader_link.protocol
+    creates = []
+    execute = reader.execute_command
+
+    def counting(*args: Any) -> Any:
+        if args[:2] == ("XGROUP", "CREATE"):
+            creates.append(args)
+        return execute(*args)
+
+    reader.execute_command = counting
+    for i in range(5):
+        assert isinstance(await a.send("/queue/many-0", b"%d" % i), bytes)
+        await eventually(lambda n=i: len(reader_of_all.messages) > n, "the delivery on b")
+        await eventually(lambda: not b.queues.held, "the acknowledgement")
+    await deferLater(reactor, 0.2, lambda: None)
+    assert len(creates) <= 10
+    assert reader_of_all.bodies == [b"%d" % i for i in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_whose_consumers_left_stops_reading_the_queue_at_once(
+    streams: Streams,
+) -> None:
+    """A node whose last consumer of a queue leaves ends its blocked read of it at once, so
+    it takes no message for nobody (to give back at the tail, out of order)."""
+    a, b = await streams.node(), await streams.node()
+    on_b = Consumer(b.broker)
+    on_b.subscribe("/queue/order", ACK_CLIENT_INDIVIDUAL)
+    await a.send("/queue/order", b"0")  # pending on b: the stream is not empty
+    await eventually(lambda: on_b.bodies == [b"0"], "the first message on b")
+    for round_ in range(5):
+        leaving = Consumer(a.broker)
+        leaving.subscribe("/queue/order")
+        await eventually(lambda: a.queues._in_flight is not None
+                         and "/queue/order" in a.queues._in_flight, "a's read of the queue")
+        await deferLater(reactor, 0.05, lambda: None)  # a's read is blocked now
+        leaving.close()
+        sent = [a.broker.accept("/queue/order", b"%d-%d" % (round_, i), {}) for i in (1, 2, 3)]
+        for stored in sent:
+            assert isinstance(stored, Deferred)
+            await stored
+        await eventually(lambda n=round_: len(on_b.messages) == 4 + 3 * n, "b's deliveries")
+        assert leaving.messages == []
+    assert on_b.bodies == [b"0", *(b"%d-%d" % (r, i) for r in range(5) for i in (1, 2, 3))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_whose_reply_never_came_says_it_may_have_been_stored(
+    streams: Streams,
+) -> None:
+    """A SEND Redis stored but whose answer was lost is refused with 'queue unavailable'
+    saying it may have been stored, never that it was not: the client dedupes if it resends."""
+    with TcpProxy(REDIS_HOST, REDIS_PORT) as proxy:
+        node = await streams.node(url=f"redis://{REDIS_HOST}:{proxy.port}/0?namespace="
+                                  f"{streams.namespace}")
+        await eventually(lambda: node.queues.degraded is None and
+                         node.queues._reader_id is not None, "the node's links")
+        proxy.drop_replies.set()
+        refused = await node.send("/queue/unanswered", b"stored after all")
+        message = refused.getErrorMessage()
+        assert message.startswith("queue unavailable: "), message
+        assert "may have been stored" in message, message
+        assert await streams.length("/queue/unanswered") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ack_redis_refused_is_sent_again_without_another_ack(
+    streams: Streams, tmp_path
+) -> None:
+    """An ACK Redis refuses while the link stays up (NOREPLICAS: a replica lagging) is sent
+    again by the node's next renewal, not only when some later ACK comes: the message
+    leaves the stream once Redis takes writes again."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed")
+    port = free_port()
+    redis = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: _answers(port), "the throwaway Redis")
+        admin = await txredisapi.Connection(REDIS_HOST, port, charset=None, reconnect=False)
+        node = await streams.node(url=f"redis://{REDIS_HOST}:{port}/0?namespace=acks")
+        await eventually(lambda: node.queues.degraded is None and
+                         node.queues._reader_id is not None, "the node's links")
+        consumer = Consumer(node.broker)
+        consumer.subscribe("/queue/acked", ACK_CLIENT_INDIVIDUAL)
+        assert isinstance(await node.send("/queue/acked", b"done"), bytes)
+        await eventually(lambda: consumer.messages, "the delivery")
+        await admin.execute_command("CONFIG", "SET", "min-replicas-to-write", "1")
+        consumer.ack(consumer.messages[0])
+        await deferLater(reactor, 0.3, lambda: None)
+        assert node.queues.unconfirmed  # refused: NOREPLICAS
+        await admin.execute_command("CONFIG", "SET", "min-replicas-to-write", "0")
+        await Deferred.fromCoroutine(eventually(lambda: not node.queues.unconfirmed,
+                                                "the ACK sent again", LEASE * 2))
+        assert int(await admin.execute_command("XLEN", "acks:queue:/queue/acked")) == 0
+        await node.stop()
+        await admin.disconnect()
+    finally:
+        redis.terminate()
+        redis.wait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_by_room_keep_what_one_read_when_another_fails(streams: Streams) -> None:
+    """Reads by room size go out together: when one fails (its stream removed meanwhile:
+    NOGROUP), the entries another read are still handed back, not left pending to the node
+    until the lease runs out."""
+    a = await streams.node()
+    for i in range(3):
+        await a.send("/queue/kept", b"%d" % i)
+    await a.send("/queue/removed", b"x")
+    await streams.redis.delete(streams.key("/queue/removed"))
+    reply = await a.queues._read_by_room(a.queues.reader_link.protocol,
+                                         {1: ["/queue/removed"], 100: ["/queue/kept"]})
+    assert not isinstance(reply, Failure), reply
+    [(stream, entries)] = reply
+    assert stream == streams.key("/queue/kept").encode()
+    assert [fields[1].rpartition(b"\n")[2] for _, fields in entries] == [b"0", b"1", b"2"]

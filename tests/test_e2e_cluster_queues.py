@@ -209,3 +209,30 @@ def test_redis_cut_refuses_queue_sends_keeps_topics_and_recovers_without_duplica
         for problem in ("Traceback", "Unhandled", "#critical"):
             assert problem not in server_a.log(), server_a.log()
         assert_clean_stop(server_b)
+
+
+def test_commit_refused_by_a_full_cluster_queue_gets_an_error_naming_the_commit(
+    tmp_path: Any, redis_url: str, start_node
+) -> None:
+    """A COMMIT whose queue SEND Redis refuses (the queue is full) gets the ERROR, naming the
+    COMMIT's receipt as for any refused frame (not the SEND's, already answered when the
+    SEND was queued), and no RECEIPT; the transaction's SENDs stored before it stay stored."""
+    queue = "/queue/tx"
+    server = start_node("a", "--redis", redis_url, "--database", f"sqlite:///{tmp_path}/a.db",
+                        "--max-queue-messages", "1")
+    client = QueueClient(server.http_port)
+    try:
+        client.conn.begin("tx1")
+        client.conn.send(queue, "one", transaction="tx1", headers={"receipt": "send-1"})
+        client.conn.send(queue, "two", transaction="tx1", headers={"receipt": "send-2"})
+        client.wait_for(lambda: "send-2" in client.receipts, "the SENDs' receipts")
+        client.conn.commit("tx1", headers={"receipt": "commit"})
+        client.wait_for(lambda: client.errors, "the ERROR")
+        error = client.errors[0]
+        assert error.headers["message"].startswith("queue full: /queue/tx"), error.headers
+        assert error.headers.get("receipt-id") == "commit", error.headers
+        assert "commit" not in client.receipts
+        assert queue_length(redis_url, queue) == 1
+        client.wait_for(lambda: client.disconnected, "the close after the ERROR")
+    finally:
+        client.close()

@@ -266,6 +266,9 @@ def test_transport_limits_have_sane_defaults():
         (["--http-header-timeout", "soon"], "must be a number"),
         (["--http-idle-timeout", "inf"], "must be positive"),
         (["--max-connect-bytes", "0"], "positive"),
+        (["--cluster-queue-lease", "0.01"], "1 to 86400 seconds"),
+        (["--cluster-queue-lease", "1e9"], "1 to 86400 seconds"),
+        (["--cluster-queue-lease", "soon"], "number of seconds"),
     ],
 )
 def test_transport_limit_options_refuse_bad_values(args, message):

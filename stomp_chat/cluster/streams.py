@@ -18,8 +18,8 @@ is moved to the stream's tail (XACK + XADD in one script) for any server.
 
 A server renews its claim on what it holds every third of the lease (XCLAIM
 JUSTID of its own entries, which leaves the delivery count alone); every
-server sweeps the queues it reads with XAUTOCLAIM at that same pace, so a
-dead server's unacknowledged messages are redelivered, marked
+server sweeps the queues it reads at that same pace (XPENDING IDLE, then
+XCLAIM), so a dead server's unacknowledged messages are redelivered, marked
 ``redelivered``, once they have been idle for the lease. The delivery count
 Redis keeps (the PEL) feeds ``--max-redeliveries`` and the dead-letter queue.
 
@@ -36,7 +36,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,10 +63,22 @@ READ_BATCH = 100
 #: How long one XREADGROUP blocks when nothing arrives, in seconds.
 DEFAULT_BLOCK = 5.0
 DEFAULT_LEASE = 30.0
+#: The bounds of ``--cluster-queue-lease``: renewals every third of it must get through a
+#: hiccup of the process or the network, and a dead server's messages must come back.
+MIN_LEASE = 1.0
+MAX_LEASE = 86_400.0
 #: A consumer that holds nothing and was idle this many leases leaves the group.
 FORGET_CONSUMER_LEASES = 10
 #: The most entry ids one ACK, renewal or release script call carries.
 IDS_PER_CALL = 500
+
+#: Failures after which a command may have been carried out: its answer did not come.
+_UNANSWERED = (
+    "txredisapi.ConnectionError",
+    "txredisapi.TimeoutError",
+    "twisted.internet.error.ConnectionLost",
+    "twisted.internet.error.ConnectionDone",
+)
 
 # -- scripts -----------------------------------------------------------------------------------
 
@@ -96,9 +115,9 @@ end
 SEND = """
 local size = #ARGV[5]
 local exists = redis.call('EXISTS', KEYS[1]) == 1
-if not exists then
-  if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 0
-     and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 0 then
+  -- A stream a reader made holds nothing yet: its first message makes one more queue.
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
     return redis.error_reply('QUEUES too many queues')
   end
 elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then
@@ -159,6 +178,15 @@ if KEYS[1] ~= KEYS[2] then drop_if_empty(KEYS[1], KEYS[3], ARGV[3], KEYS[4]) end
 return {moved, dropped}
 """
 
+#: KEYS: stream, names set, byte total. ARGV: name. Removes a stream that holds nothing
+#: once no consumer here reads it: a reader's XGROUP CREATE MKSTREAM made it, and streams
+#: left by every queue name a client ever subscribed to would grow Redis without bound.
+#: Another server still reading it makes it again (its read ends with NOGROUP).
+FORGET = _HELPERS + """
+drop_if_empty(KEYS[1], KEYS[2], ARGV[1], KEYS[3])
+return 0
+"""
+
 #: KEYS: stream. ARGV: group, consumer, ids... Resets the idle time of the entries
 #: this consumer still holds; returns {ids another consumer holds now, ids gone}.
 RENEW = """
@@ -179,15 +207,16 @@ return {lost, gone}
 
 #: KEYS: stream. ARGV: group, consumer, min idle ms, count, forget-consumer idle ms.
 #: Claims entries idle for the lease (a dead server's) with their delivery counts, and
-#: forgets consumers that hold nothing and were idle long.
+#: forgets consumers that hold nothing and were idle long. XPENDING IDLE looks through
+#: the whole pending list (XAUTOCLAIM would stop after 10 x count entries, all of them
+#: perhaps held by live servers, and never reach a dead one's behind them).
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0',
-                           'COUNT', ARGV[4])
 local out = {}
-for _, entry in ipairs(claimed[2]) do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
-  out[#out + 1] = {entry[1], entry[2], p[1] and p[1][4] or 1}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+',
+                              ARGV[4])) do
+  local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])[1]
+  if entry then out[#out + 1] = {entry[1], entry[2], p[4] + 1} end
 end
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local info = {}
@@ -349,13 +378,17 @@ class StreamQueueSet(QueueSet):
             return False
         queue.subscriptions.remove(subscription)
         self.give_back(name, unacked)
-        if not queue.subscriptions and queue.backlog:
-            # Read for consumers who went: back to the stream, for any server.
-            self.backend.release(name, [self._pop(queue) for _ in range(len(queue.backlog))])
+        if not queue.subscriptions:
+            if queue.backlog:
+                # Read for consumers who went: back to the stream, for any server.
+                self.backend.release(name, [self._pop(queue) for _ in range(len(queue.backlog))])
+            self.backend.unread(name)
         self._forget_if_idle(queue)
         return True
 
     def give_back(self, name: str, messages: Iterable[Message]) -> None:
+        # One this server lost (another claimed it once its lease ran out) is that one's.
+        messages = [m for m in messages if self.backend.holds(name, m)]
         queue = self._queues.get(name)
         if queue is not None and queue.subscriptions:
             super().give_back(name, messages)  # a local consumer takes it, or dead letters
@@ -509,6 +542,8 @@ class ClusterQueues(Service):
         self._read_done_d: Deferred[None] | None = None
         self._reader_id: Any = None
         self._read_retry: Any = None
+        #: Whether the last read brought messages (the next one then need not block).
+        self._brought = False
         self._retry_delay = 0.05
         self._renewal = LoopingCall(self._renew_and_sweep)
         self._renewal.clock = reactor
@@ -516,6 +551,9 @@ class ClusterQueues(Service):
         self._calls: set[Deferred[Any]] = set()
         #: Messages redelivered here after their server's lease ran out.
         self.reclaimed = 0
+        #: No claims before this (reactor seconds): one lease after the commands link came
+        #: up, so that servers cut off by the same outage get back and renew first.
+        self._claims_from = 0.0
 
     @property
     def connected(self) -> bool:
@@ -584,8 +622,10 @@ class ClusterQueues(Service):
 
     def _commands_up(self, protocol: Any) -> None:
         log.info("cluster queues: connected to {redis}", redis=self.address.redacted())
-        self._flush_acks()
-        self._renew_and_sweep()
+        # After an outage every server's entries look idle: the others, alive all along,
+        # reconnect within their back-off and renew theirs before this one claims any.
+        self._claims_from = self.reactor.seconds() + self.lease
+        self._renew_and_sweep()  # and the acknowledgements that waited
 
     def _reader_up(self, protocol: Any) -> None:
         self._grouped.clear()
@@ -663,6 +703,10 @@ class ClusterQueues(Service):
             )
         log.warn("cluster queues: storing a message for {queue} failed: {error}",
                  queue=name, error=text)
+        if failure.check(*_UNANSWERED):
+            # Redis may have carried the script out before its answer was lost.
+            raise BrokerError(f"queue unavailable: Redis did not answer ({text}); the message "
+                              f"to {name} may have been stored")
         raise BrokerError(f"queue unavailable: {name} could not be stored in Redis ({text})")
 
     # -- acknowledging ----------------------------------------------------------------------
@@ -700,6 +744,10 @@ class ClusterQueues(Service):
             self._flush_soon()
         self._forget(name, batch)
 
+    def holds(self, name: str, message: Message) -> bool:
+        """Whether this server still holds ``message``'s entry (it was not claimed since)."""
+        return getattr(message, "entry_id", None) in self.held.get(name, ())
+
     def _forget(self, name: str, entry_ids: Iterable[bytes]) -> None:
         """No longer renew the lease on these entries."""
         held = self.held.get(name)
@@ -711,7 +759,7 @@ class ClusterQueues(Service):
             del self.held[name]
 
     def _ack_failed(self, failure: Failure) -> None:
-        log.warn("cluster queues: acknowledging failed: {error}; retried once Redis answers",
+        log.warn("cluster queues: acknowledging failed: {error}; retried at the next renewal",
                  error=failure.getErrorMessage())
 
     def _flush_soon(self) -> None:
@@ -766,6 +814,26 @@ class ClusterQueues(Service):
 
         d.addCallbacks(moved, failed)
 
+    def unread(self, name: str) -> None:
+        """No consumer here reads ``name`` any more: a read blocked on it ends (it would take
+        messages for nobody, to give back at the tail), its stream goes if it holds nothing."""
+        self._grouped.discard(name)
+        if self._in_flight is not None and name in self._in_flight:
+            self._unblock()
+        if not self.connected:
+            return
+        self._script(FORGET, [self.key(name), self.names_key, self.bytes_key],
+                     [name]).addErrback(lambda failure: log.warn(
+                         "cluster queues: removing the empty stream of {queue} failed: "
+                         "{error}", queue=name, error=failure.getErrorMessage()))
+
+    def _unread_after(self, names: Iterable[str]) -> None:
+        """A read covered queues whose consumers left meanwhile: it may have made their
+        streams again (MKSTREAM) after :meth:`unread` removed them."""
+        for name in names:
+            if not self.queues.subscriber_count(name):
+                self.unread(name)
+
     # -- reading ----------------------------------------------------------------------------
 
     def readable(self, name: str) -> None:
@@ -812,15 +880,40 @@ class ClusterQueues(Service):
                           consumeErrors=True)
             if missing else succeed(None)
         )
-        count = min(rooms.values())
-        d.addCallback(lambda _: protocol.execute_command(
-            "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
-            "BLOCK", int(self.block * 1000), "STREAMS",
-            *[self.key(name) for name in names], *([">"] * len(names)),
-        ))
+        by_room: dict[int, list[str]] = {}
+        for name in names:
+            by_room.setdefault(rooms[name], []).append(name)
+        if self._brought and len(by_room) > 1:
+            # Messages are coming: read each queue up to its own room at once (no block),
+            # so that a consumer with little room does not make every queue read that little.
+            d.addCallback(lambda _: self._read_by_room(protocol, by_room))
+        else:
+            count = min(rooms.values())
+            d.addCallback(lambda _: protocol.execute_command(
+                "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
+                "BLOCK", int(self.block * 1000), "STREAMS",
+                *[self.key(name) for name in names], *([">"] * len(names)),
+            ))
         d.addCallbacks(self._read_done, self._read_failed, callbackArgs=(names, handled),
-                       errbackArgs=(handled,))
+                       errbackArgs=(names, handled))
         d.addBoth(lambda _: handled.callback(None))
+
+    def _read_by_room(self, protocol: Any, by_room: dict[int, list[str]]) -> Deferred[Any]:
+        """One XREADGROUP without BLOCK per room size; their replies as one. What one
+        of them read is kept when another failed (those entries are this server's now)."""
+        reads = [
+            protocol.execute_command(
+                "XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count, "STREAMS",
+                *[self.key(name) for name in names], *([">"] * len(names)))
+            for count, names in by_room.items()
+        ]
+
+        def combined(results: list[tuple[bool, Any]]) -> Any:
+            replies = [item for ok, reply in results if ok for item in reply or ()]
+            failures = [failure for ok, failure in results if not ok]
+            return failures[0] if failures and not replies else replies
+
+        return DeferredList(reads, consumeErrors=True).addCallback(combined)
 
     def _create_group(self, protocol: Any, name: str) -> Deferred[None]:
         def created(_: Any) -> None:
@@ -840,22 +933,26 @@ class ClusterQueues(Service):
         self._in_flight = None
         self._read_done_d = None
         self._retry_delay = 0.05
+        self._brought = False
         by_key = {self.key(name): name for name in names}
         for stream_key, entries in reply or ():
+            self._brought = self._brought or bool(entries)
             name = by_key.get(_text(stream_key))
             if name is not None:
                 self._arrived(name, [(entry_id, fields, 1) for entry_id, fields in entries])
+        self._unread_after(names)
         self._read()
 
-    def _read_failed(self, failure: Failure, handled: Deferred[None]) -> None:
+    def _read_failed(self, failure: Failure, names: list[str], handled: Deferred[None]) -> None:
         if handled is not self._read_done_d:
             return
         self._in_flight = None
         self._read_done_d = None
-        self._grouped.clear()  # a stream deleted once emptied: its group is made again
+        text = failure.getErrorMessage()
+        self._regroup(text, names)
         if not self.running or self.reader_link.protocol is None:
             return
-        text = failure.getErrorMessage()
+        self._unread_after(names)
         if "UNBLOCKED" in text or "NOGROUP" in text:
             # A stream emptied and removed while this server waited on it (or just before
             # the read): make its group again and read on, at once.
@@ -866,6 +963,19 @@ class ClusterQueues(Service):
             self._retry_delay = min(self._retry_delay * 2, 2.0)
         if self._read_retry is None or not self._read_retry.active():
             self._read_retry = self.reactor.callLater(delay, self._read)
+
+    def _regroup(self, error: str, names: list[str]) -> None:
+        """After a failed read, the queues whose group must be made again: the one a
+        NOGROUP names (a stream removed once emptied), not every queue read; none for
+        UNBLOCKED (the read again says NOGROUP for the stream that went); all otherwise."""
+        if "UNBLOCKED" in error:
+            return
+        if "NOGROUP" in error:
+            gone = [name for name in names if f"'{self.key(name)}'" in error]
+            if gone:
+                self._grouped.difference_update(gone)
+                return
+        self._grouped.clear()
 
     def _arrived(self, name: str, entries: list[tuple[Any, Any, Any]]) -> None:
         """Entries read or claimed: this server holds them now; hand them to its consumers."""
@@ -907,6 +1017,8 @@ class ClusterQueues(Service):
         """Renew the lease on what this server holds; claim what dead servers held."""
         if not self.connected:
             return None
+        if self.unconfirmed and not self._ack_scheduled:
+            self._flush_acks()  # acknowledgements Redis refused while the link stayed up
         calls = []
         for name, held in list(self.held.items()):
             ids = list(held)
@@ -915,7 +1027,8 @@ class ClusterQueues(Service):
                                  [GROUP, self.consumer, *ids[start:start + IDS_PER_CALL]])
                 calls.append(d.addCallback(self._renewed, name))
         lease_ms = int(self.lease * 1000)
-        for queue in self.queues:
+        claiming = self.reactor.seconds() >= self._claims_from
+        for queue in self.queues if claiming else ():
             room = self.queues.room(queue.name) if queue.subscriptions else 0
             if room > 0:
                 d = self._script(CLAIM, [self.key(queue.name)],

@@ -377,15 +377,18 @@ class StompSession:
         else:
             self.broker.check_destination(destination)
 
-    def _apply_send(self, frame: Frame, destination: str) -> Deferred[Any] | object | None:
-        """Route a SEND now; a Deferred means its receipt must wait."""
+    def _apply_send(
+        self, frame: Frame, destination: str, refused_as: Frame | None = None
+    ) -> Deferred[Any] | object | None:
+        """Route a SEND now; a Deferred means its receipt must wait. A refusal names
+        ``refused_as`` (the COMMIT that applied the SEND) if given."""
         if destination.startswith(APP_PREFIX):
             return self._dispatch_to_app(frame)
         headers = {k: v for k, v in frame.headers.items() if k not in RESERVED_HEADERS}
         stored = self.broker.accept(destination, frame.body, headers)
         if stored is None:
             return None
-        return stored.addErrback(self._send_refused, frame)
+        return stored.addErrback(self._send_refused, refused_as or frame)
 
     def _send_refused(self, failure: Failure, frame: Frame) -> object:
         """A SEND that a queue kept elsewhere refused after later frames were read:
@@ -526,7 +529,7 @@ class StompSession:
         acks = self._acks
         for queued in frames:
             if queued.command == "SEND":
-                result = self._apply_send(queued, queued.headers["destination"])
+                result = self._apply_send(queued, queued.headers["destination"], frame)
                 if isinstance(result, Deferred):
                     waits.append(result)
             else:
