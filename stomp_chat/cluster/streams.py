@@ -18,8 +18,8 @@ is moved to the stream's tail (XACK + XADD in one script) for any server.
 
 A server renews its claim on what it holds every third of the lease (XCLAIM
 JUSTID of its own entries, which leaves the delivery count alone); every
-server sweeps the queues it reads at that same pace (XPENDING IDLE, then
-XCLAIM), so a dead server's unacknowledged messages are redelivered, marked
+server sweeps the queues it reads at that same pace (XAUTOCLAIM, following
+its cursor), so a dead server's unacknowledged messages are redelivered, marked
 ``redelivered``, once they have been idle for the lease. The delivery count
 Redis keeps (the PEL) feeds ``--max-redeliveries`` and the dead-letter queue.
 
@@ -206,18 +206,25 @@ return {lost, gone}
 """
 
 #: KEYS: stream. ARGV: group, consumer, min idle ms, count, forget-consumer idle ms.
-#: Claims entries idle for the lease (a dead server's) with their delivery counts, and
-#: forgets consumers that hold nothing and were idle long. XPENDING IDLE looks through
-#: the whole pending list (XAUTOCLAIM would stop after 10 x count entries, all of them
-#: perhaps held by live servers, and never reach a dead one's behind them).
+#: Claims up to count entries idle for the lease (a dead server's) with their delivery
+#: counts, and forgets consumers that hold nothing and were idle long. One XAUTOCLAIM
+#: looks at no more than 10 x count pending entries, perhaps all held by live servers:
+#: following its cursor to the end of the pending list reaches a dead one's behind them.
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local out = {}
-for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+',
-                              ARGV[4])) do
-  local entry = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])[1]
-  if entry then out[#out + 1] = {entry[1], entry[2], p[4] + 1} end
-end
+local out, cursor, room = {}, '0-0', tonumber(ARGV[4])
+repeat
+  local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor,
+                           'COUNT', room)
+  cursor = reply[1]
+  for _, entry in ipairs(reply[2]) do
+    if entry and entry[1] then
+      local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)[1]
+      out[#out + 1] = {entry[1], entry[2], p[4]}
+      room = room - 1
+    end
+  end
+until cursor == '0-0' or room <= 0
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local info = {}
   for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
