@@ -71,6 +71,9 @@ def _header(data: bytes) -> bytes:
 class WebSocketFrameTransport:
     """What the STOMP protocol sees as its transport on a WebSocket."""
 
+    #: Each write is one message: frames written together must come as a sequence.
+    frames_are_messages = True
+
     def __init__(self, ws: StompWebSocketProtocol) -> None:
         self._ws = ws
         self.disconnecting = False
