@@ -55,11 +55,14 @@ _FIN_BINARY = 0x80 | _OPCODE_BINARY
 def _header(data: bytes) -> bytes:
     """The header that makes ``data`` one unmasked, unfragmented WebSocket message: text
     when it is valid UTF-8, binary otherwise (one call per frame: it runs per delivery)."""
-    try:
-        data.decode("utf-8")
+    if data.isascii():  # the common case, at half the cost of decoding
         first = _FIN_TEXT
-    except UnicodeDecodeError:
-        first = _FIN_BINARY
+    else:
+        try:
+            data.decode("utf-8")
+            first = _FIN_TEXT
+        except UnicodeDecodeError:
+            first = _FIN_BINARY
     size = len(data)
     if size < 126:
         return bytes((first, size))
