@@ -792,3 +792,135 @@ def test_a_closed_gate_holds_reading_so_silence_is_not_counted():
     assert protocol.reading_held
     clock.advance(1.0)
     assert not protocol.reading_held
+
+
+# -- one write per connection for what one read makes it write ---------------------------
+
+
+class WriteRecordingTransport(AbortRecordingTransport):
+    """Records every call that hands bytes to the transport, and when it was asked to close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append("write")
+        super().write(data)
+
+    def writeSequence(self, data) -> None:
+        self.calls.append(f"writeSequence({len(data)})")
+        super().write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.calls.append("loseConnection")
+        super().loseConnection()
+
+
+def connect_pair(slow_consumer_bytes: int = 10**6):
+    """A subscriber to /topic/t and a connected publisher of one server."""
+    context = make_context(clock=Clock())
+    factory = StompFactory(context, slow_consumer_bytes)
+    ends = []
+    for _ in range(2):
+        protocol = factory.buildProtocol(None)
+        transport = WriteRecordingTransport()
+        protocol.makeConnection(transport)
+        ends.append((protocol, transport))
+    (subscriber, sub_transport), (publisher, pub_transport) = ends
+    login(subscriber, sub_transport)
+    publisher.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    for transport in (sub_transport, pub_transport):
+        transport.clear()
+        transport.calls.clear()
+    return context, subscriber, sub_transport, publisher, pub_transport
+
+
+def sends(*bodies: bytes, receipt: bool = False) -> bytes:
+    """SEND frames to /topic/t, back to back, each with a receipt if asked."""
+    frames = []
+    for number, body in enumerate(bodies):
+        headers = {"destination": "/topic/t"}
+        if receipt:
+            headers["receipt"] = f"r{number}"
+        frames.append(encode_frame(Frame("SEND", headers, body)))
+    return b"".join(frames)
+
+
+def test_the_frames_one_read_makes_a_connection_write_leave_in_one_transport_write():
+    """Three SENDs in one read reach a subscriber (a byte stream) as one write of three
+    MESSAGEs, in order."""
+    _, _, sub_transport, publisher, _ = connect_pair()
+    publisher.dataReceived(sends(b"one", b"two", b"three"))
+    assert sub_transport.calls == ["write"]
+    frames = frames_of(sub_transport.value())
+    assert [(f.command, f.body) for f in frames] == [
+        ("MESSAGE", b"one"), ("MESSAGE", b"two"), ("MESSAGE", b"three")]
+
+
+def test_the_bytes_out_count_every_frame_of_a_coalesced_write():
+    """A connection's bytes out add up the frames written together."""
+    _, subscriber, sub_transport, publisher, _ = connect_pair()
+    before = subscriber.bytes_out
+    publisher.dataReceived(sends(b"one", b"two"))
+    assert subscriber.bytes_out - before == len(sub_transport.value())
+
+
+def test_a_frame_written_outside_any_read_goes_out_at_once():
+    """A publish from a timer or a database callback is written to the transport right away."""
+    context, _, sub_transport, _, _ = connect_pair()
+    context.broker.publish("/topic/t", b"now")
+    assert sub_transport.calls == ["write"]
+    assert frames_of(sub_transport.value())[0].body == b"now"
+
+
+def test_an_error_a_read_provokes_follows_the_frames_before_it_and_precedes_the_close():
+    """A refused frame's ERROR goes out after the RECEIPT of the SEND before it in the same
+    read, and before the connection is asked to close."""
+    _, _, _, publisher, pub_transport = connect_pair()
+    publisher.dataReceived(sends(b"first", receipt=True) + b"BOGUS\n\n\x00")
+    assert [f.command for f in frames_of(pub_transport.value())] == ["RECEIPT", "ERROR"]
+    assert pub_transport.calls == ["write", "loseConnection"]
+
+
+def test_a_connection_behind_checks_each_frame_of_a_read_and_nothing_follows_its_error():
+    """A subscriber already behind when a read's frames are written out gets them one by one
+    through the slow-consumer check: it is cut, and the ERROR is the last frame it gets."""
+    _, subscriber, sub_transport, publisher, _ = connect_pair(slow_consumer_bytes=1000)
+    subscriber.pauseProducing()
+    publisher.dataReceived(sends(*[b"x" * 600] * 5))
+    frames = frames_of(sub_transport.value())
+    assert frames[-1].headers["message"] == "slow consumer"
+    assert [f.command for f in frames[:-1]] == ["MESSAGE"] * (len(frames) - 1)
+    assert 0 < len(frames) - 1 < 5
+    assert sub_transport.disconnecting
+
+
+def test_a_connection_lost_while_holding_frames_writes_nothing_more():
+    """Frames held for a connection whose TCP connection is lost meanwhile are dropped."""
+    context, subscriber, sub_transport, _, _ = connect_pair()
+    output = subscriber.output
+    output.begin()
+    context.broker.publish("/topic/t", b"held")
+    subscriber.connectionLost(Failure(ConnectionLost()))
+    output.end()
+    assert sub_transport.calls == []
+
+
+def test_a_transport_refusing_a_coalesced_write_fails_only_its_connection():
+    """A connection whose transport raises when a read's frames are written out is closed;
+    the other connections get their frames."""
+    context, subscriber, sub_transport, publisher, pub_transport = connect_pair()
+    other = subscriber.factory.buildProtocol(None)
+    other_transport = WriteRecordingTransport()
+    other.makeConnection(other_transport)
+    login(other, other_transport)
+
+    def refuse(data) -> None:
+        raise RuntimeError("the transport refuses")
+
+    sub_transport.write = refuse  # type: ignore[method-assign]
+    publisher.dataReceived(sends(b"one", b"two"))
+    assert [f.body for f in frames_of(other_transport.value())] == [b"one", b"two"]
+    assert subscriber.session.state is State.CLOSED
+    assert sub_transport.disconnecting

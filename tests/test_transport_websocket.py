@@ -345,6 +345,18 @@ def test_write_sequence_sends_one_message_each(fake_ws):
     assert fake_ws.messages() == [(b"\n", False), (b"\xff", True)]
 
 
+def test_write_sequence_hands_its_messages_to_tcp_in_one_write():
+    """The frames of one writeSequence, each its own message, reach TCP in one write."""
+    ws = FakeWebSocket()
+    writes = []
+    ws.transport.write = writes.append  # type: ignore[method-assign]
+    frames = [encode_frame(Frame("MESSAGE", {"destination": "/topic/t"}, b"a" * size))
+              for size in (10, 200, 70_000)]
+    WebSocketFrameTransport(ws).writeSequence(frames)
+    assert len(writes) == 1
+    assert server_messages(writes[0]) == [(frame, False) for frame in frames]
+
+
 def test_lose_connection_closes_once_with_1000():
     """loseConnection starts one normal (1000) close handshake, however often called."""
     ws = FakeWebSocket()
@@ -769,6 +781,46 @@ def test_session_connection_info_says_websocket(clock):
     assert connection.transport == "ws"
     assert connection.peer_host == "203.0.113.5"
     assert connection.secure is False
+
+
+def test_the_frames_one_read_makes_leave_in_one_tcp_write(clock):
+    """Several SENDs in one TCP read: their MESSAGEs and RECEIPTs, one WebSocket message
+    each, reach TCP in one write, in order."""
+    conn = WSConnection(clock)
+    conn.send(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    conn.send(encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0"})))
+    writes = []
+    write = conn.transport.write
+
+    def recording(data: bytes) -> None:
+        writes.append(data)
+        write(data)
+
+    conn.transport.write = recording  # type: ignore[method-assign]
+    conn.receive(b"".join(
+        client_frame(encode_frame(Frame("SEND", {"destination": "/topic/t", "receipt": str(n)},
+                                        b"m%d" % n)))
+        for n in range(3)
+    ))
+    assert len(writes) == 1
+    frames = conn.stomp_frames()[1:]
+    assert [(f.command, f.body or f.headers.get("receipt-id")) for f in frames] == [
+        ("MESSAGE", b"m0"), ("RECEIPT", "0"), ("MESSAGE", b"m1"), ("RECEIPT", "1"),
+        ("MESSAGE", b"m2"), ("RECEIPT", "2"),
+    ]
+
+
+def test_a_close_in_the_same_read_follows_the_receipt_of_the_send_before_it(clock):
+    """A client that sends SEND with a receipt and then Close, in one TCP read, gets its
+    RECEIPT before the server's Close."""
+    conn = WSConnection(clock)
+    conn.send(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    conn.receive(
+        client_frame(encode_frame(Frame("SEND", {"destination": "/topic/t", "receipt": "r"})))
+        + client_frame(struct.pack("!H", 1000), 0x8)
+    )
+    assert conn.stomp_frames()[-1].headers["receipt-id"] == "r"
+    assert close_codes(conn.wire()) == [1000]
 
 
 def test_close_from_the_client_ends_the_session_at_once(clock):

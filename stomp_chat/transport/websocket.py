@@ -48,10 +48,35 @@ _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 TOO_MANY_REQUESTS = 429
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
+#: The first byte of a whole (FIN) text or binary message.
+_FIN_TEXT = 0x80 | _OPCODE_TEXT
+_FIN_BINARY = 0x80 | _OPCODE_BINARY
+
+
+def _header(data: bytes) -> bytes:
+    """The header that makes ``data`` one unmasked, unfragmented WebSocket message: text
+    when it is valid UTF-8, binary otherwise (one call per frame: it runs per delivery)."""
+    if data.isascii():  # the common case, at half the cost of decoding
+        first = _FIN_TEXT
+    else:
+        try:
+            data.decode("utf-8")
+            first = _FIN_TEXT
+        except UnicodeDecodeError:
+            first = _FIN_BINARY
+    size = len(data)
+    if size < 126:
+        return bytes((first, size))
+    if size < 65536:
+        return _HEADER_16.pack(first, 126, size)
+    return _HEADER_64.pack(first, 127, size)
 
 
 class WebSocketFrameTransport:
     """What the STOMP protocol sees as its transport on a WebSocket."""
+
+    #: Each write is one message: frames written together must come as a sequence.
+    frames_are_messages = True
 
     def __init__(self, ws: StompWebSocketProtocol) -> None:
         self._ws = ws
@@ -78,27 +103,25 @@ class WebSocketFrameTransport:
         ws = self._ws
         if ws.state != _STATE_OPEN:
             return  # closing: the peer will read no more STOMP frames
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            opcode = _OPCODE_BINARY
-        else:
-            opcode = _OPCODE_TEXT
         if ws.send_queue or ws._perMessageCompress is not None:
-            ws.sendMessage(data, isBinary=opcode == _OPCODE_BINARY)
+            ws.sendMessage(data, isBinary=_header(data)[0] == _FIN_BINARY)
             return
-        size = len(data)
-        if size < 126:
-            header = bytes((0x80 | opcode, size))
-        elif size < 65536:
-            header = _HEADER_16.pack(0x80 | opcode, 126, size)
-        else:
-            header = _HEADER_64.pack(0x80 | opcode, 127, size)
-        self._socket.write(header + data)
+        self._socket.write(_header(data) + data)
 
     def writeSequence(self, seq: Sequence[bytes]) -> None:
+        """Send each STOMP frame as its own WebSocket message, in one socket write."""
+        ws = self._ws
+        if ws.state != _STATE_OPEN:
+            return
+        if ws.send_queue or ws._perMessageCompress is not None:
+            for data in seq:
+                self.write(data)
+            return
+        pieces = []
         for data in seq:
-            self.write(data)
+            pieces.append(_header(data))
+            pieces.append(data)
+        self._socket.write(b"".join(pieces))
 
     def loseConnection(self) -> None:
         if not self.disconnecting:
@@ -206,6 +229,30 @@ class StompWebSocketProtocol(WebSocketServerProtocol):
             return
         self._held_pong = None
         super().onPing(payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Handle one read as one OutputBatch: a read holds many WebSocket messages (SENDs),
+        and what they make each connection write goes out in one write."""
+        stomp = self.stomp
+        if stomp is None:  # the handshake, or the connection is closing
+            super().dataReceived(data)
+            return
+        output = stomp.output
+        output.begin()
+        try:
+            # Autobahn's own dataReceived only adds a debug line, formatted on every read.
+            self._dataReceived(data)
+        finally:
+            output.end()
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        """Frames held for this connection during a read go out before its Close."""
+        stomp = self.stomp
+        if stomp is not None:
+            stomp.flush()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
         """The peer sent Close: end its STOMP session now, not when TCP goes.
