@@ -90,6 +90,7 @@ from stomp_chat.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, Con
 from stomp_chat.transport.stomp import (
     DEFAULT_MAX_CONNECT_BYTES,
     DEFAULT_SLOW_CONSUMER_BYTES,
+    OutputBatch,
     StompFactory,
 )
 from stomp_chat.transport.websocket import StompWebSocketFactory
@@ -738,9 +739,12 @@ def makeService(options: Options) -> IService:
         cache_ttl=options["room-cache-ttl"],
         max_waiting=options["max-unchecked-messages"],
     )
+    # What one read (a client's, or relayed messages from Redis) makes each connection
+    # write goes out in one write once the read is handled.
+    output = OutputBatch()
     relay = (
         RedisRelay(broker, options["redis"], reactor, room_of=room_of_topic,
-                   recent_size=options["cluster-recent"])
+                   recent_size=options["cluster-recent"], read_batch=output)
         if options["redis"] else None
     )
     # /queue/ destinations shared by every server, on Redis streams.
@@ -821,6 +825,7 @@ def makeService(options: Options) -> IService:
         # Above the writer's high-water mark every connection stops being read until the
         # backlog drains to its low-water mark.
         input_gate=writer,
+        output=output,
     )
 
     database_probe = select_one_probe(pool, reactor)

@@ -184,12 +184,33 @@ def test_recurring_text_is_encoded_once_and_the_memory_of_it_is_bounded() -> Non
 # -- the link protocols ----------------------------------------------------------------------
 
 
-class _Sink:
+class _Batch:
+    """Records how deep in a read's batch each message was handled."""
+
     def __init__(self) -> None:
+        self.depth = 0
+        self.ended = 0
+
+    def begin(self) -> None:
+        self.depth += 1
+
+    def end(self) -> None:
+        self.depth -= 1
+        self.ended += 1
+
+
+class _Sink:
+    """The subscriber factory's side, as links.connect_subscriber sets it up."""
+
+    def __init__(self, read_batch: _Batch | None = None) -> None:
         self.received: list[tuple[Any, Any]] = []
+        self.read_batch = read_batch
+        self.depths: list[int] = []
 
     def on_message(self, channel: Any, message: Any) -> None:
         self.received.append((channel, message))
+        if self.read_batch is not None:
+            self.depths.append(self.read_batch.depth)
 
 
 def test_a_subscriber_link_hands_over_every_message_that_arrived_in_one_go() -> None:
@@ -206,6 +227,22 @@ def test_a_subscriber_link_hands_over_every_message_that_arrived_in_one_go() -> 
     assert protocol.factory.received == [
         (b"ns:/topic/%d" % i, b"payload %d" % i) for i in range(5)
     ]
+
+
+def test_the_messages_of_one_read_are_delivered_inside_one_read_batch() -> None:
+    """With a read batch (the server's OutputBatch), every message of one read is handled
+    inside one begin/end, so its deliveries leave each connection in one write."""
+    batch = _Batch()
+    protocol = SubscriberProtocol(charset=None, convertNumbers=False)
+    protocol.factory = _Sink(batch)
+    protocol.transport = _Transport()
+    data = b"".join(
+        array(bulk(b"message"), bulk(b"ns:/topic/1"), bulk(b"payload %d" % i))
+        for i in range(3)
+    )
+    protocol.dataReceived(data)
+    assert protocol.factory.depths == [1, 1, 1]
+    assert (batch.depth, batch.ended) == (0, 1)
 
 
 def test_a_commands_link_answers_each_waiting_command_in_order() -> None:

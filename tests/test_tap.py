@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -244,6 +245,18 @@ def test_make_service_wires_options_into_the_stomp_factory(build):
     monitor = factory.context.heartbeats
     assert monitor.tick == tick_for((2000, 0))
     assert any(s is monitor for s in _reachable(root))
+
+
+def test_relayed_messages_share_the_connections_write_batch(build):
+    """In cluster mode the relay brackets each read of relayed messages with the same
+    OutputBatch the STOMP connections use, so relayed deliveries are batched too."""
+    from stomp_chat.cluster import RedisRelay
+
+    root = build("--stomp", LOOPBACK, "--http", "none", "--auth", "none", "--redis",
+                 f"redis://127.0.0.1:6379/0?namespace=tap-{os.getpid()}")
+    (listener,) = _listeners(root)
+    (relay,) = [s for s in _reachable(root) if isinstance(s, RedisRelay)]
+    assert relay.read_batch is listener.factory.output
 
 
 def test_transport_limits_have_sane_defaults():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -14,6 +15,16 @@ log = Logger()
 
 #: Told of every relayed message: (routing key, origin node, body).
 RelayListener = Callable[[str, str, bytes], object]
+
+
+class ReadBatch(Protocol):
+    """Brackets the handling of one read of relayed messages, so that what it makes each
+    client connection write goes out in one write when it ends (the server's
+    stomp_chat.transport.stomp.OutputBatch)."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
 
 
 class Ingestion:

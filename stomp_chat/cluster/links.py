@@ -15,6 +15,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
 from stomp_chat.cluster.address import RedisAddress
+from stomp_chat.cluster.ingest import ReadBatch
 from stomp_chat.cluster.linkstate import Link
 from stomp_chat.cluster.resp import ProtocolBroken, RespReader, encode_command
 
@@ -123,6 +124,19 @@ class SubscriberProtocol(_FastWire, txredisapi.SubscriberProtocol):  # type: ign
         self.factory.link.lost()
         return super().connectionLost(reason)
 
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        """One read of relayed messages, fanned out to local subscribers, is one batch:
+        at load it holds tens of messages for the same connections."""
+        batch: ReadBatch | None = self.factory.read_batch
+        if batch is None:
+            super().dataReceived(data, unpause)
+            return
+        batch.begin()
+        try:
+            super().dataReceived(data, unpause)
+        finally:
+            batch.end()
+
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.on_message(channel, message)
 
@@ -156,9 +170,10 @@ def connect_commands(
 
 def connect_subscriber(
     address: RedisAddress, reactor: Any, link: Link, on_message: MessageHandler,
-    max_retry: float = DEFAULT_MAX_RETRY,
+    max_retry: float = DEFAULT_MAX_RETRY, *, read_batch: ReadBatch | None = None,
 ) -> Any:
-    """Start the subscriber connection; returns its factory."""
+    """Start the subscriber connection; returns its factory. With ``read_batch``, each
+    read's deliveries are written to each client connection at once when it ends."""
     factory = txredisapi.SubscriberFactory(isLazy=True)
     factory.protocol = SubscriberProtocol
     factory.charset = None  # bodies are bytes, not always UTF-8
@@ -166,6 +181,7 @@ def connect_subscriber(
     factory.password = address.password
     factory.link = link
     factory.on_message = on_message
+    factory.read_batch = read_batch
     _back_off(factory, max_retry)
     factory.startConnecting(_endpoint(address, reactor))
     return factory

@@ -38,7 +38,7 @@ from stomp_chat.cluster.address import RedisAddress
 from stomp_chat.cluster.batching import DEFAULT_RECENT_SIZE, ChatEntry, TurnBatch
 from stomp_chat.cluster.envelope import decode_envelope, encode_envelope, meta_prefix
 from stomp_chat.cluster.follow import FollowedRoom, RecentUnavailable, bodies_of
-from stomp_chat.cluster.ingest import Ingestion, RelayListener
+from stomp_chat.cluster.ingest import Ingestion, ReadBatch, RelayListener
 from stomp_chat.cluster.linkstate import Link
 
 log = Logger()
@@ -64,8 +64,12 @@ class RedisRelay(Service):
         room_of: Callable[[str], int | None] | None = None,
         recent_size: int = DEFAULT_RECENT_SIZE,
         max_retry: float = 10.0,
+        read_batch: ReadBatch | None = None,
     ) -> None:
         self.broker = broker
+        #: Brackets each read of relayed messages (the server's OutputBatch), so their
+        #: deliveries reach each client connection in one write.
+        self.read_batch = read_batch
         #: Which routing keys are chat rooms (numbered, followed by seq), and their ids.
         self.room_of = room_of
         self.address = address
@@ -148,7 +152,7 @@ class RedisRelay(Service):
         )
         self._subscriber = links.connect_subscriber(
             self.address, self.reactor, self.subscriber_link, self.ingestion.received,
-            self.max_retry,
+            self.max_retry, read_batch=self.read_batch,
         )
         self.broker.published_listeners.append(self.published)
         self.broker.interest_listeners.append(self.interest)

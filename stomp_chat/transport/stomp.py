@@ -513,6 +513,7 @@ class StompFactory(Factory):
         max_connect_bytes: int = DEFAULT_MAX_CONNECT_BYTES,
         connections: ConnectionCounter | None = None,
         input_gate: InputGate | None = None,
+        output: OutputBatch | None = None,
     ) -> None:
         self.context = context
         self.slow_consumer_bytes = slow_consumer_bytes
@@ -521,8 +522,9 @@ class StompFactory(Factory):
         self.connections = connections if connections is not None else ConnectionCounter()
         #: Pauses every connection's reading while the server cannot keep up with storage.
         self.input_gate = input_gate
-        #: Coalesces what one read writes to each connection (see OutputBatch).
-        self.output = OutputBatch()
+        #: Coalesces what one read writes to each connection (see OutputBatch); the
+        #: server shares it with every other source of reads that deliver (the relay).
+        self.output = output if output is not None else OutputBatch()
 
     def admits(self, host: str) -> bool:
         """Whether the per-address cap lets one more connection from ``host`` in."""
