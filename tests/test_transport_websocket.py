@@ -837,3 +837,46 @@ def test_close_from_the_client_ends_the_session_at_once(clock):
     assert not conn.transport.disconnected
     clock.advance(5.0)
     assert conn.transport.disconnected
+
+
+class _RefusingSocket(StringTransport):
+    """A socket whose every write raises, its Close frame's included."""
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "203.0.113.5", 40000))
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("the socket refuses")
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_a_websocket_refusing_its_batched_frames_and_its_close_fails_only_itself(clock):
+    """A WebSocket whose socket raises on the frames of a read, and again on the Close its
+    failed session sends, is cut after the close linger; the publisher's read goes on and
+    the connections after it in the batch get that read's frames and later ones."""
+    context = make_context(clock=clock)
+    factory = StompFactory(context)
+    broken, other = (WSConnection(clock, context=context, stomp_factory=factory)
+                     for _ in range(2))
+    for conn in (broken, other):
+        conn.send(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+        conn.send(encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0"})))
+    publisher = WSConnection(clock, context=context, stomp_factory=factory)
+    publisher.send(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    socket = _RefusingSocket()
+    socket.protocol = broken.protocol
+    broken.protocol.transport = socket
+
+    publisher.receive(b"".join(
+        client_frame(encode_frame(Frame("SEND", {"destination": "/topic/t"}, body)))
+        for body in (b"one", b"two")))
+    context.broker.publish("/topic/t", b"three")
+
+    assert [f.body for f in other.stomp_frames()[1:]] == [b"one", b"two", b"three"]
+    assert publisher.protocol.state == WebSocketProtocol.STATE_OPEN
+    assert not socket.aborted
+    clock.advance(5.0)
+    assert socket.aborted

@@ -89,10 +89,16 @@ class OutputBatch:
                     # As a delivery that raises: that connection fails, the others go on.
                     log.failure("writing to connection {session} failed",
                                 session=protocol.session.session_id)
-                    protocol.session.fail(
-                        "delivery failed",
-                        "the server could not deliver a message to this connection",
-                    )
+                    try:
+                        protocol.session.fail(
+                            "delivery failed",
+                            "the server could not deliver a message to this connection",
+                        )
+                    except Exception:
+                        # Its Close may raise too (a WebSocket's goes through the same
+                        # socket): the connections after it still get their frames.
+                        log.failure("failing connection {session} failed too",
+                                    session=protocol.session.session_id)
 
 
 class InputGate(TypingProtocol):
@@ -435,10 +441,11 @@ class StompProtocol(Protocol):
                 self.close_reason = _error_message(last, self.session.version)
             else:
                 self.close_reason = "closed by the server after DISCONNECT"
-        self.transport.loseConnection()
         if self._abort_call is None:
+            # Armed first: a transport whose close raises is still cut.
             clock: Any = self.context.clock
             self._abort_call = clock.callLater(self.close_linger, self._abort)
+        self.transport.loseConnection()
 
     def _abort(self) -> None:
         self._abort_call = None
