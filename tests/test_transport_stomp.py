@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+import tracemalloc
 
 import pytest_twisted
 from twisted.internet.abstract import FileDescriptor
@@ -924,3 +925,39 @@ def test_a_transport_refusing_a_coalesced_write_fails_only_its_connection():
     assert [f.body for f in frames_of(other_transport.value())] == [b"one", b"two"]
     assert subscriber.session.state is State.CLOSED
     assert sub_transport.disconnecting
+
+
+class _DiscardingTransport(AbortRecordingTransport):
+    """A socket that takes every write at once: it keeps none of the bytes."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def test_idle_connections_keep_no_more_than_one_frame_of_the_read_they_were_written():
+    """After a read of twenty SENDs is written out to 200 subscribers, the server holds
+    about one MESSAGE per subscriber (what close() and flow control look at), not the
+    whole read's frames until each connection's next write."""
+    context = make_context(clock=Clock())
+    factory = StompFactory(context)
+    subscribers = []
+    for _ in range(200):
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(_DiscardingTransport())
+        protocol.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+        protocol.dataReceived(
+            encode_frame(Frame("SUBSCRIBE", {"destination": "/topic/t", "id": "0"})))
+        subscribers.append(protocol)
+    publisher = factory.buildProtocol(None)
+    publisher.makeConnection(_DiscardingTransport())
+    publisher.dataReceived(encode_frame(Frame("CONNECT", {"accept-version": "1.2"})))
+    read = sends(*[b"x" * 300] * 20)
+    assert len(read) < publisher.input_slice  # one read, one batch
+    tracemalloc.start()
+    try:
+        publisher.dataReceived(read)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert all(protocol.bytes_out > 20 * 300 for protocol in subscribers)
+    assert held < 200 * 20 * 300 / 4

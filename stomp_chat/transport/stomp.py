@@ -363,6 +363,9 @@ class StompProtocol(Protocol):
             data = b"".join(frames)
             self.bytes_out += len(data)
             self.transport.write(data)
+        # Twisted has paused us, if it does, from inside that write: from now on only the
+        # last frame counts (an ERROR for close()), and an idle connection keeps no more.
+        self._last_write = frames[-1]
 
     def _count_behind(self, data: bytes) -> bool:
         """While the peer is not keeping up: whether ``data`` may still be written."""
