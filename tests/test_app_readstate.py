@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from stomp_chat.app.chat import ChatRequest, ChatService
 from stomp_chat.app.readstate import FULL_PUSH_WINDOW, ReadState
@@ -119,6 +120,26 @@ def test_a_burst_of_messages_is_one_update() -> None:
     updates(alice)
     server.post(1, 25)
     assert updates(alice) == [(1, 25)]
+
+
+def test_one_reader_whose_count_cannot_be_pushed_costs_the_others_nothing() -> None:
+    """A user id no /user/ destination can name ("a/b", possible with --auth none) makes
+    that reader's push fail; the other readers of the room still get their counts."""
+    server = Server()
+    server.post(1, 2)
+    broken, alice = server.client("a/b"), server.client("alice")
+    for client in (broken, alice):
+        online(client)
+        read(client, 1, 1)
+    updates(alice)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        server.post(1, 3)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert updates(alice) == [(1, 4)]
+    assert [e for e in events if "log_failure" in e]
 
 
 def test_other_users_counts_are_their_own() -> None:

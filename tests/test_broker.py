@@ -8,6 +8,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from twisted.logger import globalLogPublisher
 
 from stomp_chat.broker import (
     ACK_CLIENT,
@@ -312,6 +313,28 @@ def test_published_listeners_see_every_publish():
     broker.publish("/topic/t", b"1")
     broker.send_to_user("bob", "/user/queue/q", b"2")
     assert seen == [("/topic/t", b"1"), ("/user/bob/queue/q", b"2")]
+
+
+def test_a_failing_published_listener_neither_fails_the_publish_nor_silences_the_others():
+    """A published listener that raises (the relay, read state) is logged; the listeners
+    after it still hear of the message and the publisher gets it back."""
+    broker = Broker()
+    seen = []
+
+    def broken(key, message):
+        raise RuntimeError("listener bug")
+
+    broker.published_listeners.append(broken)
+    broker.published_listeners.append(lambda key, m: seen.append((key, m.body)))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        message = broker.publish("/topic/t", b"1")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert message.body == b"1"
+    assert seen == [("/topic/t", b"1")]
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [RuntimeError]
 
 
 @pytest.mark.parametrize("version", [V1_0, V1_1, V1_2])

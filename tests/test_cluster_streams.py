@@ -849,3 +849,39 @@ async def test_reads_by_room_keep_what_one_read_when_another_fails(streams: Stre
     [(stream, entries)] = reply
     assert stream == streams.key("/queue/kept").encode()
     assert [fields[1].rpartition(b"\n")[2] for _, fields in entries] == [b"0", b"1", b"2"]
+
+
+def test_the_lease_renewal_restarts_after_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error in one renewal is logged and the timer starts again: a server whose
+    renewal stopped would let the other servers take the messages its clients hold."""
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from stomp_chat.broker import Broker
+    from stomp_chat.cluster.streams import ClusterQueues
+
+    calls: list[float] = []
+    clock = Clock()
+
+    def flaky(self: ClusterQueues) -> None:
+        calls.append(clock.seconds())
+        if len(calls) == 1:
+            raise RuntimeError("renewal bug")
+
+    monkeypatch.setattr(ClusterQueues, "_renew_and_sweep", flaky)
+    queues = ClusterQueues(Broker(), parse_redis_url("redis://127.0.0.1:6379/0"), clock,
+                           lease=3.0)
+    queues.running = True  # started, without connecting: only the timer is under test
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        queues._start_renewal()
+        for _ in range(3):
+            clock.advance(1.0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        queues.running = False
+        if queues._renewal.running:
+            queues._renewal.stop()
+    assert calls == [1.0, 2.0, 3.0]
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [RuntimeError]

@@ -230,7 +230,12 @@ class ReadState:
             for key in list(self._readers.get(room_id, ())):
                 reader = self._online.get(key)
                 if reader is not None:
-                    self._push(key, reader, room_id)
+                    try:
+                        self._push(key, reader, room_id)
+                    except Exception:
+                        # One reader's push failing must not cost the others theirs.
+                        log.failure("pushing the unread count of room {room} to {user} "
+                                    "failed", room=room_id, user=key)
 
     def _push_all(self, key: str, reader: _Reader) -> None:
         """Send every count now, or, within a window of the last full send, once at its end."""

@@ -242,7 +242,12 @@ class Broker:
         self.published_count += 1
         self.route(destination, message)
         for listener in self.published_listeners:
-            listener(destination, message)
+            try:
+                listener(destination, message)
+            except Exception:
+                # Delivered here already: one listener (the relay, read state) failing
+                # must not keep the others from hearing of it nor fail the publisher.
+                log.failure("a listener of {destination} failed", destination=destination)
         return message
 
     def accept(

@@ -80,4 +80,9 @@ class Ingestion:
         self.routed_count += 1
         self.broker.route(key, Message(shown, self.broker.new_message_id(), body, headers))
         for listener in self.listeners:
-            listener(key, origin, body)
+            try:
+                listener(key, origin, body)
+            except Exception:
+                # One listener failing must not lose the payload's other records, nor the
+                # other replies of the same read from Redis.
+                log.failure("a listener of relayed {key} failed", key=key)

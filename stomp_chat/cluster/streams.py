@@ -588,7 +588,17 @@ class ClusterQueues(Service):
             self.address, self.reactor, self.reader_link, self.block + self.reply_timeout,
             self.max_retry, convert_numbers=False,
         )
-        self._renewal.start(self.lease / 3, now=False)
+        self._start_renewal()
+
+    def _start_renewal(self) -> None:
+        self._renewal.start(self.lease / 3, now=False).addErrback(self._renewal_failed)
+
+    def _renewal_failed(self, failure: Failure) -> None:
+        """The renewal timer stopped on an error: log it and start it again, or this
+        server's leases would run out and other servers take its messages."""
+        log.failure("cluster queues: renewing leases failed; restarting", failure)
+        if self.running and not self._renewal.running:
+            self._start_renewal()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
