@@ -35,6 +35,7 @@ from stomp_chat.cluster.address import DEFAULT_NAMESPACE
 from stomp_chat.cluster.envelope import decode_envelope, encode_envelope
 from stomp_chat.persistence import ChatMessage, MemoryChatStore, WriteBehindWriter
 from stomp_chat.stomp.frame import Frame
+from stomp_chat.transport.stomp import OutputBatch
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -138,9 +139,13 @@ class FailureLog:
 class Node:
     """One server process's cluster parts: a broker, its relay and, optionally, a chat."""
 
-    def __init__(self, url: str, with_chat: bool, store: MemoryChatStore | None = None) -> None:
+    def __init__(
+        self, url: str, with_chat: bool, store: MemoryChatStore | None = None,
+        read_batch: OutputBatch | None = None,
+    ) -> None:
         self.broker = Broker()
-        self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor, room_of=room_of_topic)
+        self.relay = RedisRelay(self.broker, parse_redis_url(url), reactor, room_of=room_of_topic,
+                                read_batch=read_batch)
         self.probe = subscribe(self.broker, PROBE_TOPIC)
         self.store = store if store is not None else MemoryChatStore()
         self.writer = WriteBehindWriter(self.store, reactor, flush_interval=0.01)
@@ -185,9 +190,9 @@ class Cluster:
 
     async def node(
         self, with_chat: bool = False, url: str | None = None,
-        store: MemoryChatStore | None = None,
+        store: MemoryChatStore | None = None, read_batch: OutputBatch | None = None,
     ) -> Node:
-        node = Node(url or self.url, with_chat, store)
+        node = Node(url or self.url, with_chat, store, read_batch)
         self.nodes.append(node)
         node.start()
         if url is None:
@@ -404,6 +409,25 @@ async def test_topic_publish_reaches_every_node_exactly_once(cluster: Cluster) -
     await cluster.sync()
     assert on_a.bodies == [*bodies, b"from B"]
     assert on_b.bodies == [*bodies, b"from B"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayed_messages_are_delivered_inside_the_servers_write_batch(
+    cluster: Cluster,
+) -> None:
+    """A relay given the server's OutputBatch delivers each read of relayed messages inside
+    it, so what the read brings leaves each connection in one write."""
+    batch = OutputBatch()
+    a, b = await cluster.node(read_batch=batch), await cluster.node()
+    depths: list[int] = []
+    on_a = subscribe(a.broker, "/topic/batched")
+    on_a.deliver = lambda subscription, message: depths.append(batch.depth)  # type: ignore[method-assign]
+    await cluster.sync()
+    for body in (b"one", b"two"):
+        b.broker.publish("/topic/batched", body)
+    await eventually(lambda: len(depths) >= 2, "both messages on A")
+    assert depths == [1, 1]
+    assert batch.depth == 0
 
 
 @pytest_twisted.ensureDeferred

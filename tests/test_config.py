@@ -104,7 +104,12 @@ def test_file_values_of_every_toml_type_are_accepted(config_file) -> None:
 def test_unknown_environment_variables_with_the_prefix_are_ignored(monkeypatch) -> None:
     """Variables with the prefix that name no option (test settings, wrappers) are left alone."""
     monkeypatch.setenv("STOMP_CHAT_SOMETHING_ELSE", "1")
-    parse()
+    with_it = dict(parse())
+    monkeypatch.delenv("STOMP_CHAT_SOMETHING_ELSE")
+    without = dict(parse())
+    # The parsed rule set compares by identity; every other value by what it holds.
+    assert with_it.pop("rules").rules == without.pop("rules").rules
+    assert with_it == without
 
 
 @pytest.mark.parametrize(
